@@ -1,0 +1,44 @@
+"""``peftlab methods``: the taxonomy table (family, method, paper, mergeable, architectures)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from peftlab.core.registry import describe_all
+
+ARCHITECTURE_LABELS = {"bert": "BERT/RoBERTa", "t5": "T5", "llama": "LLaMA", "gpt2": "GPT-2"}
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("methods", help="list the PEFT methods by family")
+    parser.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
+    parser.add_argument("--options", metavar="METHOD", help="show one method's options and their help")
+    parser.set_defaults(handler=run)
+
+
+def run(arguments: argparse.Namespace) -> int:
+    methods = describe_all()
+    if arguments.options:
+        from peftlab.core.registry import get_method
+
+        spec = get_method(arguments.options)
+        print(f"{spec.name} ({spec.family}): {spec.paper}\n{spec.summary}\n")
+        for name, text in spec.config_class.field_help().items():
+            print(f"  {name}: {text}")
+        return 0
+    if arguments.json:
+        print(json.dumps(methods, indent=2))
+        return 0
+    print(markdown_table(methods))
+    return 0
+
+
+def markdown_table(methods: list[dict]) -> str:
+    rows = ["| family | method | paper | mergeable | architectures |", "|---|---|---|---|---|"]
+    for item in methods:
+        archs = ", ".join(ARCHITECTURE_LABELS.get(a, a) for a in item["architectures"])
+        rows.append(
+            f"| {item['family']} | `{item['name']}` | {item['paper']} | {'yes' if item['mergeable'] else 'no'} | {archs} |"
+        )
+    return "\n".join(rows)

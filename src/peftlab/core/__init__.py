@@ -1,0 +1,1 @@
+"""The library core: registry, targeting, injection, accounting, save/load, merge. No method lives here."""

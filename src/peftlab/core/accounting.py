@@ -1,0 +1,63 @@
+"""Parameter accounting as the survey reports it: trainable, total, and trainable as % of the base."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+from torch import nn
+
+from peftlab.core.injection import adapter_parameters, peft_state
+from peftlab.core.layers import AdapterModule
+
+
+@dataclass(frozen=True)
+class ParameterReport:
+    trainable: int
+    total: int
+    base: int
+
+    @property
+    def trainable_percent(self) -> float:
+        """Trainable parameters as a percentage of the base model's parameters (the survey's column)."""
+        return 100.0 * self.trainable / self.base if self.base else 0.0
+
+    def as_dict(self) -> dict[str, float]:
+        return {**asdict(self), "trainable_percent": self.trainable_percent}
+
+    def __str__(self) -> str:
+        return (
+            f"trainable {self.trainable:,} || total {self.total:,} || "
+            f"trainable% of base {self.trainable_percent:.4f}"
+        )
+
+
+def numel(parameter: nn.Parameter) -> int:
+    """Logical element count; 4-bit packed weights report the shape they stand for."""
+    quant_state = getattr(parameter, "quant_state", None)
+    if quant_state is not None and getattr(quant_state, "shape", None) is not None:
+        return math.prod(quant_state.shape)
+    return parameter.numel()
+
+
+def parameter_report(model: nn.Module) -> ParameterReport:
+    total = sum(numel(p) for p in model.parameters())
+    added = sum(numel(p) for module in model.modules() if isinstance(module, AdapterModule)
+                for _, p in module.adapter_parameters())
+    state = peft_state(model)
+    if state is None:
+        trainable = sum(numel(p) for p in model.parameters() if p.requires_grad)
+        return ParameterReport(trainable=trainable, total=total, base=total)
+    created = dict(model.named_parameters())
+    added += sum(numel(created[name]) for name in state.injection.created)
+    if state.injection.count_trainable is not None:
+        trainable = state.injection.count_trainable(model)
+    else:
+        trainable = sum(numel(p) for _, p in adapter_parameters(model))
+    return ParameterReport(trainable=trainable, total=total, base=total - added)
+
+
+def parameter_counts(model: nn.Module) -> tuple[int, int]:
+    """``(trainable, total)`` parameters of a model, adapted or not."""
+    report = parameter_report(model)
+    return report.trainable, report.total

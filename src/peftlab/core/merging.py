@@ -1,0 +1,95 @@
+"""Merge and unmerge, with a numeric check on a probe input that refuses a merge that changes outputs.
+
+Merging folds each adapter layer's delta into its frozen weight (exact for LoRA-like deltas and
+(IA)³ scalings, impossible for bottleneck adapters with a nonlinearity or for soft prompts).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from peftlab.core.errors import UserError
+from peftlab.core.injection import peft_state
+from peftlab.core.layers import AdapterLayer, AdapterModule
+from peftlab.core.probe import probe_output
+from peftlab.core.registry import get_method
+from peftlab.core.targeting import replace_module
+
+
+class MergeError(UserError, RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class MergeReport:
+    layers: int
+    max_abs_difference: float
+    tolerance: float
+
+
+def _adapter_layers(model: nn.Module) -> list[AdapterLayer]:
+    return [module for module in model.modules() if isinstance(module, AdapterLayer)]
+
+
+def _require_mergeable(model: nn.Module) -> list[AdapterLayer]:
+    state = peft_state(model)
+    if state is None:
+        raise MergeError("this model carries no peftlab method; nothing to merge")
+    spec = get_method(state.method)
+    layers = _adapter_layers(model)
+    others = [m for m in model.modules() if isinstance(m, AdapterModule) and not isinstance(m, AdapterLayer)]
+    if not spec.mergeable or others or any(not layer.mergeable for layer in layers):
+        raise MergeError(
+            f"{state.method!r} cannot be merged exactly into the base weights; keep the adapter unmerged "
+            f"or use a mergeable method (see `peftlab methods`)"
+        )
+    return layers
+
+
+def merge(model: nn.Module, *, tolerance: float = 1e-4, check: bool = True) -> MergeReport:
+    """Fold the adapter into the base weights; undo and raise if outputs move by more than ``tolerance``."""
+    layers = _require_mergeable(model)
+    merger = get_method(peft_state(model).method).extra.get("merge")
+    before = probe_output(model) if check else None
+    if merger is not None:
+        merger(model)
+    else:
+        for layer in layers:
+            layer.merge()
+    difference = 0.0
+    if before is not None:
+        difference = (probe_output(model) - before).abs().max().item()
+        if not difference <= tolerance:
+            unmerge(model)
+            raise MergeError(
+                f"merge changed the outputs by {difference:.3g} (> tolerance {tolerance:g}); "
+                f"the merge was undone. Raise `tolerance` if this precision loss is acceptable (e.g. fp16 weights)."
+            )
+    return MergeReport(layers=len(layers), max_abs_difference=difference, tolerance=tolerance)
+
+
+def unmerge(model: nn.Module) -> None:
+    """Take the merged delta back out of the base weights (exact up to float rounding)."""
+    for layer in _require_mergeable(model):
+        layer.unmerge()
+
+
+@torch.no_grad()
+def unload(model: nn.Module, *, merge_first: bool = True) -> nn.Module:
+    """Return the plain base model: merge (when asked), then replace each wrapper by its base layer."""
+    if merge_first:
+        merge(model)
+    while (found := next(((n, m) for n, m in model.named_modules() if isinstance(m, AdapterLayer)), None)):
+        name, layer = found
+        replace_module(model, name, layer.base_layer)
+    state = peft_state(model)
+    if state is not None:
+        for hook in state.injection.hooks:
+            hook.remove()
+        del model.__dict__["peftlab_state"]
+    for parameter in model.parameters():
+        parameter.requires_grad_(True)
+    return model

@@ -1,0 +1,116 @@
+"""Choose modules by name: preset names (per architecture, in ``architectures.py``) or regex patterns.
+
+A pattern matches a module when it matches a whole dotted suffix of the module's name:
+``query`` matches ``bert.encoder.layer.0.attention.self.query``. A pattern that matches nothing,
+or an unknown preset, is an error that lists what the model has.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Sequence
+
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+from peftlab.core.architectures import PRESET_NAMES, architecture_of
+from peftlab.core.errors import UserError
+from peftlab.core.layers import AdapterLayer, AdapterModule
+
+LINEAR_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, Conv1D, AdapterLayer)
+
+
+class TargetError(UserError, ValueError):
+    """A target pattern is unknown or matches nothing; the message lists the model's modules."""
+
+
+def expand_targets(model: nn.Module, targets: str | Sequence[str]) -> list[str]:
+    """Preset names become their patterns for this model's architecture; patterns pass through."""
+    entries = [targets] if isinstance(targets, str) else list(targets)
+    if not entries:
+        raise TargetError("no target modules given; pass a preset name or module name patterns")
+    architecture = architecture_of(model)
+    patterns: list[str] = []
+    for entry in entries:
+        if entry in PRESET_NAMES:
+            if architecture is None:
+                raise TargetError(
+                    f"preset {entry!r} is defined for bert/roberta, t5, llama and gpt2 only; "
+                    f"this model is {getattr(model.config, 'model_type', type(model).__name__)!r}: "
+                    f"give module name patterns instead. {_inventory(model)}"
+                )
+            patterns.extend(architecture.presets[entry])
+        else:
+            _compile(entry)
+            patterns.append(entry)
+    return patterns
+
+
+def find_modules(
+    model: nn.Module,
+    targets: str | Sequence[str],
+    types: tuple[type[nn.Module], ...] = LINEAR_TYPES,
+) -> list[tuple[str, nn.Module]]:
+    """Every module of one of ``types`` matched by ``targets``; each pattern must match something."""
+    patterns = expand_targets(model, targets)
+    candidates = [(name, module) for name, module in _named_base_modules(model) if isinstance(module, types)]
+    chosen: dict[str, nn.Module] = {}
+    for pattern in patterns:
+        regex = _compile(pattern)
+        hits = [(name, module) for name, module in candidates if _matches(regex, name)]
+        if not hits:
+            kinds = "/".join(t.__name__ for t in types)
+            raise TargetError(f"target {pattern!r} matches no {kinds} module. {_inventory(model, types)}")
+        chosen.update(hits)
+    return [(name, chosen[name]) for name, _ in candidates if name in chosen]
+
+
+def find_parameters(model: nn.Module, patterns: Sequence[str]) -> list[str]:
+    """Names of the parameters of the modules matched by ``patterns`` (any module type)."""
+    names: list[str] = []
+    for module_name, module in find_modules(model, patterns, types=(nn.Module,)):
+        names.extend(f"{module_name}.{p}" for p, _ in module.named_parameters())
+    return list(dict.fromkeys(names))
+
+
+def replace_module(model: nn.Module, name: str, new_module: nn.Module) -> None:
+    parent_name, _, child_name = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child_name, new_module)
+
+
+def _named_base_modules(model: nn.Module):
+    """Modules of the base model, adapter wrappers included, but nothing inside an adapter."""
+    stack = [("", model)]
+    while stack:
+        name, module = stack.pop()
+        if name:
+            yield name, module
+        if isinstance(module, AdapterModule):
+            continue
+        for child_name, child in reversed(list(module._modules.items())):
+            if child is not None:
+                stack.append((f"{name}.{child_name}" if name else child_name, child))
+
+
+def _compile(pattern: str) -> re.Pattern[str]:
+    try:
+        return re.compile(rf"(?:.*\.)?(?:{pattern})")
+    except re.error as error:
+        raise TargetError(f"target pattern {pattern!r} is not a valid regular expression: {error}") from None
+
+
+def _matches(regex: re.Pattern[str], name: str) -> bool:
+    return regex.fullmatch(name) is not None
+
+
+def _inventory(model: nn.Module, types: tuple[type[nn.Module], ...] = LINEAR_TYPES) -> str:
+    """A compact list of the model's module names (layer numbers folded) and the presets."""
+    shapes = Counter(
+        re.sub(r"\.\d+\.", ".N.", name) for name, module in _named_base_modules(model) if isinstance(module, types)
+    )
+    listing = ", ".join(f"{name} (x{count})" if count > 1 else name for name, count in shapes.items())
+    architecture = architecture_of(model)
+    presets = f" Presets for {architecture.name}: {', '.join(architecture.presets)}." if architecture else ""
+    return f"The model's modules: {listing or 'none'}.{presets}"

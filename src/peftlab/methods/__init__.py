@@ -1,0 +1,15 @@
+"""PEFT methods, one file each, in folders named after the survey's families.
+
+Importing this package imports every method module; each ends with one ``register(...)``.
+"""
+
+import importlib
+import pkgutil
+
+
+def _import_all() -> None:
+    for info in pkgutil.walk_packages(__path__, prefix=f"{__name__}."):
+        importlib.import_module(info.name)
+
+
+_import_all()

@@ -1,0 +1,1 @@
+"""Full fine-tuning: the baseline every method is measured against."""

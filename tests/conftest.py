@@ -1,0 +1,96 @@
+"""Tiny seeded models of the four architecture families the survey assesses; nothing is downloaded."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import pytest
+import torch
+from torch import nn
+from transformers import (
+    BertConfig,
+    BertForSequenceClassification,
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    RobertaConfig,
+    RobertaForSequenceClassification,
+    T5Config,
+    T5ForConditionalGeneration,
+)
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+VOCAB = 96
+
+
+def tiny_bert() -> nn.Module:
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=64, num_labels=2,
+                        initializer_range=0.3)
+    return BertForSequenceClassification(config)
+
+
+def tiny_roberta() -> nn.Module:
+    torch.manual_seed(0)
+    config = RobertaConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                           intermediate_size=64, max_position_embeddings=64, num_labels=2, pad_token_id=1,
+                           initializer_range=0.3)
+    return RobertaForSequenceClassification(config)
+
+
+def tiny_t5() -> nn.Module:
+    torch.manual_seed(0)
+    config = T5Config(vocab_size=VOCAB, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2,
+                      num_heads=4, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
+    return T5ForConditionalGeneration(config)
+
+
+def tiny_llama() -> nn.Module:
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                         pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    return LlamaForCausalLM(config)
+
+
+def tiny_gpt2() -> nn.Module:
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64,
+                        bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    return GPT2LMHeadModel(config)
+
+
+BUILDERS: dict[str, Callable[[], nn.Module]] = {
+    "bert": tiny_bert,
+    "roberta": tiny_roberta,
+    "t5": tiny_t5,
+    "llama": tiny_llama,
+    "gpt2": tiny_gpt2,
+}
+# The four families every method must support (RoBERTa shares BERT's module names).
+FAMILY_BUILDERS = {name: BUILDERS[name] for name in ("bert", "t5", "llama", "gpt2")}
+
+
+def batch_for(model: nn.Module, batch: int = 2, length: int = 10, seed: int = 1) -> dict[str, torch.Tensor]:
+    """A fixed training batch with labels for any of the tiny models."""
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, VOCAB, (batch, length), generator=generator)
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    model_type = model.config.model_type
+    if model_type in ("bert", "roberta"):
+        inputs["labels"] = torch.tensor([0, 1] * (batch // 2) + [0] * (batch % 2))
+    elif model_type == "t5":
+        inputs["labels"] = torch.randint(3, VOCAB, (batch, 6), generator=generator)
+    else:
+        inputs["labels"] = ids.clone()
+    return inputs
+
+
+@pytest.fixture(params=sorted(FAMILY_BUILDERS))
+def architecture(request) -> str:
+    return request.param
