@@ -14,6 +14,7 @@ from torch import nn
 from peftlab import methods as _methods  # noqa: F401  (importing it registers every method)
 from peftlab.core.accounting import ParameterReport, parameter_counts, parameter_report
 from peftlab.core.config import ConfigError, MethodConfig
+from peftlab.core.hooks import TrainingHooks, parameter_groups, training_hooks
 from peftlab.core.injection import adapter_parameters, apply_config, peft_state
 from peftlab.core.merging import MergeError, MergeReport, merge, unload, unmerge
 from peftlab.core.registry import MethodSpec, all_methods, describe_all, get_method
@@ -55,6 +56,7 @@ __all__ = [
     "MethodSpec",
     "ParameterReport",
     "TargetError",
+    "TrainingHooks",
     "adapter_parameters",
     "all_methods",
     "apply",
@@ -65,9 +67,11 @@ __all__ = [
     "make_config",
     "merge",
     "parameter_counts",
+    "parameter_groups",
     "parameter_report",
     "peft_state",
     "save_adapter",
+    "training_hooks",
     "unload",
     "unmerge",
 ]

@@ -1,0 +1,86 @@
+"""What a method may need from the training loop, as a small contract any loop can follow.
+
+Most methods need nothing: an optimizer over the parameters with ``requires_grad`` is enough.
+Methods that act during training (AdaLoRA's rank budget, Child-Tuning's gradient masks) or that
+want their own learning rates (LoRA+) supply hooks through their :class:`MethodSpec`'s ``extra``:
+
+* ``extra["training_hooks"](model, config) -> TrainingHooks``
+* ``extra["parameter_groups"](model, config, lr, weight_decay) -> list[dict]``
+
+A training loop (ours, HF ``Trainer`` through ``peftlab.interop.hf_trainer``, or yours) calls::
+
+    hooks = peftlab.training_hooks(model)
+    hooks.prepare(model, batches)                  # once, before training; ``batches`` an iterable of inputs
+    optimizer = AdamW(peftlab.parameter_groups(model, lr, weight_decay))
+    for step, batch in enumerate(loader):
+        loss = model(**batch).loss + hooks.regularization(model)
+        loss.backward()
+        hooks.before_optimizer_step(model, step)  # gradients are final here (after clipping/accumulation)
+        optimizer.step()
+        hooks.after_optimizer_step(model, step)
+        optimizer.zero_grad()
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+from peftlab.core.injection import peft_state
+from peftlab.core.registry import get_method
+
+
+class TrainingHooks:
+    """The do-nothing hooks; methods that need per-step work subclass it."""
+
+    def prepare(self, model: nn.Module, batches: Iterable[dict[str, Any]]) -> None:
+        """Called once before the first step (e.g. a Fisher-information estimate)."""
+
+    def regularization(self, model: nn.Module) -> torch.Tensor | float:
+        """A term added to the task loss each step (e.g. an orthogonality penalty)."""
+        return 0.0
+
+    def before_optimizer_step(self, model: nn.Module, step: int) -> None:
+        """After backward (and any gradient accumulation), before ``optimizer.step()``."""
+
+    def after_optimizer_step(self, model: nn.Module, step: int) -> None:
+        """After ``optimizer.step()``, before ``zero_grad``."""
+
+    def needs_prepare(self) -> bool:
+        """Whether :meth:`prepare` does anything (so loops can skip building its batches)."""
+        return type(self).prepare is not TrainingHooks.prepare
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Tensors to checkpoint for an exact resume (e.g. importance averages, random generator state)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+
+
+_HOOKS_ATTRIBUTE = "peftlab_training_hooks"
+
+
+def training_hooks(model: nn.Module) -> TrainingHooks:
+    """The adapted model's training hooks (the same object on every call)."""
+    existing = model.__dict__.get(_HOOKS_ATTRIBUTE)
+    if existing is not None:
+        return existing
+    state = peft_state(model)
+    factory = get_method(state.method).extra.get("training_hooks") if state else None
+    hooks = factory(model, state.config) if factory is not None else TrainingHooks()
+    model.__dict__[_HOOKS_ATTRIBUTE] = hooks
+    return hooks
+
+
+def parameter_groups(model: nn.Module, lr: float, weight_decay: float = 0.0) -> list[dict[str, Any]]:
+    """Optimizer parameter groups: one group of the trainable parameters, unless the method asks otherwise."""
+    state = peft_state(model)
+    factory = get_method(state.method).extra.get("parameter_groups") if state else None
+    if factory is not None:
+        return factory(model, state.config, lr, weight_decay)
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    return [{"params": parameters, "lr": lr, "weight_decay": weight_decay}]
