@@ -23,6 +23,7 @@ from peftlab.core.config import ConfigError, MethodConfig
 from peftlab.core.errors import UserError
 from peftlab.core.injection import adapter_buffers, adapter_parameters, apply_config, peft_state
 from peftlab.core.layers import AdapterModule
+from peftlab.core.merging import unload
 from peftlab.core.registry import get_method
 
 CONFIG_NAME = "adapter_config.json"
@@ -62,7 +63,8 @@ def save_adapter(model: nn.Module, path: str | os.PathLike) -> Path:
     return path
 
 
-def read_adapter_config(path: str | os.PathLike) -> MethodConfig:
+def read_adapter_document(path: str | os.PathLike) -> dict[str, Any]:
+    """The raw ``adapter_config.json`` of an adapter folder, checked to be a peftlab adapter config."""
     path = Path(path)
     recover_directory(path)
     config_path = path / CONFIG_NAME
@@ -70,15 +72,20 @@ def read_adapter_config(path: str | os.PathLike) -> MethodConfig:
         raise AdapterFileError(f"{path} is not an adapter folder: {CONFIG_NAME} is missing")
     try:
         document = json.loads(config_path.read_text())
-    except json.JSONDecodeError as error:
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise AdapterFileError(f"{config_path} is not valid JSON ({error}); the file is corrupt") from None
     if not isinstance(document, dict) or "method" not in document:
         raise AdapterFileError(f"{config_path} names no 'method'; it was not written by peftlab")
+    return document
+
+
+def read_adapter_config(path: str | os.PathLike) -> MethodConfig:
+    document = dict(read_adapter_document(path))
     document.pop("base_model", None)
     try:
         return get_method(document["method"]).config_class.from_dict(document)
     except KeyError as error:
-        raise AdapterFileError(f"{config_path}: {error}") from None
+        raise AdapterFileError(f"{Path(path) / CONFIG_NAME}: {error}") from None
 
 
 def read_adapter_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -92,13 +99,28 @@ def read_adapter_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 
 def load_adapter(model: nn.Module, path: str | os.PathLike) -> nn.Module:
-    """Apply the saved method to a plain base model (or reuse the one it carries) and load its weights."""
+    """Apply the saved method to a plain base model (or reuse the one it carries) and load its weights.
+
+    On any mismatch the model is left as it was given.
+    """
     config = read_adapter_config(path)
+    trained_on = read_adapter_document(path).get("base_model", {}).get("model_type")
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if trained_on and model_type and trained_on != model_type:
+        raise AdapterFileError(
+            f"the adapter in {path} was trained on a {trained_on!r} model; this model is {model_type!r}"
+        )
     tensors = read_adapter_tensors(path)
     state = peft_state(model)
     if state is None:
         apply_config(model, config)
-    elif state.config != config:
+        try:
+            load_adapter_state_dict(model, tensors, source=str(path))
+        except BaseException:
+            unload(model, merge_first=False)
+            raise
+        return model
+    if state.config != config:
         raise AdapterFileError(
             f"the model already carries {state.method!r} with another config than the adapter in {path}; "
             f"load it onto a fresh base model"
