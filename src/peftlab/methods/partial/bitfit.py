@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from peftlab.core.config import MethodConfig, option
+from peftlab.core.config import ConfigError, MethodConfig, option
 from peftlab.core.injection import Injection
 from peftlab.core.layers import linear_shape
 from peftlab.core.registry import MethodSpec, register
@@ -46,7 +46,7 @@ def inject(model: nn.Module, config: BitFitConfig) -> Injection:
         if isinstance(module._parameters.get("bias"), nn.Parameter) and f"{module_name}.bias" not in created
     ]
     if not selected and not created:
-        raise ValueError(
+        raise ConfigError(
             "BitFit found no bias to train: this model has none. Set add_missing_biases=true to add zero biases."
         )
     return Injection(selected=selected, created=created)
