@@ -1,0 +1,225 @@
+"""Prefix-tuning (Li & Liang 2021, "Prefix-Tuning: Optimizing Continuous Prompts for Generation",
+arXiv 2101.00190).
+
+Every self-attention layer ``l`` (T5: encoder and decoder self-attention; cross-attention on request)
+attends to ``P`` trainable key/value vectors before the real tokens:
+
+    head_h = softmax(q_h [P_k^l; K_h]^T / sqrt(d) + [0; M]) [P_v^l; V_h]
+
+The prefixes form one matrix ``P_theta`` of shape ``(P, sum_l 2 d_l)`` (``d_l`` = key/value heads x head
+size of layer ``l``). As in the paper (Sec. 4.3), training goes through a reparameterisation
+``P_theta[i, :] = W_2 tanh(W_1 E[i, :] + b_1) + b_2`` with ``E`` of shape ``(P, hidden)``; afterwards
+:func:`fold` replaces the MLP by the plain ``P_theta`` (outputs unchanged, bit for bit). A saved adapter
+holds only the folded ``P_theta`` unless ``keep_reparameterization=True``.
+
+Parameter counts: the survey (like the paper's "0.1%") counts the folded prefix, ``P x sum_l 2 d_l``;
+that is what ``peftlab.parameter_counts`` reports. :func:`prefix_parameter_counts` also reports the
+reparameterisation's size, the number of parameters the optimizer updates during training.
+
+Not equal to the base at initialisation: even zero prefix values would take softmax mass from the real
+tokens and so change the outputs, and the paper's random initialisation changes them anyway.
+
+The attention plumbing (transformers' attention interface, masks, T5 position bias) is the reusable
+:mod:`peftlab.methods.additive.prefix_attention`; this file owns only the prefixes and their MLP.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from peftlab.core.config import MethodConfig, option, require
+from peftlab.core.injection import Injection, adapter_parameters, peft_state
+from peftlab.core.layers import AdapterModule
+from peftlab.core.registry import MethodSpec, register
+from peftlab.core.serialization import AdapterFileError
+from peftlab.methods.additive.prefix_attention import (
+    PrefixHandle,
+    Site,
+    attach_prefixes,
+    attention_module_names,
+    discover_sites,
+)
+
+ENCODER_NAME = "prefix_encoder"
+
+
+@dataclass(frozen=True, kw_only=True)
+class PrefixTuningConfig(MethodConfig):
+    method = "prefix_tuning"
+
+    num_virtual_tokens: int = option(10, "Prefix length P: key/value vectors prepended in every attention layer.")
+    reparameterize: bool = option(
+        True, "Train the prefixes through the paper's MLP (E -> tanh -> prefixes); fold(model) removes it."
+    )
+    mlp_hidden_size: int = option(512, "Hidden width of the reparameterisation MLP.")
+    cross_attention: bool = option(False, "Also prefix the decoder's cross-attention (encoder-decoder models).")
+    keep_reparameterization: bool = option(
+        False, "Save the embedding and MLP (to resume training) instead of the folded prefixes."
+    )
+    init_std: float = option(
+        1.0, "Standard deviation of the initial prefix embeddings E (of the prefixes when reparameterize=False)."
+    )
+
+    def validate(self) -> None:
+        require(self.num_virtual_tokens > 0, self, "num_virtual_tokens", "must be positive")
+        require(self.mlp_hidden_size > 0, self, "mlp_hidden_size", "must be positive")
+        require(self.init_std > 0, self, "init_std", "must be positive")
+
+
+class PrefixEncoder(AdapterModule):
+    """Holds ``P_theta`` (folded) or ``E`` and the MLP that produces it; provides each site's prefix."""
+
+    def __init__(self, sites: list[Site], config: PrefixTuningConfig, hidden_size: int) -> None:
+        super().__init__()
+        self.sites = list(sites)
+        self.length = config.num_virtual_tokens
+        self.offsets = [0]
+        for site in self.sites:
+            self.offsets.append(self.offsets[-1] + site.width)
+        total = self.offsets[-1]
+        if config.reparameterize:
+            self.embedding = nn.Parameter(torch.randn(self.length, hidden_size) * config.init_std)
+            self.mlp_in = nn.Linear(hidden_size, config.mlp_hidden_size)
+            self.mlp_out = nn.Linear(config.mlp_hidden_size, total)
+            self.register_parameter("prefixes", None)
+        else:
+            self.prefixes = nn.Parameter(torch.randn(self.length, total) * config.init_std)
+
+    @property
+    def folded(self) -> bool:
+        return self.prefixes is not None
+
+    @property
+    def folded_size(self) -> int:
+        return self.length * self.offsets[-1]
+
+    def site_prefix(self, index: int) -> torch.Tensor:
+        """Site ``index``'s columns of ``P_theta``: ``(P, kv_heads * (key_dim + value_dim))``."""
+        start, end = self.offsets[index], self.offsets[index + 1]
+        if self.prefixes is not None:
+            return self.prefixes[:, start:end]
+        hidden = torch.tanh(self.mlp_in(self.embedding))  # (P, mlp_hidden)
+        return F.linear(hidden, self.mlp_out.weight[start:end], self.mlp_out.bias[start:end])
+
+    def key_values(self, index: int, query: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The provider for :func:`attach_prefixes`: ``(1, kv_heads, P, head_dim)`` keys and values."""
+        site = self.sites[index]
+        rows = self.site_prefix(index)
+        split = site.kv_heads * site.key_dim
+        keys = rows[:, :split].view(self.length, site.kv_heads, site.key_dim).transpose(0, 1)
+        values = rows[:, split:].view(self.length, site.kv_heads, site.value_dim).transpose(0, 1)
+        return keys[None], values[None]
+
+    @torch.no_grad()
+    def folded_prefixes(self) -> torch.Tensor:
+        """``P_theta`` computed site by site exactly as the forward pass computes it."""
+        return torch.cat([self.site_prefix(i) for i in range(len(self.sites))], dim=1)
+
+    def fold(self) -> None:
+        if self.folded:
+            return
+        prefixes = self.folded_prefixes()
+        del self.embedding, self.mlp_in, self.mlp_out
+        self.prefixes = nn.Parameter(prefixes)
+
+
+class _Detach:
+    """Takes prefix-tuning off a model (``peftlab.unload``): restores attention, drops the encoder."""
+
+    def __init__(self, model: nn.Module, handle: PrefixHandle) -> None:
+        self.model, self.handle = model, handle
+
+    def remove(self) -> None:
+        self.handle.remove()
+        if ENCODER_NAME in self.model._modules:
+            delattr(self.model, ENCODER_NAME)
+
+
+def prefix_encoder(model: nn.Module) -> PrefixEncoder:
+    encoder = model._modules.get(ENCODER_NAME)
+    if not isinstance(encoder, PrefixEncoder):
+        raise ValueError("this model carries no prefix-tuning prefixes (peftlab.apply(model, 'prefix_tuning'))")
+    return encoder
+
+
+def fold(model: nn.Module) -> None:
+    """Replace the reparameterisation MLP by the prefixes it produces (after training; outputs unchanged).
+
+    An optimizer built before folding holds the removed MLP parameters: build a new one to keep training.
+    """
+    prefix_encoder(model).fold()
+
+
+def _other_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    """Trainable parameters outside the prefix encoder (e.g. ``modules_to_save``)."""
+    return {n: p for n, p in adapter_parameters(model) if not n.startswith(ENCODER_NAME + ".")}
+
+
+def prefix_parameter_counts(model: nn.Module) -> dict[str, int]:
+    """``folded_prefix``: P x sum_l 2 d_l (the survey's count); ``reparameterization``: the parameters the
+    optimizer updates now (embedding + MLP before folding, the prefix itself after)."""
+    encoder = prefix_encoder(model)
+    return {
+        "folded_prefix": encoder.folded_size,
+        "reparameterization": sum(p.numel() for _, p in encoder.adapter_parameters()),
+    }
+
+
+def count_trainable(model: nn.Module) -> int:
+    return prefix_encoder(model).folded_size + sum(p.numel() for p in _other_parameters(model).values())
+
+
+def export_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The saved tensors: the folded ``P_theta`` (or the MLP with ``keep_reparameterization``)."""
+    encoder = prefix_encoder(model)
+    tensors = {n: p.detach() for n, p in _other_parameters(model).items()}
+    if peft_state(model).config.keep_reparameterization:
+        tensors.update({f"{ENCODER_NAME}.{n}": p.detach() for n, p in encoder.adapter_parameters()})
+    else:
+        tensors[f"{ENCODER_NAME}.prefixes"] = encoder.folded_prefixes()
+    return tensors
+
+
+def import_state(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    """Load saved tensors; folded prefixes fold the model's encoder first."""
+    if f"{ENCODER_NAME}.prefixes" in tensors:
+        fold(model)
+    expected = dict(adapter_parameters(model))
+    if set(expected) != set(tensors):
+        raise AdapterFileError(
+            f"the prefix-tuning adapter does not fit this model: it holds {sorted(set(tensors) - set(expected))} "
+            f"and lacks {sorted(set(expected) - set(tensors))}; was it trained on another base model?"
+        )
+    for name, target in expected.items():
+        if tensors[name].shape != target.shape:
+            raise AdapterFileError(
+                f"prefix-tuning tensor {name} has shape {tuple(tensors[name].shape)}, the model expects "
+                f"{tuple(target.shape)}: the adapter was trained for a base model of another shape"
+            )
+    with torch.no_grad():
+        for name, target in expected.items():
+            target.copy_(tensors[name].to(device=target.device, dtype=target.dtype))
+
+
+def inject(model: nn.Module, config: PrefixTuningConfig) -> Injection:
+    sites = discover_sites(model, attention_module_names(model, config.cross_attention))
+    embeddings = model.get_input_embeddings().weight
+    encoder = PrefixEncoder(sites, config, hidden_size=embeddings.shape[1]).to(embeddings.device)
+    model.add_module(ENCODER_NAME, encoder)
+    handle = attach_prefixes(model, sites, encoder.key_values)
+    return Injection(count_trainable=count_trainable, hooks=[_Detach(model, handle)])
+
+
+register(MethodSpec(
+    name="prefix_tuning",
+    family="additive",
+    config_class=PrefixTuningConfig,
+    inject=inject,
+    paper="Li & Liang 2021, Prefix-Tuning: Optimizing Continuous Prompts for Generation (arXiv 2101.00190)",
+    summary="Trainable key/value prefixes in every attention layer, trained through an MLP and folded after.",
+    extra={"export_state": export_state, "import_state": import_state},
+))
