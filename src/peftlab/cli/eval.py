@@ -1,0 +1,32 @@
+"""``peftlab eval``: score a saved adapter (or the base model alone) on a task."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("eval", help="score an adapter on a task")
+    parser.add_argument("--model", required=True, help="the base model: alias, local folder or hub name")
+    parser.add_argument("--adapter", help="an adapter folder (e.g. a train --output); omit to score the base model")
+    parser.add_argument("--task", required=True, help="the task to score")
+    parser.add_argument("--data-dir", help="the data root; default $PEFTLAB_DATA, else the HF hub")
+    parser.add_argument("--split", help="score this split instead of the task's test/dev split(s)")
+    parser.add_argument("--max-eval-samples", type=int, help="score a random subset of this size")
+    parser.add_argument("--eval-batch-size", type=int, default=32)
+    parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--num-beams", type=int, default=1)
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--output", help="also write the scores to this JSON file")
+    parser.set_defaults(handler=run)
+
+
+def run(arguments: argparse.Namespace) -> int:
+    from peftlab.train import EvalArgs, evaluate_adapter
+
+    values = {k: v for k, v in vars(arguments).items() if k not in ("command", "handler")}
+    record = evaluate_adapter(EvalArgs(**values))
+    print(json.dumps(record, indent=2))
+    return 0

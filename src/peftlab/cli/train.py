@@ -1,0 +1,130 @@
+"""``peftlab train``: fine-tune a model on a task with a method; every flag is a :class:`TrainArgs` field.
+
+    peftlab train --model minilm-l6 --task sst2 --method lora --set rank=8 --output runs/sst2-lora
+    peftlab train --config exp.yaml --seed 1        # flags override the file's values
+
+An experiment file is YAML with the same names (``learning_rate`` or ``lr``, ...) and the method's
+options under ``options:``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+from peftlab.cli import CommandError
+
+# Field -> flag where the short name reads better than the field's.
+FLAGS = {"output_dir": "output", "learning_rate": "lr", "gradient_accumulation_steps": "grad-accum",
+         "options": "set", "eval_tasks": "eval-task", "progress": "no-progress"}
+HELP = {
+    "model": "an alias (minilm-l6, smollm2-135m), a local model folder, or a hub name",
+    "task": "a task name (see peftlab.tasks.task_names(): cola sst2 mrpc stsb rte qnli mnli qqp wmt16-en-ro mmlu mmlu-5shot alpaca)",
+    "method": "a registered method (see `peftlab methods`)",
+    "options": "a method option, KEY=VALUE (repeatable; see `peftlab methods --options NAME`)",
+    "output_dir": "the run folder: adapter files, metrics.json, log.jsonl, checkpoint-<step>/",
+    "data_dir": "the data root (glue/, mmlu/, wmt16_en_ro/, alpaca/); default $PEFTLAB_DATA, else the HF hub",
+    "train_split": "train on this split instead of the task's own (WMT16 without train files: newsdev2016)",
+    "eval_tasks": "also score this task at the end (repeatable; e.g. --task alpaca --eval-task mmlu)",
+    "max_steps": "optimizer steps (overrides --epochs)",
+    "batch_size": "examples per process per micro-step",
+    "eval_steps": "evaluate every N steps (default: at each epoch end)",
+    "save_steps": "write checkpoint-<step>/ every N steps (also at each epoch end)",
+    "save_total_limit": "how many checkpoints to keep",
+    "mixed_precision": "auto: bf16 (or fp16) on a GPU, off on CPU",
+    "fsdp": "shard the model with FSDP2 across the launched processes",
+    "resume": "continue from the newest complete checkpoint in --output",
+    "overwrite": "replace a previous run in --output",
+    "progress": "hide the progress bar",
+}
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("train", help="fine-tune a model on a task with a PEFT method",
+                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", metavar="FILE", help="an experiment YAML file (flags override it)")
+    from peftlab.train.args import TrainArgs
+
+    hints = typing.get_type_hints(TrainArgs)
+    for field in dataclasses.fields(TrainArgs):
+        flag = "--" + FLAGS.get(field.name, field.name.replace("_", "-"))
+        kwargs: dict[str, Any] = {"dest": field.name, "default": None, "help": HELP.get(field.name)}
+        hint = hints[field.name]
+        if field.name == "progress":
+            parser.add_argument(flag, action="store_const", const=False, **kwargs)
+        elif hint is bool:
+            parser.add_argument(flag, action="store_const", const=True, **kwargs)
+        elif field.name in ("options", "eval_tasks"):
+            parser.add_argument(flag, action="append", metavar="KEY=VALUE" if field.name == "options" else "TASK", **kwargs)
+        else:
+            scalar = _scalar_type(hint)
+            choices = typing.get_args(hint) if typing.get_origin(hint) is typing.Literal else None
+            parser.add_argument(flag, type=scalar, choices=choices, **kwargs)
+    parser.set_defaults(handler=run)
+
+
+def _scalar_type(hint: Any) -> type:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    return hint if hint in (int, float) else str
+
+
+def train_args(arguments: argparse.Namespace):
+    """Defaults, then the experiment file, then the flags."""
+    from peftlab.train.args import TrainArgs
+
+    values: dict[str, Any] = _read_config(arguments.config) if arguments.config else {}
+    options = dict(values.pop("options", {}) or {})
+    for key, value in vars(arguments).items():
+        if key in TrainArgs.field_names() and value is not None and key != "options":
+            values[key] = value
+    for item in arguments.options or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise CommandError(f"--set takes KEY=VALUE (got {item!r})")
+        options[key.strip()] = value.strip()
+    values["options"] = options
+    missing = [name for name in ("model", "task") if name not in values]
+    if missing:
+        raise CommandError(f"missing --{' and --'.join(missing)} (on the command line or in --config)")
+    return TrainArgs(**values)
+
+
+def _read_config(path: str) -> dict[str, Any]:
+    import yaml
+
+    from peftlab.train.args import TrainArgs
+
+    file = Path(path)
+    if not file.is_file():
+        raise CommandError(f"--config {path}: no such file")
+    try:
+        document = yaml.safe_load(file.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise CommandError(f"--config {path} is not valid YAML: {error}") from None
+    if not isinstance(document, dict):
+        raise CommandError(f"--config {path} must hold a mapping of settings")
+    aliases = {flag.replace("-", "_"): name for name, flag in FLAGS.items()}
+    values = {aliases.get(key.replace("-", "_"), key.replace("-", "_")): value for key, value in document.items()}
+    unknown = sorted(set(values) - set(TrainArgs.field_names()))
+    if unknown:
+        raise CommandError(f"--config {path}: unknown settings {', '.join(unknown)}; "
+                           f"known: {', '.join(TrainArgs.field_names())}")
+    if "options" in values and not isinstance(values["options"], dict):
+        raise CommandError(f"--config {path}: 'options' must be a mapping of the method's options")
+    return values
+
+
+def run(arguments: argparse.Namespace) -> int:
+    from peftlab.train import run_training
+
+    metrics = run_training(train_args(arguments))
+    summary = {k: metrics[k] for k in ("task", "method", "scores", "parameters", "train_time_s",
+                                       "train_tokens_per_s", "peak_memory_bytes")}
+    print(json.dumps(summary, indent=2))
+    return 0

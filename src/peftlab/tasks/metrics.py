@@ -1,0 +1,37 @@
+"""The official scores, computed by the libraries the benchmarks' own scripts use."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+def accuracy(predictions: Sequence[int], labels: Sequence[int]) -> float:
+    from sklearn.metrics import accuracy_score
+
+    return float(accuracy_score(labels, predictions))
+
+
+def binary_f1(predictions: Sequence[int], labels: Sequence[int]) -> float:
+    """F1 of the positive class (label 1), as GLUE reports for MRPC and QQP."""
+    from sklearn.metrics import f1_score
+
+    return float(f1_score(labels, predictions, pos_label=1, average="binary", zero_division=0))
+
+
+def matthews(predictions: Sequence[int], labels: Sequence[int]) -> float:
+    from sklearn.metrics import matthews_corrcoef
+
+    return float(matthews_corrcoef(labels, predictions))
+
+
+def pearson_spearman(predictions: Sequence[float], scores: Sequence[float]) -> dict[str, float]:
+    from scipy.stats import pearsonr, spearmanr
+
+    return {"pearson": float(pearsonr(predictions, scores)[0]), "spearman": float(spearmanr(predictions, scores)[0])}
+
+
+def sacrebleu_score(hypotheses: Sequence[str], references: Sequence[str]) -> float:
+    """Corpus BLEU on detokenized text with sacreBLEU's default 13a tokenization."""
+    import sacrebleu
+
+    return float(sacrebleu.corpus_bleu(list(hypotheses), [list(references)]).score)

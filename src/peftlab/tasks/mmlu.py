@@ -1,0 +1,102 @@
+"""MMLU (Hendrycks et al. 2021, arXiv 2009.03300): 57 subjects of four-option questions.
+
+Local layout: ``<data>/mmlu/{dev,val,test}/<subject>_<split>.csv`` (no header; question, A, B, C, D,
+answer letter). ``mmlu`` asks zero-shot, ``mmlu-5shot`` puts the subject's five ``dev`` questions
+first. The model answers with the option letter it finds most likely right after ``Answer:``
+(compared over the four letters only), as in the benchmark's own evaluation. Scores: accuracy over
+all questions, the mean of the per-subject accuracies, and each subject's accuracy.
+MMLU has no training split: fine-tuning on it uses the ``val`` questions; ``test`` is scored.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+
+from peftlab.tasks import metrics
+from peftlab.tasks.base import Example, Task, TaskError, register_task
+
+LETTERS = ("A", "B", "C", "D")
+
+
+def format_subject(subject: str) -> str:
+    return subject.replace("_", " ")
+
+
+def format_question(row: Sequence[str], with_answer: bool) -> str:
+    text = row[0] + "".join(f"\n{letter}. {option}" for letter, option in zip(LETTERS, row[1:5], strict=True))
+    return text + "\nAnswer:" + (f" {row[5]}\n\n" if with_answer else "")
+
+
+class Mmlu(Task):
+    kind = "multiple_choice"
+    num_labels = len(LETTERS)
+    main_metric = "accuracy"
+    train_split = "val"
+    eval_splits = ("test",)
+    description = "MMLU"
+
+    def __init__(self, name: str, shots: int) -> None:
+        self.name = name
+        self.shots = shots
+
+    def local_files(self, root: Path, split: str) -> list[Path]:
+        folders = [root / "mmlu" / split]
+        return folders + ([root / "mmlu" / "dev"] if self.shots else [])
+
+    def read(self, root: Path, split: str) -> list[Example]:
+        folder = root / "mmlu" / split
+        files = sorted(folder.glob(f"*_{split}.csv"))
+        if not files:
+            raise TaskError(f"{folder} holds no <subject>_{split}.csv files")
+        examples = []
+        for path in files:
+            subject = path.name.removesuffix(f"_{split}.csv")
+            shots = _rows(root / "mmlu" / "dev" / f"{subject}_dev.csv")[: self.shots] if self.shots else []
+            examples.extend(self._example(subject, row, shots) for row in _rows(path))
+        return examples
+
+    def read_hub(self, split: str) -> list[Example]:
+        import datasets
+
+        def rows(hub_split: str) -> list[tuple[str, list[str]]]:
+            table = datasets.load_dataset("cais/mmlu", "all", split=hub_split)
+            return [(r["subject"], [r["question"], *r["choices"], LETTERS[r["answer"]]]) for r in table]
+
+        dev: dict[str, list[list[str]]] = defaultdict(list)
+        for subject, row in rows("dev") if self.shots else []:
+            dev[subject].append(row)
+        hub_split = {"val": "validation"}.get(split, split)
+        return [self._example(subject, row, dev[subject][: self.shots]) for subject, row in rows(hub_split)]
+
+    def _example(self, subject: str, row: list[str], shots: list[list[str]]) -> Example:
+        header = f"The following are multiple choice questions (with answers) about {format_subject(subject)}.\n\n"
+        prompt = header + "".join(format_question(shot, True) for shot in shots) + format_question(row, False)
+        return Example(text=prompt, label=LETTERS.index(row[5]), target=row[5], group=subject)
+
+    def metrics(self, predictions: Sequence[int], examples: Sequence[Example]) -> dict[str, float]:
+        by_subject: dict[str, tuple[list[int], list[int]]] = defaultdict(lambda: ([], []))
+        for prediction, example in zip(predictions, examples, strict=True):
+            by_subject[example.group][0].append(prediction)
+            by_subject[example.group][1].append(example.label)
+        per_subject = {f"subject/{s}": metrics.accuracy(p, l) for s, (p, l) in sorted(by_subject.items())}
+        return {
+            "accuracy": metrics.accuracy(predictions, [example.label for example in examples]),
+            "subject_average": sum(per_subject.values()) / len(per_subject),
+            **per_subject,
+        }
+
+
+def _rows(path: Path) -> list[list[str]]:
+    with open(path, encoding="utf-8", newline="") as handle:
+        rows = list(csv.reader(handle))
+    for line, row in enumerate(rows, start=1):
+        if len(row) != 6 or row[5] not in LETTERS:
+            raise TaskError(f"{path} line {line}: expected question, four options and an answer letter A-D")
+    return rows
+
+
+register_task(Mmlu("mmlu", shots=0))
+register_task(Mmlu("mmlu-5shot", shots=5))

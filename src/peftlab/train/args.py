@@ -1,0 +1,94 @@
+"""The typed inputs of a training or evaluation run; the CLI and ``peftlab bench`` both build these."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from peftlab.core.errors import UserError
+
+MixedPrecision = Literal["auto", "no", "fp16", "bf16"]
+
+
+class ArgumentError(UserError, ValueError):
+    """A run argument is missing or out of range."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainArgs:
+    """One fine-tuning run: a model, a task, a method with its options, and the loop's settings."""
+
+    model: str  # an alias (minilm-l6, smollm2-135m), a local folder, or a hub name
+    task: str
+    method: str = "lora"
+    options: dict[str, Any] = field(default_factory=dict)  # the method's options (--set key=value)
+    output_dir: str | None = None  # None: train and evaluate, write nothing
+    data_dir: str | None = None  # None: $PEFTLAB_DATA, else the HuggingFace hub
+    train_split: str | None = None  # None: the task's own (WMT16 here: newsdev2016)
+    eval_tasks: tuple[str, ...] = ()  # more tasks scored after training (alpaca -> mmlu)
+    seed: int = 42
+    epochs: int = 1
+    max_steps: int | None = None  # optimizer steps; overrides epochs
+    batch_size: int = 16  # per process, per micro-step
+    eval_batch_size: int = 32
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 5e-4
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.06
+    max_grad_norm: float | None = 1.0
+    max_length: int = 128
+    max_train_samples: int | None = None
+    max_eval_samples: int | None = None
+    eval_steps: int | None = None  # None: evaluate at the end of each epoch
+    save_steps: int | None = None  # a checkpoint every N optimizer steps (and at each epoch end)
+    save_total_limit: int = 2
+    logging_steps: int = 10
+    gradient_checkpointing: bool = False
+    mixed_precision: MixedPrecision = "auto"  # auto: bf16 on a GPU that has it, fp16 on other GPUs, off on CPU
+    fsdp: bool = False  # shard each transformer block with FSDP2 (torch.distributed.fsdp.fully_shard)
+    resume: bool = False  # continue from the newest complete checkpoint in output_dir
+    overwrite: bool = False  # allow an output_dir that already holds a run
+    num_beams: int = 1
+    max_new_tokens: int = 64
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        positive = ("epochs", "batch_size", "eval_batch_size", "gradient_accumulation_steps", "max_length",
+                    "save_total_limit", "logging_steps", "num_beams", "max_new_tokens")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ArgumentError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(self, name)})")
+        for name in ("max_steps", "max_train_samples", "max_eval_samples", "eval_steps", "save_steps"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ArgumentError(f"--{name.replace('_', '-')} must be at least 1 (got {value})")
+        if self.learning_rate <= 0:
+            raise ArgumentError(f"--lr must be positive (got {self.learning_rate})")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ArgumentError(f"--warmup-ratio must be in [0, 1) (got {self.warmup_ratio})")
+        if self.resume and self.output_dir is None:
+            raise ArgumentError("--resume needs --output: the folder that holds the checkpoints")
+        object.__setattr__(self, "eval_tasks", tuple(self.eval_tasks))
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalArgs:
+    """Score a saved adapter (or the plain base model, ``adapter=None``) on a task."""
+
+    model: str
+    task: str
+    adapter: str | None = None
+    data_dir: str | None = None
+    split: str | None = None  # None: the task's scored split(s)
+    max_eval_samples: int | None = None
+    eval_batch_size: int = 32
+    max_length: int = 128
+    num_beams: int = 1
+    max_new_tokens: int = 64
+    seed: int = 42
+    output: str | None = None  # a JSON file for the scores

@@ -1,0 +1,85 @@
+"""Examples to token ids for each kind of model, and padding into batches.
+
+Decoders read ``prompt + separator + target + eos`` as one sequence with the loss on the target
+only (the prompt's labels are -100); T5 reads the prompt and writes the target; encoders read the
+text (pair) and predict the label with their head.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from peftlab.tasks import Example, Task
+
+IGNORE = -100
+Features = dict[str, list[int] | int | float]
+
+
+def encode(task: Task, examples: Sequence[Example], tokenizer: Any, kind: str, max_length: int) -> list[Features]:
+    """Training features: model inputs plus ``labels``."""
+    if task.kind in ("classification", "regression"):
+        return [_encode_pair(e, tokenizer, max_length) for e in examples]
+    if kind == "encoder-decoder":
+        return [_encode_seq2seq(e, tokenizer, max_length) for e in examples]
+    return [_encode_causal(e, task.separator, tokenizer, max_length) for e in examples]
+
+
+def encode_prompts(examples: Sequence[Example], tokenizer: Any, max_length: int) -> list[Features]:
+    """Prompts alone (for generation and option-letter scoring), cut from the left to ``max_length``."""
+    features = []
+    for example in examples:
+        ids = tokenizer(example.text, add_special_tokens=True)["input_ids"][-max_length:]
+        features.append({"input_ids": ids, "attention_mask": [1] * len(ids)})
+    return features
+
+
+def _encode_pair(example: Example, tokenizer: Any, max_length: int) -> Features:
+    encoded = tokenizer(example.text, example.text_pair, truncation=True, max_length=max_length)
+    features: Features = {key: list(value) for key, value in encoded.items()}
+    features["labels"] = example.label
+    return features
+
+
+def _encode_seq2seq(example: Example, tokenizer: Any, max_length: int) -> Features:
+    ids = tokenizer(example.text, truncation=True, max_length=max_length)["input_ids"]
+    labels = tokenizer(text_target=example.target, truncation=True, max_length=max_length)["input_ids"]
+    return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels}
+
+
+def _encode_causal(example: Example, separator: str, tokenizer: Any, max_length: int) -> Features:
+    """Over-long pairs keep at least half the budget for the target and cut the prompt from the left."""
+    prompt = tokenizer(example.text, add_special_tokens=True)["input_ids"]
+    target = tokenizer(separator + example.target, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    if len(prompt) + len(target) > max_length:
+        target = target[: max(max_length - len(prompt), max_length // 2)]
+        prompt = prompt[len(prompt) - (max_length - len(target)):]
+    ids = prompt + target
+    return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": [IGNORE] * len(prompt) + target}
+
+
+def collate(features: Sequence[Features], pad_id: int, left: bool = False) -> dict[str, torch.Tensor]:
+    """Pad every list field to the longest in the batch (``labels`` with -100); scalars become a vector."""
+    batch: dict[str, torch.Tensor] = {}
+    for key in features[0]:
+        values = [f[key] for f in features]
+        if not isinstance(values[0], list):
+            dtype = torch.float32 if isinstance(values[0], float) else torch.long
+            batch[key] = torch.tensor(values, dtype=dtype)
+            continue
+        fill = IGNORE if key == "labels" else pad_id if key == "input_ids" else 0
+        width = max(len(v) for v in values)
+        rows = [[fill] * (width - len(v)) + v if left else v + [fill] * (width - len(v)) for v in values]
+        batch[key] = torch.tensor(rows, dtype=torch.long)
+    return batch
+
+
+def count_tokens(batch: dict[str, torch.Tensor]) -> int:
+    """Tokens a step processes: the non-pad inputs plus, for seq2seq, the target tokens."""
+    tokens = int(batch["attention_mask"].sum())
+    labels = batch.get("labels")
+    if labels is not None and labels.dim() == 2 and labels.shape != batch["input_ids"].shape:
+        tokens += int((labels != IGNORE).sum())
+    return tokens

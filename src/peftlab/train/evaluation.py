@@ -1,0 +1,92 @@
+"""Score a model on a task's examples, each task kind the way its benchmark does."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from peftlab.tasks import Example, Task
+from peftlab.tasks.mmlu import LETTERS
+from peftlab.train.encoding import IGNORE, collate, encode, encode_prompts
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, tokenizer: Any, kind: str, task: Task, examples: Sequence[Example], *,
+             batch_size: int = 32, max_length: int = 128, num_beams: int = 1, max_new_tokens: int = 64,
+             device: torch.device | None = None) -> dict[str, float]:
+    """The task's official scores for ``model`` on ``examples`` (the model is put in eval mode and back)."""
+    was_training = model.training
+    model.eval()
+    device = device or next(model.parameters()).device
+    predict = {"classification": _classify, "regression": _regress, "generation": _generate,
+               "multiple_choice": _choose, "language_modeling": _response_loss}[task.kind]
+    predictions: list = []
+    for start in range(0, len(examples), batch_size):
+        chunk = examples[start:start + batch_size]
+        predictions.extend(predict(model, tokenizer, kind, task, chunk, device=device, max_length=max_length,
+                                   num_beams=num_beams, max_new_tokens=max_new_tokens))
+    model.train(was_training)
+    return task.metrics(predictions, examples)
+
+
+def _inputs(features: list, tokenizer: Any, device: torch.device, left: bool = False) -> dict[str, torch.Tensor]:
+    batch = collate(features, tokenizer.pad_token_id, left=left)
+    batch.pop("labels", None)
+    return {key: value.to(device) for key, value in batch.items()}
+
+
+def _classify(model, tokenizer, kind, task, examples, *, device, max_length, **_) -> list[int]:
+    features = encode(task, examples, tokenizer, kind, max_length)
+    return model(**_inputs(features, tokenizer, device)).logits.argmax(-1).tolist()
+
+
+def _regress(model, tokenizer, kind, task, examples, *, device, max_length, **_) -> list[float]:
+    features = encode(task, examples, tokenizer, kind, max_length)
+    return model(**_inputs(features, tokenizer, device)).logits[:, 0].float().tolist()
+
+
+def _generate(model, tokenizer, kind, task, examples, *, device, max_length, num_beams, max_new_tokens) -> list[str]:
+    decoder = kind == "decoder"
+    inputs = _inputs(encode_prompts(examples, tokenizer, max_length), tokenizer, device, left=decoder)
+    output = model.generate(**inputs, num_beams=num_beams, max_new_tokens=max_new_tokens, do_sample=False,
+                            pad_token_id=tokenizer.pad_token_id)
+    if decoder:
+        output = output[:, inputs["input_ids"].shape[1]:]
+    texts = tokenizer.batch_decode(output, skip_special_tokens=True)
+    # A decoder may run on past its answer: the task's answer ends where its separator would start a new one.
+    return [text.strip().split("\n")[0].strip() if decoder else text.strip() for text in texts]
+
+
+def letter_ids(tokenizer: Any, kind: str) -> list[int]:
+    """The token each option letter starts with when it follows ``Answer:``."""
+    prefix = "" if kind == "encoder-decoder" else " "
+    return [tokenizer(prefix + letter, add_special_tokens=False)["input_ids"][-1] for letter in LETTERS]
+
+
+def _choose(model, tokenizer, kind, task, examples, *, device, max_length, **_) -> list[int]:
+    inputs = _inputs(encode_prompts(examples, tokenizer, max_length), tokenizer, device, left=kind == "decoder")
+    if kind == "encoder-decoder":
+        start = torch.full((len(examples), 1), model.config.decoder_start_token_id, device=device)
+        logits = model(**inputs, decoder_input_ids=start).logits[:, 0]
+    else:  # left-padded: positions count from each prompt's first real token
+        positions = (inputs["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+        logits = model(**inputs, position_ids=positions).logits[:, -1]
+    return logits[:, letter_ids(tokenizer, kind)].argmax(-1).tolist()
+
+
+def _response_loss(model, tokenizer, kind, task, examples, *, device, max_length, **_) -> list[tuple[float, int]]:
+    """Per example: the summed cross-entropy over its target tokens, and how many there are."""
+    batch = {k: v.to(device) for k, v in collate(encode(task, examples, tokenizer, kind, max_length),
+                                                  tokenizer.pad_token_id).items()}
+    labels = batch.pop("labels")
+    if kind == "encoder-decoder":
+        logits = model(**batch, labels=labels).logits
+    else:
+        logits, labels = model(**batch).logits[:, :-1], labels[:, 1:]
+    losses = F.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=IGNORE, reduction="none")
+    counts = (labels != IGNORE).sum(-1)
+    return [(float(loss), int(count)) for loss, count in zip(losses.sum(-1), counts, strict=True)]

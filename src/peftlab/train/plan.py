@@ -1,0 +1,104 @@
+"""Everything a run needs, loaded and checked before anything is written: the task's data, the model
+with its head, the method applied. Any bad input fails here, with the output folder untouched."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import peftlab
+from peftlab.core.architectures import architecture_of
+from peftlab.core.registry import get_method
+from peftlab.tasks import Example, Task, get_task, subsample
+from peftlab.train.args import ArgumentError, TrainArgs
+from peftlab.train.models import LoadedModel, ModelError, load_model
+
+HEAD_TASK_KINDS = ("classification", "regression")
+RUN_FILES = ("log.jsonl", "metrics.json", "adapter_config.json")
+
+
+@dataclass
+class EvalSet:
+    task: Task
+    split: str
+    examples: list[Example]
+    prefix: str  # "" for the trained task, "<task>/" for the extra ones
+
+
+@dataclass
+class Plan:
+    args: TrainArgs
+    task: Task
+    train_examples: list[Example]
+    eval_sets: list[EvalSet]
+    loaded: LoadedModel
+    output_dir: Path | None
+
+
+def check_output_dir(args: TrainArgs) -> Path | None:
+    if args.output_dir is None:
+        return None
+    path = Path(args.output_dir)
+    if not path.exists() or args.resume or not any(path.iterdir()):
+        return path
+    if not args.overwrite:
+        raise ArgumentError(f"{path} already holds files: pass --resume to continue the run there, "
+                            f"--overwrite to replace it, or another --output")
+    if not any((path / name).exists() for name in RUN_FILES) and not list(path.glob("checkpoint-*")):
+        raise ArgumentError(f"{path} holds files that are not a peftlab run; --overwrite only replaces a run folder")
+    return path
+
+
+def clear_output_dir(path: Path) -> None:
+    """For --overwrite: remove the previous run (called only once the new one has loaded fine)."""
+    shutil.rmtree(path)
+
+
+def eval_sets_for(task: Task, args: TrainArgs, prefix: str = "") -> list[EvalSet]:
+    return [EvalSet(task, split, subsample(task.load(split, args.data_dir), args.max_eval_samples, args.seed), prefix)
+            for split in task.eval_splits]
+
+
+def method_options(args: TrainArgs, head: tuple[str, ...]) -> dict[str, Any]:
+    """The user's options, with the new classification head trained and saved beside the method."""
+    options = dict(args.options)
+    if head:
+        given = options.get("modules_to_save", ())
+        given = given.split(",") if isinstance(given, str) else list(given)
+        options["modules_to_save"] = tuple(dict.fromkeys([*[g for g in given if g], *head]))
+    return options
+
+
+def make_plan(args: TrainArgs) -> Plan:
+    output_dir = check_output_dir(args)
+    task = get_task(args.task)
+    spec = get_method(args.method)
+    extra = [get_task(name) for name in args.eval_tasks]
+    for other in extra:
+        if (other.kind in HEAD_TASK_KINDS) != (task.kind in HEAD_TASK_KINDS):
+            raise ArgumentError(f"--eval-task {other.name} needs a {'classification head' if other.kind in HEAD_TASK_KINDS else 'language-model head'}, "
+                                f"but {task.name} trains the other kind")
+    train_examples = subsample(task.load(args.train_split or task.train_split, args.data_dir),
+                               args.max_train_samples, args.seed)
+    if not train_examples:
+        raise ArgumentError(f"task {task.name}: the training split is empty")
+    eval_sets = eval_sets_for(task, args)
+    for other in extra:
+        eval_sets += eval_sets_for(other, args, prefix=f"{other.name}/")
+
+    peftlab_seed(args.seed)
+    loaded = load_model(args.model, task)
+    architecture = architecture_of(loaded.model)
+    if architecture is not None and architecture.name not in spec.architectures:
+        raise ModelError(f"method {spec.name!r} supports {', '.join(spec.architectures)} models; "
+                         f"{args.model!r} is a {architecture.name} model (see `peftlab methods`)")
+    peftlab.apply(loaded.model, args.method, **method_options(args, loaded.head))
+    return Plan(args, task, train_examples, eval_sets, loaded, output_dir)
+
+
+def peftlab_seed(seed: int) -> None:
+    from accelerate.utils import set_seed
+
+    set_seed(seed)
