@@ -1,0 +1,132 @@
+"""From run records to the survey's table: one row per method, columns per task plus the average.
+
+A cell is the mean ± sample standard deviation (n - 1) over seeds. The average column averages the
+tasks within each seed that has every task, then takes mean ± std over those seeds. The trainable %
+column is the mean over the row's runs, the peak memory column the largest peak among them. The best
+cell of each column is marked: the highest score, the lowest trainable % and peak memory (ties all marked).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from peftlab.core.registry import FAMILIES
+
+AVERAGE = "avg"
+TRAINABLE = "trainable %"
+MEMORY = "peak MiB"
+LOWER_IS_BETTER = (TRAINABLE, MEMORY)
+
+
+@dataclass
+class Cell:
+    mean: float | None
+    std: float | None = None
+    n: int = 0
+    best: bool = False
+
+    @classmethod
+    def of(cls, values: list[float]) -> Cell:
+        if not values:
+            return cls(None)
+        std = statistics.stdev(values) if len(values) > 1 else None
+        return cls(statistics.fmean(values), std, len(values))
+
+
+@dataclass
+class Row:
+    family: str
+    label: str
+    method: str
+    cells: dict[str, Cell] = field(default_factory=dict)
+    knobs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Table:
+    model: str
+    metric_names: dict[str, str]
+    tasks: list[str]
+    rows: list[Row]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def columns(self) -> list[str]:
+        return [*self.tasks, AVERAGE, TRAINABLE, MEMORY]
+
+
+def ok_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [record for record in records if record.get("status") == "ok"]
+
+
+def build_tables(records: list[dict[str, Any]]) -> list[Table]:
+    """One table per model, from the successful records."""
+    by_model: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for record in ok_records(records):
+        by_model[record["spec"]["model"]].append(record)
+    return [build_table(model, by_model[model]) for model in sorted(by_model)]
+
+
+def build_table(model: str, records: list[dict[str, Any]]) -> Table:
+    tasks = sorted({record["spec"]["task"] for record in records})
+    metric_names = {record["spec"]["task"]: record.get("primary_metric", "score") for record in records}
+    by_row: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for record in records:
+        by_row[record["spec"]["label"]].append(record)
+    rows = [_row(label, by_row[label], tasks) for label in by_row]
+    rows.sort(key=lambda row: (_family_rank(row.family), row.method != row.label, row.method, row.label))
+    notes = sorted({record["model_note"] for record in records if record.get("model_note")})
+    table = Table(model, metric_names, tasks, rows, notes)
+    mark_best(table)
+    return table
+
+
+def _family_rank(family: str) -> int:
+    return FAMILIES.index(family) if family in FAMILIES else len(FAMILIES)
+
+
+def _row(label: str, records: list[dict[str, Any]], tasks: list[str]) -> Row:
+    first = records[0]["spec"]
+    row = Row(first["family"], label, first["method"], knobs=dict(first.get("knobs") or {}))
+    per_seed: dict[int, dict[str, float]] = defaultdict(dict)
+    for task in tasks:
+        scores = {}
+        for record in records:
+            if record["spec"]["task"] == task and record.get("score") is not None:
+                scores[record["spec"]["seed"]] = float(record["score"])
+        for seed, score in scores.items():
+            per_seed[seed][task] = score
+        row.cells[task] = Cell.of(list(scores.values()))
+    averages = [statistics.fmean(s[t] for t in tasks) for s in per_seed.values() if len(s) == len(tasks)]
+    row.cells[AVERAGE] = Cell.of(averages)
+    shares = [float(r["parameters"]["trainable_percent"]) for r in records]
+    row.cells[TRAINABLE] = Cell(statistics.fmean(shares), None, len(shares))
+    peaks = [float(r["memory"]["peak_bytes"]) / 2**20 for r in records if r.get("memory", {}).get("peak_bytes")]
+    row.cells[MEMORY] = Cell(max(peaks), None, len(peaks)) if peaks else Cell(None)
+    return row
+
+
+def mark_best(table: Table) -> None:
+    for column in table.columns:
+        cells = [row.cells[column] for row in table.rows if row.cells[column].mean is not None]
+        if not cells:
+            continue
+        pick = min if column in LOWER_IS_BETTER else max
+        best = pick(cell.mean for cell in cells)
+        for cell in cells:
+            cell.best = math.isclose(cell.mean, best, rel_tol=1e-12, abs_tol=1e-12)
+
+
+def format_cell(cell: Cell, column: str, plus_minus: str = " ± ") -> str:
+    """``85.2 ± 1.3`` for scores, three significant digits for trainable %, whole MiB for memory."""
+    if cell.mean is None:
+        return "–"
+    spec = {TRAINABLE: ".3g", MEMORY: ".0f"}.get(column, ".1f")
+    text = format(cell.mean, spec)
+    if cell.std is not None:
+        text += plus_minus + format(cell.std, spec)
+    return text

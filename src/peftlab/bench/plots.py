@@ -1,0 +1,105 @@
+"""The report's figures as PNG bytes: score vs trainable %, memory by component, score vs each ablation knob."""
+
+from __future__ import annotations
+
+import io
+from collections import defaultdict
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from peftlab.bench.aggregate import AVERAGE, TRAINABLE, Table  # noqa: E402
+from peftlab.bench.memory import COMPONENTS  # noqa: E402
+from peftlab.core.registry import FAMILIES  # noqa: E402
+
+FAMILY_COLOURS = dict(zip(FAMILIES, ("black", "tab:blue", "tab:green", "tab:orange", "tab:purple", "tab:red"),
+                          strict=True))
+COMPONENT_COLOURS = dict(zip(COMPONENTS, ("tab:gray", "tab:orange", "tab:red", "tab:blue"), strict=True))
+
+
+def _png(figure: plt.Figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.tight_layout()
+    figure.savefig(buffer, format="png", dpi=120)
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def score_vs_trainable(table: Table) -> bytes | None:
+    """Average score against % trainable parameters (log x), one point per method, coloured by family."""
+    points = [(row, row.cells[AVERAGE].mean, row.cells[TRAINABLE].mean) for row in table.rows]
+    points = [(row, score, share) for row, score, share in points if score is not None and share]
+    if not points:
+        return None
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    for family in dict.fromkeys(row.family for row, _, _ in points):
+        chosen = [(s, x) for row, s, x in points if row.family == family]
+        axes.scatter([x for _, x in chosen], [s for s, _ in chosen], label=family,
+                     color=FAMILY_COLOURS.get(family, "gray"), s=36)
+    for row, score, share in points:
+        axes.annotate(row.label, (share, score), textcoords="offset points", xytext=(4, 3), fontsize=7)
+    axes.set_xscale("log")
+    axes.set_xlabel("trainable parameters (% of base, log scale)")
+    metric = "average score" if len(table.tasks) > 1 else f"{table.tasks[0]} {table.metric_names[table.tasks[0]]}"
+    axes.set_ylabel(metric)
+    axes.set_title(f"{table.model}: score vs trainable parameters")
+    axes.grid(True, which="both", alpha=0.3)
+    axes.legend(fontsize=8)
+    return _png(figure)
+
+
+def memory_by_component(table: Table, records: list[dict[str, Any]]) -> bytes | None:
+    """Measured training memory per method as bars stacked by component, with the peak marked."""
+    by_label: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for record in records:
+        if record["spec"]["model"] == table.model and record.get("memory", {}).get("breakdown"):
+            by_label[record["spec"]["label"]].append(record)
+    labels = [row.label for row in table.rows if row.label in by_label]
+    if not labels:
+        return None
+    figure, axes = plt.subplots(figsize=(max(6, 0.6 * len(labels) + 2), 4.5))
+    bottoms = [0.0] * len(labels)
+    for component in COMPONENTS:
+        heights = [max(r["memory"]["breakdown"][component]["measured"] for r in by_label[label]) / 2**20
+                   for label in labels]
+        axes.bar(labels, heights, bottom=bottoms, label=component, color=COMPONENT_COLOURS[component])
+        bottoms = [b + h for b, h in zip(bottoms, heights, strict=True)]
+    peaks = [max(r["memory"].get("peak_bytes") or 0 for r in by_label[label]) / 2**20 for label in labels]
+    if any(peaks):
+        source = next(iter(by_label.values()))[0]["memory"].get("peak_source", "peak")
+        axes.scatter(labels, peaks, marker="_", s=400, color="black", label=f"peak ({source})", zorder=3)
+    axes.set_ylabel("MiB")
+    axes.set_title(f"{table.model}: training memory by component (one step, measured)")
+    axes.tick_params(axis="x", rotation=60, labelsize=8)
+    axes.legend(fontsize=8)
+    return _png(figure)
+
+
+def score_vs_knob(table: Table, knob: str) -> bytes | None:
+    """Average score against one ablation knob; one line per setting of the row's other knobs."""
+    series: dict[str, list[tuple[Any, float]]] = defaultdict(list)
+    for row in table.rows:
+        score = row.cells[AVERAGE].mean
+        if knob not in row.knobs or score is None:
+            continue
+        others = ", ".join(f"{k}={v}" for k, v in row.knobs.items() if k != knob)
+        series[f"{row.method}" + (f" ({others})" if others else "")].append((row.knobs[knob], score))
+    if not series:
+        return None
+    figure, axes = plt.subplots(figsize=(6.5, 4.2))
+    numeric = all(isinstance(x, (int, float)) for points in series.values() for x, _ in points)
+    for name, points in sorted(series.items()):
+        points.sort(key=lambda point: point[0] if numeric else str(point[0]))
+        xs = [x if numeric else str(x) for x, _ in points]
+        axes.plot(xs, [s for _, s in points], marker="o", label=name)
+    if numeric and min(x for points in series.values() for x, _ in points) > 0:
+        axes.set_xscale("log", base=2)
+    axes.set_xlabel(knob)
+    axes.set_ylabel("average score")
+    axes.set_title(f"{table.model}: score vs {knob}")
+    axes.grid(True, alpha=0.3)
+    axes.legend(fontsize=7)
+    return _png(figure)

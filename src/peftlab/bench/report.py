@@ -1,0 +1,206 @@
+"""``peftlab report DIR``: the survey-style tables (Markdown, CSV, LaTeX), PNG plots and one HTML page.
+
+Reads whatever run records ``DIR/runs/`` holds (from any number of shards) and writes, atomically:
+``report.md``, ``results.csv``, ``results.tex``, ``*.png`` and ``report.html`` (images inlined).
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from peftlab.bench import plots
+from peftlab.bench.aggregate import Table, build_tables, format_cell
+from peftlab.bench.memory import COMPONENTS
+from peftlab.bench.records import read_records, runs_dir
+from peftlab.bench.suite import slug
+from peftlab.core.atomic import write_bytes_atomic, write_text_atomic
+from peftlab.core.errors import UserError
+
+
+class ReportError(UserError):
+    pass
+
+
+@dataclass
+class Report:
+    tables: list[Table]
+    records: list[dict[str, Any]]
+    figures: dict[str, dict[str, bytes]] = field(default_factory=dict)  # model -> file name -> PNG
+
+
+def build_report(output: str | Path) -> Report:
+    records = read_records(output)
+    if not records:
+        raise ReportError(f"no run records in {runs_dir(output)}; run `peftlab bench --suite NAME --output {output}`")
+    tables = build_tables(records)
+    report = Report(tables, records)
+    for table in tables:
+        name = slug(table.model)
+        figures = {f"score_vs_trainable-{name}.png": plots.score_vs_trainable(table),
+                   f"memory-{name}.png": plots.memory_by_component(table, records)}
+        for knob in sorted({knob for row in table.rows for knob in row.knobs}):
+            figures[f"ablation-{name}-{slug(knob)}.png"] = plots.score_vs_knob(table, knob)
+        report.figures[table.model] = {key: png for key, png in figures.items() if png is not None}
+    return report
+
+
+def write_report(output: str | Path) -> list[Path]:
+    """Write every report file into ``output``; returns their paths."""
+    output = Path(output)
+    report = build_report(output)
+    written = []
+    for figures in report.figures.values():
+        for name, png in figures.items():
+            write_bytes_atomic(output / name, png)
+            written.append(output / name)
+    files = {"report.md": markdown(report), "results.csv": csv_text(report.tables),
+             "results.tex": latex(report.tables), "report.html": html_page(report)}
+    for name, text in files.items():
+        write_text_atomic(output / name, text)
+        written.append(output / name)
+    return written
+
+
+# -- Markdown ----------------------------------------------------------------------------------------
+def markdown_table(table: Table) -> str:
+    header = ["family", "method", *(f"{t} ({table.metric_names[t]})" for t in table.tasks), *table.columns[len(table.tasks):]]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * 2 + "---:|" * len(table.columns)]
+    previous = None
+    for row in table.rows:
+        family = row.family if row.family != previous else ""
+        previous = row.family
+        cells = [_bold(format_cell(row.cells[c], c), row.cells[c].best, "**{}**") for c in table.columns]
+        lines.append("| " + " | ".join([family, f"`{row.label}`", *cells]) + " |")
+    return "\n".join(lines)
+
+
+def _bold(text: str, best: bool, template: str) -> str:
+    return template.format(text) if best and text != "–" else text
+
+
+def markdown(report: Report) -> str:
+    parts = ["# peftlab assessment", "",
+             "Scores ×100 (mean ± std over seeds); best per column in bold (highest score; lowest trainable % "
+             "and peak memory). Peak memory: CUDA max allocated on GPU, peak RSS of the run's process on CPU."]
+    for table in report.tables:
+        parts += ["", f"## {table.model}", "", *[f"> {note}" for note in table.notes], "", markdown_table(table)]
+        figures = list(report.figures.get(table.model, {}))
+        parts += [f"\n![{fig}]({fig})" for fig in figures if fig.startswith("score_vs_trainable-")]
+        parts += ["", "### Memory by component (one training step, MiB): measured / predicted", "",
+                  memory_table(table, report.records)]
+        parts += [f"\n![{fig}]({fig})" for fig in figures if not fig.startswith("score_vs_trainable-")]
+    parts += ["", "## Runs", "", runs_table(report.records)]
+    return "\n".join(parts) + "\n"
+
+
+def memory_table(table: Table, records: list[dict[str, Any]]) -> str:
+    lines = ["| method | " + " | ".join(COMPONENTS) + " |", "|---|" + "---:|" * len(COMPONENTS)]
+    for row in table.rows:
+        chosen = [r for r in records if r["spec"]["model"] == table.model and r["spec"]["label"] == row.label
+                  and r.get("memory", {}).get("breakdown")]
+        if not chosen:
+            continue
+        parts = chosen[0]["memory"]["breakdown"]
+        cells = [f"{_mib(parts[c]['measured'])} / {_mib(parts[c]['predicted'])}" for c in COMPONENTS]
+        lines.append(f"| `{row.label}` | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _mib(value: int | None) -> str:
+    return "–" if value is None else f"{value / 2**20:.1f}"
+
+
+def runs_table(records: list[dict[str, Any]]) -> str:
+    lines = ["| run | status | score | trainable % | peak MiB | train tokens/s | wall s | device |",
+             "|---|---|---:|---:|---:|---:|---:|---|"]
+    for record in records:
+        score = record.get("score")
+        peak = record.get("memory", {}).get("peak_bytes")
+        speed = record.get("train_tokens_per_second")
+        status = record["status"] if record["status"] == "ok" else f"{record['status']}: {_one_line(record.get('error'))}"
+        lines.append("| " + " | ".join([
+            record.get("run_id", ""), status, "–" if score is None else f"{score:.2f}",
+            _number(record.get("parameters", {}).get("trainable_percent"), ".3g"),
+            "–" if not peak else f"{peak / 2**20:.0f}", _number(speed, ".0f"),
+            _number(record.get("wall_seconds"), ".1f"), record.get("provenance", {}).get("device", "")]) + " |")
+    return "\n".join(lines)
+
+
+def _number(value: float | None, spec: str) -> str:
+    return "–" if value is None else format(value, spec)
+
+
+def _one_line(text: str | None) -> str:
+    return re.sub(r"\s+", " ", text or "").strip()[:200].replace("|", "/")
+
+
+# -- CSV and LaTeX --------------------------------------------------------------------------------------
+def csv_text(tables: list[Table]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["model", "family", "method", "column", "metric", "mean", "std", "n", "best"])
+    for table in tables:
+        for row in table.rows:
+            for column in table.columns:
+                cell = row.cells[column]
+                writer.writerow([table.model, row.family, row.label, column, table.metric_names.get(column, ""),
+                                 "" if cell.mean is None else repr(cell.mean),
+                                 "" if cell.std is None else repr(cell.std), cell.n, int(cell.best)])
+    return buffer.getvalue()
+
+
+def _latex_escape(text: str) -> str:
+    return re.sub(r"([&%$#_{}])", r"\\\1", text).replace("~", r"\textasciitilde{}")
+
+
+def latex(tables: list[Table]) -> str:
+    parts = []
+    for table in tables:
+        columns = [_latex_escape(c) for c in table.columns]
+        parts += [r"\begin{table}[t]", r"\centering", r"\small",
+                  r"\begin{tabular}{ll" + "r" * len(columns) + "}", r"\toprule",
+                  "Family & Method & " + " & ".join(columns) + r" \\", r"\midrule"]
+        previous = None
+        for row in table.rows:
+            if previous is not None and row.family != previous:
+                parts.append(r"\midrule")
+            family = _latex_escape(row.family) if row.family != previous else ""
+            previous = row.family
+            cells = [_bold(format_cell(row.cells[c], c, r" $\pm$ "), row.cells[c].best, r"\textbf{{{}}}")
+                     for c in table.columns]
+            parts.append(" & ".join([family, _latex_escape(row.label), *cells]) + r" \\")
+        parts += [r"\bottomrule", r"\end{tabular}",
+                  rf"\caption{{{_latex_escape(table.model)}: scores $\times$100, mean $\pm$ std over seeds; best in bold.}}",
+                  r"\end{table}", ""]
+    return "\n".join(parts)
+
+
+# -- HTML -----------------------------------------------------------------------------------------------
+def html_page(report: Report) -> str:
+    body = ["<h1>peftlab assessment</h1>",
+            "<p>Scores ×100 (mean ± std over seeds); best per column in bold.</p>"]
+    for table in report.tables:
+        body.append(f"<h2>{html.escape(table.model)}</h2>")
+        body += [f"<p><em>{html.escape(note)}</em></p>" for note in table.notes]
+        header = "".join(f"<th>{html.escape(c)}</th>" for c in ["family", "method", *table.columns])
+        rows = []
+        for row in table.rows:
+            cells = "".join(_bold(html.escape(format_cell(row.cells[c], c)), row.cells[c].best, "<b>{}</b>")
+                            .join(("<td>", "</td>")) for c in table.columns)
+            rows.append(f"<tr><td>{row.family}</td><td><code>{html.escape(row.label)}</code></td>{cells}</tr>")
+        body.append(f"<table><tr>{header}</tr>{''.join(rows)}</table>")
+        for name, png in report.figures.get(table.model, {}).items():
+            encoded = base64.b64encode(png).decode("ascii")
+            body.append(f'<figure><img alt="{name}" src="data:image/png;base64,{encoded}"></figure>')
+    body.append("<h2>Runs</h2><pre>" + html.escape(runs_table(report.records)) + "</pre>")
+    style = ("body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}"
+             "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}img{max-width:100%}")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>peftlab report</title>"
+            f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n")

@@ -1,0 +1,127 @@
+"""The sweep: expand a suite, keep this shard's runs, skip finished ones, run each in its own process.
+
+Each run is ``python -m peftlab.bench.worker SPEC --record RECORD`` in a fresh process, so its peak
+RSS is its own and a crash (or a kill of the sweep) loses only the run in progress. The worker writes
+the record atomically; if it dies without one, the sweep writes a ``failed`` record naming the exit
+status and the end of its output. Rerunning the same command resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import peftlab
+from peftlab.bench.records import is_finished, record_path, runs_dir, write_record
+from peftlab.bench.suite import RunSpec, SuiteError
+from peftlab.core.atomic import write_text_atomic
+
+SPECS_FOLDER = "specs"
+LOGS_FOLDER = "logs"
+
+
+@dataclass(frozen=True)
+class Shard:
+    """The ``index``-th (1-based) of ``count`` disjoint parts of a sweep."""
+
+    index: int = 1
+    count: int = 1
+
+    @classmethod
+    def parse(cls, text: str) -> Shard:
+        try:
+            index, count = (int(part) for part in text.split("/"))
+        except ValueError:
+            raise SuiteError(f"--shard expects K/N with whole numbers, e.g. 2/4 (got {text!r})") from None
+        if not 1 <= index <= count:
+            raise SuiteError(f"--shard {text}: K must be between 1 and N (the K-th of N parts)")
+        return cls(index, count)
+
+    def select(self, runs: Sequence[RunSpec]) -> list[RunSpec]:
+        """Round-robin over the suite's fixed run order: disjoint, and together the whole sweep."""
+        return [run for position, run in enumerate(runs) if position % self.count == self.index - 1]
+
+
+@dataclass
+class SweepResult:
+    ran: list[str]
+    skipped: list[str]
+    failed: list[str]
+
+
+def worker_command(spec_path: Path, record: Path) -> list[str]:
+    return [sys.executable, "-m", "peftlab.bench.worker", str(spec_path), "--record", str(record)]
+
+
+def _worker_environment() -> dict[str, str]:
+    source_root = str(Path(peftlab.__file__).resolve().parent.parent)
+    existing = os.environ.get("PYTHONPATH")
+    return {**os.environ, "PYTHONPATH": source_root + (os.pathsep + existing if existing else "")}
+
+
+def run_sweep(
+    runs: Sequence[RunSpec],
+    output: str | Path,
+    shard: Shard = Shard(),
+    timeout: float | None = None,
+    echo: Callable[[str], None] = print,
+) -> SweepResult:
+    """Run this shard's unfinished runs one after another; returns what ran, was skipped, failed."""
+    output = Path(output)
+    mine = shard.select(runs)
+    todo = [run for run in mine if not is_finished(output, run)]
+    skipped = [run.run_id for run in mine if run not in todo]
+    echo(f"{len(mine)} run(s) in shard {shard.index}/{shard.count}: {len(skipped)} finished already, "
+         f"{len(todo)} to run -> {output}")
+    result = SweepResult([], skipped, [])
+    started = time.monotonic()
+    for position, run in enumerate(todo, 1):
+        echo(f"[{position}/{len(todo)}] {run.run_id} ...")
+        ok, seconds, summary = run_one(run, output, timeout)
+        (result.ran if ok else result.failed).append(run.run_id)
+        left = len(todo) - position
+        eta = (time.monotonic() - started) / position * left
+        echo(f"[{position}/{len(todo)}] {run.run_id}: {summary} in {seconds:.0f}s | {left} left, ETA {_clock(eta)}")
+    return result
+
+
+def run_one(run: RunSpec, output: Path, timeout: float | None = None) -> tuple[bool, float, str]:
+    """Run one spec in a worker process; returns (succeeded, seconds, one-line summary)."""
+    spec_path = output / SPECS_FOLDER / f"{run.run_id}.json"
+    record = record_path(output, run)
+    log_path = output / LOGS_FOLDER / f"{run.run_id}.log"
+    write_text_atomic(spec_path, json.dumps(run.to_dict(), indent=2, sort_keys=True))
+    runs_dir(output).mkdir(parents=True, exist_ok=True)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    record.unlink(missing_ok=True)  # an old failure, or a result for a changed spec
+    started = time.monotonic()
+    with open(log_path, "w", encoding="utf-8") as log:
+        try:
+            code = subprocess.run(worker_command(spec_path, record), stdout=log, stderr=subprocess.STDOUT,
+                                  env=_worker_environment(), timeout=timeout, check=False).returncode
+        except subprocess.TimeoutExpired:
+            code = None
+    seconds = time.monotonic() - started
+    if is_finished(output, run):
+        data = json.loads(record.read_text(encoding="utf-8"))
+        score = data.get("score")
+        return True, seconds, f"{data.get('primary_metric', 'score')} {score:.2f}" if score is not None else "ok"
+    if not record.exists():
+        reason = f"timed out after {timeout:.0f}s" if code is None else f"worker exited with status {code}"
+        tail = log_path.read_text(encoding="utf-8", errors="replace")[-2000:]
+        write_record(record, {"run_id": run.run_id, "status": "failed", "spec": run.to_dict(),
+                              "error": f"{reason}; log {log_path}: {tail}", "wall_seconds": seconds})
+    error = json.loads(record.read_text(encoding="utf-8")).get("error") or ""
+    return False, seconds, "FAILED: " + error.strip().splitlines()[0][:160] if error.strip() else "FAILED"
+
+
+def _clock(seconds: float) -> str:
+    minutes, seconds = divmod(int(seconds + 0.5), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s"

@@ -1,0 +1,311 @@
+"""A suite: a small YAML file naming models x tasks x methods x seeds, expanded into runs.
+
+    name: quick
+    seeds: [0]
+    models: [minilm-l6]
+    tasks: [{task: sst2, training: {max_train_samples: 2000}}]
+    training: {epochs: 1, learning_rate: 5.0e-4}      # defaults for every run
+    methods:
+      - full: {training: {learning_rate: 5.0e-5}}     # per-method training overrides
+      - lora: {options: {rank: 8}}                     # method options (peftlab methods --options lora)
+      - method: lora                                   # a grid: one entry per combination, each value a knob
+        grid: {rank: [1, 4, 16, 64], target_modules: [attention_qv, all_linear]}
+
+Training settings merge in this order, later winning: suite, model, task, method. Everything is
+checked (methods, their options, tasks, training keys) before anything runs.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from peftlab.core.errors import UserError
+from peftlab.core.registry import get_method
+
+SUITES_DIR = Path(__file__).parent / "suites"
+
+
+class SuiteError(UserError):
+    """A suite file that cannot run; the message names the entry and the fix."""
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A model: an alias, HF name or path; optionally a random-init fallback of the same shape (cost-only)."""
+
+    name: str
+    source: str
+    training: dict[str, Any] = field(default_factory=dict)
+    random_init: dict[str, Any] | None = None
+    tokenizer: str | None = None
+
+
+@dataclass(frozen=True)
+class TaskEntry:
+    name: str
+    task: str
+    training: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class MethodEntry:
+    label: str
+    method: str
+    options: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
+    knobs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run of a sweep: everything the worker needs, and the identity resume compares."""
+
+    suite: str
+    model: str
+    model_source: str
+    task: str
+    task_name: str
+    label: str
+    method: str
+    family: str
+    options: dict[str, Any]
+    training: dict[str, Any]
+    seed: int
+    knobs: dict[str, Any] = field(default_factory=dict)
+    random_init: dict[str, Any] | None = None
+    tokenizer: str | None = None
+
+    @property
+    def run_id(self) -> str:
+        return "--".join(slug(part) for part in (self.model, self.task, self.label, f"s{self.seed}"))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunSpec:
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One product of models x tasks x methods x seeds; a suite is one or more of them."""
+
+    models: tuple[ModelEntry, ...]
+    tasks: tuple[TaskEntry, ...]
+    methods: tuple[MethodEntry, ...]
+    seeds: tuple[int, ...]
+    training: dict[str, Any]
+
+    def runs(self, suite: str) -> list[RunSpec]:
+        runs = []
+        for model, task, method, seed in itertools.product(self.models, self.tasks, self.methods, self.seeds):
+            training = {**self.training, **model.training, **task.training, **method.training}
+            runs.append(RunSpec(
+                suite=suite, model=model.name, model_source=model.source, task=task.name,
+                task_name=task.task, label=method.label, method=method.method,
+                family=get_method(method.method).family, options=dict(method.options), training=training,
+                seed=seed, knobs=dict(method.knobs), random_init=model.random_init, tokenizer=model.tokenizer,
+            ))
+        return runs
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    description: str
+    experiments: tuple[Experiment, ...]
+
+    def runs(self) -> list[RunSpec]:
+        """Every run, in a fixed order: per experiment, models x tasks x methods x seeds."""
+        return [run for experiment in self.experiments for run in experiment.runs(self.name)]
+
+
+def slug(text: str) -> str:
+    """A file-name-safe form of a label: ``google-t5/t5-small`` -> ``google-t5_t5-small``."""
+    return re.sub(r"[^A-Za-z0-9_.=,+-]+", "_", str(text)).strip("_") or "_"
+
+
+def available_suites() -> list[str]:
+    return sorted(path.stem for path in SUITES_DIR.glob("*.yaml"))
+
+
+def suite_path(name_or_path: str) -> Path:
+    """A built-in suite name (``quick``) or the path of a YAML file."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise SuiteError(f"suite file {path} does not exist; built-in suites: {', '.join(available_suites())}")
+        return path
+    builtin = SUITES_DIR / f"{name_or_path}.yaml"
+    if not builtin.is_file():
+        raise SuiteError(
+            f"unknown suite {name_or_path!r}; built-in suites: {', '.join(available_suites())}, or pass a YAML path"
+        )
+    return builtin
+
+
+def load_suite(
+    name_or_path: str,
+    known_tasks: Iterable[str] | None = None,
+    check_training: Callable[[dict[str, Any], str], None] | None = None,
+) -> Suite:
+    """Read and fully validate a suite; ``known_tasks`` and ``check_training`` come from the train package."""
+    path = suite_path(name_or_path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        raise SuiteError(f"{path}: not valid YAML ({error})") from None
+    return parse_suite(data, str(path), known_tasks, check_training)
+
+
+def parse_suite(
+    data: Any,
+    where: str,
+    known_tasks: Iterable[str] | None = None,
+    check_training: Callable[[dict[str, Any], str], None] | None = None,
+) -> Suite:
+    data = _mapping(data, where)
+    _only_keys(data, where, {"name", "description", "experiments", *EXPERIMENT_KEYS})
+    parts = data.get("experiments")
+    if parts is None:
+        experiments = (_experiment(data, where),)
+    elif not isinstance(parts, list) or not parts:
+        raise SuiteError(f"{where}: 'experiments' must be a non-empty list of mappings")
+    else:
+        defaults = {key: data[key] for key in EXPERIMENT_KEYS if key in data}
+        experiments = tuple(
+            _experiment({**defaults, **_only(part, f"{where}: experiments[{i}]"),
+                         "training": {**defaults.get("training", {}), **(part.get("training") or {})}},
+                        f"{where}: experiments[{i}]")
+            for i, part in enumerate(parts))
+    suite = Suite(str(data.get("name") or Path(where).stem), str(data.get("description", "")).strip(), experiments)
+    _check(suite, where, known_tasks, check_training)
+    return suite
+
+
+EXPERIMENT_KEYS = ("models", "tasks", "methods", "seeds", "training")
+
+
+def _only(part: Any, where: str) -> dict[str, Any]:
+    part = _mapping(part, where)
+    _only_keys(part, where, set(EXPERIMENT_KEYS))
+    return part
+
+
+def _experiment(data: dict[str, Any], where: str) -> Experiment:
+    seeds = data.get("seeds", [0])
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
+        raise SuiteError(f"{where}: 'seeds' must be a non-empty list of integers, e.g. [0, 1, 2]")
+    return Experiment(
+        models=tuple(_model(entry, where) for entry in _entries(data, "models", where)),
+        tasks=tuple(_task(entry, where) for entry in _entries(data, "tasks", where)),
+        methods=tuple(m for entry in _entries(data, "methods", where) for m in _methods(entry, where)),
+        seeds=tuple(seeds),
+        training=_mapping(data.get("training") or {}, f"{where}: training"),
+    )
+
+
+def _check(suite: Suite, where: str, known_tasks: Iterable[str] | None,
+           check_training: Callable[[dict[str, Any], str], None] | None) -> None:
+    known = set(known_tasks) if known_tasks is not None else None
+    for experiment in suite.experiments:
+        for task in experiment.tasks:
+            if known is not None and task.task not in known:
+                raise SuiteError(f"{where}: unknown task {task.task!r}; known tasks: {', '.join(sorted(known))}")
+        for method in experiment.methods:
+            try:
+                get_method(method.method).config_class.from_options(method.options)
+            except UserError as error:
+                raise SuiteError(f"{where}: method entry {method.label!r}: {error}") from None
+    counts = Counter(run.run_id for run in suite.runs())
+    repeated = sorted(run_id for run_id, count in counts.items() if count > 1)
+    if repeated:
+        raise SuiteError(f"{where}: runs repeat ({', '.join(repeated[:3])}); give method, task or model "
+                         "entries distinct labels ('label:' / 'name:')")
+    if check_training is not None:
+        for run in suite.runs():
+            check_training(run.training, f"{where}: run {run.run_id}")
+
+
+def _entries(data: dict[str, Any], key: str, where: str) -> list[Any]:
+    entries = data.get(key)
+    if not isinstance(entries, list) or not entries:
+        raise SuiteError(f"{where}: '{key}' must be a non-empty list")
+    return entries
+
+
+def _mapping(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise SuiteError(f"{where}: expected a mapping, got {type(value).__name__}")
+    return dict(value)
+
+
+def _only_keys(data: dict[str, Any], where: str, allowed: set[str]) -> None:
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise SuiteError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
+
+
+def _single_key_form(entry: Any, main: str, where: str) -> dict[str, Any]:
+    """``name`` or ``{name: {settings}}`` or ``{<main>: name, settings...}`` as one mapping."""
+    if isinstance(entry, str):
+        return {main: entry}
+    entry = _mapping(entry, where)
+    if main not in entry and len(entry) == 1:
+        (name, settings), = entry.items()
+        return {main: name, **_mapping(settings or {}, f"{where}: {name}")}
+    if main not in entry:
+        raise SuiteError(f"{where}: entry {entry} names no {main!r}")
+    return entry
+
+
+def _model(entry: Any, where: str) -> ModelEntry:
+    entry = _single_key_form(entry, "model", f"{where}: models")
+    _only_keys(entry, f"{where}: model {entry['model']!r}", {"model", "name", "training", "random_init", "tokenizer"})
+    random_init = entry.get("random_init")
+    if random_init is not None and "model_type" not in _mapping(random_init, f"{where}: random_init"):
+        raise SuiteError(f"{where}: model {entry['model']!r}: random_init needs a 'model_type' (e.g. t5) and its shape")
+    return ModelEntry(name=str(entry.get("name", entry["model"])), source=str(entry["model"]),
+                      training=_mapping(entry.get("training", {}), f"{where}: training"),
+                      random_init=random_init, tokenizer=entry.get("tokenizer"))
+
+
+def _task(entry: Any, where: str) -> TaskEntry:
+    entry = _single_key_form(entry, "task", f"{where}: tasks")
+    _only_keys(entry, f"{where}: task {entry['task']!r}", {"task", "name", "training"})
+    return TaskEntry(name=str(entry.get("name", entry["task"])), task=str(entry["task"]),
+                     training=_mapping(entry.get("training", {}), f"{where}: training"))
+
+
+def _methods(entry: Any, where: str) -> list[MethodEntry]:
+    entry = _single_key_form(entry, "method", f"{where}: methods")
+    name = str(entry["method"])
+    _only_keys(entry, f"{where}: method {name!r}", {"method", "label", "options", "training", "grid", "knobs"})
+    try:
+        get_method(name)
+    except UserError as error:
+        raise SuiteError(f"{where}: {error}") from None
+    options = _mapping(entry.get("options", {}), f"{where}: {name} options")
+    training = _mapping(entry.get("training", {}), f"{where}: {name} training")
+    knobs = _mapping(entry.get("knobs", {}), f"{where}: {name} knobs")
+    grid = _mapping(entry.get("grid", {}), f"{where}: {name} grid")
+    base_label = str(entry.get("label", name))
+    if not grid:
+        return [MethodEntry(base_label, name, options, training, knobs)]
+    if not all(isinstance(values, list) and values for values in grid.values()):
+        raise SuiteError(f"{where}: method {name!r}: every grid value must be a non-empty list")
+    expanded = []
+    for values in itertools.product(*grid.values()):
+        point = dict(zip(grid, values, strict=True))
+        label = f"{base_label}[{','.join(f'{k}={v}' for k, v in point.items())}]"
+        expanded.append(MethodEntry(label, name, {**options, **point}, training, {**knobs, **point}))
+    return expanded

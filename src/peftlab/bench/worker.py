@@ -1,0 +1,111 @@
+"""One run of a sweep, in its own process: ``python -m peftlab.bench.worker SPEC.json --record RECORD.json``.
+
+Trains and scores the run through the training entry point, measures its memory (peak for the whole
+process, and the split by component on one extra step afterwards), and writes the run record
+atomically: ``ok`` with everything, or ``failed`` with the error. Exit status 0 only for ``ok``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import traceback
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from peftlab.bench import memory
+from peftlab.bench.models import model_for_run
+from peftlab.bench.records import provenance, write_record
+from peftlab.bench.suite import RunSpec
+
+
+def device_name() -> str:
+    if torch.cuda.is_available():
+        return f"cuda: {torch.cuda.get_device_name(0)}"
+    return f"cpu: {torch.get_num_threads()} threads"
+
+
+def execute(spec: RunSpec, output: Path) -> dict[str, Any]:
+    """Train and score ``spec``; returns the record's measured fields."""
+    from peftlab.tasks import get_task
+    from peftlab.train import TrainArgs, run_training
+
+    model_name, note = model_for_run(spec, output)
+    args = TrainArgs(model=model_name, task=spec.task_name, method=spec.method, options=dict(spec.options),
+                     seed=spec.seed, output_dir=None, **spec.training)
+    baseline_rss = memory.current_rss_bytes()
+    metrics = run_training(args)
+    scored = get_task(args.eval_tasks[-1]) if args.eval_tasks else get_task(spec.task_name)
+    primary = f"{scored.name}/{scored.main_metric}" if args.eval_tasks else scored.main_metric
+    score = metrics["scores"].get(primary)
+    return {
+        "scores": metrics["scores"],
+        "primary_metric": primary,
+        "score": None if score is None else float(score) * (100.0 if _is_fraction(primary) else 1.0),
+        "parameters": metrics["parameters"],
+        "train_tokens_per_second": metrics["train_tokens_per_s"],
+        "train_seconds": metrics["train_time_s"],
+        "train_examples": metrics["train_examples"],
+        "steps": metrics["steps"],
+        "memory": {"peak_bytes": metrics["peak_memory_bytes"], "peak_source": metrics["peak_memory_kind"],
+                   "baseline_rss_bytes": baseline_rss, "breakdown": memory_breakdown(args)},
+        "model_note": note,
+        "model_used": model_name,
+    }
+
+
+def _is_fraction(metric: str) -> bool:
+    """Scores in [0, 1] (accuracy, F1, correlations) are shown x100 as in the survey; BLEU already is."""
+    return "bleu" not in metric.lower()
+
+
+def memory_breakdown(args: Any) -> dict[str, dict[str, int | None]]:
+    """Weights, gradients, optimizer state and activations on one step of a fresh adapted model (fp32)."""
+    import peftlab
+    from peftlab.train.encoding import collate, encode
+    from peftlab.train.plan import make_plan
+
+    plan = make_plan(args)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = plan.loaded.model.to(device)
+    tokenizer = plan.loaded.tokenizer
+    features = encode(plan.task, plan.train_examples[: args.batch_size], tokenizer, plan.loaded.kind, args.max_length)
+    batch = {key: value.to(device) for key, value in collate(features, tokenizer.pad_token_id).items()}
+    prediction = memory.predicted(model)
+    measured = memory.measure_step(model, batch, lambda m: torch.optim.AdamW(
+        peftlab.parameter_groups(m, args.learning_rate, args.weight_decay)))
+    return memory.breakdown(measured, prediction)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m peftlab.bench.worker", description=__doc__)
+    parser.add_argument("spec", type=Path, help="the run's spec (JSON, written by the sweep)")
+    parser.add_argument("--record", type=Path, required=True, help="where to write the run record")
+    arguments = parser.parse_args(argv)
+    spec = RunSpec.from_dict(json.loads(arguments.spec.read_text(encoding="utf-8")))
+    output = arguments.record.resolve().parent.parent
+    base = {"run_id": spec.run_id, "spec": spec.to_dict(), "seed": spec.seed,
+            "started_at": datetime.now(UTC).isoformat(timespec="seconds")}
+    started = time.perf_counter()
+    try:
+        measured = execute(spec, output)
+    except Exception as error:  # noqa: BLE001  (any failure becomes this run's failed record)
+        traceback.print_exc()
+        write_record(arguments.record, {**base, "status": "failed", "error": f"{type(error).__name__}: {error}",
+                                        "wall_seconds": time.perf_counter() - started,
+                                        "provenance": provenance(device_name())})
+        return 1
+    write_record(arguments.record, {**base, "status": "ok", **measured, "error": None,
+                                    "wall_seconds": time.perf_counter() - started,
+                                    "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                                    "provenance": provenance(device_name())})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,47 @@
+"""``peftlab bench``: run a suite (or this machine's shard of it), resuming, then write the report."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from peftlab.bench import load_suite_checked
+from peftlab.bench.report import write_report
+from peftlab.bench.runner import Shard, run_sweep
+from peftlab.bench.suite import available_suites
+from peftlab.tasks import DATA_ENV
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "bench", help="run the survey's assessment: a suite of models x tasks x methods x seeds",
+        description="Run a suite; finished runs are skipped, so rerunning the command resumes.")
+    parser.add_argument("--suite", required=True,
+                        help=f"built-in suite ({', '.join(available_suites())}) or a suite YAML file")
+    parser.add_argument("--output", required=True, type=Path, help="folder for run records and the report")
+    parser.add_argument("--shard", default="1/1", metavar="K/N",
+                        help="run only the K-th of N disjoint parts (e.g. one per SLURM array task)")
+    parser.add_argument("--data-dir", type=Path, help=f"data root for the tasks (default: ${DATA_ENV})")
+    parser.add_argument("--timeout", type=float, metavar="SECONDS", help="fail a run that takes longer")
+    parser.add_argument("--list", action="store_true", help="validate the suite and list its runs, run nothing")
+    parser.add_argument("--no-report", action="store_true", help="skip writing the report at the end")
+    parser.set_defaults(handler=run)
+
+
+def run(arguments: argparse.Namespace) -> int:
+    suite = load_suite_checked(arguments.suite)
+    shard = Shard.parse(arguments.shard)
+    runs = suite.runs()
+    if arguments.list:
+        for spec in shard.select(runs):
+            print(spec.run_id)
+        return 0
+    if arguments.data_dir is not None:
+        os.environ[DATA_ENV] = str(arguments.data_dir.resolve())
+    result = run_sweep(runs, arguments.output, shard, timeout=arguments.timeout)
+    if not arguments.no_report:
+        written = write_report(arguments.output)
+        print(f"report: {', '.join(str(path) for path in written if path.suffix in ('.md', '.html'))}")
+    print(f"done: {len(result.ran)} ran, {len(result.skipped)} skipped (finished), {len(result.failed)} failed")
+    return 1 if result.failed else 0

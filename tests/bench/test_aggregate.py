@@ -1,0 +1,74 @@
+"""The table against hand-computed values: mean ± sample std over seeds, the average column, best marking."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from peftlab.bench.aggregate import AVERAGE, MEMORY, TRAINABLE, build_tables, format_cell
+from peftlab.bench.report import csv_text, latex, markdown_table
+
+
+def record(label, method, family, task, seed, score, percent, peak_mib, status="ok"):
+    return {"status": status, "run_id": f"{label}-{task}-{seed}", "score": score, "primary_metric": "accuracy",
+            "spec": {"model": "m", "task": task, "label": label, "method": method, "family": family,
+                     "seed": seed, "knobs": {}},
+            "parameters": {"trainable_percent": percent}, "memory": {"peak_bytes": peak_mib * 2**20}}
+
+
+RECORDS = [
+    # full: a = 80, 82, 84 ; b = 70, 74, 72
+    *[record("full", "full", "baseline", "a", s, v, 100.0, 900) for s, v in enumerate((80.0, 82.0, 84.0))],
+    *[record("full", "full", "baseline", "b", s, v, 100.0, 950) for s, v in enumerate((70.0, 74.0, 72.0))],
+    # lora: a = 85, 81 (seeds 0, 1) ; b = 60 (seed 0 only)
+    record("lora", "lora", "reparameterized", "a", 0, 85.0, 0.5, 400),
+    record("lora", "lora", "reparameterized", "a", 1, 81.0, 0.5, 410),
+    record("lora", "lora", "reparameterized", "b", 0, 60.0, 0.5, 405),
+    # adapter: a = 83 (ties lora: both marked) ; b = 75 ; a failed run that must be ignored
+    record("adapter", "adapter", "additive", "a", 0, 83.0, 2.0, 400),
+    record("adapter", "adapter", "additive", "b", 0, 75.0, 2.0, 380),
+    record("adapter", "adapter", "additive", "b", 1, None, 2.0, 100000, status="failed"),
+]
+
+
+@pytest.fixture
+def table():
+    (table,) = build_tables(RECORDS)
+    return table
+
+
+def test_rows_are_grouped_by_family_in_the_survey_order(table):
+    assert [row.label for row in table.rows] == ["full", "adapter", "lora"]
+    assert table.tasks == ["a", "b"]
+
+
+def test_mean_and_sample_std_over_seeds(table):
+    full, adapter, lora = table.rows
+    assert full.cells["a"].mean == pytest.approx(82.0) and full.cells["a"].std == pytest.approx(2.0)
+    assert full.cells["b"].mean == pytest.approx(72.0) and full.cells["b"].std == pytest.approx(2.0)
+    assert lora.cells["a"].mean == pytest.approx(83.0) and lora.cells["a"].std == pytest.approx(math.sqrt(8))
+    assert lora.cells["b"].mean == pytest.approx(60.0) and lora.cells["b"].std is None
+    # Average: per seed over the tasks, then over the seeds that have every task.
+    assert full.cells[AVERAGE].mean == pytest.approx(77.0)  # (75, 78, 78) -> 77
+    assert full.cells[AVERAGE].std == pytest.approx(math.sqrt(3))
+    assert lora.cells[AVERAGE].mean == pytest.approx(72.5) and lora.cells[AVERAGE].n == 1
+    assert adapter.cells[AVERAGE].mean == pytest.approx(79.0)
+
+
+def test_best_per_column(table):
+    full, adapter, lora = table.rows
+    best = {column: [row.label for row in table.rows if row.cells[column].best] for column in table.columns}
+    assert best == {"a": ["adapter", "lora"], "b": ["adapter"], AVERAGE: ["adapter"], TRAINABLE: ["lora"],
+                    MEMORY: ["adapter"]}
+    assert full.cells[MEMORY].mean == pytest.approx(950.0)  # the row's largest peak
+    assert lora.cells[MEMORY].mean == pytest.approx(410.0)
+
+
+def test_formats_mark_the_best(table):
+    assert format_cell(table.rows[0].cells["a"], "a") == "82.0 ± 2.0"
+    text = markdown_table(table)
+    assert "| reparameterized | `lora` | **83.0 ± 2.8** | 60.0 | 72.5 | **0.5** | 410 |" in text
+    assert r"\textbf{79.0}" in latex([table])
+    rows = csv_text([table]).splitlines()
+    assert "m,additive,adapter,b,accuracy,75.0,,1,1" in rows
