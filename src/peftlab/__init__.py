@@ -12,6 +12,7 @@ from typing import Any
 from torch import nn
 
 from peftlab import methods as _methods  # noqa: F401  (importing it registers every method)
+from peftlab import interop as _interop  # noqa: F401  (lets load_adapter read HF peft folders)
 from peftlab.core.accounting import ParameterReport, parameter_counts, parameter_report
 from peftlab.core.config import ConfigError, MethodConfig
 from peftlab.core.hooks import TrainingHooks, parameter_groups, training_hooks

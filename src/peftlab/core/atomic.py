@@ -6,8 +6,15 @@ import contextlib
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
+
+from peftlab.core.errors import UserError
+
+
+class UnsafePathError(UserError, ValueError):
+    """A name taken from data would put a file outside the folder it belongs in."""
 
 
 def _fsync_directory(path: Path) -> None:
@@ -40,14 +47,61 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     write_bytes_atomic(path, text.encode("utf-8"))
 
 
-def recover_directory(path: str | os.PathLike) -> None:
-    """If a kill fell between retiring the old folder and renaming the new one in, put the old one back."""
+def recover_directory(path: str | os.PathLike, wait_for_writer: float = 2.0) -> None:
+    """If a kill fell between retiring the old folder and renaming the new one in, put the old one back.
+
+    A retired folder whose writer is still alive is mid-swap, not abandoned: wait for the swap first.
+    """
     path = Path(path)
-    if path.exists():
+    deadline = time.monotonic() + wait_for_writer
+    while not path.exists():
+        retired = sorted(path.parent.glob(f".{path.name}.*.old.tmp"))
+        if not retired:
+            return
+        if _writer_alive(retired[-1]) and time.monotonic() < deadline:
+            time.sleep(0.01)
+            continue
+        with contextlib.suppress(FileNotFoundError, OSError):
+            os.replace(retired[-1], path)
         return
-    retired = sorted(path.parent.glob(f".{path.name}.*.old.tmp"))
-    if retired:
-        os.replace(retired[-1], path)
+
+
+def _writer_alive(retired: Path) -> bool:
+    pid = retired.name.rsplit(".", 3)[-3]
+    if not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def safe_child(root: str | os.PathLike, name: str) -> Path:
+    """``root / name`` for a name that comes from data (a run, checkpoint or adapter name), refusing any
+    name that would land outside ``root`` (absolute paths, ``..``, drive letters, empty names)."""
+    root_path = Path(root)
+    if (
+        not name
+        or "\x00" in name
+        or Path(name).is_absolute()
+        or root_path.resolve() not in (root_path / name).resolve().parents
+    ):
+        raise UnsafePathError(
+            f"name {name!r} would be written outside {root_path}; use a plain relative name "
+            f"without '..' or a leading '/'"
+        )
+    return root_path / name
+
+
+def _fsync_tree(root: Path) -> None:
+    for folder, _, files in os.walk(root):
+        for file in files:
+            with open(os.path.join(folder, file), "rb") as handle:
+                os.fsync(handle.fileno())
+        _fsync_directory(Path(folder))
 
 
 @contextlib.contextmanager
@@ -65,10 +119,7 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield staging
-        for child in staging.iterdir():
-            with open(child, "rb") as handle:
-                os.fsync(handle.fileno())
-        _fsync_directory(staging)
+        _fsync_tree(staging)
         if path.exists():
             retired = path.parent / f".{path.name}.{os.getpid()}.old.tmp"
             os.replace(path, retired)

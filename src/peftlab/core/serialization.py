@@ -9,6 +9,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -19,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from peftlab.core.atomic import atomic_directory, recover_directory
+from peftlab.core.checks import non_finite_tensors, warn_if_inert
 from peftlab.core.config import ConfigError, MethodConfig
 from peftlab.core.errors import UserError
 from peftlab.core.injection import adapter_buffers, adapter_parameters, apply_config, peft_state
@@ -34,6 +38,32 @@ class AdapterFileError(UserError, ValueError):
     """An adapter folder is missing, corrupt, or does not fit the model."""
 
 
+class BaseModelMismatchWarning(UserWarning):
+    """The adapter loads, but its base model differs from this one (another fingerprint or vocabulary)."""
+
+
+@dataclass
+class StoredAdapter:
+    """What an adapter folder holds, whatever its format: a peftlab config, tensors named as in the model."""
+
+    config: MethodConfig
+    tensors: dict[str, torch.Tensor]
+    base_model: dict[str, Any] = field(default_factory=dict)
+    format: str = "peftlab"
+
+
+# Other adapter formats (e.g. HF peft, registered by ``peftlab.interop``): name, detect(document), read(path).
+_FORMATS: list[tuple[str, Callable[[dict], bool], Callable[[Path], StoredAdapter]]] = []
+
+
+def register_adapter_format(
+    name: str, detect: Callable[[dict], bool], read: Callable[[Path], StoredAdapter]
+) -> None:
+    """Let :func:`load_adapter` read another format's folder: ``detect`` sees its ``adapter_config.json``."""
+    if all(existing != name for existing, _, _ in _FORMATS):
+        _FORMATS.append((name, detect, read))
+
+
 def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The tensors a saved adapter holds (a method may export a different form, e.g. folded prefixes)."""
     state = peft_state(model)
@@ -45,8 +75,11 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def save_adapter(model: nn.Module, path: str | os.PathLike) -> Path:
-    """Write the applied method's config and weights to folder ``path`` (replaced atomically)."""
+def save_adapter(model: nn.Module, path: str | os.PathLike, tokenizer: Any = None) -> Path:
+    """Write the applied method's config and weights to folder ``path`` (replaced atomically).
+
+    Pass the ``tokenizer`` when tokens were added (resized embeddings): it is saved beside the adapter.
+    """
     state = peft_state(model)
     if state is None:
         raise ValueError("nothing to save: this model carries no peftlab method (peftlab.apply first)")
@@ -60,11 +93,13 @@ def save_adapter(model: nn.Module, path: str | os.PathLike) -> Path:
     with atomic_directory(path) as staging:
         save_file(tensors, str(staging / WEIGHTS_NAME), metadata={"format": "pt", "method": state.method})
         (staging / CONFIG_NAME).write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(staging))
     return path
 
 
-def read_adapter_document(path: str | os.PathLike) -> dict[str, Any]:
-    """The raw ``adapter_config.json`` of an adapter folder, checked to be a peftlab adapter config."""
+def read_config_json(path: str | os.PathLike) -> dict[str, Any]:
+    """The ``adapter_config.json`` of folder ``path`` as a dict (any format), or a clear error."""
     path = Path(path)
     recover_directory(path)
     config_path = path / CONFIG_NAME
@@ -74,8 +109,32 @@ def read_adapter_document(path: str | os.PathLike) -> dict[str, Any]:
         document = json.loads(config_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise AdapterFileError(f"{config_path} is not valid JSON ({error}); the file is corrupt") from None
-    if not isinstance(document, dict) or "method" not in document:
-        raise AdapterFileError(f"{config_path} names no 'method'; it was not written by peftlab")
+    if not isinstance(document, dict):
+        raise AdapterFileError(f"{config_path} holds a {type(document).__name__}, not a JSON object; the file is corrupt")
+    return document
+
+
+def read_adapter(path: str | os.PathLike) -> StoredAdapter:
+    """Config, tensors and base-model info of an adapter folder in peftlab's format or a registered one."""
+    document = read_config_json(path)
+    if "method" not in document:
+        for _name, detect, read in _FORMATS:
+            if detect(document):
+                return read(Path(path))
+    config = read_adapter_config(path)
+    base_model = document.get("base_model")
+    return StoredAdapter(config, read_adapter_tensors(path), base_model if isinstance(base_model, dict) else {})
+
+
+def read_adapter_document(path: str | os.PathLike) -> dict[str, Any]:
+    """The raw ``adapter_config.json`` of an adapter folder, checked to be a peftlab adapter config."""
+    document = read_config_json(path)
+    if "method" not in document:
+        known = ", ".join(name for name, _, _ in _FORMATS) or "none registered"
+        raise AdapterFileError(
+            f"{Path(path) / CONFIG_NAME} names no 'method': it was not written by peftlab, nor in a format "
+            f"peftlab reads ({known})"
+        )
     return document
 
 
@@ -101,16 +160,18 @@ def read_adapter_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 def load_adapter(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     """Apply the saved method to a plain base model (or reuse the one it carries) and load its weights.
 
-    On any mismatch the model is left as it was given.
+    Reads peftlab's format and any registered one (HF peft). On any mismatch the model is left as it
+    was given. Warns when the adapter changes nothing or was saved from a differently shaped base.
     """
-    config = read_adapter_config(path)
-    trained_on = read_adapter_document(path).get("base_model", {}).get("model_type")
-    model_type = getattr(getattr(model, "config", None), "model_type", None)
-    if trained_on and model_type and trained_on != model_type:
+    stored = read_adapter(path)
+    config, tensors = stored.config, stored.tensors
+    check_base_model(model, stored.base_model, tensors, source=str(path))
+    bad = non_finite_tensors(tensors)
+    if bad:
         raise AdapterFileError(
-            f"the adapter in {path} was trained on a {trained_on!r} model; this model is {model_type!r}"
+            f"{path} holds NaN or infinite values in {_few(bad)}: training diverged before it was saved; "
+            f"use an earlier checkpoint"
         )
-    tensors = read_adapter_tensors(path)
     state = peft_state(model)
     if state is None:
         apply_config(model, config)
@@ -119,6 +180,7 @@ def load_adapter(model: nn.Module, path: str | os.PathLike) -> nn.Module:
         except BaseException:
             unload(model, merge_first=False)
             raise
+        warn_if_inert(model, str(path))
         return model
     if state.config != config:
         raise AdapterFileError(
@@ -126,7 +188,37 @@ def load_adapter(model: nn.Module, path: str | os.PathLike) -> nn.Module:
             f"load it onto a fresh base model"
         )
     load_adapter_state_dict(model, tensors, source=str(path))
+    warn_if_inert(model, str(path))
     return model
+
+
+def check_base_model(model: nn.Module, saved: dict[str, Any], tensors: dict[str, torch.Tensor], source: str) -> None:
+    """Refuse an adapter for another model family; say so when the vocabulary or the base differs."""
+    trained_on = saved.get("model_type")
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if trained_on and model_type and trained_on != model_type:
+        raise AdapterFileError(f"the adapter in {source} was trained on a {trained_on!r} model; this model is {model_type!r}")
+    here = base_model_info(model)
+    saved_vocab, vocab = saved.get("vocab_size"), here["vocab_size"]
+    if saved_vocab and vocab and saved_vocab != vocab:
+        embeddings = [n for n, t in tensors.items() if t.ndim == 2 and t.shape[0] == saved_vocab]
+        message = (
+            f"the adapter in {source} was trained with a vocabulary of {saved_vocab} tokens; this base has "
+            f"{vocab}. Load the tokenizer it was trained with (saved beside the adapter when tokens were added) "
+            f"and call model.resize_token_embeddings({saved_vocab}) before loading"
+        )
+        if embeddings:
+            raise AdapterFileError(message + f" (it holds resized embeddings: {_few(embeddings)})")
+        warnings.warn(message, BaseModelMismatchWarning, stacklevel=3)
+    elif saved.get("fingerprint") and saved["fingerprint"] != here["fingerprint"]:
+        warnings.warn(
+            f"the adapter in {source} was saved from a base model with other parameter names or shapes "
+            f"(fingerprint {saved['fingerprint']}, this one {here['fingerprint']}; "
+            f"saved from {saved.get('name_or_path') or saved.get('architecture') or 'an unnamed model'}); "
+            f"its tensors fit, but check that this is the base it was trained on",
+            BaseModelMismatchWarning,
+            stacklevel=3,
+        )
 
 
 def load_adapter_state_dict(model: nn.Module, tensors: dict[str, torch.Tensor], source: str = "adapter") -> None:
@@ -135,6 +227,12 @@ def load_adapter_state_dict(model: nn.Module, tensors: dict[str, torch.Tensor], 
     if importer is not None:
         importer(model, tensors)
         return
+    copy_adapter_tensors(model, tensors, source)
+
+
+def copy_adapter_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], source: str = "adapter") -> None:
+    """The generic load: every adapter parameter and buffer from ``tensors``, names and shapes checked
+    (a method's ``import_state`` may prepare the model, then call this)."""
     expected = {name: p for name, p in adapter_parameters(model)}
     expected.update(dict(adapter_buffers(model)))
     missing = sorted(set(expected) - set(tensors))
@@ -164,9 +262,15 @@ def base_model_info(model: nn.Module) -> dict[str, Any]:
         if id(parameter) not in added:
             digest.update(f"{name.replace('.base_layer', '')}:{tuple(parameter.shape)};".encode())
     config = getattr(model, "config", None)
+    try:
+        vocab_size = model.get_input_embeddings().num_embeddings
+    except (AttributeError, NotImplementedError):
+        vocab_size = None
     return {
         "model_type": getattr(config, "model_type", None),
+        "architecture": type(model).__name__,
         "name_or_path": getattr(config, "_name_or_path", None) or None,
+        "vocab_size": vocab_size,
         "fingerprint": digest.hexdigest()[:16],
     }
 
@@ -183,4 +287,14 @@ def _peftlab_version() -> str:
         return "0+unknown"
 
 
-__all__ = ["save_adapter", "load_adapter", "read_adapter_config", "AdapterFileError", "ConfigError"]
+__all__ = [
+    "AdapterFileError",
+    "BaseModelMismatchWarning",
+    "ConfigError",
+    "StoredAdapter",
+    "load_adapter",
+    "read_adapter",
+    "read_adapter_config",
+    "register_adapter_format",
+    "save_adapter",
+]

@@ -1,0 +1,338 @@
+"""The HF peft adapter format: ``adapter_config.json`` (with ``peft_type``) + ``adapter_model.safetensors``
+whose tensors are named ``base_model.model.<module>.<weight>``.
+
+One :class:`PeftConverter` per method translates its config and tensors both ways; adding a method to
+the format is adding one converter file in ``interop/peft_methods/``. This module does the rest, the
+same for every method: names and prefixes, ``modules_to_save`` tensors, the fields peft expects,
+tokenizer files, and reading a peft folder for :func:`peftlab.load_adapter`. peft itself is not needed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from peftlab.core.architectures import ARCHITECTURES, MODEL_TYPES, PRESET_NAMES
+from peftlab.core.config import MethodConfig
+from peftlab.core.errors import UserError
+from peftlab.core.atomic import atomic_directory
+from peftlab.core.injection import peft_state
+from peftlab.core.serialization import (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    AdapterFileError,
+    StoredAdapter,
+    adapter_state_dict,
+    base_model_info,
+    read_adapter,
+    read_config_json,
+)
+
+PREFIX = "base_model.model."
+TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+    "vocab.txt", "vocab.json", "merges.txt", "tokenizer.model", "spiece.model", "chat_template.jinja",
+)
+# Model families whose linear layers are GPT-2's Conv1D (weights stored in x out): peft's fan_in_fan_out.
+CONV1D_MODEL_TYPES = frozenset({"gpt2"})
+# Task types for which peft wraps the classification head in modules_to_save.
+HEAD_TASKS = ("SEQ_CLS", "TOKEN_CLS", "QUESTION_ANS")
+
+Grouped = dict[str, dict[str, torch.Tensor]]  # module name -> weight name -> tensor
+
+
+class UnsupportedPeftAdapter(UserError, ValueError):
+    """A peft adapter (or a peftlab one bound for peft) uses a feature the other side lacks."""
+
+
+@dataclass(frozen=True)
+class PeftConverter:
+    """How one method's adapter maps to and from peft's.
+
+    ``weights``: the method's tensor names in peftlab (relative to their module); ``peft_weights``: in peft.
+    ``to_peft(config, grouped, base)`` returns peft's config fields and its grouped tensors;
+    ``from_peft(document, grouped)`` returns the peftlab config and grouped tensors.
+    ``claims(document)`` picks this converter among those sharing a ``peft_type`` (e.g. DoRA's use_dora).
+    """
+
+    method: str
+    peft_type: str
+    weights: tuple[str, ...]
+    peft_weights: tuple[str, ...]
+    to_peft: Callable[[MethodConfig, Grouped, dict[str, Any]], tuple[dict[str, Any], Grouped]]
+    from_peft: Callable[[dict[str, Any], Grouped], tuple[MethodConfig, Grouped]]
+    claims: Callable[[dict[str, Any]], bool] = lambda document: True
+
+
+_CONVERTERS: dict[str, PeftConverter] = {}
+
+
+def register_converter(converter: PeftConverter) -> PeftConverter:
+    _CONVERTERS[converter.method] = converter
+    return converter
+
+
+def converter_for_method(method: str) -> PeftConverter:
+    if method not in _CONVERTERS:
+        raise UnsupportedPeftAdapter(
+            f"method {method!r} has no HF peft equivalent; peft-format export covers {', '.join(sorted(_CONVERTERS))}. "
+            f"To serve it elsewhere, merge it into the base (`peftlab merge`) if it is mergeable"
+        )
+    return _CONVERTERS[method]
+
+
+def converter_for_peft(document: dict[str, Any]) -> PeftConverter:
+    peft_type = document.get("peft_type")
+    candidates = [c for c in _CONVERTERS.values() if c.peft_type == peft_type and c.claims(document)]
+    if not candidates:
+        known = sorted({c.peft_type for c in _CONVERTERS.values()})
+        raise UnsupportedPeftAdapter(
+            f"peft adapter type {peft_type!r} (with these options) is not one peftlab reads; it reads {', '.join(known)}"
+        )
+    return candidates[0]
+
+
+def supported_methods() -> list[str]:
+    return sorted(_CONVERTERS)
+
+
+# -- helpers for converters -------------------------------------------------------------------------
+def peft_field(document: dict[str, Any], name: str, kind: type | tuple[type, ...], default: Any = ...) -> Any:
+    """A field of a peft ``adapter_config.json``, type-checked, with an error naming the field."""
+    if name not in document or document[name] is None:
+        if default is ...:
+            raise AdapterFileError(f"{CONFIG_NAME}: required field {name!r} is missing")
+        return default
+    value = document[name]
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if float in kinds and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+        names = " or ".join(k.__name__ for k in kinds)
+        raise AdapterFileError(f"{CONFIG_NAME}: field {name!r} must be {names}, not {value!r}")
+    return value
+
+
+def refuse(document: dict[str, Any], name: str, allowed: tuple[Any, ...], why: str) -> None:
+    """Raise when a peft option is set to something peftlab cannot reproduce."""
+    value = document.get(name)
+    if value not in allowed and not (isinstance(value, (dict, list)) and not value and None in allowed):
+        raise UnsupportedPeftAdapter(f"{CONFIG_NAME}: {name}={value!r} is not supported: {why}")
+
+
+def select_modules(names: list[str], patterns: tuple[str, ...], model_type: str | None) -> list[str]:
+    """The ``names`` that peftlab target ``patterns`` (presets of ``model_type``'s family, or regex
+    suffixes) select, without a model: the same matching as ``core.targeting``."""
+    family = MODEL_TYPES.get(model_type or "")
+    expanded: list[str] = []
+    for pattern in patterns:
+        if pattern in PRESET_NAMES:
+            if family is None:
+                raise UnsupportedPeftAdapter(
+                    f"preset {pattern!r} cannot be resolved for a {model_type!r} base; save the adapter with "
+                    f"module name patterns instead"
+                )
+            expanded.extend(ARCHITECTURES[family].presets[pattern])
+        else:
+            expanded.append(pattern)
+    regexes = [re.compile(rf"(?:.*\.)?(?:{p})") for p in expanded]
+    return [name for name in names if any(r.fullmatch(name) for r in regexes)]
+
+
+def exact_patterns(modules: list[str]) -> tuple[str, ...]:
+    """peftlab target patterns that select exactly these module names."""
+    return tuple(re.escape(name) for name in modules)
+
+
+# -- the format ---------------------------------------------------------------------------------
+def is_peft_document(document: dict[str, Any]) -> bool:
+    return "peft_type" in document and "method" not in document
+
+
+def _split(tensors: dict[str, torch.Tensor], weights: tuple[str, ...]) -> tuple[Grouped, dict[str, torch.Tensor]]:
+    """Method tensors grouped by module, and the rest (modules_to_save parameters)."""
+    grouped: Grouped = {}
+    rest: dict[str, torch.Tensor] = {}
+    for name, tensor in tensors.items():
+        weight = next((w for w in weights if name == w or name.endswith("." + w)), None)
+        if weight is None:
+            rest[name] = tensor
+        else:
+            grouped.setdefault(name[: -len(weight)].rstrip("."), {})[weight] = tensor
+    return grouped, rest
+
+
+def _join(grouped: Grouped) -> dict[str, torch.Tensor]:
+    return {(f"{module}.{weight}" if module else weight): t for module, ws in grouped.items() for weight, t in ws.items()}
+
+
+def _owner_modules(names: list[str]) -> list[str]:
+    return sorted({name.rpartition(".")[0] for name in names})
+
+
+def task_type_for(architecture: str | None, model_type: str | None) -> str | None:
+    """peft's task type for a transformers head class (it selects PeftModelFor<Task>)."""
+    if not architecture:
+        return None
+    for suffix, task in (
+        ("ForCausalLM", "CAUSAL_LM"), ("LMHeadModel", "CAUSAL_LM"), ("ForSequenceClassification", "SEQ_CLS"),
+        ("ForTokenClassification", "TOKEN_CLS"), ("ForQuestionAnswering", "QUESTION_ANS"),
+    ):
+        if architecture.endswith(suffix):
+            return task
+    if architecture.endswith("ForConditionalGeneration") and model_type in ("t5", "mt5", "bart", "mbart"):
+        return "SEQ_2_SEQ_LM"
+    return None
+
+
+def to_peft(stored: StoredAdapter, lora_only: bool = False) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """peft's ``adapter_config.json`` fields and tensors for a peftlab adapter."""
+    converter = converter_for_method(stored.config.method)
+    grouped, rest = _split(stored.tensors, converter.weights)
+    config = stored.config
+    if lora_only and rest:
+        config, rest = replace(config, modules_to_save=()), {}
+    document, peft_grouped = converter.to_peft(config, grouped, stored.base_model)
+    base = stored.base_model
+    modules_to_save = _owner_modules(list(rest))
+    task_type = task_type_for(base.get("architecture"), base.get("model_type"))
+    if task_type in HEAD_TASKS and not modules_to_save:
+        task_type = None  # peft would expect a saved copy of the untrained head
+    document = {
+        "peft_type": converter.peft_type,
+        "task_type": task_type,
+        "base_model_name_or_path": base.get("name_or_path"),
+        "revision": None,
+        "inference_mode": True,
+        **document,
+        "modules_to_save": modules_to_save or None,
+    }
+    tensors = {
+        (f"{PREFIX}{module}.{weight}" if module else weight): t
+        for module, weights in peft_grouped.items() for weight, t in weights.items()
+    }
+    tensors.update({PREFIX + name: t for name, t in rest.items()})
+    return document, tensors
+
+
+def from_peft(document: dict[str, Any], tensors: dict[str, torch.Tensor]) -> tuple[MethodConfig, dict[str, torch.Tensor]]:
+    """The peftlab config and tensors (named as in the model) of a peft adapter."""
+    converter = converter_for_peft(document)
+    plain = {(name[len(PREFIX):] if name.startswith(PREFIX) else name): t for name, t in tensors.items()}
+    grouped, rest = _split(plain, converter.peft_weights)
+    _check_modules_to_save(document, list(rest))
+    if not grouped:
+        raise AdapterFileError(f"the {document.get('peft_type')} adapter holds no {' / '.join(converter.peft_weights)} tensors")
+    config, ours = converter.from_peft(document, grouped)
+    if rest:
+        config = replace(config, modules_to_save=exact_patterns(_owner_modules(list(rest))))
+    return config, {**_join(ours), **rest}
+
+
+def _check_modules_to_save(document: dict[str, Any], names: list[str]) -> None:
+    """Tensors that are not the method's must belong to a ``modules_to_save`` module, or peftlab would
+    silently treat an unknown adapter weight (e.g. LoRA on an embedding) as a trained base weight."""
+    saved = list(document.get("modules_to_save") or [])
+    if document.get("task_type") == "SEQ_CLS":
+        saved += ["classifier", "score"]
+    patterns = [re.compile(rf"(?:.*\.)?{re.escape(entry)}\..+") for entry in saved if isinstance(entry, str)]
+    strays = [name for name in names if not any(p.fullmatch(name) for p in patterns)]
+    if strays:
+        raise UnsupportedPeftAdapter(
+            f"the {document.get('peft_type')} adapter holds tensors peftlab does not read: {', '.join(strays[:5])}"
+            + (f" and {len(strays) - 5} more" if len(strays) > 5 else "")
+            + " (e.g. LoRA on embeddings, trainable tokens or bias terms); merge it with peft instead"
+        )
+
+
+def read_peft_folder(path: Path) -> StoredAdapter:
+    """A peft adapter folder as peftlab sees it (safetensors only: a pickled ``adapter_model.bin`` is refused)."""
+    document = read_config_json(path)
+    weights = path / WEIGHTS_NAME
+    if not weights.is_file():
+        pickled = [name for name in ("adapter_model.bin", "adapter_model.pt") if (path / name).is_file()]
+        if pickled:
+            raise AdapterFileError(
+                f"{path / pickled[0]} is a pickle file, which can run code when loaded; peftlab reads safetensors only. "
+                f"In a trusted environment, re-save it with peft: PeftModel.from_pretrained(base, dir)"
+                f".save_pretrained(out, safe_serialization=True)"
+            )
+        raise AdapterFileError(f"{path} has no {WEIGHTS_NAME}")
+    try:
+        with safe_open(str(weights), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+    except (SafetensorError, OSError, ValueError) as error:
+        raise AdapterFileError(f"{weights} is corrupt or truncated ({error}); save the adapter again") from None
+    config, ours = from_peft(document, tensors)
+    base = _saved_base_info(metadata) or {"name_or_path": document.get("base_model_name_or_path")}
+    return StoredAdapter(config, ours, base, format="peft")
+
+
+def _saved_base_info(metadata: dict[str, str]) -> dict[str, Any]:
+    try:
+        info = json.loads(metadata.get("peftlab_base_model", "{}"))
+    except json.JSONDecodeError:
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
+def _stored(source: str | os.PathLike | nn.Module) -> StoredAdapter:
+    if isinstance(source, nn.Module):
+        state = peft_state(source)
+        if state is None:
+            raise UnsupportedPeftAdapter("this model carries no peftlab method; nothing to export")
+        tensors = {n: t.detach().to("cpu").contiguous().clone() for n, t in adapter_state_dict(source).items()}
+        return StoredAdapter(state.config, tensors, base_model_info(source))
+    return read_adapter(source)
+
+
+def export_peft(
+    source: str | os.PathLike | nn.Module, destination: str | os.PathLike, *, lora_only: bool = False
+) -> Path:
+    """Write a peftlab adapter (a folder or an adapted model) as a peft adapter folder, atomically.
+
+    ``lora_only`` drops the ``modules_to_save`` weights (trained heads, embeddings), which servers
+    such as vLLM refuse; the exported adapter then no longer reproduces them.
+    """
+    stored = _stored(source)
+    document, tensors = to_peft(stored, lora_only=lora_only)
+    metadata = {"format": "pt", "peftlab_method": stored.config.method,
+                "peftlab_base_model": json.dumps(stored.base_model, sort_keys=True)}
+    destination = Path(destination)
+    with atomic_directory(destination) as staging:
+        save_file({n: t.contiguous() for n, t in tensors.items()}, str(staging / WEIGHTS_NAME), metadata=metadata)
+        (staging / CONFIG_NAME).write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
+        _copy_tokenizer(source, staging)
+    return destination
+
+
+def import_peft(source: str | os.PathLike, destination: str | os.PathLike) -> Path:
+    """Convert a peft adapter folder to a peftlab one (config with ``method``, tensors named as in the model)."""
+    stored = read_peft_folder(Path(source))
+    document = {**stored.config.to_dict(), "base_model": {**stored.base_model, "imported_from": "peft"}}
+    destination = Path(destination)
+    with atomic_directory(destination) as staging:
+        save_file(stored.tensors, str(staging / WEIGHTS_NAME), metadata={"format": "pt", "method": stored.config.method})
+        (staging / CONFIG_NAME).write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
+        _copy_tokenizer(source, staging)
+    return destination
+
+
+def _copy_tokenizer(source: Any, staging: Path) -> None:
+    if isinstance(source, nn.Module):
+        return
+    for name in TOKENIZER_FILES:
+        if (Path(source) / name).is_file():
+            shutil.copy2(Path(source) / name, staging / name)
