@@ -1,0 +1,225 @@
+"""AdaLoRA: LoRA in SVD form whose rank budget moves to the layers that matter (Zhang et al. 2023,
+"Adaptive Budget Allocation for Parameter-Efficient Fine-Tuning", arXiv 2303.10512).
+
+``y = W x + (alpha / r0) P diag(m ⊙ λ) Q x`` with ``P`` (out x r0), ``λ`` (r0), ``Q`` (r0 x in) and a
+rank mask ``m``; ``λ`` starts at zero (the model starts equal to the base), ``P`` and ``Q`` Gaussian.
+
+Importance of triplet ``i`` (Eq. 10): ``S_i = s(λ_i) + mean_j s(P_ji) + mean_j s(Q_ij)`` with
+``s = Ī · Ū``, ``I(w) = |w ∂L/∂w|``, ``Ī <- β1 Ī + (1 - β1) I``, ``Ū <- β2 Ū + (1 - β2) |I - Ī|``.
+Budget after ``t`` optimizer steps (Eq. 11): ``b0`` for ``t <= t_init``; then
+``b_T + (b0 - b_T) (1 - (t - t_init) / (T - t_init - t_final))^3``, reallocated every ``delta_t`` steps by
+keeping the ``b(t)`` triplets of highest importance across all layers; ``b_T`` from ``T - t_final`` on,
+with the masks fixed (final fine-tuning). Masked ``λ`` are held at zero.
+Orthogonality (Eq. 4): ``γ mean_k (||P_kᵀ P_k - I||²_F + ||Q_k Q_kᵀ - I||²_F)`` added to the loss.
+Mergeable: ``W <- W + (alpha / r0) P diag(m ⊙ λ) Q``. Per-step work runs through :mod:`peftlab.core.hooks`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from peftlab.core.config import MethodConfig, option, require
+from peftlab.core.hooks import TrainingHooks
+from peftlab.core.injection import Injection, peft_state
+from peftlab.core.layers import AdapterLayer
+from peftlab.core.registry import MethodSpec, register
+from peftlab.core.targeting import find_modules, replace_module
+
+
+@dataclass(frozen=True, kw_only=True)
+class AdaLoRAConfig(MethodConfig):
+    method = "adalora"
+
+    total_steps: int = option(0, "T: the number of optimizer steps the run will take (required: the budget schedule needs it).")
+    init_rank: int = option(12, "Initial rank r0 of every adapted layer (the initial budget is r0 x layers).")
+    target_rank: int = option(8, "Average rank per layer at the end (the target budget is this x layers).")
+    alpha: float = option(32.0, "Scale numerator: the update is multiplied by alpha / init_rank.")
+    dropout: float = option(0.0, "Dropout on the adapter's input.")
+    target_modules: tuple[str, ...] = option(("all_linear",), "Linear layers to adapt: presets or module patterns.")
+    t_init: int = option(0, "Warm-up steps at the initial budget before any pruning.")
+    t_final: int = option(0, "Final fine-tuning steps at the target budget with the rank masks fixed.")
+    delta_t: int = option(1, "Reallocate the budget every delta_t steps during the decrease.")
+    beta1: float = option(0.85, "EMA coefficient of the sensitivity (Ī).")
+    beta2: float = option(0.85, "EMA coefficient of the uncertainty (Ū).")
+    orth_reg_weight: float = option(0.1, "γ: weight of the orthogonality regularisation of P and Q.")
+
+    def validate(self) -> None:
+        require(self.init_rank > 0, self, "init_rank", "must be a positive integer")
+        require(0 < self.target_rank <= self.init_rank, self, "target_rank", "must be in [1, init_rank]")
+        require(self.t_init >= 0, self, "t_init", "must be >= 0")
+        require(self.t_final >= 0, self, "t_final", "must be >= 0")
+        require(self.total_steps > self.t_init + self.t_final, self, "total_steps",
+                "must exceed t_init + t_final: set it to the number of optimizer steps you will train")
+        require(self.delta_t > 0, self, "delta_t", "must be a positive integer")
+        require(0.0 <= self.beta1 < 1.0, self, "beta1", "must be in [0, 1)")
+        require(0.0 <= self.beta2 < 1.0, self, "beta2", "must be in [0, 1)")
+        require(self.orth_reg_weight >= 0, self, "orth_reg_weight", "must be >= 0")
+        require(0.0 <= self.dropout < 1.0, self, "dropout", "must be in [0, 1)")
+        require(self.alpha > 0, self, "alpha", "must be positive")
+
+    def budget(self, layers: int, steps_done: int) -> int:
+        """b(t): the total rank after ``steps_done`` optimizer steps."""
+        initial, target = self.init_rank * layers, self.target_rank * layers
+        if steps_done <= self.t_init:
+            return initial
+        if steps_done >= self.total_steps - self.t_final:
+            return target
+        progress = (steps_done - self.t_init) / (self.total_steps - self.t_init - self.t_final)
+        return int(target + (initial - target) * (1 - progress) ** 3)
+
+
+class SVDLinear(AdapterLayer):
+    """``y = base(x) + scaling * P diag(mask ⊙ λ) Q dropout(x)``."""
+
+    mergeable = True
+
+    def __init__(self, base_layer: nn.Module, rank: int, scaling: float, dropout: float) -> None:
+        super().__init__(base_layer)
+        weight = next(base_layer.parameters())
+        factory = {"dtype": weight.dtype if weight.is_floating_point() else torch.float32, "device": weight.device}
+        self.svd_P = nn.Parameter(torch.randn(self.out_features, rank, **factory) * 0.02)
+        self.svd_lambda = nn.Parameter(torch.zeros(rank, **factory))
+        self.svd_Q = nn.Parameter(torch.randn(rank, self.in_features, **factory) * 0.02)
+        self.register_buffer("rank_mask", torch.ones(rank, dtype=torch.bool, device=weight.device))
+        self.scaling = scaling
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+
+    def adapter_buffers(self) -> Iterator[tuple[str, torch.Tensor]]:
+        yield "rank_mask", self.rank_mask
+
+    def singular_values(self) -> torch.Tensor:
+        return self.svd_lambda * self.rank_mask
+
+    def adapter_forward(self, x: torch.Tensor, base_output: torch.Tensor) -> torch.Tensor:
+        x = self.dropout(x).to(self.svd_Q.dtype)
+        update = F.linear(F.linear(x, self.svd_Q) * self.singular_values(), self.svd_P)
+        return base_output + (update * self.scaling).to(base_output.dtype)
+
+    def delta_weight(self) -> torch.Tensor:
+        return (self.svd_P * self.singular_values()) @ self.svd_Q * self.scaling
+
+    def orthogonality(self) -> torch.Tensor:
+        """``||Pᵀ P - I||²_F + ||Q Qᵀ - I||²_F``."""
+        eye = torch.eye(self.svd_Q.shape[0], dtype=self.svd_Q.dtype, device=self.svd_Q.device)
+        return (self.svd_P.T @ self.svd_P - eye).square().sum() + (self.svd_Q @ self.svd_Q.T - eye).square().sum()
+
+
+def svd_layers(model: nn.Module) -> list[tuple[str, SVDLinear]]:
+    return [(name, module) for name, module in model.named_modules() if isinstance(module, SVDLinear)]
+
+
+def rank_pattern(model: nn.Module) -> dict[str, int]:
+    """The current rank of every adapted layer (after training: the final per-layer ranks)."""
+    return {name: int(layer.rank_mask.sum()) for name, layer in svd_layers(model)}
+
+
+def total_rank(model: nn.Module) -> int:
+    return sum(rank_pattern(model).values())
+
+
+class AdaLoRAHooks(TrainingHooks):
+    """Importance tracking and budget allocation after each optimizer step; the orthogonality penalty."""
+
+    def __init__(self, model: nn.Module, config: AdaLoRAConfig) -> None:
+        self.config = config
+        self.layers = svd_layers(model)
+        self.average: dict[str, torch.Tensor] = {}
+        self.uncertainty: dict[str, torch.Tensor] = {}
+
+    def regularization(self, model: nn.Module) -> torch.Tensor | float:
+        if self.config.orth_reg_weight == 0:
+            return 0.0
+        terms = torch.stack([layer.orthogonality() for _, layer in self.layers])
+        return self.config.orth_reg_weight * terms.mean()
+
+    def _named_factors(self) -> Iterator[tuple[str, nn.Parameter]]:
+        for name, layer in self.layers:
+            for factor in ("svd_P", "svd_lambda", "svd_Q"):
+                yield f"{name}.{factor}", getattr(layer, factor)
+
+    @torch.no_grad()
+    def update_importance(self) -> None:
+        beta1, beta2 = self.config.beta1, self.config.beta2
+        for name, parameter in self._named_factors():
+            gradient = parameter.grad if parameter.grad is not None else torch.zeros_like(parameter)
+            sensitivity = (parameter * gradient).abs().float()
+            average = beta1 * self.average.get(name, torch.zeros_like(sensitivity)) + (1 - beta1) * sensitivity
+            uncertainty = self.uncertainty.get(name, torch.zeros_like(sensitivity))
+            self.uncertainty[name] = beta2 * uncertainty + (1 - beta2) * (sensitivity - average).abs()
+            self.average[name] = average
+
+    def triplet_importance(self) -> list[torch.Tensor]:
+        """``S_i`` for every layer's triplets (Eq. 10); needs at least one :meth:`update_importance`."""
+        def score(name: str) -> torch.Tensor:
+            return self.average[name] * self.uncertainty[name]
+
+        return [score(f"{name}.svd_lambda") + score(f"{name}.svd_P").mean(0) + score(f"{name}.svd_Q").mean(1)
+                for name, _ in self.layers]
+
+    @torch.no_grad()
+    def allocate(self, budget: int) -> None:
+        """Keep the ``budget`` triplets of highest importance across all layers; zero the others' λ."""
+        scores = self.triplet_importance()
+        flat = torch.cat([s.flatten().cpu() for s in scores])
+        keep = torch.zeros(flat.numel(), dtype=torch.bool)
+        keep[torch.topk(flat, budget).indices] = True
+        start = 0
+        for _, layer in self.layers:
+            rank = layer.rank_mask.numel()
+            layer.rank_mask.copy_(keep[start:start + rank])
+            start += rank
+
+    @torch.no_grad()
+    def after_optimizer_step(self, model: nn.Module, step: int) -> None:
+        config, steps_done = self.config, step + 1
+        final = config.total_steps - config.t_final
+        if steps_done <= final:
+            self.update_importance()
+        reallocate = steps_done > config.t_init and ((steps_done - config.t_init) % config.delta_t == 0)
+        if (steps_done < final and reallocate) or steps_done == final:
+            self.allocate(config.budget(len(self.layers), steps_done))
+        for _, layer in self.layers:
+            layer.svd_lambda.masked_fill_(~layer.rank_mask, 0.0)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        state = {f"average.{n}": t for n, t in self.average.items()}
+        state.update({f"uncertainty.{n}": t for n, t in self.uncertainty.items()})
+        return state
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        for key, tensor in state.items():
+            kind, _, name = key.partition(".")
+            (self.average if kind == "average" else self.uncertainty)[name] = tensor.clone()
+
+
+def inject(model: nn.Module, config: AdaLoRAConfig) -> Injection:
+    scaling = config.alpha / config.init_rank
+    for name, module in find_modules(model, config.target_modules):
+        replace_module(model, name, SVDLinear(module, config.init_rank, scaling, config.dropout))
+
+    def count_trainable(adapted: nn.Module) -> int:
+        """Active triplets only: a masked rank no longer counts."""
+        active = sum(int(layer.rank_mask.sum()) * (layer.in_features + layer.out_features + 1)
+                     for _, layer in svd_layers(adapted))
+        named = dict(adapted.named_parameters())
+        state = peft_state(adapted)
+        return active + sum(named[n].numel() for n in dict.fromkeys(state.injection.selected + state.injection.created))
+
+    return Injection(count_trainable=count_trainable)
+
+
+register(MethodSpec(
+    name="adalora",
+    family="reparameterized",
+    config_class=AdaLoRAConfig,
+    inject=inject,
+    paper="Zhang et al. 2023, Adaptive Budget Allocation for Parameter-Efficient Fine-Tuning (arXiv 2303.10512)",
+    summary="LoRA in SVD form; importance-driven pruning moves the rank budget between layers.",
+    mergeable=True,
+    extra={"training_hooks": AdaLoRAHooks},
+))
