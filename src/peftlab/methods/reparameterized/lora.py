@@ -1,23 +1,29 @@
 """LoRA: a trainable low-rank update beside each frozen weight (Hu et al. 2022, arXiv 2106.09685).
 
-``y = W x + (alpha / r) * B A dropout(x)`` with ``A`` (r x in) Kaiming-uniform and ``B`` (out x r)
-zero, so the adapted model starts equal to the base. Mergeable: ``W <- W + (alpha / r) B A``.
+``y = W x + s * B A dropout(x)`` with ``s = alpha / r`` and, by default, ``A`` (r x in) Kaiming-uniform
+and ``B`` (out x r) zero, so the adapted model starts equal to the base. Mergeable: ``W <- W + s B A``.
+Options that change no structure: ``scaling_rule="rslora"`` gives ``s = alpha / sqrt(r)`` (rank-stabilised
+LoRA, Kalajdzievski 2023, arXiv 2312.03732); ``init`` picks a start from ``lora_init.py`` (PiSSA, OLoRA, ...).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from peftlab.core.config import MethodConfig, option, require
-from peftlab.core.injection import Injection
+from peftlab.core.injection import Injection, peft_state
 from peftlab.core.layers import AdapterLayer
 from peftlab.core.registry import MethodSpec, register
 from peftlab.core.targeting import find_modules, replace_module
+from peftlab.core.serialization import copy_adapter_tensors
+from peftlab.methods.reparameterized.lora_init import INIT_STRATEGIES, RESIDUAL_INITS, refit_residual
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -31,14 +37,24 @@ class LoRAConfig(MethodConfig):
         ("attention_qv",), "Linear layers to adapt: preset names (attention_qv, all_linear, ...) or module patterns."
     )
 
+    scaling_rule: Literal["lora", "rslora"] = option(
+        "lora", "'lora': s = alpha / r; 'rslora': s = alpha / sqrt(r), rank-stabilised (arXiv 2312.03732)."
+    )
+    init: str = option(
+        "kaiming",
+        "Start of B A: 'kaiming' or 'gaussian' (B = 0); 'pissa' (principal singular vectors, arXiv 2404.02948) "
+        "or 'olora' (QR factors, arXiv 2406.01775), which keep the residual in the frozen base weight.",
+    )
+
     def validate(self) -> None:
         require(self.rank > 0, self, "rank", "must be a positive integer")
         require(0.0 <= self.dropout < 1.0, self, "dropout", "must be in [0, 1)")
         require(self.alpha > 0, self, "alpha", "must be positive")
+        require(self.init in INIT_STRATEGIES, self, "init", f"must be one of {', '.join(INIT_STRATEGIES)}")
 
     @property
     def scaling(self) -> float:
-        return self.alpha / self.rank
+        return self.alpha / (math.sqrt(self.rank) if self.scaling_rule == "rslora" else self.rank)
 
 
 class LoRALinear(AdapterLayer):
@@ -46,15 +62,23 @@ class LoRALinear(AdapterLayer):
 
     mergeable = True
 
-    def __init__(self, base_layer: nn.Module, rank: int, scaling: float, dropout: float) -> None:
+    def __init__(
+        self, base_layer: nn.Module, rank: int, scaling: float, dropout: float, init: str = "kaiming"
+    ) -> None:
         super().__init__(base_layer)
         weight = next(base_layer.parameters())
         factory = {"dtype": weight.dtype if weight.is_floating_point() else torch.float32, "device": weight.device}
         self.lora_A = nn.Parameter(torch.empty(rank, self.in_features, **factory))
         self.lora_B = nn.Parameter(torch.zeros(self.out_features, rank, **factory))
-        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
         self.scaling = scaling
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        INIT_STRATEGIES[init](self)
+
+    def adapter_buffers(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """The initial factors of a residual init (PiSSA, OLoRA): saved, see ``lora_init.py``."""
+        for name in ("lora_A_init", "lora_B_init"):
+            if name in self._buffers:
+                yield name, self._buffers[name]
 
     def adapter_forward(self, x: torch.Tensor, base_output: torch.Tensor) -> torch.Tensor:
         x = self.dropout(x).to(self.lora_A.dtype)
@@ -65,10 +89,22 @@ class LoRALinear(AdapterLayer):
         return (self.lora_B @ self.lora_A) * self.scaling
 
 
-def inject(model: nn.Module, config: LoRAConfig) -> Injection:
+def inject(model: nn.Module, config: LoRAConfig, layer_class: type[LoRALinear] = LoRALinear) -> Injection:
     for name, module in find_modules(model, config.target_modules):
-        replace_module(model, name, LoRALinear(module, config.rank, config.scaling, config.dropout))
+        layer = layer_class(module, config.rank, config.scaling, config.dropout, config.init)
+        replace_module(model, name, layer)
     return Injection()
+
+
+def import_state(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    """Load, first refitting each residual-init layer's base to the saved initial factors."""
+    if peft_state(model).config.init in RESIDUAL_INITS:
+        for name, module in model.named_modules():
+            a_init, b_init = tensors.get(f"{name}.lora_A_init"), tensors.get(f"{name}.lora_B_init")
+            if isinstance(module, LoRALinear) and a_init is not None and b_init is not None:
+                device = module.lora_A_init.device
+                refit_residual(module, a_init.to(device), b_init.to(device))
+    copy_adapter_tensors(model, tensors)
 
 
 register(MethodSpec(
@@ -79,4 +115,5 @@ register(MethodSpec(
     paper="Hu et al. 2022, LoRA: Low-Rank Adaptation of Large Language Models (arXiv 2106.09685)",
     summary="Low-rank update B A beside frozen weights.",
     mergeable=True,
+    extra={"import_state": import_state},
 ))
