@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 
 import peftlab
-from conftest import FAMILY_BUILDERS, batch_for, tiny_bert, tiny_llama
+from conftest import FAMILY_BUILDERS, tiny_bert, tiny_llama
+from methods.hybrid.training import losses_while_training
 from peftlab.core.targeting import TargetError
 from peftlab.methods.additive.parallel_adapter import BlockInputTap, ParallelAdapter
 
@@ -65,15 +66,7 @@ def test_training_lowers_the_loss_and_a_deep_copy_keeps_its_taps():
     clone = copy.deepcopy(model)
     tap = clone.model.layers[0].mlp.up_proj
     assert tap.reader is clone.model.layers[0].mlp.down_proj
-    batch = batch_for(model)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    losses = []
-    for _ in range(8):
-        loss = model(**batch).loss
-        losses.append(loss.item())
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
+    losses = losses_while_training(model)
     assert losses[-1] < losses[0] - 0.05
 
 

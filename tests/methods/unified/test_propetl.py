@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 
 import peftlab
 from conftest import FAMILY_BUILDERS, batch_for, tiny_bert, tiny_llama
+from methods.hybrid.training import losses_while_training
 from peftlab.core.probe import probe_output
 from peftlab.methods.unified.propetl import (
     MaskedAdapter,
@@ -25,7 +26,9 @@ from peftlab.methods.unified.propetl import (
 PROTOTYPE_OPTIONS = {
     "adapter": {"prototype": "adapter", "bottleneck_size": 8},
     "lora": {"prototype": "lora", "rank": 4, "alpha": 8.0},
+    "prefix": {"prototype": "prefix", "num_virtual_tokens": 3},
 }
+SHARED_TENSOR = {"adapter": "down.weight", "lora": "lora_A", "prefix": "prefix"}
 
 
 def perturb(model: torch.nn.Module, seed: int = 0) -> None:
@@ -58,7 +61,7 @@ def test_layers_share_one_prototype_tensor_and_their_effective_weights_differ_by
     model = peftlab.apply(tiny_bert(), "propetl", **PROTOTYPE_OPTIONS[prototype])
     perturb(model)
     layers = [module for _, module in masked_modules(model)]
-    name = {"adapter": "down.weight", "lora": "lora_A"}[prototype]
+    name = SHARED_TENSOR[prototype]
     assert len(layers) >= 2
     pointers = {layer.prototype.get_parameter(name).data_ptr() for layer in layers}
     assert len(pointers) == 1, "every layer must read the same prototype storage"
@@ -123,9 +126,10 @@ def test_lora_parameter_count_is_prototype_plus_one_bit_per_mask_entry():
 
 
 @pytest.mark.parametrize("architecture", sorted(FAMILY_BUILDERS))
-def test_lora_prototype_saves_masks_packed_and_round_trips(architecture, tmp_path):
+@pytest.mark.parametrize("prototype", ["lora", "prefix"])  # the adapter prototype goes through tests/test_contract.py
+def test_masks_save_packed_and_round_trip(prototype, architecture, tmp_path):
     base = FAMILY_BUILDERS[architecture]().eval()
-    model = peftlab.apply(copy.deepcopy(base), "propetl", **PROTOTYPE_OPTIONS["lora"])
+    model = peftlab.apply(copy.deepcopy(base), "propetl", **PROTOTYPE_OPTIONS[prototype])
     perturb(model)
     expected = probe_output(model)
     masks = {n: m.masks() for n, m in masked_modules(model)}
@@ -145,6 +149,20 @@ def test_lora_prototype_saves_masks_packed_and_round_trips(architecture, tmp_pat
             assert torch.equal(mask, masks[name][key])
 
 
+def test_prefix_layers_attend_to_the_masked_shared_prefix_and_unload_restores_the_base():
+    base = tiny_llama().eval()
+    model = peftlab.apply(copy.deepcopy(base), "propetl", **PROTOTYPE_OPTIONS["prefix"])
+    layer = model.propetl_prefixes[1]
+    prefix = layer.prototype.prefix * reference_mask(layer.scores["prefix"].detach(), 0.5)  # (3, 2 x (8 + 8))
+    keys, values = model.propetl_prefixes.key_values(1, query=torch.empty(0))
+    torch.testing.assert_close(keys[0], prefix[:, :16].view(3, 2, 8).transpose(0, 1))
+    torch.testing.assert_close(values[0], prefix[:, 16:].view(3, 2, 8).transpose(0, 1))
+    assert not torch.allclose(probe_output(model), probe_output(base))
+    peftlab.unload(model, merge_first=False)
+    torch.testing.assert_close(probe_output(model), probe_output(base), atol=0, rtol=0)
+    assert not hasattr(model, "propetl_prefixes") and not hasattr(model, "propetl_prototypes")
+
+
 def test_pack_bits_round_trips_odd_sizes():
     mask = (torch.rand(3, 7) > 0.5).float()
     packed = pack_bits(mask)
@@ -158,15 +176,7 @@ def test_training_with_faster_scores_lowers_the_loss(prototype):
     groups = peftlab.parameter_groups(model, lr=1e-2)
     assert [g["lr"] for g in groups] == [1e-2, 5e-2]
     assert sum(len(g["params"]) for g in groups) == len(list(peftlab.adapter_parameters(model)))
-    optimizer = torch.optim.AdamW(groups)
-    batch = batch_for(model)
-    losses = []
-    for _ in range(10):
-        loss = model(**batch).loss
-        losses.append(loss.item())
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
+    losses = losses_while_training(model)
     assert losses[-1] < losses[0] - 0.05
 
 

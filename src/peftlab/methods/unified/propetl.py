@@ -34,8 +34,16 @@ from peftlab.core.registry import MethodSpec, register
 from peftlab.core.serialization import AdapterFileError
 from peftlab.core.targeting import find_modules, replace_module
 from peftlab.methods.additive.adapter import PLACEMENTS, Bottleneck
+from peftlab.methods.additive.prefix_attention import (
+    PrefixHandle,
+    Site,
+    attach_prefixes,
+    attention_module_names,
+    discover_sites,
+)
 
 PROTOTYPES_NAME = "propetl_prototypes"
+PREFIXES_NAME = "propetl_prefixes"
 MASK_SUFFIX = ".mask_bits"
 
 
@@ -147,6 +155,38 @@ class MaskedLoRA(AdapterLayer, Masked):
         return base_output + (update * self.scaling).to(base_output.dtype)
 
 
+class PrefixPrototype(nn.Module):
+    """Prefix keys and values ``(P, kv_heads * (key_dim + value_dim))``, shared by every attention layer."""
+
+    def __init__(self, site: Site, length: int, like: torch.Tensor) -> None:
+        super().__init__()
+        self.prefix = nn.Parameter(torch.randn(length, site.width, dtype=like.dtype, device=like.device))
+
+
+class MaskedPrefix(AdapterModule, Masked):
+    """One attention layer's masked view of the shared prefix."""
+
+    def __init__(self, site: Site, prototype: PrefixPrototype, keep_ratio: float) -> None:
+        super().__init__()
+        self.site = site
+        self._add_scores(prototype, ("prefix",), keep_ratio)
+
+    def key_values(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(1, kv_heads, P, key_dim)`` keys and ``(1, kv_heads, P, value_dim)`` values."""
+        rows, site = self.effective("prefix"), self.site
+        split = site.kv_heads * site.key_dim
+        keys = rows[:, :split].unflatten(1, (site.kv_heads, site.key_dim)).transpose(0, 1)
+        values = rows[:, split:].unflatten(1, (site.kv_heads, site.value_dim)).transpose(0, 1)
+        return keys[None], values[None]
+
+
+class MaskedPrefixes(nn.ModuleList):
+    """The provider for :func:`attach_prefixes`: site ``index`` attends to its masked prefix."""
+
+    def key_values(self, index: int, query: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self[index].key_values()
+
+
 class Prototypes(AdapterModule):
     """The shared prototypes, one per shape, registered once on the model."""
 
@@ -178,7 +218,33 @@ def _inject_lora(model: nn.Module, config: ProPETLConfig, prototypes: Prototypes
         replace_module(model, name, MaskedLoRA(module, prototype, config.alpha / config.rank, config.keep_ratio))
 
 
-INJECTORS = {"adapter": _inject_adapter, "lora": _inject_lora}
+def _inject_prefix(model: nn.Module, config: ProPETLConfig, prototypes: Prototypes) -> PrefixHandle:
+    sites = discover_sites(model, attention_module_names(model))
+    like = model.get_input_embeddings().weight
+    layers = MaskedPrefixes()
+    for site in sites:
+        key = f"prefix_{site.kv_heads}x{site.key_dim}x{site.value_dim}"
+        prototype = prototypes.get(key, lambda: PrefixPrototype(site, config.num_virtual_tokens, like))
+        layers.append(MaskedPrefix(site, prototype, config.keep_ratio))
+    model.add_module(PREFIXES_NAME, layers)
+    return attach_prefixes(model, sites, layers.key_values)
+
+
+INJECTORS = {"adapter": _inject_adapter, "lora": _inject_lora, "prefix": _inject_prefix}
+
+
+class _Detach:
+    """Takes ProPETL's model-level modules (and any prefix plumbing) off again, for ``peftlab.unload``."""
+
+    def __init__(self, model: nn.Module, handle: PrefixHandle | None) -> None:
+        self.model, self.handle = model, handle
+
+    def remove(self) -> None:
+        if self.handle is not None:
+            self.handle.remove()
+        for name in (PROTOTYPES_NAME, PREFIXES_NAME):
+            if name in self.model._modules:
+                delattr(self.model, name)
 
 
 # -- accounting, compact save/load, optimizer groups ---------------------------------------------
@@ -263,10 +329,9 @@ def parameter_groups(model: nn.Module, config: ProPETLConfig, lr: float, weight_
 
 def inject(model: nn.Module, config: ProPETLConfig) -> Injection:
     prototypes = Prototypes()
-    INJECTORS[config.prototype](model, config, prototypes)
-    like = next(model.parameters())
-    model.add_module(PROTOTYPES_NAME, prototypes.to(like.device))
-    return Injection(count_trainable=count_trainable)
+    handle = INJECTORS[config.prototype](model, config, prototypes)
+    model.add_module(PROTOTYPES_NAME, prototypes)
+    return Injection(count_trainable=count_trainable, hooks=[_Detach(model, handle)])
 
 
 register(MethodSpec(
