@@ -1,0 +1,63 @@
+"""MAM adapter, "Mix-And-Match" (He et al. 2022, "Towards a Unified View of Parameter-Efficient
+Transfer Learning", arXiv 2110.04366, Sec. 4.6).
+
+Prefix-tuning on every attention layer plus a scaled parallel adapter beside every feed-forward block:
+
+    head_h = softmax(q_h [P_k; K_h]^T / √d) [P_v; V_h]          (prefix_tuning, length 30 in the paper)
+    y = FFN(x) + s * W_up ReLU(W_down x)                        (parallel_adapter, m = 512, s = 4)
+
+Composed from the two registered methods' configs and ``inject`` functions; no layer code of its own.
+The trainable count is prefix-tuning's (the folded prefix) plus the adapters'.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from peftlab.core.config import MethodConfig, option
+from peftlab.core.injection import Injection, peft_state
+from peftlab.core.registry import MethodSpec, register
+from peftlab.methods.additive import prefix_tuning
+from peftlab.methods.additive.parallel_adapter import ParallelAdapterConfig
+from peftlab.methods.additive.prefix_tuning import PrefixTuningConfig
+from peftlab.methods.hybrid.compose import combine, export_with_prefix, inject_parts, require_parts_save_nothing
+
+
+@dataclass(frozen=True, kw_only=True)
+class MAMConfig(MethodConfig):
+    method = "mam"
+
+    prefix: PrefixTuningConfig = option(
+        PrefixTuningConfig(num_virtual_tokens=30),
+        "prefix_tuning options for the attention part (a dict; keys left out take prefix_tuning's defaults).",
+    )
+    adapter: ParallelAdapterConfig = option(
+        ParallelAdapterConfig(bottleneck_size=512, scaling=4.0, blocks=("feed_forward",)),
+        "parallel_adapter options for the feed-forward part (a dict; keys left out take parallel_adapter's "
+        "defaults).",
+    )
+
+    def validate(self) -> None:
+        require_parts_save_nothing(self, ("prefix", "adapter"))
+
+
+def inject(model: nn.Module, config: MAMConfig) -> Injection:
+    return combine(inject_parts(model, [config.prefix, config.adapter]), prefix_tuning.count_trainable)
+
+
+def export_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return export_with_prefix(model, peft_state(model).config.prefix)
+
+
+register(MethodSpec(
+    name="mam",
+    family="hybrid",
+    config_class=MAMConfig,
+    inject=inject,
+    paper="He et al. 2022, Towards a Unified View of Parameter-Efficient Transfer Learning (arXiv 2110.04366)",
+    summary="Prefix-tuning on attention plus a scaled parallel adapter on the feed-forward (composed).",
+    extra={"export_state": export_state, "import_state": prefix_tuning.import_state},
+))
