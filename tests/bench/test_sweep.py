@@ -1,0 +1,93 @@
+"""End-to-end sweeps on a tiny local model: each run in its own process, resumed after a kill, sharded."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import peftlab
+from peftlab.bench import load_suite_checked
+from peftlab.bench.records import read_records, runs_dir
+from peftlab.bench.report import write_report
+from peftlab.bench.runner import Shard, run_sweep
+
+pytestmark = pytest.mark.slow
+
+SRC = str(Path(peftlab.__file__).resolve().parent.parent)
+
+
+def snapshot(output: Path) -> dict[str, tuple[int, str]]:
+    """Each record file's modification time and content."""
+    return {path.name: (path.stat().st_mtime_ns, path.read_text()) for path in runs_dir(output).glob("*.json")}
+
+
+def test_a_killed_sweep_resumes_without_rerunning_finished_runs(tiny_suite, tmp_path):
+    suite = tiny_suite(["full", "lora"])
+    output = tmp_path / "out"
+    command = [sys.executable, "-m", "peftlab.cli", "bench", "--suite", suite, "--output", str(output)]
+    environment = {**os.environ, "PYTHONPATH": SRC}
+    sweep = subprocess.Popen(command, env=environment, start_new_session=True,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 240
+        while not any(r["status"] == "ok" for r in read_records(output)):
+            assert sweep.poll() is None and time.monotonic() < deadline, "the first run never finished"
+            time.sleep(0.2)
+    finally:
+        os.killpg(sweep.pid, signal.SIGKILL)
+        sweep.wait()
+    finished = snapshot(output)
+    assert len(finished) == 1  # the kill lost only the run in progress
+    assert all(json.loads(text)["status"] == "ok" for _, text in finished.values())
+
+    runs = load_suite_checked(suite).runs()
+    result = run_sweep(runs, output, echo=lambda line: None)
+    assert result.skipped == [name.removesuffix(".json") for name in finished]
+    assert sorted(result.ran) == sorted(r.run_id for r in runs if f"{r.run_id}.json" not in finished)
+    after = snapshot(output)
+    assert {name: after[name] for name in finished} == finished  # untouched
+    assert [r["status"] for r in read_records(output)] == ["ok"] * 2
+
+    again = run_sweep(runs, output, echo=lambda line: None)
+    assert again.ran == [] and len(again.skipped) == 2
+
+
+def test_two_shards_run_each_run_exactly_once(tiny_suite, tmp_path):
+    # A LoRA whose targets match nothing fails inside its worker: recorded, and the sweep goes on.
+    suite = tiny_suite(["full", "lora", {"method": "lora", "label": "lora-nowhere",
+                                         "options": {"target_modules": ["no_such_module"]}}])
+    runs = load_suite_checked(suite).runs()
+    output = tmp_path / "out"
+    first = run_sweep(runs, output, Shard(1, 2), echo=lambda line: None)
+    second = run_sweep(runs, output, Shard(2, 2), echo=lambda line: None)
+    done = [*first.ran, *first.failed, *second.ran, *second.failed]
+    assert sorted(done) == sorted(r.run_id for r in runs) and len(set(done)) == len(done)
+    assert first.skipped == second.skipped == []
+    records = {r["run_id"]: r for r in read_records(output)}
+    assert set(records) == {r.run_id for r in runs}
+    for run in runs:
+        record = records[run.run_id]
+        if run.label != "lora-nowhere":
+            assert record["status"] == "ok" and 0 <= record["score"] <= 100
+            assert record["memory"]["peak_bytes"] > record["memory"]["breakdown"]["weights"]["measured"] > 0
+            assert record["provenance"]["packages"]["torch"]
+        else:
+            assert record["status"] == "failed" and "no_such_module" in record["error"]
+    lora = records[next(r.run_id for r in runs if r.label == "lora")]
+    full = records[next(r.run_id for r in runs if r.label == "full")]
+    assert lora["parameters"]["trainable"] < full["parameters"]["trainable"]
+    assert lora["memory"]["breakdown"]["optimizer"]["measured"] < full["memory"]["breakdown"]["optimizer"]["measured"]
+
+    written = {path.name for path in write_report(output)}
+    assert {"report.md", "report.html", "results.csv", "results.tex",
+            "score_vs_trainable-tiny-bert.png", "memory-tiny-bert.png"} <= written
+    report = (output / "report.md").read_text()
+    assert "`lora`" in report and "failed" in report
+    assert "data:image/png;base64," in (output / "report.html").read_text()
