@@ -21,6 +21,9 @@ tokens and so change the outputs, and the paper's random initialisation changes 
 
 The attention plumbing (transformers' attention interface, masks, T5 position bias) is the reusable
 :mod:`peftlab.methods.additive.prefix_attention`; this file owns only the prefixes and their MLP.
+Hybrids (MAM, UniPELT) call :func:`inject` with a :class:`PrefixTuningConfig` next to their other parts
+and may reuse :func:`count_trainable`, :func:`export_state` and :func:`import_state`: these act on the
+prefix encoder and pass every other adapter parameter of the model through unchanged.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from peftlab.core.config import MethodConfig, option, require
-from peftlab.core.injection import Injection, adapter_parameters, peft_state
+from peftlab.core.injection import Injection, adapter_parameters
 from peftlab.core.layers import AdapterModule
 from peftlab.core.registry import MethodSpec, register
 from peftlab.core.serialization import AdapterFileError
@@ -77,6 +80,7 @@ class PrefixEncoder(AdapterModule):
         super().__init__()
         self.sites = list(sites)
         self.length = config.num_virtual_tokens
+        self.keep_reparameterization = config.keep_reparameterization
         self.offsets = [0]
         for site in self.sites:
             self.offsets.append(self.offsets[-1] + site.width)
@@ -177,7 +181,7 @@ def export_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """The saved tensors: the folded ``P_theta`` (or the MLP with ``keep_reparameterization``)."""
     encoder = prefix_encoder(model)
     tensors = {n: p.detach() for n, p in _other_parameters(model).items()}
-    if peft_state(model).config.keep_reparameterization:
+    if encoder.keep_reparameterization:
         tensors.update({f"{ENCODER_NAME}.{n}": p.detach() for n, p in encoder.adapter_parameters()})
     else:
         tensors[f"{ENCODER_NAME}.prefixes"] = encoder.folded_prefixes()
