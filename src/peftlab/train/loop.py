@@ -36,7 +36,8 @@ def run_training(args: TrainArgs) -> dict[str, Any]:
     (the same record as ``metrics.json``: scores, parameters, time, tokens/s, peak memory)."""
     from accelerate import Accelerator
 
-    accelerator = Accelerator(mixed_precision=_precision(args.mixed_precision))
+    # cpu=True on machines without CUDA also makes accelerate see a torchrun launch (gloo).
+    accelerator = Accelerator(mixed_precision=_precision(args.mixed_precision), cpu=not torch.cuda.is_available())
     plan = make_plan(args)
     if args.fsdp and accelerator.num_processes < 2:
         raise ArgumentError("--fsdp shards across processes: launch with torchrun or accelerate launch (2+ processes)")
@@ -170,7 +171,7 @@ class Trainer:
         if epoch_end:
             progress.epoch, progress.groups_done = progress.epoch + 1, 0
         if self.output is not None and (epoch_end or (args.save_steps and step % args.save_steps == 0)):
-            save_checkpoint(self.output, self.model, self.optimizer, self.scheduler, self.hooks, progress,
+            save_checkpoint(self.output, self.base, self.optimizer, self.scheduler, self.hooks, progress,
                             is_main=self.is_main, keep=args.save_total_limit)
 
     # -- evaluation and results ---------------------------------------------------------------------

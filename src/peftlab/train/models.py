@@ -117,6 +117,7 @@ def load_model(name: str, task: Task, dtype: torch.dtype | None = None) -> Loade
         model = AutoModelForSequenceClassification.from_pretrained(
             source.path, num_labels=task.num_labels, pad_token_id=tokenizer.pad_token_id,
             problem_type="regression" if task.kind == "regression" else "single_label_classification",
+            ignore_mismatched_sizes=True,  # a checkpoint's own head (another label count) is replaced
             **options)
         head = tuple(n for n, _ in model.named_children() if n in HEAD_NAMES)
     elif kind == "encoder":
