@@ -15,7 +15,7 @@ from peftlab import methods as _methods  # noqa: F401  (importing it registers e
 from peftlab import interop as _interop  # noqa: F401  (lets load_adapter read HF peft folders)
 from peftlab.core.accounting import ParameterReport, parameter_counts, parameter_report
 from peftlab.core.config import ConfigError, MethodConfig
-from peftlab.core.hooks import TrainingHooks, parameter_groups, training_hooks
+from peftlab.core.hooks import TrainingHooks, make_optimizer, parameter_groups, training_hooks
 from peftlab.core.injection import adapter_parameters, apply_config, peft_state
 from peftlab.core.merging import MergeError, MergeReport, merge, unload, unmerge
 from peftlab.core.registry import MethodSpec, all_methods, describe_all, get_method
@@ -66,6 +66,7 @@ __all__ = [
     "list_methods",
     "load_adapter",
     "make_config",
+    "make_optimizer",
     "merge",
     "parameter_counts",
     "parameter_groups",

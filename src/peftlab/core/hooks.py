@@ -6,12 +6,13 @@ want their own learning rates (LoRA+) supply hooks through their :class:`MethodS
 
 * ``extra["training_hooks"](model, config) -> TrainingHooks``
 * ``extra["parameter_groups"](model, config, lr, weight_decay) -> list[dict]``
+* ``extra["optimizer"](model, config, groups) -> Optimizer`` (e.g. QLoRA's paged AdamW on CUDA)
 
 A training loop (ours, HF ``Trainer`` through ``peftlab.interop.hf_trainer``, or yours) calls::
 
     hooks = peftlab.training_hooks(model)
     hooks.prepare(model, batches)                  # once, before training; ``batches`` an iterable of inputs
-    optimizer = AdamW(peftlab.parameter_groups(model, lr, weight_decay))
+    optimizer = peftlab.make_optimizer(model, lr, weight_decay)  # AdamW over parameter_groups, by default
     for step, batch in enumerate(loader):
         loss = model(**batch).loss + hooks.regularization(model)
         loss.backward()
@@ -84,3 +85,11 @@ def parameter_groups(model: nn.Module, lr: float, weight_decay: float = 0.0) -> 
         return factory(model, state.config, lr, weight_decay)
     parameters = [p for p in model.parameters() if p.requires_grad]
     return [{"params": parameters, "lr": lr, "weight_decay": weight_decay}]
+
+
+def make_optimizer(model: nn.Module, lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    """The optimizer over :func:`parameter_groups`: the method's own when it asks for one, AdamW otherwise."""
+    groups = parameter_groups(model, lr, weight_decay)
+    state = peft_state(model)
+    factory = get_method(state.method).extra.get("optimizer") if state else None
+    return factory(model, state.config, groups) if factory is not None else torch.optim.AdamW(groups)
