@@ -1,0 +1,261 @@
+"""QLoRA: LoRA over a frozen base stored in 4 bits (Dettmers et al. 2023, "QLoRA: Efficient Finetuning
+of Quantized LLMs", arXiv 2305.14314).
+
+``y = dequant(W_NF4) x + (alpha / r) B A dropout(x)``: the base linear weights are stored as 4-bit
+NormalFloat with double quantisation (the per-block absmax constants quantised again to 8 bits) by
+``bitsandbytes``, about 0.5 bytes per weight; the forward dequantizes to ``compute_dtype``. LoRA (the
+:class:`LoRALinear` of ``lora.py``) sits on all linear layers by default; only it trains. An 8-bit
+(LLM.int8) base is the ``bits=8`` option. On CUDA the optimizer is bitsandbytes' paged AdamW (its states
+page to CPU memory under pressure); on CPU, plain AdamW (paging needs CUDA unified memory).
+
+Merging cannot fold a float delta into 4-bit codes: it replaces each adapted layer's base by its
+dequantized float weight plus ``(alpha / r) B A`` (a dequantized merged model); unmerge puts the original
+quantized layer back. bitsandbytes 0.50 quantizes on CPU too (when a layer is moved ``.to("cpu")``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import bitsandbytes as bnb
+import torch
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+from peftlab.core.config import MethodConfig, option, require
+from peftlab.core.errors import UserError
+from peftlab.core.injection import Injection
+from peftlab.core.registry import MethodSpec, register
+from peftlab.core.targeting import find_modules, replace_module
+from peftlab.methods.reparameterized.lora import LoRALinear
+
+QUANTIZED_TYPES = (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt)
+
+
+@dataclass(frozen=True, kw_only=True)
+class QLoRAConfig(MethodConfig):
+    method = "qlora"
+
+    rank: int = option(64, "LoRA rank r (the paper: 64).")
+    alpha: float = option(16.0, "LoRA scale numerator: the update is multiplied by alpha / r (the paper: 16).")
+    dropout: float = option(0.1, "Dropout on the LoRA input (the paper: 0.1 up to 13B, 0.05 above).")
+    target_modules: tuple[str, ...] = option(("all_linear",), "Linear layers that get LoRA: presets or module patterns.")
+    quantize_modules: tuple[str, ...] = option(
+        ("all_linear",), "Linear layers stored quantized (embeddings, heads and norms stay in float).")
+    bits: int = option(4, "Base weight bits: 4 (NF4/FP4, QLoRA) or 8 (LLM.int8).")
+    quant_type: Literal["nf4", "fp4"] = option("nf4", "4-bit data type: nf4 (NormalFloat, the paper's) or fp4.")
+    double_quant: bool = option(True, "Quantize the 4-bit blocks' absmax constants again (saves ~0.37 bits/weight).")
+    compute_dtype: Literal["bfloat16", "float16", "float32"] = option(
+        "bfloat16", "dtype the 4-bit weights are dequantized to for the matmul (and of the base biases).")
+
+    def validate(self) -> None:
+        require(self.rank > 0, self, "rank", "must be a positive integer")
+        require(0.0 <= self.dropout < 1.0, self, "dropout", "must be in [0, 1)")
+        require(self.alpha > 0, self, "alpha", "must be positive")
+        require(self.bits in (4, 8), self, "bits", "must be 4 or 8")
+
+    @property
+    def torch_compute_dtype(self) -> torch.dtype:
+        return getattr(torch, self.compute_dtype)
+
+
+class QuantizationMismatchError(UserError, ValueError):
+    pass
+
+
+# -- quantizing --------------------------------------------------------------------------------------
+
+def quantize_linear(module: nn.Module, config: QLoRAConfig) -> nn.Module:
+    """A bitsandbytes copy of a float ``nn.Linear`` or GPT-2 ``Conv1D`` (remembered, to restore on merge)."""
+    conv = isinstance(module, Conv1D)
+    weight = (module.weight.T if conv else module.weight).detach().contiguous()
+    out_features, in_features = weight.shape
+    has_bias = module.bias is not None
+    if config.bits == 4:
+        layer = bnb.nn.Linear4bit(in_features, out_features, bias=has_bias, compute_dtype=config.torch_compute_dtype,
+                                  compress_statistics=config.double_quant, quant_type=config.quant_type, device="meta")
+        layer.weight = bnb.nn.Params4bit(weight.clone(), requires_grad=False, compress_statistics=config.double_quant,
+                                         quant_type=config.quant_type, module=layer)
+        bias_dtype = config.torch_compute_dtype  # bitsandbytes would cast the bias in place on the first forward
+    else:
+        layer = bnb.nn.Linear8bitLt(in_features, out_features, bias=has_bias, has_fp16_weights=False,
+                                    threshold=0.0, device="meta")
+        layer.weight = bnb.nn.Int8Params(weight.clone(), requires_grad=False, has_fp16_weights=False)
+        bias_dtype = weight.dtype
+    if has_bias:
+        layer.bias = nn.Parameter(module.bias.detach().to(bias_dtype).clone(), requires_grad=False)
+    layer = layer.to(weight.device)  # bitsandbytes quantizes here
+    layer.peftlab_conv1d = conv
+    _keep_portable_layout(layer)
+    return layer
+
+
+def _keep_portable_layout(layer: nn.Module) -> None:
+    """bitsandbytes repacks 4-bit weights in place for AVX512-BF16 CPUs at the first eval forward; keeping the
+    portable layout leaves the stored tensors bit-identical and dequantizable anywhere."""
+    if isinstance(layer, bnb.nn.Linear4bit):
+        layer.support_avx512bf16_for_cpu = False
+
+
+def _check_quantized(name: str, layer: nn.Module, config: QLoRAConfig) -> None:
+    if isinstance(layer, bnb.nn.Linear4bit):
+        state = layer.weight.quant_state
+        found = (4, state.quant_type, bool(state.nested))
+    else:
+        found = (8, None, False)
+    wanted = (config.bits, config.quant_type, config.double_quant) if config.bits == 4 else (8, None, False)
+    if found != wanted:
+        raise QuantizationMismatchError(
+            f"{name} is already quantized as bits/quant_type/double_quant={found}, but the qlora options ask for "
+            f"{wanted}; pass matching options or load the model with peftlab's load_quantized(path, config)"
+        )
+    _keep_portable_layout(layer)
+
+
+def quantize_model(model: nn.Module, config: QLoRAConfig | None = None) -> nn.Module:
+    """Quantize an already-loaded float model's ``config.quantize_modules`` in place; returns ``model``.
+
+    Layers that are already bitsandbytes layers (a model loaded in 4 bits) are checked against ``config``.
+    Layers the model class keeps in float32 (``_keep_in_fp32_modules``, e.g. T5's ``wo``, whose input it
+    casts to the weight's dtype) stay float, as in transformers' own 4-bit loading.
+    """
+    config = config or QLoRAConfig()
+    keep_float = set(getattr(model, "_keep_in_fp32_modules", None) or ())
+    for name, module in find_modules(model, config.quantize_modules):
+        if keep_float & set(name.split(".")):
+            continue
+        if isinstance(module, QUANTIZED_TYPES):
+            _check_quantized(name, module, config)
+        elif isinstance(module, (nn.Linear, Conv1D)) and type(module) in (nn.Linear, Conv1D):
+            replace_module(model, name, quantize_linear(module, config))
+    return model
+
+
+def load_quantized(path_or_name: str | os.PathLike, config: QLoRAConfig | None = None,
+                   model_class: Any = None, **from_pretrained: Any) -> nn.Module:
+    """Load a model with its linear layers quantized as ``config`` says, through transformers'
+    ``BitsAndBytesConfig``. On a CPU-only machine the layers load and quantize on the CPU (bitsandbytes
+    >= 0.45 has CPU kernels); nothing moves to a GPU unless ``device_map`` says so. transformers skips the
+    output head (``lm_head``); :func:`quantize_model` / ``peftlab.apply`` then leave the loaded layers as
+    they are and only check that their format matches ``config``.
+    """
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    config = config or QLoRAConfig()
+    if config.bits == 4:
+        quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=config.quant_type,
+                                          bnb_4bit_use_double_quant=config.double_quant,
+                                          bnb_4bit_compute_dtype=config.torch_compute_dtype)
+    else:
+        quantization = BitsAndBytesConfig(load_in_8bit=True)
+    model_class = model_class or AutoModelForCausalLM
+    model = model_class.from_pretrained(path_or_name, quantization_config=quantization, **from_pretrained)
+    for module in model.modules():
+        _keep_portable_layout(module)
+    return model
+
+
+# -- dequantizing ------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def dequantized_weight(layer: nn.Module) -> torch.Tensor:
+    """The float ``(out, in)`` weight a bitsandbytes layer stands for."""
+    if isinstance(layer, bnb.nn.Linear4bit):
+        return bnb.functional.dequantize_4bit(layer.weight.data, layer.weight.quant_state)
+    scales = layer.state.SCB if layer.state.SCB is not None else layer.weight.SCB
+    codes = layer.state.CB if layer.state.CB is not None else layer.weight.data
+    return codes.float() * scales.float().view(-1, 1) / 127.0
+
+
+@torch.no_grad()
+def dequantize_linear(layer: nn.Module, dtype: torch.dtype = torch.float32) -> nn.Module:
+    """A float ``nn.Linear`` (or GPT-2 ``Conv1D`` when that is what was quantized) with the dequantized weight."""
+    weight = dequantized_weight(layer).to(dtype)
+    out_features, in_features = weight.shape
+    bias = layer.bias.detach().to(dtype) if layer.bias is not None else None
+    if getattr(layer, "peftlab_conv1d", False):
+        plain = Conv1D(out_features, in_features).to(device=weight.device, dtype=dtype)
+        plain.weight.copy_(weight.T)
+        plain.bias.copy_(bias if bias is not None else torch.zeros_like(plain.bias))
+    else:
+        plain = nn.Linear(in_features, out_features, bias=bias is not None, device=weight.device, dtype=dtype)
+        plain.weight.copy_(weight)
+        if bias is not None:
+            plain.bias.copy_(bias)
+    plain.requires_grad_(False)
+    return plain
+
+
+class QuantizedLoRALinear(LoRALinear):
+    """LoRA over a bitsandbytes base. ``merge`` swaps in the dequantized base plus the delta; ``unmerge``
+    restores the quantized layer itself (kept aside, not re-quantized, so it is bit-identical)."""
+
+    def merge(self) -> None:
+        if self.merged:
+            return
+        self.__dict__["quantized_base"] = self.base_layer  # kept outside the module tree while merged
+        self.base_layer = dequantize_linear(self.base_layer, self.lora_A.dtype)
+        super().merge()
+
+    def unmerge(self) -> None:
+        if not self.merged:
+            return
+        self.base_layer = self.__dict__.pop("quantized_base")
+        self.merged = False
+
+
+def base_weight_bytes(model: nn.Module) -> tuple[int, int]:
+    """``(bytes, weights)`` of the quantized base layers: stored codes plus every quantisation constant
+    (absmax, nested absmax and offset, code tables), each tensor counted once."""
+    seen: set[int] = set()
+    total_bytes = total_weights = 0
+
+    def add(tensor: torch.Tensor | None) -> None:
+        nonlocal total_bytes
+        if isinstance(tensor, torch.Tensor) and tensor.data_ptr() not in seen:
+            seen.add(tensor.data_ptr())
+            total_bytes += tensor.numel() * tensor.element_size()
+
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            state = module.weight.quant_state
+            add(module.weight.data)
+            for tensor in (state.absmax, state.code, state.offset):
+                add(tensor)
+            if state.nested:
+                add(state.state2.absmax)
+                add(state.state2.code)
+            total_weights += int(torch.Size(state.shape).numel())
+        elif isinstance(module, bnb.nn.Linear8bitLt):
+            add(module.state.CB if module.state.CB is not None else module.weight.data)
+            add(module.state.SCB if module.state.SCB is not None else module.weight.SCB)
+            total_weights += module.in_features * module.out_features
+    return total_bytes, total_weights
+
+
+def make_optimizer(model: nn.Module, config: QLoRAConfig, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
+    """Paged AdamW (bitsandbytes) when the model is on CUDA; plain AdamW on CPU."""
+    on_cuda = any(p.is_cuda for group in groups for p in group["params"])
+    return bnb.optim.PagedAdamW(groups) if on_cuda else torch.optim.AdamW(groups)
+
+
+def inject(model: nn.Module, config: QLoRAConfig) -> Injection:
+    quantize_model(model, config)
+    for name, module in find_modules(model, config.target_modules):
+        layer_class = QuantizedLoRALinear if isinstance(module, QUANTIZED_TYPES) else LoRALinear
+        replace_module(model, name, layer_class(module, config.rank, config.alpha / config.rank, config.dropout))
+    return Injection()
+
+
+register(MethodSpec(
+    name="qlora",
+    family="reparameterized",
+    config_class=QLoRAConfig,
+    inject=inject,
+    paper="Dettmers et al. 2023, QLoRA: Efficient Finetuning of Quantized LLMs (arXiv 2305.14314)",
+    summary="LoRA over a frozen 4-bit NF4 base with double quantisation; paged AdamW on CUDA.",
+    mergeable=True,
+    extra={"optimizer": make_optimizer},
+))
