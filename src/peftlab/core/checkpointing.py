@@ -1,0 +1,42 @@
+"""Activation checkpointing for an adapted model: store layer inputs, recompute the rest in backward.
+
+A frozen base makes checkpointing easy to get wrong: with reentrant checkpointing no input of a
+layer needs a gradient, and the layer's backward (the adapters' gradients with it) is skipped.
+peftlab marks the embedding output while checkpointing is on (see ``core.injection``); this function
+turns checkpointing on through ``transformers`` with the non-reentrant default, which needs no mark.
+It costs about one extra forward per step and saves most of the stored activations.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from peftlab.core.errors import UserError
+
+
+class CheckpointingError(UserError, ValueError):
+    pass
+
+
+def enable_activation_checkpointing(model: nn.Module, *, reentrant: bool = False, every_n_layers: int = 1) -> None:
+    """Checkpoint every ``every_n_layers``-th transformer layer (1: all) while the model is in train mode."""
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise CheckpointingError(
+            f"{type(model).__name__} does not support activation checkpointing; train it without"
+        )
+    if every_n_layers < 1:
+        raise CheckpointingError(f"every_n_layers must be at least 1, got {every_n_layers}")
+    kwargs = {"use_reentrant": reentrant}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs, every_n_layers=every_n_layers)
+    elif every_n_layers == 1:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    else:
+        raise CheckpointingError("every_n_layers needs a transformers version with activation_checkpointing_enable")
+
+
+def disable_activation_checkpointing(model: nn.Module) -> None:
+    if hasattr(model, "activation_checkpointing_disable"):
+        model.activation_checkpointing_disable()
+    else:
+        model.gradient_checkpointing_disable()
