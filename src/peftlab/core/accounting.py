@@ -32,12 +32,17 @@ class ParameterReport:
         )
 
 
-def numel(parameter: nn.Parameter) -> int:
-    """Logical element count; 4-bit packed weights report the shape they stand for."""
+def logical_shape(parameter: nn.Parameter) -> tuple[int, ...]:
+    """The shape a parameter stands for; 4-bit packed weights (bitsandbytes) report their unpacked shape."""
     quant_state = getattr(parameter, "quant_state", None)
     if quant_state is not None and getattr(quant_state, "shape", None) is not None:
-        return math.prod(quant_state.shape)
-    return parameter.numel()
+        return tuple(quant_state.shape)
+    return tuple(parameter.shape)
+
+
+def numel(parameter: nn.Parameter) -> int:
+    """Logical element count; 4-bit packed weights report the shape they stand for."""
+    return math.prod(logical_shape(parameter))
 
 
 def parameter_report(model: nn.Module) -> ParameterReport:

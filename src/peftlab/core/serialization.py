@@ -21,6 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from peftlab.core.accounting import logical_shape
 from peftlab.core.atomic import atomic_directory, recover_directory
 from peftlab.core.checks import non_finite_tensors, warn_if_inert
 from peftlab.core.config import ConfigError, MethodConfig
@@ -260,7 +261,7 @@ def base_model_info(model: nn.Module) -> dict[str, Any]:
     digest = hashlib.sha256()
     for name, parameter in model.named_parameters():
         if id(parameter) not in added:
-            digest.update(f"{name.replace('.base_layer', '')}:{tuple(parameter.shape)};".encode())
+            digest.update(f"{name.replace('.base_layer', '')}:{logical_shape(parameter)};".encode())
     config = getattr(model, "config", None)
     try:
         vocab_size = model.get_input_embeddings().num_embeddings

@@ -1,0 +1,169 @@
+"""QLoRA: 4-bit storage measured from the stored tensors, training over a frozen quantized base, merge."""
+
+from __future__ import annotations
+
+import copy
+
+import bitsandbytes as bnb
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch import nn
+from transformers import LlamaConfig, LlamaForCausalLM
+from transformers.pytorch_utils import Conv1D
+
+import peftlab
+from conftest import batch_for, tiny_gpt2, tiny_llama
+from peftlab.core.probe import probe_output
+from peftlab.methods.reparameterized.qlora import (
+    QLoRAConfig,
+    QuantizationMismatchError,
+    QuantizedLoRALinear,
+    base_weight_bytes,
+    dequantize_linear,
+    load_quantized,
+    quantize_model,
+)
+
+FP32 = {"rank": 4, "alpha": 8.0, "dropout": 0.0, "compute_dtype": "float32"}
+
+
+def wide_llama() -> nn.Module:
+    """Linear layers large enough that per-layer constants (code tables) do not dominate the bytes."""
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(vocab_size=96, hidden_size=256, intermediate_size=512, num_hidden_layers=1,
+                                        num_attention_heads=4, num_key_value_heads=4, pad_token_id=0))
+
+
+def frozen_state(model):
+    """Every base tensor, the 4-bit quantisation constants included."""
+    state = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    for name, module in model.named_modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            quant = module.weight.quant_state
+            state[f"{name}.absmax"] = quant.absmax.clone()
+            state[f"{name}.absmax2"] = quant.state2.absmax.clone()
+    return state
+
+
+def test_nf4_base_weights_take_half_a_byte_per_weight():
+    model = peftlab.apply(wide_llama(), "qlora", **FP32)
+    layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert len(layers) == 7
+    for layer in layers:  # the packed codes alone: two 4-bit codes per byte
+        logical = layer.in_features * layer.out_features
+        assert layer.weight.data.numel() * layer.weight.data.element_size() * 2 == logical
+    stored, weights = base_weight_bytes(model)
+    assert weights == sum(m.in_features * m.out_features for m in layers)
+    # codes 0.5 + absmax 1/64 (8-bit) + nested absmax 4/(64*256) + per-layer tables and offset
+    assert 0.5 < stored / weights < 0.53
+
+    single = peftlab.apply(wide_llama(), "qlora", double_quant=False, **FP32)
+    single_bytes, _ = base_weight_bytes(single)
+    assert 0.56 < single_bytes / weights < 0.58  # fp32 absmax per 64 weights: 0.0625 bytes
+    int8 = peftlab.apply(wide_llama(), "qlora", bits=8, **FP32)
+    int8_bytes, _ = base_weight_bytes(int8)
+    assert 1.0 < int8_bytes / weights < 1.02
+
+
+def test_parameter_counts_use_logical_sizes():
+    float_total = sum(p.numel() for p in tiny_llama().parameters())
+    model = peftlab.apply(tiny_llama(), "qlora", **FP32)
+    report = peftlab.parameter_report(model)
+    lora = sum(p.numel() for _, p in peftlab.adapter_parameters(model))
+    assert report.base == float_total and report.trainable == lora and report.total == float_total + lora
+
+
+def test_forward_equals_the_dequantized_float_model():
+    model = peftlab.apply(tiny_llama(), "qlora", **FP32)
+    reference = copy.deepcopy(model)
+    for module in reference.modules():
+        if isinstance(module, QuantizedLoRALinear):
+            module.base_layer = dequantize_linear(module.base_layer)
+    torch.testing.assert_close(probe_output(model), probe_output(reference), atol=1e-5, rtol=1e-5)
+    # and quantisation is lossy but close: NF4 error on the base
+    float_output = probe_output(tiny_llama())
+    assert 0 < (probe_output(model) - float_output).abs().max() < 0.5
+
+
+@pytest.mark.parametrize("options", [FP32, {**FP32, "compute_dtype": "bfloat16"}, {**FP32, "bits": 8}],
+                         ids=["nf4-fp32", "nf4-bf16", "int8"])
+def test_training_lowers_the_loss_and_leaves_the_quantized_base_bit_identical(options):
+    model = peftlab.apply(tiny_llama(), "qlora", **options)
+    frozen = frozen_state(model)
+    optimizer = peftlab.make_optimizer(model, lr=1e-2)
+    assert type(optimizer) is torch.optim.AdamW  # paged AdamW needs CUDA
+    batch = batch_for(model)
+    losses = []
+    for _ in range(4):
+        loss = model(**batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+    for name, tensor in frozen_state(model).items():
+        assert tensor.dtype == frozen[name].dtype and torch.equal(tensor, frozen[name]), f"{name} changed"
+
+
+def test_save_and_load_round_trip_the_lora_weights_only(tmp_path):
+    model = peftlab.apply(tiny_llama(), "qlora", **FP32)
+    with torch.no_grad():
+        for _, parameter in peftlab.adapter_parameters(model):
+            parameter.add_(0.05)
+    peftlab.save_adapter(model, tmp_path / "adapter")
+    stored = load_file(str(tmp_path / "adapter" / "adapter_model.safetensors"))
+    assert set(stored) == {name for name, _ in peftlab.adapter_parameters(model)}
+    loaded = peftlab.load_adapter(tiny_llama(), tmp_path / "adapter")  # quantized again from the float base
+    torch.testing.assert_close(probe_output(loaded), probe_output(model), atol=0, rtol=0)
+
+
+def test_merge_gives_a_dequantized_model_and_unmerge_the_quantized_one():
+    model = peftlab.apply(tiny_gpt2(), "qlora", **FP32)  # GPT-2: Conv1D layers come back as Conv1D
+    with torch.no_grad():
+        for _, parameter in peftlab.adapter_parameters(model):
+            parameter.add_(0.05)
+    expected = probe_output(model)
+    quantized = {name: m.base_layer for name, m in model.named_modules() if isinstance(m, QuantizedLoRALinear)}
+    report = peftlab.merge(model)
+    assert report.max_abs_difference < 1e-4  # same dequantized weights, same precision: rounding only
+    for name, layer in model.named_modules():
+        if isinstance(layer, QuantizedLoRALinear):
+            assert type(layer.base_layer) is Conv1D and layer.base_layer.weight.dtype == torch.float32
+    peftlab.unmerge(model)
+    for name, layer in model.named_modules():
+        if isinstance(layer, QuantizedLoRALinear):
+            assert layer.base_layer is quantized[name]
+    torch.testing.assert_close(probe_output(model), expected, atol=0, rtol=0)
+    plain = peftlab.unload(model)
+    assert not any(isinstance(m, bnb.nn.Linear4bit) for m in plain.modules())
+    torch.testing.assert_close(probe_output(plain), expected, atol=1e-4, rtol=0)
+
+
+def test_merge_under_bfloat16_compute_needs_a_bfloat16_tolerance():
+    model = peftlab.apply(tiny_llama(), "qlora", **{**FP32, "compute_dtype": "bfloat16"})
+    with torch.no_grad():
+        for _, parameter in peftlab.adapter_parameters(model):
+            parameter.add_(0.05)
+    expected = probe_output(model)
+    # the unmerged forward rounds activations and weights to bfloat16 (8 significant bits): relative 2^-8 per
+    # rounding, a few roundings per layer, so the merged float32 model differs by ~|logits| * 2^-8 * layers
+    tolerance = expected.abs().max().item() * 2**-8 * 2 * 4
+    with pytest.raises(peftlab.MergeError):
+        peftlab.merge(model, tolerance=1e-6)
+    assert not any(m.merged for m in model.modules() if isinstance(m, QuantizedLoRALinear)), "a refused merge is undone"
+    report = peftlab.merge(model, tolerance=tolerance)
+    assert 1e-6 < report.max_abs_difference <= tolerance
+
+
+def test_quantize_an_already_loaded_model_and_load_one_in_4_bits(tmp_path):
+    tiny_llama().save_pretrained(tmp_path / "base")
+    config = QLoRAConfig(**FP32)
+    loaded = load_quantized(tmp_path / "base", config)
+    assert sum(isinstance(m, bnb.nn.Linear4bit) for m in loaded.modules()) == 14
+    in_place = quantize_model(tiny_llama(), config)
+    torch.testing.assert_close(probe_output(loaded), probe_output(in_place), atol=1e-5, rtol=0)
+    model = peftlab.apply(loaded, config)
+    assert sum(isinstance(m, QuantizedLoRALinear) for m in model.modules()) == 14
+    with pytest.raises(QuantizationMismatchError, match="fp4"):
+        peftlab.apply(load_quantized(tmp_path / "base", config), "qlora", quant_type="fp4")
