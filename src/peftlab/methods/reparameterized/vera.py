@@ -5,7 +5,7 @@ layer; each layer trains only two vectors, ``d`` (r) and ``b`` (out):
 
     y = W x + Λ_b B_[:out] Λ_d A_[:, :in] x          (Λ = diag)
 
-``A`` and ``B`` are Kaiming-uniform draws from ``projection_seed``: they are regenerated on load, never
+``A`` and ``B`` are Kaiming-uniform draws from ``projection_seed`` (peft's draws for the same key): they are regenerated on load, never
 saved, so the adapter file holds only the vectors (and the config the seed). ``b`` starts at zero and
 ``d`` at ``d_initial``, so the model starts equal to the base. Mergeable: ``W <- W + Λ_b B Λ_d A``.
 """
@@ -60,10 +60,9 @@ class SharedProjections:
 
 
 def _kaiming_uniform(shape: tuple[int, int], generator: torch.Generator) -> torch.Tensor:
-    """nn.Linear's default init (Kaiming-uniform, a = sqrt(5)) drawn from ``generator``; A then B from one
-    generator seeded with ``projection_seed``, as peft draws them from ``projection_prng_key``."""
-    gain = nn.init.calculate_gain("leaky_relu", math.sqrt(5))
-    bound = math.sqrt(3.0) * gain / math.sqrt(shape[1])
+    """Kaiming-uniform (gain sqrt(2), fan-in ``shape[1]``) from ``generator``. A then B from one CPU generator
+    seeded with ``projection_seed`` draws the same matrices as peft's VeRA with ``projection_prng_key``."""
+    bound = math.sqrt(3.0) * math.sqrt(2) / math.sqrt(shape[1])
     return torch.empty(shape).uniform_(-bound, bound, generator=generator)
 
 
