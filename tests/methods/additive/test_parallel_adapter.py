@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 import peftlab
 from conftest import FAMILY_BUILDERS, tiny_bert, tiny_llama
-from methods.hybrid.training import losses_while_training
+from methods.hybrid.support import losses_while_training
 from peftlab.core.targeting import TargetError
 from peftlab.methods.additive.parallel_adapter import BlockInputTap, ParallelAdapter
 

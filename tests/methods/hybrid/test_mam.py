@@ -11,16 +11,9 @@ import torch
 import peftlab
 from conftest import FAMILY_BUILDERS
 from contract_cases.mam import OPTIONS
-from methods.hybrid.training import losses_while_training
+from methods.hybrid.support import losses_while_training, perturb
 from peftlab.core.probe import probe_output
 from peftlab.methods.additive.parallel_adapter import ParallelAdapter
-
-
-def perturb(model: torch.nn.Module, seed: int = 0) -> None:
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for _, parameter in peftlab.adapter_parameters(model):
-            parameter.add_(0.2 * torch.randn(parameter.shape, generator=generator))
 
 
 @pytest.mark.parametrize("architecture", sorted(FAMILY_BUILDERS))

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 import peftlab
 from conftest import FAMILY_BUILDERS, batch_for, tiny_bert, tiny_llama
-from methods.hybrid.training import losses_while_training
+from methods.hybrid.support import losses_while_training, perturb
 from peftlab.core.probe import probe_output
 from peftlab.methods.unified.propetl import (
     MaskedAdapter,
@@ -29,13 +29,6 @@ PROTOTYPE_OPTIONS = {
     "prefix": {"prototype": "prefix", "num_virtual_tokens": 3},
 }
 SHARED_TENSOR = {"adapter": "down.weight", "lora": "lora_A", "prefix": "prefix"}
-
-
-def perturb(model: torch.nn.Module, seed: int = 0) -> None:
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for _, parameter in peftlab.adapter_parameters(model):
-            parameter.add_(0.3 * torch.randn(parameter.shape, generator=generator))
 
 
 def reference_mask(scores: torch.Tensor, keep_ratio: float) -> torch.Tensor:
@@ -59,7 +52,7 @@ def test_binary_mask_is_zero_one_in_the_forward_pass_and_straight_through_in_the
 @pytest.mark.parametrize("prototype", sorted(PROTOTYPE_OPTIONS))
 def test_layers_share_one_prototype_tensor_and_their_effective_weights_differ_by_mask(prototype):
     model = peftlab.apply(tiny_bert(), "propetl", **PROTOTYPE_OPTIONS[prototype])
-    perturb(model)
+    perturb(model, scale=0.3)
     layers = [module for _, module in masked_modules(model)]
     name = SHARED_TENSOR[prototype]
     assert len(layers) >= 2
@@ -79,7 +72,7 @@ def test_layers_share_one_prototype_tensor_and_their_effective_weights_differ_by
 
 def test_lora_layer_forward_matches_a_hand_computation_with_hard_masks():
     model = peftlab.apply(tiny_llama(), "propetl", **PROTOTYPE_OPTIONS["lora"])
-    perturb(model)
+    perturb(model, scale=0.3)
     layer = model.model.layers[0].self_attn.q_proj
     assert isinstance(layer, MaskedLoRA)
     x = torch.randn(2, 3, 32)
@@ -91,7 +84,7 @@ def test_lora_layer_forward_matches_a_hand_computation_with_hard_masks():
 
 def test_adapter_layer_forward_matches_a_hand_computation_with_hard_masks():
     model = peftlab.apply(tiny_bert().eval(), "propetl", **PROTOTYPE_OPTIONS["adapter"])
-    perturb(model)
+    perturb(model, scale=0.3)
     layer = model.bert.encoder.layer[1].output.dense
     assert isinstance(layer, MaskedAdapter)
     x = torch.randn(2, 3, 64)
@@ -111,7 +104,7 @@ def test_llama_lora_gets_one_prototype_per_shape():
 @pytest.mark.parametrize("prototype", sorted(PROTOTYPE_OPTIONS))
 def test_scores_and_prototype_receive_gradients(prototype):
     model = peftlab.apply(tiny_llama(), "propetl", **PROTOTYPE_OPTIONS[prototype])
-    perturb(model)
+    perturb(model, scale=0.3)
     model(**batch_for(model)).loss.backward()
     for name, parameter in peftlab.adapter_parameters(model):
         assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
@@ -130,7 +123,7 @@ def test_lora_parameter_count_is_prototype_plus_one_bit_per_mask_entry():
 def test_masks_save_packed_and_round_trip(prototype, architecture, tmp_path):
     base = FAMILY_BUILDERS[architecture]().eval()
     model = peftlab.apply(copy.deepcopy(base), "propetl", **PROTOTYPE_OPTIONS[prototype])
-    perturb(model)
+    perturb(model, scale=0.3)
     expected = probe_output(model)
     masks = {n: m.masks() for n, m in masked_modules(model)}
     peftlab.save_adapter(model, tmp_path / "adapter")

@@ -1,4 +1,4 @@
-"""A few optimizer steps on one fixed batch, for the hybrid and unified method tests."""
+"""Shared by the hybrid, unified and parallel-adapter tests: perturbing an adapter, a few training steps."""
 
 from __future__ import annotations
 
@@ -21,3 +21,11 @@ def losses_while_training(model: nn.Module, steps: int = 6, lr: float = 1e-2) ->
         optimizer.step()
         optimizer.zero_grad()
     return losses
+
+
+def perturb(model: nn.Module, scale: float = 0.2, seed: int = 0) -> None:
+    """Move every trainable parameter off its initial value (zero up-projections, zero LoRA B, ...)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _, parameter in peftlab.adapter_parameters(model):
+            parameter.add_(scale * torch.randn(parameter.shape, generator=generator).to(parameter.dtype))
