@@ -111,6 +111,9 @@ def _jsonable(value: Any) -> Any:
 def _coerce(field: dataclasses.Field, owner: type, value: Any) -> Any:
     """Convert JSON/CLI values to the field's declared type, or fail naming the field."""
     hint = typing.get_type_hints(owner)[field.name]
+    if isinstance(value, dict) and isinstance(field.default, MethodConfig):
+        # a hybrid's part given as a dict: the keys it leaves out keep the hybrid's default for that part
+        value = {**field.default.to_dict(), **value}
     try:
         return _coerce_to(hint, value)
     except (TypeError, ValueError) as error:

@@ -109,5 +109,7 @@ def test_defaults_follow_the_paper_and_the_nested_config_round_trips_through_jso
     config = peftlab.make_config("unipelt")
     assert (config.adapter.bottleneck_size, config.adapter.placement) == (48, "pfeiffer")
     assert (config.prefix.num_virtual_tokens, config.lora.rank) == (10, 8)
+    partial = peftlab.make_config("unipelt", adapter={"bottleneck_size": 16})
+    assert (partial.adapter.bottleneck_size, partial.adapter.placement) == (16, "pfeiffer")  # not adapter's houlsby
     custom = peftlab.make_config("unipelt", **OPTIONS)
     assert type(custom).from_dict(json.loads(custom.to_json())) == custom

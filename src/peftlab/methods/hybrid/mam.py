@@ -32,12 +32,12 @@ class MAMConfig(MethodConfig):
 
     prefix: PrefixTuningConfig = option(
         PrefixTuningConfig(num_virtual_tokens=30),
-        "prefix_tuning options for the attention part (a dict; keys left out take prefix_tuning's defaults).",
+        "prefix_tuning options for the attention part, as a dict; keys left out keep MAM's defaults (30 tokens).",
     )
     adapter: ParallelAdapterConfig = option(
         ParallelAdapterConfig(bottleneck_size=512, scaling=4.0, blocks=("feed_forward",)),
-        "parallel_adapter options for the feed-forward part (a dict; keys left out take parallel_adapter's "
-        "defaults).",
+        "parallel_adapter options for the feed-forward part, as a dict; keys left out keep MAM's defaults "
+        "(m = 512, s = 4).",
     )
 
     def validate(self) -> None:

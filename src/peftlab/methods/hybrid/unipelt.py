@@ -50,15 +50,15 @@ class UniPELTConfig(MethodConfig):
 
     adapter: AdapterConfig = option(
         AdapterConfig(bottleneck_size=48, placement="pfeiffer"),
-        "adapter options (a dict; keys left out take adapter's defaults). Paper: m = 48 after the feed-forward.",
+        "adapter options, as a dict; keys left out keep UniPELT's defaults (m = 48, after the feed-forward).",
     )
     prefix: PrefixTuningConfig = option(
         PrefixTuningConfig(num_virtual_tokens=10),
-        "prefix_tuning options (a dict; keys left out take prefix_tuning's defaults). Paper: 10 tokens.",
+        "prefix_tuning options, as a dict; keys left out keep UniPELT's defaults (10 tokens).",
     )
     lora: LoRAConfig = option(
         LoRAConfig(rank=8, alpha=16.0, target_modules=("attention_qv",)),
-        "lora options (a dict; keys left out take lora's defaults). Paper: r = 8 on W_q and W_v.",
+        "lora options, as a dict; keys left out keep UniPELT's defaults (r = 8, alpha = 16 on W_q and W_v).",
     )
 
     def validate(self) -> None:
