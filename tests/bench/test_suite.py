@@ -74,6 +74,8 @@ def test_bad_shard_is_rejected(text):
     ({"tasks": ["sst2", "no_such_task"]}, "unknown task 'no_such_task'"),
     ({"methods": [{"lora": {"options": {"rank": 0}}}]}, "rank"),
     ({"methods": [{"lora": {"options": {"nope": 1}}}]}, "no option 'nope'"),
+    ({"methods": [{"adalora": {"steps_option": "nope"}}]}, "no option 'nope'"),
+    ({"methods": ["adalora"]}, "total_steps"),
     ({"training": {"learning_rat": 1.0}}, "unknown training setting"),
     ({"training": {"epochs": 0}}, "epochs"),
     ({"methods": ["lora", {"method": "lora"}]}, "runs repeat"),

@@ -10,6 +10,7 @@
       - lora: {options: {rank: 8}}                     # method options (peftlab methods --options lora)
       - method: lora                                   # a grid: one entry per combination, each value a knob
         grid: {rank: [1, 4, 16, 64], target_modules: [attention_qv, all_linear]}
+      - adalora: {steps_option: total_steps}           # this option gets the run's optimizer step count
 
 Training settings merge in this order, later winning: suite, model, task, method. Everything is
 checked (methods, their options, tasks, training keys) before anything runs.
@@ -62,6 +63,7 @@ class MethodEntry:
     options: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
     knobs: dict[str, Any] = field(default_factory=dict)
+    steps_option: str | None = None  # a method option set to the run's number of optimizer steps
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,7 @@ class RunSpec:
     knobs: dict[str, Any] = field(default_factory=dict)
     random_init: dict[str, Any] | None = None
     tokenizer: str | None = None
+    steps_option: str | None = None
 
     @property
     def run_id(self) -> str:
@@ -114,6 +117,7 @@ class Experiment:
                 task_name=task.task, label=method.label, method=method.method,
                 family=get_method(method.method).family, options=dict(method.options), training=training,
                 seed=seed, knobs=dict(method.knobs), random_init=model.random_init, tokenizer=model.tokenizer,
+                steps_option=method.steps_option,
             ))
         return runs
 
@@ -222,8 +226,10 @@ def _check(suite: Suite, where: str, known_tasks: Iterable[str] | None,
             if known is not None and task.task not in known:
                 raise SuiteError(f"{where}: unknown task {task.task!r}; known tasks: {', '.join(sorted(known))}")
         for method in experiment.methods:
+            # The step count is only known at run time; any large count stands in for it here.
+            stand_in = {method.steps_option: 10**6} if method.steps_option else {}
             try:
-                get_method(method.method).config_class.from_options(method.options)
+                get_method(method.method).config_class.from_options({**method.options, **stand_in})
             except UserError as error:
                 raise SuiteError(f"{where}: method entry {method.label!r}: {error}") from None
     counts = Counter(run.run_id for run in suite.runs())
@@ -289,7 +295,8 @@ def _task(entry: Any, where: str) -> TaskEntry:
 def _methods(entry: Any, where: str) -> list[MethodEntry]:
     entry = _single_key_form(entry, "method", f"{where}: methods")
     name = str(entry["method"])
-    _only_keys(entry, f"{where}: method {name!r}", {"method", "label", "options", "training", "grid", "knobs"})
+    _only_keys(entry, f"{where}: method {name!r}", {"method", "label", "options", "training", "grid", "knobs",
+                                                             "steps_option"})
     try:
         get_method(name)
     except UserError as error:
@@ -299,13 +306,14 @@ def _methods(entry: Any, where: str) -> list[MethodEntry]:
     knobs = _mapping(entry.get("knobs", {}), f"{where}: {name} knobs")
     grid = _mapping(entry.get("grid", {}), f"{where}: {name} grid")
     base_label = str(entry.get("label", name))
+    steps_option = entry.get("steps_option")
     if not grid:
-        return [MethodEntry(base_label, name, options, training, knobs)]
+        return [MethodEntry(base_label, name, options, training, knobs, steps_option)]
     if not all(isinstance(values, list) and values for values in grid.values()):
         raise SuiteError(f"{where}: method {name!r}: every grid value must be a non-empty list")
     expanded = []
     for values in itertools.product(*grid.values()):
         point = dict(zip(grid, values, strict=True))
         label = f"{base_label}[{','.join(f'{k}={v}' for k, v in point.items())}]"
-        expanded.append(MethodEntry(label, name, {**options, **point}, training, {**knobs, **point}))
+        expanded.append(MethodEntry(label, name, {**options, **point}, training, {**knobs, **point}, steps_option))
     return expanded

@@ -8,7 +8,9 @@ atomically: ``ok`` with everything, or ``failed`` with the error. Exit status 0 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import math
 import sys
 import time
 import traceback
@@ -38,6 +40,8 @@ def execute(spec: RunSpec, output: Path) -> dict[str, Any]:
     model_name, note = model_for_run(spec, output)
     args = TrainArgs(model=model_name, task=spec.task_name, method=spec.method, options=dict(spec.options),
                      seed=spec.seed, output_dir=None, **spec.training)
+    if spec.steps_option:
+        args = dataclasses.replace(args, options={**args.options, spec.steps_option: optimizer_steps(args)})
     baseline_rss = memory.current_rss_bytes()
     metrics = run_training(args)
     scored = get_task(args.eval_tasks[-1]) if args.eval_tasks else get_task(spec.task_name)
@@ -57,6 +61,17 @@ def execute(spec: RunSpec, output: Path) -> dict[str, Any]:
         "model_note": note,
         "model_used": model_name,
     }
+
+
+def optimizer_steps(args: Any) -> int:
+    """The optimizer steps the training loop will take in one process (its schedule, computed ahead)."""
+    from peftlab.tasks import get_task, subsample
+
+    task = get_task(args.task)
+    examples = subsample(task.load(args.train_split or task.train_split, args.data_dir), args.max_train_samples,
+                         args.seed)
+    per_epoch = math.ceil(math.ceil(len(examples) / args.batch_size) / args.gradient_accumulation_steps)
+    return args.max_steps or args.epochs * per_epoch
 
 
 def _is_fraction(metric: str) -> bool:

@@ -1,0 +1,58 @@
+"""The cost-only stand-in model, and the report's ablation plots and files from hand-made records."""
+
+from __future__ import annotations
+
+import json
+
+from transformers import AutoModelForSeq2SeqLM
+
+from peftlab.bench.models import model_for_run
+from peftlab.bench.records import RECORD_FORMAT, runs_dir
+from peftlab.bench.report import write_report
+from peftlab.bench.suite import RunSpec
+
+TINY_T5 = {"model_type": "t5", "d_model": 16, "d_ff": 32, "d_kv": 4, "num_heads": 2, "num_layers": 1,
+           "num_decoder_layers": 1, "vocab_size": 40, "decoder_start_token_id": 0, "pad_token_id": 0}
+
+
+def spec(**changes) -> RunSpec:
+    fields = {"suite": "s", "model": "t5-tiny", "model_source": "org/not-on-this-machine", "task": "wmt16-en-ro",
+              "task_name": "wmt16-en-ro", "label": "lora", "method": "lora", "family": "reparameterized",
+              "options": {}, "training": {}, "seed": 0}
+    return RunSpec(**{**fields, **changes})
+
+
+def test_unreachable_model_becomes_a_labelled_random_init_of_its_shape(tiny_workspace, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    run = spec(random_init=TINY_T5, tokenizer=str(tiny_workspace["model"]))
+    folder, note = model_for_run(run, tmp_path)
+    assert note.startswith("cost-only") and "org/not-on-this-machine" in note
+    model = AutoModelForSeq2SeqLM.from_pretrained(folder)
+    assert model.config.d_model == 16 and model.config.vocab_size == 40
+    assert (tmp_path / "models").is_dir()
+    assert model_for_run(spec(), tmp_path) == ("org/not-on-this-machine", None)  # no fallback: used as given
+
+
+def record(label: str, knobs: dict, score: float) -> dict:
+    return {"format": RECORD_FORMAT, "status": "ok", "run_id": label, "score": score, "primary_metric": "accuracy",
+            "spec": {"model": "m", "task": "sst2", "label": label, "method": "lora", "family": "reparameterized",
+                     "seed": 0, "knobs": knobs},
+            "parameters": {"trainable_percent": 0.1 * knobs["rank"]}, "memory": {"peak_bytes": 2**20}}
+
+
+def test_report_plots_score_against_each_ablation_knob(tmp_path):
+    runs = runs_dir(tmp_path)
+    runs.mkdir(parents=True)
+    for rank in (1, 4, 16):
+        for targets in ("attention_qv", "all_linear"):
+            label = f"lora[rank={rank},target_modules={targets}]"
+            knobs = {"rank": rank, "target_modules": targets}
+            (runs / f"{label}.json").write_text(json.dumps(record(label, knobs, 80 + rank / 4)))
+    (runs / "not-a-record.json").write_text("{")  # ignored, not fatal
+    names = {path.name for path in write_report(tmp_path)}
+    assert {"ablation-m-rank.png", "ablation-m-target_modules.png", "report.md", "report.html",
+            "results.csv", "results.tex", "score_vs_trainable-m.png"} <= names
+    assert "memory-m.png" not in names  # no breakdown in these records: no empty figure
+    markdown = (tmp_path / "report.md").read_text()
+    assert "![ablation-m-rank.png](ablation-m-rank.png)" in markdown
+    assert "**84.0**" in markdown  # rank 16 is best
