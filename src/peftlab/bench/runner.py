@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -55,8 +56,11 @@ class SweepResult:
     failed: list[str]
 
 
-def worker_command(spec_path: Path, record: Path) -> list[str]:
-    return [sys.executable, "-m", "peftlab.bench.worker", str(spec_path), "--record", str(record)]
+def worker_command(spec_path: Path, record: Path, launch: str | None = None) -> list[str]:
+    """The worker's command line; ``launch`` (``torchrun --nproc-per-node 4``, ``accelerate launch ...``)
+    spreads the one run over several processes."""
+    prefix = shlex.split(launch) if launch else [sys.executable]
+    return [*prefix, "-m", "peftlab.bench.worker", str(spec_path), "--record", str(record)]
 
 
 def _worker_environment() -> dict[str, str]:
@@ -71,6 +75,7 @@ def run_sweep(
     shard: Shard = Shard(),
     timeout: float | None = None,
     echo: Callable[[str], None] = print,
+    launch: str | None = None,
 ) -> SweepResult:
     """Run this shard's unfinished runs one after another; returns what ran, was skipped, failed."""
     output = Path(output)
@@ -83,7 +88,7 @@ def run_sweep(
     started = time.monotonic()
     for position, run in enumerate(todo, 1):
         echo(f"[{position}/{len(todo)}] {run.run_id} ...")
-        ok, seconds, summary = run_one(run, output, timeout)
+        ok, seconds, summary = run_one(run, output, timeout, launch)
         (result.ran if ok else result.failed).append(run.run_id)
         left = len(todo) - position
         eta = (time.monotonic() - started) / position * left
@@ -91,7 +96,8 @@ def run_sweep(
     return result
 
 
-def run_one(run: RunSpec, output: Path, timeout: float | None = None) -> tuple[bool, float, str]:
+def run_one(run: RunSpec, output: Path, timeout: float | None = None,
+            launch: str | None = None) -> tuple[bool, float, str]:
     """Run one spec in a worker process; returns (succeeded, seconds, one-line summary)."""
     spec_path = output / SPECS_FOLDER / f"{run.run_id}.json"
     record = record_path(output, run)
@@ -103,7 +109,7 @@ def run_one(run: RunSpec, output: Path, timeout: float | None = None) -> tuple[b
     started = time.monotonic()
     with open(log_path, "w", encoding="utf-8") as log:
         try:
-            code = subprocess.run(worker_command(spec_path, record), stdout=log, stderr=subprocess.STDOUT,
+            code = subprocess.run(worker_command(spec_path, record, launch), stdout=log, stderr=subprocess.STDOUT,
                                   env=_worker_environment(), timeout=timeout, check=False).returncode
         except subprocess.TimeoutExpired:
             code = None

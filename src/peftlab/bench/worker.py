@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import sys
 import time
 import traceback
@@ -44,6 +45,8 @@ def execute(spec: RunSpec, output: Path) -> dict[str, Any]:
         args = dataclasses.replace(args, options={**args.options, spec.steps_option: optimizer_steps(args)})
     baseline_rss = memory.current_rss_bytes()
     metrics = run_training(args)
+    if not is_main_process():
+        return {}
     scored = get_task(args.eval_tasks[-1]) if args.eval_tasks else get_task(spec.task_name)
     primary = f"{scored.name}/{scored.main_metric}" if args.eval_tasks else scored.main_metric
     score = metrics["scores"].get(primary)
@@ -64,14 +67,20 @@ def execute(spec: RunSpec, output: Path) -> dict[str, Any]:
 
 
 def optimizer_steps(args: Any) -> int:
-    """The optimizer steps the training loop will take in one process (its schedule, computed ahead)."""
+    """The optimizer steps the training loop will take (its schedule, computed ahead)."""
     from peftlab.tasks import get_task, subsample
 
     task = get_task(args.task)
     examples = subsample(task.load(args.train_split or task.train_split, args.data_dir), args.max_train_samples,
                          args.seed)
-    per_epoch = math.ceil(math.ceil(len(examples) / args.batch_size) / args.gradient_accumulation_steps)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    per_epoch = math.ceil(math.ceil(len(examples) / (args.batch_size * world)) / args.gradient_accumulation_steps)
     return args.max_steps or args.epochs * per_epoch
+
+
+def is_main_process() -> bool:
+    """Under ``torchrun`` / ``accelerate launch`` only rank 0 measures and writes the record."""
+    return os.environ.get("RANK", "0") == "0"
 
 
 def _is_fraction(metric: str) -> bool:
@@ -111,10 +120,14 @@ def main(argv: list[str] | None = None) -> int:
         measured = execute(spec, output)
     except Exception as error:  # noqa: BLE001  (any failure becomes this run's failed record)
         traceback.print_exc()
+        if not is_main_process():
+            return 1
         write_record(arguments.record, {**base, "status": "failed", "error": f"{type(error).__name__}: {error}",
                                         "wall_seconds": time.perf_counter() - started,
                                         "provenance": provenance(device_name())})
         return 1
+    if not is_main_process():
+        return 0
     write_record(arguments.record, {**base, "status": "ok", **measured, "error": None,
                                     "wall_seconds": time.perf_counter() - started,
                                     "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),

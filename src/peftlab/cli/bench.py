@@ -24,6 +24,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="run only the K-th of N disjoint parts (e.g. one per SLURM array task)")
     parser.add_argument("--data-dir", type=Path, help=f"data root for the tasks (default: ${DATA_ENV})")
     parser.add_argument("--timeout", type=float, metavar="SECONDS", help="fail a run that takes longer")
+    parser.add_argument("--launch", metavar="COMMAND",
+                        help="start each run with this launcher, e.g. 'torchrun --nproc-per-node 4' "
+                             "or 'accelerate launch --num-processes 4' (default: one python process)")
     parser.add_argument("--list", action="store_true", help="validate the suite and list its runs, run nothing")
     parser.add_argument("--no-report", action="store_true", help="skip writing the report at the end")
     parser.set_defaults(handler=run)
@@ -39,7 +42,7 @@ def run(arguments: argparse.Namespace) -> int:
         return 0
     if arguments.data_dir is not None:
         os.environ[DATA_ENV] = str(arguments.data_dir.resolve())
-    result = run_sweep(runs, arguments.output, shard, timeout=arguments.timeout)
+    result = run_sweep(runs, arguments.output, shard, timeout=arguments.timeout, launch=arguments.launch)
     if not arguments.no_report:
         written = write_report(arguments.output)
         print(f"report: {', '.join(str(path) for path in written if path.suffix in ('.md', '.html'))}")
