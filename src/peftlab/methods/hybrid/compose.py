@@ -12,6 +12,7 @@ from torch import nn
 from peftlab.core.config import MethodConfig, require
 from peftlab.core.injection import Injection, adapter_parameters
 from peftlab.core.registry import get_method
+from peftlab.methods.additive.prefix_attention import PrefixHandle
 from peftlab.methods.additive.prefix_tuning import ENCODER_NAME, PrefixTuningConfig, prefix_encoder
 
 
@@ -27,6 +28,21 @@ def combine(injections: Sequence[Injection], count_trainable: Callable[[nn.Modul
         count_trainable=count_trainable,
         hooks=[hook for injection in injections for hook in injection.hooks],
     )
+
+
+class DetachModules:
+    """An injection hook for ``peftlab.unload``: takes prefixes off the attention layers (``handle``)
+    and removes the model-level modules a method added under ``names``."""
+
+    def __init__(self, model: nn.Module, handle: PrefixHandle | None, names: Sequence[str]) -> None:
+        self.model, self.handle, self.names = model, handle, tuple(names)
+
+    def remove(self) -> None:
+        if self.handle is not None:
+            self.handle.remove()
+        for name in self.names:
+            if name in self.model._modules:
+                delattr(self.model, name)
 
 
 def require_parts_save_nothing(config: MethodConfig, fields: Sequence[str]) -> None:

@@ -38,7 +38,13 @@ from peftlab.methods.additive.prefix_attention import (
     discover_sites,
 )
 from peftlab.methods.additive.prefix_tuning import ENCODER_NAME, PrefixEncoder, PrefixTuningConfig
-from peftlab.methods.hybrid.compose import combine, export_with_prefix, inject_parts, require_parts_save_nothing
+from peftlab.methods.hybrid.compose import (
+    DetachModules,
+    combine,
+    export_with_prefix,
+    inject_parts,
+    require_parts_save_nothing,
+)
 from peftlab.methods.reparameterized.lora import LoRAConfig, LoRALinear
 
 GATES_NAME = "unipelt_prefix_gates"
@@ -116,17 +122,6 @@ class PrefixGates(AdapterModule):
         return keys * scale.to(keys.dtype), values * scale.to(values.dtype)
 
 
-class _Detach:
-    def __init__(self, model: nn.Module, handle: PrefixHandle) -> None:
-        self.model, self.handle = model, handle
-
-    def remove(self) -> None:
-        self.handle.remove()
-        for name in (ENCODER_NAME, GATES_NAME):
-            if name in self.model._modules:
-                delattr(self.model, name)
-
-
 def _gate_layers(model: nn.Module, kind: type[AdapterLayer], gate_on: Literal["input", "output"]) -> None:
     for name, module in [(n, m) for n, m in model.named_modules() if type(m) is kind]:
         replace_module(model, name, GatedLayer(module, gate_on))
@@ -153,7 +148,7 @@ def inject(model: nn.Module, config: UniPELTConfig) -> Injection:
     _gate_layers(model, SequentialAdapter, "output")
     handle = _add_gated_prefixes(model, config.prefix)
     injection = combine(parts, prefix_tuning.count_trainable)
-    injection.hooks.append(_Detach(model, handle))
+    injection.hooks.append(DetachModules(model, handle, (ENCODER_NAME, GATES_NAME)))
     return injection
 
 

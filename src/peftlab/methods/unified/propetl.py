@@ -19,9 +19,9 @@ keeps an entry and 0.5 where it drops one, which reproduces the masks exactly.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +41,7 @@ from peftlab.methods.additive.prefix_attention import (
     attention_module_names,
     discover_sites,
 )
+from peftlab.methods.hybrid.compose import DetachModules
 
 PROTOTYPES_NAME = "propetl_prototypes"
 PREFIXES_NAME = "propetl_prefixes"
@@ -194,7 +195,7 @@ class Prototypes(AdapterModule):
         super().__init__()
         self.shared = nn.ModuleDict()
 
-    def get(self, key: str, build: Any) -> nn.Module:
+    def get(self, key: str, build: Callable[[], nn.Module]) -> nn.Module:
         if key not in self.shared:
             self.shared[key] = build()
         return self.shared[key]
@@ -231,20 +232,6 @@ def _inject_prefix(model: nn.Module, config: ProPETLConfig, prototypes: Prototyp
 
 
 INJECTORS = {"adapter": _inject_adapter, "lora": _inject_lora, "prefix": _inject_prefix}
-
-
-class _Detach:
-    """Takes ProPETL's model-level modules (and any prefix plumbing) off again, for ``peftlab.unload``."""
-
-    def __init__(self, model: nn.Module, handle: PrefixHandle | None) -> None:
-        self.model, self.handle = model, handle
-
-    def remove(self) -> None:
-        if self.handle is not None:
-            self.handle.remove()
-        for name in (PROTOTYPES_NAME, PREFIXES_NAME):
-            if name in self.model._modules:
-                delattr(self.model, name)
 
 
 # -- accounting, compact save/load, optimizer groups ---------------------------------------------
@@ -331,7 +318,8 @@ def inject(model: nn.Module, config: ProPETLConfig) -> Injection:
     prototypes = Prototypes()
     handle = INJECTORS[config.prototype](model, config, prototypes)
     model.add_module(PROTOTYPES_NAME, prototypes)
-    return Injection(count_trainable=count_trainable, hooks=[_Detach(model, handle)])
+    detach = DetachModules(model, handle, (PROTOTYPES_NAME, PREFIXES_NAME))
+    return Injection(count_trainable=count_trainable, hooks=[detach])
 
 
 register(MethodSpec(
