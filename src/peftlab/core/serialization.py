@@ -166,7 +166,7 @@ def load_adapter(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     """
     stored = read_adapter(path)
     config, tensors = stored.config, stored.tensors
-    check_base_model(model, stored.base_model, tensors, source=str(path))
+    doubts = check_base_model(model, stored.base_model, tensors, source=str(path))
     bad = non_finite_tensors(tensors)
     if bad:
         raise AdapterFileError(
@@ -181,7 +181,7 @@ def load_adapter(model: nn.Module, path: str | os.PathLike) -> nn.Module:
         except BaseException:
             unload(model, merge_first=False)
             raise
-        warn_if_inert(model, str(path))
+        _warn_after_load(model, doubts, str(path))
         return model
     if state.config != config:
         raise AdapterFileError(
@@ -189,12 +189,19 @@ def load_adapter(model: nn.Module, path: str | os.PathLike) -> nn.Module:
             f"load it onto a fresh base model"
         )
     load_adapter_state_dict(model, tensors, source=str(path))
-    warn_if_inert(model, str(path))
+    _warn_after_load(model, doubts, str(path))
     return model
 
 
-def check_base_model(model: nn.Module, saved: dict[str, Any], tensors: dict[str, torch.Tensor], source: str) -> None:
-    """Refuse an adapter for another model family; say so when the vocabulary or the base differs."""
+def _warn_after_load(model: nn.Module, doubts: list[str], source: str) -> None:
+    for doubt in doubts:
+        warnings.warn(doubt, BaseModelMismatchWarning, stacklevel=3)
+    warn_if_inert(model, source)
+
+
+def check_base_model(model: nn.Module, saved: dict[str, Any], tensors: dict[str, torch.Tensor], source: str) -> list[str]:
+    """Refuse an adapter for another model family or vocabulary (when it holds embeddings); return the
+    doubts to warn about once it has loaded (another vocabulary size or base fingerprint)."""
     trained_on = saved.get("model_type")
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     if trained_on and model_type and trained_on != model_type:
@@ -210,16 +217,15 @@ def check_base_model(model: nn.Module, saved: dict[str, Any], tensors: dict[str,
         )
         if embeddings:
             raise AdapterFileError(message + f" (it holds resized embeddings: {_few(embeddings)})")
-        warnings.warn(message, BaseModelMismatchWarning, stacklevel=3)
-    elif saved.get("fingerprint") and saved["fingerprint"] != here["fingerprint"]:
-        warnings.warn(
+        return [message]
+    if saved.get("fingerprint") and saved["fingerprint"] != here["fingerprint"]:
+        return [
             f"the adapter in {source} was saved from a base model with other parameter names or shapes "
             f"(fingerprint {saved['fingerprint']}, this one {here['fingerprint']}; "
             f"saved from {saved.get('name_or_path') or saved.get('architecture') or 'an unnamed model'}); "
-            f"its tensors fit, but check that this is the base it was trained on",
-            BaseModelMismatchWarning,
-            stacklevel=3,
-        )
+            f"its tensors fit, but check that this is the base it was trained on"
+        ]
+    return []
 
 
 def load_adapter_state_dict(model: nn.Module, tensors: dict[str, torch.Tensor], source: str = "adapter") -> None:

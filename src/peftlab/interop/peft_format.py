@@ -25,7 +25,6 @@ from torch import nn
 
 from peftlab.core.architectures import ARCHITECTURES, MODEL_TYPES, PRESET_NAMES
 from peftlab.core.config import MethodConfig
-from peftlab.core.errors import UserError
 from peftlab.core.atomic import atomic_directory
 from peftlab.core.injection import peft_state
 from peftlab.core.serialization import (
@@ -52,7 +51,7 @@ HEAD_TASKS = ("SEQ_CLS", "TOKEN_CLS", "QUESTION_ANS")
 Grouped = dict[str, dict[str, torch.Tensor]]  # module name -> weight name -> tensor
 
 
-class UnsupportedPeftAdapter(UserError, ValueError):
+class UnsupportedPeftAdapter(AdapterFileError):
     """A peft adapter (or a peftlab one bound for peft) uses a feature the other side lacks."""
 
 
