@@ -33,7 +33,11 @@ class ParameterReport:
 
 
 def logical_shape(parameter: nn.Parameter) -> tuple[int, ...]:
-    """The shape a parameter stands for; 4-bit packed weights (bitsandbytes) report their unpacked shape."""
+    """The shape a parameter stands for; 4-bit packed weights (bitsandbytes) report their unpacked shape,
+    or the layout of the layer they replaced (``peftlab_storage_shape``, e.g. GPT-2's ``Conv1D``)."""
+    storage_shape = getattr(parameter, "peftlab_storage_shape", None)
+    if storage_shape is not None:
+        return tuple(storage_shape)
     quant_state = getattr(parameter, "quant_state", None)
     if quant_state is not None and getattr(quant_state, "shape", None) is not None:
         return tuple(quant_state.shape)

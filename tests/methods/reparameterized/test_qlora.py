@@ -106,15 +106,17 @@ def test_training_lowers_the_loss_and_leaves_the_quantized_base_bit_identical(op
         assert tensor.dtype == frozen[name].dtype and torch.equal(tensor, frozen[name]), f"{name} changed"
 
 
-def test_save_and_load_round_trip_the_lora_weights_only(tmp_path):
-    model = peftlab.apply(tiny_llama(), "qlora", **FP32)
+@pytest.mark.filterwarnings("error::UserWarning")  # the base fingerprint matches the float base's
+@pytest.mark.parametrize("build", [tiny_llama, tiny_gpt2], ids=["llama", "gpt2"])
+def test_save_and_load_round_trip_the_lora_weights_only(tmp_path, build):
+    model = peftlab.apply(build(), "qlora", **FP32)
     with torch.no_grad():
         for _, parameter in peftlab.adapter_parameters(model):
             parameter.add_(0.05)
     peftlab.save_adapter(model, tmp_path / "adapter")
     stored = load_file(str(tmp_path / "adapter" / "adapter_model.safetensors"))
     assert set(stored) == {name for name, _ in peftlab.adapter_parameters(model)}
-    loaded = peftlab.load_adapter(tiny_llama(), tmp_path / "adapter")  # quantized again from the float base
+    loaded = peftlab.load_adapter(build(), tmp_path / "adapter")  # quantized again from the float base
     torch.testing.assert_close(probe_output(loaded), probe_output(model), atol=0, rtol=0)
 
 

@@ -88,6 +88,8 @@ def quantize_linear(module: nn.Module, config: QLoRAConfig) -> nn.Module:
         layer.bias = nn.Parameter(module.bias.detach().to(bias_dtype).clone(), requires_grad=False)
     layer = layer.to(weight.device)  # bitsandbytes quantizes here
     layer.peftlab_conv1d = conv
+    if conv:  # the base fingerprint of a saved adapter compares the float model's (in, out) layout
+        layer.weight.peftlab_storage_shape = (in_features, out_features)
     _keep_portable_layout(layer)
     return layer
 
