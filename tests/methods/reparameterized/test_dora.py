@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import peftlab
-from conftest import tiny_bert, tiny_gpt2, tiny_llama
+from conftest import batch_for, tiny_bert, tiny_gpt2, tiny_llama
 from peftlab.core.config import ConfigError
 from peftlab.core.probe import probe_output
 
@@ -77,3 +77,42 @@ def test_norm_is_a_constant_in_backward_as_in_the_paper():
 def test_residual_inits_are_refused_with_the_fix():
     with pytest.raises(ConfigError, match="kaiming"):
         peftlab.make_config("dora", init="pissa")
+
+
+# -- QDoRA: DoRA over a 4-bit base ---------------------------------------------------------------------
+FP32 = {"rank": 4, "alpha": 8.0, "dropout": 0.0, "compute_dtype": "float32"}
+
+
+def test_qdora_forward_uses_the_dequantized_weight_and_leaves_the_4bit_base_bit_identical():
+    import bitsandbytes.functional as bnb_functional
+
+    model = peftlab.apply(tiny_llama().eval(), "qdora", **FP32)
+    layer = randomised(model.model.layers[0].self_attn.q_proj)
+    packed = layer.base_layer.weight.data.clone()
+    dequantized = bnb_functional.dequantize_4bit(layer.base_layer.weight.data, layer.base_layer.weight.quant_state)
+    x = torch.randn(2, 3, 32)
+    torch.testing.assert_close(layer(x), dora_reference(x, dequantized, None, layer), atol=1e-5, rtol=1e-5)
+    optimizer = torch.optim.SGD(peftlab.parameter_groups(model, lr=0.05))
+    model(**batch_for(model)).loss.backward()
+    optimizer.step()
+    assert torch.equal(layer.base_layer.weight.data, packed)
+
+
+def test_dora_over_an_already_quantized_model_merges_to_floats_and_unmerges_to_the_same_4bit_layers():
+    from peftlab.methods.reparameterized.dora import QuantizedDoRALinear
+    from peftlab.methods.reparameterized.qlora import QLoRAConfig, quantize_model
+
+    quantized = quantize_model(tiny_llama().eval(), QLoRAConfig(compute_dtype="float32"))
+    model = peftlab.apply(quantized, "dora", rank=4, alpha=8.0)
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, QuantizedDoRALinear)}
+    assert len(layers) == 4  # q and v in both layers
+    for layer in layers.values():
+        randomised(layer)
+    expected = probe_output(model)
+    originals = {n: m.base_layer for n, m in layers.items()}
+    peftlab.merge(model)
+    assert all(type(m.base_layer) is torch.nn.Linear for m in layers.values())
+    torch.testing.assert_close(probe_output(model), expected, atol=1e-4, rtol=1e-4)
+    peftlab.unmerge(model)
+    assert all(m.base_layer is originals[n] for n, m in layers.items())
+    torch.testing.assert_close(probe_output(model), expected, atol=0, rtol=0)

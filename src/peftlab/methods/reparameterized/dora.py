@@ -11,7 +11,9 @@ memory of its graph without changing the forward. With dropout the update sees `
 ``y = (m / ||W + s B A||_c) (W x + s B A dropout(x)) + b``.
 
 Mergeable: ``W <- W'``; unmerge divides the magnitude back out with the norm kept from the merge.
-Over a 4-bit base (QDoRA) the norm is taken of the dequantized weight.
+Over a bitsandbytes 4-bit (or 8-bit) base, QDoRA, the norm is taken of the dequantized weight and merging
+swaps in the dequantized float base, as QLoRA does; apply ``dora`` to a model loaded or quantized in 4 bits
+(``qlora.load_quantized`` / ``quantize_model``), or ``qdora`` to quantize and adapt in one step.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from peftlab.core.registry import MethodSpec, register
 from peftlab.methods.reparameterized.lora import LoRAConfig, LoRALinear
 from peftlab.methods.reparameterized.lora import inject as inject_lora
 from peftlab.methods.reparameterized.lora_init import RESIDUAL_INITS, InitError
+from peftlab.methods.reparameterized.qlora import QUANTIZED_TYPES, QuantizedLoRALinear, dequantized_weight
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -42,16 +45,12 @@ class DoRAConfig(LoRAConfig):
 
 
 def dense_weight(layer: nn.Module) -> torch.Tensor:
-    """The frozen weight as a float ``(out, in)`` tensor, dequantizing a 4-bit base (QDoRA)."""
+    """The frozen weight as a float ``(out, in)`` tensor, dequantizing a bitsandbytes base (QDoRA)."""
     module = innermost(layer)
-    weight = module.weight
-    quant_state = getattr(weight, "quant_state", None)
-    if quant_state is not None:
-        import bitsandbytes.functional as bnb_functional  # only a 4-bit base needs it
-
-        return bnb_functional.dequantize_4bit(weight.data, quant_state)
-    if not weight.is_floating_point():
-        raise InitError(f"DoRA cannot read a {weight.dtype} base weight; use a float or bitsandbytes 4-bit base")
+    if isinstance(module, QUANTIZED_TYPES):
+        return dequantized_weight(module)
+    if not module.weight.is_floating_point():
+        raise InitError(f"DoRA cannot read a {module.weight.dtype} base weight; use a float or bitsandbytes base")
     return weight_out_in(module)
 
 
@@ -97,8 +96,18 @@ class DoRALinear(LoRALinear):
         self.merged = False
 
 
+class QuantizedDoRALinear(QuantizedLoRALinear, DoRALinear):
+    """DoRA over a bitsandbytes base: ``merge`` swaps in the dequantized float base and merges DoRA into it;
+    ``unmerge`` puts the quantized layer itself back."""
+
+
+def dora_layer(base_layer: nn.Module, *args) -> DoRALinear:
+    quantized = isinstance(innermost(base_layer), QUANTIZED_TYPES)
+    return (QuantizedDoRALinear if quantized else DoRALinear)(base_layer, *args)
+
+
 def inject(model: nn.Module, config: LoRAConfig) -> Injection:
-    return inject_lora(model, config, layer_class=DoRALinear)
+    return inject_lora(model, config, layer_class=dora_layer)
 
 
 register(MethodSpec(

@@ -9,7 +9,7 @@ LoRA, Kalajdzievski 2023, arXiv 2312.03732); ``init`` picks a start from ``lora_
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -89,7 +89,7 @@ class LoRALinear(AdapterLayer):
         return (self.lora_B @ self.lora_A) * self.scaling
 
 
-def inject(model: nn.Module, config: LoRAConfig, layer_class: type[LoRALinear] = LoRALinear) -> Injection:
+def inject(model: nn.Module, config: LoRAConfig, layer_class: Callable[..., LoRALinear] = LoRALinear) -> Injection:
     for name, module in find_modules(model, config.target_modules):
         layer = layer_class(module, config.rank, config.scaling, config.dropout, config.init)
         replace_module(model, name, layer)
