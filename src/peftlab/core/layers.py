@@ -73,6 +73,11 @@ class AdapterLayer(AdapterModule):
     def adapter_forward(self, x: torch.Tensor, base_output: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def release_base(self) -> nn.Module:
+        """The frozen module to put back when the adapter is taken off unmerged; a method that changed it
+        at initialisation (e.g. PiSSA's residual) restores it here."""
+        return self.base_layer
+
     def delta_weight(self) -> torch.Tensor:
         """The additive change to the base weight, in ``(out_features, in_features)`` layout."""
         raise NotImplementedError(f"{type(self).__name__} cannot be merged")

@@ -84,7 +84,7 @@ def unload(model: nn.Module, *, merge_first: bool = True) -> nn.Module:
         merge(model)
     while (found := next(((n, m) for n, m in model.named_modules() if isinstance(m, AdapterLayer)), None)):
         name, layer = found
-        replace_module(model, name, layer.base_layer)
+        replace_module(model, name, layer.base_layer if layer.merged else layer.release_base())
     state = peft_state(model)
     if state is not None:
         for hook in state.injection.hooks:

@@ -112,3 +112,13 @@ def test_rank_above_the_weight_is_refused():
 def test_unknown_init_names_the_choices():
     with pytest.raises(peftlab.ConfigError, match="pissa"):
         peftlab.make_config("lora", init="svd")
+
+
+@pytest.mark.parametrize("init", ["pissa", "olora"])
+def test_taking_the_adapter_off_unmerged_gives_the_original_base_back(init):
+    base = tiny_gpt2().eval()
+    model = peftlab.apply(copy.deepcopy(base), "lora", rank=4, init=init)
+    plain = peftlab.unload(model, merge_first=False)
+    for (name, restored), original in zip(plain.named_parameters(), base.parameters()):
+        relative_close(restored, original)
+    relative_close(probe_output(plain), probe_output(base))

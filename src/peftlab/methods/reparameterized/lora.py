@@ -19,7 +19,7 @@ from torch import nn
 
 from peftlab.core.config import MethodConfig, option, require
 from peftlab.core.injection import Injection, peft_state
-from peftlab.core.layers import AdapterLayer
+from peftlab.core.layers import AdapterLayer, weight_out_in
 from peftlab.core.registry import MethodSpec, register
 from peftlab.core.targeting import find_modules, replace_module
 from peftlab.core.serialization import copy_adapter_tensors
@@ -79,6 +79,14 @@ class LoRALinear(AdapterLayer):
         for name in ("lora_A_init", "lora_B_init"):
             if name in self._buffers:
                 yield name, self._buffers[name]
+
+    @torch.no_grad()
+    def release_base(self) -> nn.Module:
+        """Taken off unmerged, a residual init (PiSSA, OLoRA) gives the base its principal part back."""
+        if "lora_A_init" in self._buffers:
+            weight = weight_out_in(self.base_layer)
+            weight.add_((self.scaling * (self.lora_B_init @ self.lora_A_init)).to(weight.dtype))
+        return self.base_layer
 
     def adapter_forward(self, x: torch.Tensor, base_output: torch.Tensor) -> torch.Tensor:
         x = self.dropout(x).to(self.lora_A.dtype)
