@@ -85,8 +85,19 @@ def _bold(text: str, best: bool, template: str) -> str:
     return template.format(text) if best and text != "–" else text
 
 
+def summary(records: list[dict[str, Any]]) -> str:
+    """Which suites, devices and commits the records come from, and how many runs succeeded."""
+    def values(pick) -> str:
+        return ", ".join(sorted({str(pick(r)) for r in records if pick(r)})) or "–"
+
+    ok = sum(record["status"] == "ok" for record in records)
+    return (f"Suite: {values(lambda r: r['spec'].get('suite'))} · runs: {ok} ok, {len(records) - ok} failed · "
+            f"device: {values(lambda r: r.get('provenance', {}).get('device'))} · "
+            f"commit: {values(lambda r: (r.get('provenance', {}).get('git_commit') or '')[:10])}")
+
+
 def markdown(report: Report) -> str:
-    parts = ["# peftlab assessment", "",
+    parts = ["# peftlab assessment", "", summary(report.records), "",
              "Scores ×100 (mean ± std over seeds); best per column in bold (highest score; lowest trainable % "
              "and peak memory). Peak memory: CUDA max allocated on GPU, peak RSS of the run's process on CPU."]
     for table in report.tables:
@@ -184,7 +195,7 @@ def latex(tables: list[Table]) -> str:
 
 # -- HTML -----------------------------------------------------------------------------------------------
 def html_page(report: Report) -> str:
-    body = ["<h1>peftlab assessment</h1>",
+    body = ["<h1>peftlab assessment</h1>", f"<p>{html.escape(summary(report.records))}</p>",
             "<p>Scores ×100 (mean ± std over seeds); best per column in bold.</p>"]
     for table in report.tables:
         body.append(f"<h2>{html.escape(table.model)}</h2>")
