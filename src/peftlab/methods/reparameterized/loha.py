@@ -64,10 +64,15 @@ class LoHaLinear(AdapterLayer):
         return base_output + F.linear(x.to(delta.dtype), delta).to(base_output.dtype)
 
 
-def inject(model: nn.Module, config: LoHaConfig) -> Injection:
+def inject_scaled_layers(model: nn.Module, config: LoHaConfig, layer_class: type[AdapterLayer]) -> Injection:
+    """Wrap each target in ``layer_class(module, rank, alpha / rank)`` (LoHa's and LoKr's layers)."""
     for name, module in find_modules(model, config.target_modules):
-        replace_module(model, name, LoHaLinear(module, config.rank, config.alpha / config.rank))
+        replace_module(model, name, layer_class(module, config.rank, config.alpha / config.rank))
     return Injection()
+
+
+def inject(model: nn.Module, config: LoHaConfig) -> Injection:
+    return inject_scaled_layers(model, config, LoHaLinear)
 
 
 register(MethodSpec(

@@ -18,26 +18,20 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from peftlab.core.config import MethodConfig, option, require
+from peftlab.core.config import option
 from peftlab.core.injection import Injection
 from peftlab.core.layers import AdapterLayer
 from peftlab.core.registry import MethodSpec, register
-from peftlab.core.targeting import find_modules, replace_module
+from peftlab.methods.reparameterized.loha import LoHaConfig, inject_scaled_layers
 
 
 @dataclass(frozen=True, kw_only=True)
-class LoKrConfig(MethodConfig):
+class LoKrConfig(LoHaConfig):
+    """LoHa's options (rank, alpha, targets); only the product differs."""
+
     method = "lokr"
 
     rank: int = option(8, "Rank r of the second Kronecker factor (used when r < half its larger side).")
-    alpha: float = option(8.0, "Scale numerator: the update is multiplied by alpha / r.")
-    target_modules: tuple[str, ...] = option(
-        ("attention_qv",), "Linear layers to adapt: preset names (attention_qv, all_linear, ...) or module patterns."
-    )
-
-    def validate(self) -> None:
-        require(self.rank > 0, self, "rank", "must be a positive integer")
-        require(self.alpha > 0, self, "alpha", "must be positive")
 
 
 def factor_pair(dimension: int) -> tuple[int, int]:
@@ -87,9 +81,7 @@ class LoKrLinear(AdapterLayer):
 
 
 def inject(model: nn.Module, config: LoKrConfig) -> Injection:
-    for name, module in find_modules(model, config.target_modules):
-        replace_module(model, name, LoKrLinear(module, config.rank, config.alpha / config.rank))
-    return Injection()
+    return inject_scaled_layers(model, config, LoKrLinear)
 
 
 register(MethodSpec(
