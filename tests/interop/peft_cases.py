@@ -1,10 +1,17 @@
-"""For each method shared with HF peft: peftlab options and the equivalent peft config, per architecture."""
+"""For each method shared with HF peft: peftlab options and the equivalent peft config, per architecture.
+
+A peft factory takes the architecture and the module names peftlab's options adapt on it (exact names,
+which peft's list matching accepts), so both sides adapt the same layers.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import peft
 
-# peft's own names for the modules peftlab's presets pick on the tiny models.
+# peft's own short names for the modules peftlab's presets pick on the tiny models.
 LORA_TARGETS = {"bert": ["query", "value"], "t5": ["q", "v"], "llama": ["q_proj", "v_proj"], "gpt2": ["c_attn"]}
 IA3_TARGETS = {
     "bert": (r".*layer\.\d+\.(attention\.self\.(key|value)|output\.dense)", r".*layer\.\d+\.output\.dense"),
@@ -12,20 +19,34 @@ IA3_TARGETS = {
     "llama": (["k_proj", "v_proj", "down_proj"], ["down_proj"]),
     "gpt2": (["c_attn", "mlp.c_proj"], ["mlp.c_proj"]),
 }
+TASKS = {"bert": "SEQ_CLS", "t5": "SEQ_2_SEQ_LM", "llama": "CAUSAL_LM", "gpt2": "CAUSAL_LM"}
 
 
-def lora(arch: str, **extra) -> peft.LoraConfig:
+def lora(arch: str, names: list[str] | None = None, **extra) -> peft.LoraConfig:
     return peft.LoraConfig(r=4, lora_alpha=8, target_modules=LORA_TARGETS[arch], fan_in_fan_out=arch == "gpt2", **extra)
 
 
-def ia3(arch: str) -> peft.IA3Config:
+def ia3(arch: str, names: list[str]) -> peft.IA3Config:
     targets, feedforward = IA3_TARGETS[arch]
     return peft.IA3Config(target_modules=targets, feedforward_modules=feedforward, fan_in_fan_out=arch == "gpt2")
 
 
-# method -> (peftlab options, peft config for an architecture)
-CASES = {
+Factory = Callable[[str, list[str]], Any]
+# method -> (peftlab options, peft config factory)
+CASES: dict[str, tuple[dict, Factory]] = {
     "lora": ({"rank": 4, "alpha": 8.0}, lora),
     "ia3": ({}, ia3),
-    "dora": ({"rank": 4, "alpha": 8.0}, lambda arch: lora(arch, use_dora=True)),
+    "dora": ({"rank": 4, "alpha": 8.0}, lambda arch, names: lora(arch, use_dora=True)),
+    "loha": ({"rank": 4, "alpha": 4.0}, lambda arch, names: peft.LoHaConfig(r=4, alpha=4, target_modules=names)),
+    "lokr": ({"rank": 4, "alpha": 4.0}, lambda arch, names: peft.LoKrConfig(r=4, alpha=4, target_modules=names)),
+    "adalora": ({"total_steps": 10, "init_rank": 3, "target_rank": 2, "alpha": 6.0},
+                lambda arch, names: peft.AdaLoraConfig(init_r=3, target_r=2, lora_alpha=6, total_step=10,
+                                                       target_modules=names)),
+    "vera": ({"rank": 8, "d_initial": 1.0}, lambda arch, names: peft.VeraConfig(r=8, target_modules=names, d_initial=1.0)),
+    "prompt_tuning": ({"num_virtual_tokens": 3},
+                      lambda arch, names: peft.PromptTuningConfig(task_type=TASKS[arch], num_virtual_tokens=3)),
 }
+# Extra peftlab options per (method, architecture).
+EXTRA = {("prompt_tuning", "bert"): {"modules_to_save": ["classifier"]}}
+# Combinations peft itself cannot build.
+SKIP = {("loha", "gpt2"): "peft's LoHa does not wrap Conv1D", ("lokr", "gpt2"): "peft's LoKr does not wrap Conv1D"}

@@ -11,13 +11,15 @@ import torch
 
 import peftlab
 from conftest import FAMILY_BUILDERS
-from interop.peft_cases import CASES
+from interop.peft_cases import CASES, EXTRA, SKIP
 from peftlab.core.probe import probe_inputs, probe_output
 from peftlab.interop import export_peft, import_peft, supported_methods
 
 peft = pytest.importorskip("peft")
 
-SHARED = [method for method in supported_methods() if method in peftlab.list_methods()]
+# QLoRA/QDoRA export as LoRA/DoRA over a quantized base (tested below); a peft LORA imports as lora/dora.
+EXPORT_ONLY = ("qlora", "qdora")
+SHARED = [method for method in supported_methods() if method in peftlab.list_methods() and method not in EXPORT_ONLY]
 
 
 def perturb(parameters, seed: int = 0) -> None:
@@ -27,10 +29,22 @@ def perturb(parameters, seed: int = 0) -> None:
             parameter.add_(0.1 * torch.randn(parameter.shape, generator=generator).to(parameter.dtype))
 
 
-def peft_output(model, inputs) -> torch.Tensor:
+def peft_output(model, inputs, length: int | None = None) -> torch.Tensor:
+    """peft's logits; its prompt methods keep the prompt's leading rows on token-level outputs."""
     with torch.no_grad():
-        output = model(**inputs)
-    return output.logits.float()
+        logits = model(**inputs).logits.float()
+    return logits[:, -length:] if length is not None and logits.ndim == 3 else logits
+
+
+def case(method: str, arch: str) -> tuple[dict, object]:
+    if (method, arch) in SKIP:
+        pytest.skip(SKIP[method, arch])
+    options, factory = CASES[method]
+    return {**options, **EXTRA.get((method, arch), {})}, factory
+
+
+def adapted_modules(model) -> list[str]:
+    return sorted({name.rpartition(".")[0] for name, _ in peftlab.adapter_parameters(model)})
 
 
 @pytest.mark.parametrize("method", SHARED)
@@ -40,7 +54,7 @@ def test_every_shared_method_has_a_case(method):
 
 @pytest.mark.parametrize("method", SHARED)
 def test_export_loads_in_peft_with_the_same_outputs(method, architecture, tmp_path):
-    options, _ = CASES[method]
+    options, _ = case(method, architecture)
     base = FAMILY_BUILDERS[architecture]().eval()
     ours = peftlab.apply(copy.deepcopy(base), method, **options)
     perturb(p for _, p in peftlab.adapter_parameters(ours))
@@ -53,18 +67,19 @@ def test_export_loads_in_peft_with_the_same_outputs(method, architecture, tmp_pa
     inputs = probe_inputs(base)
     expected = probe_output(ours, inputs)
     assert not torch.allclose(expected, probe_output(base, inputs)), "the perturbed adapter must change outputs"
-    torch.testing.assert_close(peft_output(theirs, inputs), expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(peft_output(theirs, inputs, expected.shape[1]), expected, atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("method", SHARED)
 def test_a_peft_made_adapter_loads_directly_and_after_import(method, architecture, tmp_path):
-    _, peft_config = CASES[method]
+    options, peft_config = case(method, architecture)
     base = FAMILY_BUILDERS[architecture]().eval()
-    theirs = peft.get_peft_model(copy.deepcopy(base), peft_config(architecture)).eval()
+    names = adapted_modules(peftlab.apply(copy.deepcopy(base), method, **options))
+    theirs = peft.get_peft_model(copy.deepcopy(base), peft_config(architecture, names)).eval()
     perturb(p for p in theirs.parameters() if p.requires_grad)
     theirs.save_pretrained(tmp_path / "peft")
     inputs = probe_inputs(base)
-    expected = peft_output(theirs, inputs)
+    expected = peft_output(theirs, inputs, probe_output(base, inputs).shape[1])
 
     direct = peftlab.load_adapter(copy.deepcopy(base), tmp_path / "peft")
     assert peftlab.peft_state(direct).method == method
@@ -126,3 +141,26 @@ def test_a_peft_classifier_adapter_imports_its_head(tmp_path):
     ours = peftlab.load_adapter(copy.deepcopy(base), tmp_path / "peft")
     inputs = probe_inputs(base)
     torch.testing.assert_close(probe_output(ours, inputs), peft_output(theirs, inputs), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("method", [m for m in ("qlora", "qdora") if m in peftlab.list_methods()])
+def test_qlora_exports_its_lora_weights_for_peft_on_the_same_dequantized_base(method, tmp_path):
+    base = FAMILY_BUILDERS["llama"]().eval()
+    ours = peftlab.apply(copy.deepcopy(base), method, rank=4, alpha=8.0, dropout=0.0, compute_dtype="float32")
+    perturb(p for _, p in peftlab.adapter_parameters(ours))
+    export_peft(ours, tmp_path / "peft")
+    document = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())
+    assert document["peft_type"] == "LORA" and document["use_dora"] == (method == "qdora")
+
+    # the float base peft sees: the same 4-bit weights, dequantized (a QLoRA with B = 0, merged and unloaded)
+    dequantized = peftlab.apply(copy.deepcopy(base), "qlora", rank=4, dropout=0.0, compute_dtype="float32")
+    with torch.no_grad():
+        for name, parameter in peftlab.adapter_parameters(dequantized):
+            if name.endswith("lora_B"):
+                parameter.zero_()
+    peftlab.unload(dequantized)
+    theirs = peft.PeftModel.from_pretrained(dequantized, tmp_path / "peft").eval()
+    inputs = probe_inputs(base)
+    torch.testing.assert_close(peft_output(theirs, inputs), probe_output(ours, inputs), atol=1e-5, rtol=0)
+    assert peftlab.peft_state(peftlab.load_adapter(FAMILY_BUILDERS["llama"]().eval(), tmp_path / "peft")).method == (
+        "dora" if method == "qdora" else "lora")

@@ -72,6 +72,7 @@ class PeftConverter:
     to_peft: Callable[[MethodConfig, Grouped, dict[str, Any]], tuple[dict[str, Any], Grouped]]
     from_peft: Callable[[dict[str, Any], Grouped], tuple[MethodConfig, Grouped]]
     claims: Callable[[dict[str, Any]], bool] = lambda document: True
+    prefix: str = PREFIX  # prompt-learning methods: peft's model is not wrapped, names start "base_model."
 
 
 _CONVERTERS: dict[str, PeftConverter] = {}
@@ -208,6 +209,11 @@ def to_peft(stored: StoredAdapter, lora_only: bool = False) -> tuple[dict[str, A
     task_type = task_type_for(base.get("architecture"), base.get("model_type"))
     if task_type in HEAD_TASKS and not modules_to_save:
         task_type = None  # peft would expect a saved copy of the untrained head
+    if document.get("task_type") in HEAD_TASKS and not modules_to_save:
+        raise UnsupportedPeftAdapter(
+            f"peft's {converter.peft_type} on a {base.get('architecture')} needs the classification head saved "
+            f"with the adapter; train it beside the method (modules_to_save=['classifier'], or 'score')"
+        )
     document = {
         "peft_type": converter.peft_type,
         "task_type": task_type,
@@ -218,17 +224,18 @@ def to_peft(stored: StoredAdapter, lora_only: bool = False) -> tuple[dict[str, A
         "modules_to_save": modules_to_save or None,
     }
     tensors = {
-        (f"{PREFIX}{module}.{weight}" if module else weight): t
+        (f"{converter.prefix}{module}.{weight}" if module else weight): t
         for module, weights in peft_grouped.items() for weight, t in weights.items()
     }
-    tensors.update({PREFIX + name: t for name, t in rest.items()})
+    tensors.update({converter.prefix + name: t for name, t in rest.items()})
     return document, tensors
 
 
 def from_peft(document: dict[str, Any], tensors: dict[str, torch.Tensor]) -> tuple[MethodConfig, dict[str, torch.Tensor]]:
     """The peftlab config and tensors (named as in the model) of a peft adapter."""
     converter = converter_for_peft(document)
-    plain = {(name[len(PREFIX):] if name.startswith(PREFIX) else name): t for name, t in tensors.items()}
+    prefix = converter.prefix
+    plain = {(name[len(prefix):] if name.startswith(prefix) else name): t for name, t in tensors.items()}
     grouped, rest = _split(plain, converter.peft_weights)
     _check_modules_to_save(document, list(rest))
     if not grouped:

@@ -31,7 +31,12 @@ PEFT_INITS = (True, False, "gaussian")  # any other init left the base weights c
 
 
 def _to_peft(config: MethodConfig, grouped: Grouped, base: dict[str, Any]) -> tuple[dict[str, Any], Grouped]:
-    rank, scaling = config.rank, config.scaling
+    return _to_peft_as(config, grouped, base, dora=config.method == "dora")
+
+
+def _to_peft_as(config: MethodConfig, grouped: Grouped, base: dict[str, Any], dora: bool) -> tuple[dict[str, Any], Grouped]:
+    rank = config.rank
+    scaling = getattr(config, "scaling", config.alpha / config.rank)
     residual = getattr(config, "init", "kaiming") in RESIDUAL_INITS
     out: Grouped = {}
     for module, weights in grouped.items():
@@ -51,7 +56,7 @@ def _to_peft(config: MethodConfig, grouped: Grouped, base: dict[str, Any]) -> tu
         "fan_in_fan_out": base.get("model_type") in CONV1D_MODEL_TYPES,
         "bias": "none",
         "use_rslora": rslora,
-        "use_dora": config.method == "dora",
+        "use_dora": dora,
         "init_lora_weights": True,
         "rank_pattern": {},
         "alpha_pattern": {},
@@ -131,3 +136,24 @@ register_converter(PeftConverter(
     from_peft=_from_peft("dora"),
     claims=lambda document: bool(document.get("use_dora")),
 ))
+
+
+def _export_only(method: str):
+    def convert(document: dict[str, Any], grouped: Grouped) -> tuple[MethodConfig, Grouped]:
+        raise AssertionError(f"peft LORA adapters import as lora or dora, never as {method}")
+
+    return convert
+
+
+# QLoRA / QDoRA: the adapter is LoRA (DoRA) weights over a 4-bit base; peft loads them as LORA onto a base
+# quantized the same way (or onto the float base). A peft LORA folder always imports as plain lora/dora.
+for _method, _dora in (("qlora", False), ("qdora", True)):
+    register_converter(PeftConverter(
+        method=_method,
+        peft_type="LORA",
+        weights=(*LORA_WEIGHTS, "lora_magnitude") if _dora else LORA_WEIGHTS,
+        peft_weights=PEFT_LORA_WEIGHTS,
+        to_peft=lambda config, grouped, base, _d=_dora: _to_peft_as(config, grouped, base, dora=_d),
+        from_peft=_export_only(_method),
+        claims=lambda document: False,
+    ))
