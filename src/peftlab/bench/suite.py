@@ -12,15 +12,16 @@
         grid: {rank: [1, 4, 16, 64], target_modules: [attention_qv, all_linear]}
       - adalora: {steps_option: total_steps}           # this option gets the run's optimizer step count
 
-Training settings merge in this order, later winning: suite, model, task, method. Everything is
-checked (methods, their options, tasks, training keys) before anything runs.
+A suite whose models need different tasks (the ``paper`` suite) lists ``experiments:``, each a
+mapping of the same keys that inherits what it leaves out. Training settings merge in this order,
+later winning: suite, experiment, model, task, method. Everything is checked (methods, their options, tasks, training keys) before anything runs.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections import Counter
 import re
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
