@@ -215,3 +215,9 @@ def test_ia3_at_its_identity_start_is_inert(tmp_path):
     peftlab.save_adapter(peftlab.apply(tiny_llama().eval(), "ia3"), tmp_path / "a")
     with pytest.warns(InertAdapterWarning):
         peftlab.load_adapter(copy.deepcopy(tiny_llama().eval()), tmp_path / "a")
+
+
+def test_a_format_version_that_is_not_a_number_names_the_field(adapter):
+    document = json.loads((adapter / "adapter_config.json").read_text())
+    (adapter / "adapter_config.json").write_text(json.dumps({**document, "format_version": "two"}))
+    refused(adapter, "field 'format_version': must be an integer", error=ConfigError)

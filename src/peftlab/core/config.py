@@ -67,6 +67,8 @@ class MethodConfig:
         if method != cls.method:
             raise ConfigError(f"config is for method {method!r}, not {cls.method!r}")
         version = data.pop("format_version", CONFIG_FORMAT_VERSION)
+        if isinstance(version, bool) or not isinstance(version, int):
+            raise ConfigError(f"{cls.method} config field 'format_version': must be an integer (got {version!r})")
         data.pop("peftlab_version", None)
         known = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - set(known))
