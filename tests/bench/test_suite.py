@@ -99,3 +99,23 @@ def test_unknown_suite_names_the_builtins():
 def test_builtin_suites_are_valid(name):
     runs = load_suite_checked(name).runs()
     assert runs and len({run.run_id for run in runs}) == len(runs)
+
+
+def test_cli_rejects_a_bad_suite_with_one_line_and_writes_nothing(tmp_path, capsys):
+    from peftlab.cli import main
+
+    path = write(tmp_path, {**SUITE, "methods": ["lora", "lorra"]})
+    assert main(["bench", "--suite", path, "--output", str(tmp_path / "out")]) == 2
+    error = capsys.readouterr().err
+    assert "unknown method 'lorra'" in error and len(error.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_lists_a_shard(tmp_path, capsys):
+    from peftlab.cli import main
+
+    path = write(tmp_path, SUITE)
+    assert main(["bench", "--suite", path, "--output", str(tmp_path / "out"), "--list", "--shard", "2/3"]) == 0
+    listed = capsys.readouterr().out.split()
+    runs = load_suite_checked(path).runs()
+    assert listed == [run.run_id for run in Shard(2, 3).select(runs)]
