@@ -1,0 +1,75 @@
+"""Two CPU processes (gloo): DDP gives what one process gives with the same global batch, and an
+FSDP2-sharded run saves the full trained adapter, never an empty or partial file (peft#453, peft#2892)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from peftlab.core.serialization import WEIGHTS_NAME
+
+REPO = Path(__file__).resolve().parents[2]
+RUNNER = Path(__file__).with_name("run_args.py")
+
+
+def run_args(model, data_root, output, **extra):
+    return {"model": str(model), "task": "sst2", "method": "lora", "data_dir": str(data_root), "output_dir": str(output),
+            "max_train_samples": 48, "max_eval_samples": 16, "max_steps": 4, "lr": 1e-2, "progress": False,
+            "save_steps": 2, "seed": 5, **extra}
+
+
+def launch(arguments, processes):
+    env = {**os.environ, "PYTHONPATH": f"{REPO / 'src'}", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
+                "--standalone"] if processes > 1 else [sys.executable]
+    arguments = {("learning_rate" if k == "lr" else k): v for k, v in arguments.items()}
+    done = subprocess.run([*launcher, str(RUNNER), json.dumps(arguments)], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads((Path(arguments["output_dir"]) / "metrics.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def single(still_bert, data_root, tmp_path_factory):
+    """One process, global batch 8."""
+    out = tmp_path_factory.mktemp("single") / "run"
+    return out, launch(run_args(still_bert, data_root, out, batch_size=8), processes=1)
+
+
+def assert_same_adapter(a_dir, b_dir, tolerance):
+    a, b = load_file(a_dir / WEIGHTS_NAME), load_file(b_dir / WEIGHTS_NAME)
+    assert a.keys() == b.keys()
+    for name in a:
+        assert a[name].shape == b[name].shape, name
+        torch.testing.assert_close(a[name], b[name], atol=tolerance, rtol=0, msg=name)
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_match_one_with_the_same_global_batch(single, still_bert, data_root, tmp_path):
+    reference_dir, reference = single
+    metrics = launch(run_args(still_bert, data_root, tmp_path / "ddp", batch_size=4), processes=2)
+    assert metrics["world_size"] == 2 and reference["world_size"] == 1
+    assert_same_adapter(reference_dir, tmp_path / "ddp", tolerance=1e-6)
+    assert metrics["scores"] == pytest.approx(reference["scores"])
+    assert metrics["train_tokens"] == reference["train_tokens"]  # summed over both processes
+
+
+@pytest.mark.slow
+def test_fsdp_sharded_run_saves_the_full_trained_adapter(single, still_bert, data_root, tmp_path):
+    reference_dir, reference = single
+    out = tmp_path / "fsdp"
+    metrics = launch(run_args(still_bert, data_root, out, batch_size=4, fsdp=True), processes=2)
+    assert metrics["world_size"] == 2
+    saved = load_file(out / WEIGHTS_NAME)
+    # Full shapes (rank x in, out x rank, the head), values trained away from LoRA's zero-initialised B.
+    assert saved["bert.encoder.layer.0.attention.self.query.lora_A"].shape == (8, 32)
+    assert saved["classifier.weight"].shape == (2, 32)
+    assert all(saved[n].abs().sum() > 0 for n in saved if n.endswith("lora_B"))
+    assert_same_adapter(reference_dir, out, tolerance=1e-6)
+    assert_same_adapter(reference_dir / "checkpoint-4" / "adapter", out / "checkpoint-4" / "adapter", tolerance=1e-6)
+    assert metrics["scores"] == pytest.approx(reference["scores"])

@@ -1,0 +1,63 @@
+"""A run SIGKILLed mid-training and resumed ends exactly where an uninterrupted run ends."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def command(model, data_root, output, *extra):
+    return [sys.executable, "-m", "peftlab.cli", "train", "--model", str(model), "--task", "sst2", "--method", "lora",
+            "--data-dir", str(data_root), "--output", str(output), "--max-train-samples", "96",
+            "--max-eval-samples", "16", "--batch-size", "4", "--grad-accum", "2", "--epochs", "3", "--save-steps", "5",
+            "--lr", "5e-3", "--no-progress", *extra]
+
+
+def environment():
+    return {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_matches_an_uninterrupted_run(tiny_models, data_root, tmp_path):
+    model = tiny_models["bert"]  # with dropout: the restored random state matters
+    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
+    subprocess.run(command(model, data_root, straight), env=environment(), check=True, capture_output=True)
+
+    process = subprocess.Popen(command(model, data_root, interrupted), env=environment(),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (interrupted / "checkpoint-10" / "trainer_state.json").exists():
+        assert process.poll() is None and time.monotonic() < deadline, "the run ended before checkpoint-10"
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (interrupted / "metrics.json").exists(), "the run finished before the kill: nothing was tested"
+
+    resumed = subprocess.run(command(model, data_root, interrupted, "--resume"), env=environment(),
+                             capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming from" in resumed.stdout + resumed.stderr
+
+    a, b = load_file(straight / "adapter_model.safetensors"), load_file(interrupted / "adapter_model.safetensors")
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    first, second = (json.loads((d / "metrics.json").read_text()) for d in (straight, interrupted))
+    assert first["scores"] == second["scores"] and first["steps"] == second["steps"] == 36
+    assert (first["best_score"], first["best_step"]) == (second["best_score"], second["best_step"])
+
+    def records(folder):
+        return [{k: v for k, v in json.loads(line).items() if k != "train_time_s"}
+                for line in (folder / "log.jsonl").read_text().splitlines()]
+
+    assert records(straight) == records(interrupted)
+    assert len(list(interrupted.glob("checkpoint-*"))) == 2  # the last few kept
