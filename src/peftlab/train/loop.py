@@ -31,6 +31,9 @@ from peftlab.train.plan import Plan, clear_output_dir, make_plan
 from peftlab.train.resources import peak_memory, write_log_line, trim_log
 
 
+PREPARE_BATCHES = 4  # training micro-batches a method's prepare hook sees (e.g. Child-Tuning D's Fisher estimate)
+
+
 def run_training(args: TrainArgs) -> dict[str, Any]:
     """Fine-tune ``args.model`` on ``args.task`` with ``args.method``; returns the run's metrics
     (the same record as ``metrics.json``: scores, parameters, time, tokens/s, peak memory)."""
@@ -38,7 +41,7 @@ def run_training(args: TrainArgs) -> dict[str, Any]:
 
     # cpu=True on machines without CUDA also makes accelerate see a torchrun launch (gloo).
     accelerator = Accelerator(mixed_precision=_precision(args.mixed_precision), cpu=not torch.cuda.is_available())
-    plan = make_plan(args)
+    plan = make_plan(args, world=accelerator.num_processes)
     if args.fsdp and accelerator.num_processes < 2:
         raise ArgumentError("--fsdp shards across processes: launch with torchrun or accelerate launch (2+ processes)")
     if args.fsdp and args.resume:
@@ -77,8 +80,10 @@ class Trainer:
         accumulate = self.args.gradient_accumulation_steps
         return [micro[i:i + accumulate] for i in range(0, len(micro), accumulate)]
 
-    def local_batch(self, indices: list[int]) -> dict[str, torch.Tensor]:
-        batch = collate([self.features[i] for i in indices[self.rank::self.world]], self.tokenizer.pad_token_id)
+    def local_batch(self, indices: list[int], everyone: bool = False) -> dict[str, torch.Tensor]:
+        """This process's share of a global micro-batch (or all of it, so every process sees the same)."""
+        chosen = indices if everyone else indices[self.rank::self.world]
+        batch = collate([self.features[i] for i in chosen], self.tokenizer.pad_token_id)
         return {key: value.to(self.accelerator.device) for key, value in batch.items()}
 
     # -- setup --------------------------------------------------------------------------------------
@@ -109,9 +114,9 @@ class Trainer:
                 trim_log(self.output / "log.jsonl", progress.step)
                 print(f"resuming from {checkpoint} (step {progress.step} of {self.total_steps})")
             return progress
-        if self.hooks.needs_prepare():
-            first = self.epoch_groups(0)[0]
-            self.hooks.prepare(self.base, [self.local_batch(indices) for indices in first])
+        if self.hooks.needs_prepare():  # the same first batches on every process, so all agree (e.g. on masks)
+            first = [indices for group in self.epoch_groups(0) for indices in group][:PREPARE_BATCHES]
+            self.hooks.prepare(self.base, [self.local_batch(indices, everyone=True) for indices in first])
         return Progress()
 
     # -- the loop -----------------------------------------------------------------------------------

@@ -3,6 +3,8 @@ with its head, the method applied. Any bad input fails here, with the output fol
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,9 +63,20 @@ def eval_sets_for(task: Task, args: TrainArgs, prefix: str = "") -> list[EvalSet
             for split in task.eval_splits]
 
 
-def method_options(args: TrainArgs, head: tuple[str, ...]) -> dict[str, Any]:
-    """The user's options, with the new classification head trained and saved beside the method."""
+def optimizer_steps(args: TrainArgs, examples: int, world: int) -> int:
+    """The run's optimizer steps (the loop's accumulation groups, summed over its epochs)."""
+    micro, rest = divmod(examples, args.batch_size * world)
+    micro += 1 if rest >= world else 0  # a last partial batch runs when every process gets an example
+    return args.max_steps or args.epochs * math.ceil(micro / args.gradient_accumulation_steps)
+
+
+def method_options(args: TrainArgs, head: tuple[str, ...], total_steps: int) -> dict[str, Any]:
+    """The user's options, with the new classification head trained and saved beside the method, and
+    the run's length for methods that schedule over it (AdaLoRA's ``total_steps``) unless given."""
     options = dict(args.options)
+    fields = {f.name for f in dataclasses.fields(get_method(args.method).config_class)}
+    if "total_steps" in fields and "total_steps" not in options:
+        options["total_steps"] = total_steps
     if head:
         given = options.get("modules_to_save", ())
         given = given.split(",") if isinstance(given, str) else list(given)
@@ -71,7 +84,7 @@ def method_options(args: TrainArgs, head: tuple[str, ...]) -> dict[str, Any]:
     return options
 
 
-def make_plan(args: TrainArgs) -> Plan:
+def make_plan(args: TrainArgs, world: int = 1) -> Plan:
     output_dir = check_output_dir(args)
     task = get_task(args.task)
     spec = get_method(args.method)
@@ -94,7 +107,8 @@ def make_plan(args: TrainArgs) -> Plan:
     if architecture is not None and architecture.name not in spec.architectures:
         raise ModelError(f"method {spec.name!r} supports {', '.join(spec.architectures)} models; "
                          f"{args.model!r} is a {architecture.name} model (see `peftlab methods`)")
-    peftlab.apply(loaded.model, args.method, **method_options(args, loaded.head))
+    total_steps = optimizer_steps(args, len(train_examples), world)
+    peftlab.apply(loaded.model, args.method, **method_options(args, loaded.head, total_steps))
     return Plan(args, task, train_examples, eval_sets, loaded, output_dir)
 
 
