@@ -90,8 +90,12 @@ class LoRALinear(AdapterLayer):
 
     def adapter_forward(self, x: torch.Tensor, base_output: torch.Tensor) -> torch.Tensor:
         x = self.dropout(x).to(self.lora_A.dtype)
-        update = F.linear(F.linear(x, self.lora_A), self.lora_B)
-        return base_output + (update * self.scaling).to(base_output.dtype)
+        hidden = F.linear(x, self.lora_A) * self.scaling  # scale the rank-r side, not the wide output
+        if base_output.dtype != hidden.dtype:
+            return base_output + F.linear(hidden, self.lora_B).to(base_output.dtype)
+        # one GEMM that accumulates onto the base output: no (tokens, out) temporary
+        flat = torch.addmm(base_output.reshape(-1, self.out_features), hidden.reshape(-1, hidden.shape[-1]), self.lora_B.T)
+        return flat.view(base_output.shape)
 
     def delta_weight(self) -> torch.Tensor:
         return (self.lora_B @ self.lora_A) * self.scaling

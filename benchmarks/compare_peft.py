@@ -1,0 +1,226 @@
+"""Side-by-side speed and memory of peftlab and HF peft, with the frozen-base floor and full fine-tuning.
+
+    python benchmarks/compare_peft.py --setting quick                    # smoke run, a few minutes
+    python benchmarks/compare_peft.py --setting moderate --repeats 3     # what RESULTS.md shows
+
+Each measurement is its own process (``measure.py``); the job list is run ``--repeats`` times,
+alternating its order, and every number reported is the median over repeats. The peftlab rows use
+peftlab's training step (chunked cross-entropy for language models, ``peftlab.core.losses.lm_loss``);
+the peft, floor and full rows use the plain ``model(**batch).loss``. "vs floor" divides by the floor
+measured with the same loss, so it isolates the adapter's own cost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import peft
+import torch
+import transformers
+
+from peftlab.core.atomic import write_text_atomic
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from measure import Job  # noqa: E402
+from workloads import METHODS, WORKLOADS  # noqa: E402
+
+
+def peftlab_methods() -> set[str]:
+    import peftlab
+
+    return set(peftlab.list_methods())
+
+
+def train_jobs(args: argparse.Namespace) -> list[Job]:
+    registered = peftlab_methods()
+    jobs = []
+    for name in args.models:
+        task = WORKLOADS[name].task
+        ours = "plain" if task == "classify" else args.peftlab_step
+        common = {"workload": name, "setting": args.setting, "steps": args.steps, "warmup": args.warmup,
+                  "threads": args.threads, "device": args.device}
+        jobs += [Job(library="floor", **common), Job(library="full", **common)]
+        if ours != "plain":
+            jobs.append(Job(library="floor", step=ours, **common))
+        for method in args.model_methods.get(name, args.methods):
+            jobs.append(Job(library="peft", method=method, **common))
+            if method in registered:
+                jobs.append(Job(library="peftlab", method=method, step=ours, **common))
+                jobs += [Job(library="peftlab", method=method, step=extra, **common)
+                         for extra in args.extra_steps if extra != ours and task != "classify"]
+    return jobs
+
+
+def infer_jobs(args: argparse.Namespace) -> list[Job]:
+    registered = peftlab_methods()
+    jobs = []
+    for name in args.models:
+        for method in (m for m in args.model_methods.get(name, args.methods) if METHODS[m].mergeable):
+            for library in ("peft", "peftlab") if method in registered else ("peft",):
+                jobs.append(Job(workload=name, setting=args.setting, library=library, method=method, kind="infer",
+                                steps=args.infer_rounds, warmup=1, threads=args.threads, device=args.device))
+    return jobs
+
+
+def run_job(job: Job) -> dict:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE.parent / "src"), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, str(HERE / "measure.py"), json.dumps(asdict(job))],
+                          capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        return {"error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def run_all(jobs: list[Job], repeats: int) -> dict[str, list[dict]]:
+    results: dict[str, list[dict]] = {job.key: [] for job in jobs}
+    for repeat in range(repeats):
+        for job in jobs if repeat % 2 == 0 else list(reversed(jobs)):
+            started = time.perf_counter()
+            outcome = run_job(job)
+            results[job.key].append(outcome)
+            shown = outcome.get("error") or {k: round(v, 3) for k, v in outcome.items()
+                                             if isinstance(v, float)}
+            print(f"[{repeat + 1}/{repeats}] {job.key}: {shown} ({time.perf_counter() - started:.0f}s)", flush=True)
+    return results
+
+
+def median(outcomes: list[dict], field: str) -> float | None:
+    values = [o[field] for o in outcomes if field in o]
+    return statistics.median(values) if values else None
+
+
+def ratio(a: float | None, b: float | None) -> str:
+    return f"{a / b:.2f}x" if a and b else "n/a"
+
+
+def train_table(name: str, jobs: list[Job], results: dict[str, list[dict]]) -> list[str]:
+    def get(library: str, method: str = "", step: str = "plain") -> list[dict]:
+        key = next((j.key for j in jobs if (j.workload, j.library, j.method, j.step) == (name, library, method, step)), None)
+        return results.get(key, []) if key else []
+
+    shape = WORKLOADS[name].shapes[jobs[0].setting]
+    lines = [f"### {name} ({shape.layers} layers, hidden {shape.hidden}, vocab {shape.vocab:,}, "
+             f"batch {shape.batch} x {shape.length}{f' -> {shape.target_length}' if shape.target_length else ''})", "",
+             "| method | library | loss | step s | vs peft | vs floor | vs full | peak MB | vs peft | trainable | frozen grads |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    full = median(get("full"), "step_s")
+
+    def row(label: str, library: str, step: str, outcomes: list[dict], peft_outcomes: list[dict] | None) -> None:
+        if not outcomes:
+            return
+        if "error" in outcomes[0] and not median(outcomes, "step_s"):
+            lines.append(f"| {label} | {library} | {step} | error: {outcomes[0]['error'][:80]} | | | | | | | |")
+            return
+        seconds, peak = median(outcomes, "step_s"), median(outcomes, "peak_mb")
+        floor = median(get("floor", "", step), "step_s")
+        peft_s = median(peft_outcomes, "step_s") if peft_outcomes else None
+        peft_mb = median(peft_outcomes, "peak_mb") if peft_outcomes else None
+        lines.append(
+            f"| {label} | {library} | {step} | {seconds:.3f} | {ratio(seconds, peft_s) if peft_outcomes else ''} | "
+            f"{ratio(seconds, floor)} | {ratio(seconds, full)} | {peak:.0f} | {ratio(peak, peft_mb) if peft_outcomes else ''} | "
+            f"{int(median(outcomes, 'trainable')):,} | {int(max(o.get('frozen_with_grad', 0) for o in outcomes))} |")
+
+    steps = sorted({j.step for j in jobs if j.workload == name})
+    for step in steps:
+        row("floor", "-", step, get("floor", "", step), None)
+    row("full", "-", "plain", get("full"), None)
+    for method in dict.fromkeys(j.method for j in jobs if j.workload == name and j.method):
+        theirs = get("peft", method)
+        row(method, "peft", "plain", theirs, None)
+        for step in steps:
+            row(method, "peftlab", step, get("peftlab", method, step), theirs)
+    return lines + [""]
+
+
+def infer_table(jobs: list[Job], results: dict[str, list[dict]]) -> list[str]:
+    lines = ["| model | method | library | base ms | unmerged ms | vs base | merged ms | vs base |",
+             "|---|---|---|---:|---:|---:|---:|---:|"]
+    for job in jobs:
+        outcomes = results[job.key]
+        base, unmerged, merged = (median(outcomes, f) for f in ("base_ms", "unmerged_ms", "merged_ms"))
+        if base is None:
+            lines.append(f"| {job.workload} | {job.method} | {job.library} | error: {outcomes[0].get('error', '')[:80]} | | | | |")
+            continue
+        lines.append(f"| {job.workload} | {job.method} | {job.library} | {base:.1f} | {unmerged:.1f} | "
+                     f"{ratio(unmerged, base)} | {merged:.1f} | {ratio(merged, base)} |")
+    return lines + [""]
+
+
+def machine(args: argparse.Namespace) -> str:
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    gpu = (f"GPU: {torch.cuda.get_device_name()} (timings synchronised, memory = max_memory_allocated)"
+           if torch.cuda.is_available() else "no GPU was available for this run (memory = peak RSS of each process)")
+    return (f"{cpu}, {os.cpu_count()} logical CPUs, {args.threads} torch threads; torch {torch.__version__}, "
+            f"transformers {transformers.__version__}, peft {peft.__version__}; {gpu}")
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--setting", choices=("quick", "moderate", "issue"), default="quick")
+    parser.add_argument("--models", type=lambda s: s.split(","), default=list(WORKLOADS),
+                        help="comma-separated; 'name=m1+m2' measures only those methods on that model")
+    parser.add_argument("--methods", type=lambda s: s.split(","), default=list(METHODS))
+    parser.add_argument("--peftlab-step", default="chunked", choices=("plain", "chunked", "chunked+ckpt"))
+    parser.add_argument("--extra-steps", type=lambda s: [x for x in s.split(",") if x], default=[],
+                        help="more peftlab steps to measure for LMs, e.g. plain,chunked+ckpt")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=3, help="timed training steps per process (after warmup)")
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--infer-rounds", type=int, default=4)
+    parser.add_argument("--no-inference", action="store_true")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
+    args = parser.parse_args(argv)
+    args.model_methods = {m.split("=")[0]: m.split("=")[1].split("+") for m in args.models if "=" in m}
+    args.models = [m.split("=")[0] for m in args.models]
+    chosen = args.methods + [m for ms in args.model_methods.values() for m in ms]
+    unknown = [m for m in chosen if m not in METHODS] + [m for m in args.models if m not in WORKLOADS]
+    if unknown:
+        parser.error(f"unknown method/model {unknown}; methods: {sorted(METHODS)}, models: {sorted(WORKLOADS)}")
+    return args
+
+
+def main(argv: list[str]) -> None:
+    args = parse(argv)
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    load = os.getloadavg()[0]
+    training = train_jobs(args)
+    inference = [] if args.no_inference else infer_jobs(args)
+    results = run_all(training + inference, args.repeats)
+    command = "python benchmarks/compare_peft.py " + shlex.join(argv)
+    out = [f"# peftlab vs HF peft: training step and inference", "",
+           f"Command: `{command}`  ", f"Started {started}, finished {time.strftime('%H:%M UTC', time.gmtime())}; "
+           f"load average at start {load:.1f}, at end {os.getloadavg()[0]:.1f}.  ",
+           f"Machine: {machine(args)}.  ",
+           f"Every number is the median of {args.repeats} processes (order alternated), each timing "
+           f"{args.steps} steps after {args.warmup} warm-up. Random-init models; AdamW; same batch in every row.", "",
+           "## Training step", ""]
+    for name in args.models:
+        out += train_table(name, [j for j in training if j.workload == name], results)
+    if inference:
+        out += ["## Inference (forward, no grad): base vs adapter unmerged vs merged", ""]
+        out += infer_table(inference, results)
+    out += [__doc__.split("\n\n", 2)[2].strip(), ""]
+    write_text_atomic(args.out, "\n".join(out) + "\n<!-- raw medians' inputs: " + json.dumps(results) + " -->\n")
+    print("\n".join(out))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

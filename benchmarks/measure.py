@@ -1,0 +1,186 @@
+"""One measurement, in its own process: a few training steps (or forward passes) of one model + method.
+
+Run by ``compare_peft.py`` as ``python benchmarks/measure.py '<job json>'``; prints one JSON line.
+Every process imports torch, transformers, peft and peftlab alike, so peak RSS differs only by what
+the measured step allocates.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import peft  # noqa: E402,F401  (imported in every process alike, see above)
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+import peftlab  # noqa: E402
+from peftlab.core.checkpointing import enable_activation_checkpointing  # noqa: E402
+from peftlab.core.losses import lm_loss  # noqa: E402
+from workloads import METHODS, WORKLOADS, build_model, make_batch  # noqa: E402
+
+
+LR = 1e-4
+
+
+@dataclass(frozen=True)
+class Job:
+    workload: str
+    setting: str
+    library: str  # "peftlab", "peft", "floor" (frozen base, one trainable scalar) or "full"
+    method: str = ""
+    step: str = "plain"  # "plain" (model(**batch).loss), "chunked" (peftlab lm_loss), "chunked+ckpt"
+    kind: str = "train"  # or "infer"
+    steps: int = 3
+    warmup: int = 1
+    threads: int = 2
+    device: str = "cpu"
+
+    @property
+    def key(self) -> str:
+        return "/".join((self.kind, self.workload, self.library, self.method or "-", self.step))
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _peak_mb(device: str) -> float:
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def _floor(model: nn.Module) -> list[nn.Parameter]:
+    """Everything frozen; one scalar scales the embedding output, so backward still crosses every layer."""
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    scale = nn.Parameter(torch.ones((), device=next(model.parameters()).device))
+    shared = model.get_input_embeddings().weight
+    for module in model.modules():  # T5's stacks hold their own modules around the shared weight
+        if isinstance(module, nn.Embedding) and module.weight is shared:
+            module.register_forward_hook(lambda _m, _i, output: output * scale)
+    return [scale]
+
+
+def _adapt(job: Job, model: nn.Module) -> tuple[nn.Module, torch.optim.Optimizer, Callable[[int], None], int]:
+    """Apply the job's method; returns (model, optimizer, per-step hook, trainable count).
+
+    peftlab rows use ``peftlab.make_optimizer`` (AdamW, or what the method asks for); the others AdamW."""
+    workload = WORKLOADS[job.workload]
+    if job.library == "floor":
+        return model, torch.optim.AdamW(_floor(model), lr=LR), lambda step: None, 1
+    if job.library == "full":
+        model.requires_grad_(True)
+        trainable = sum(p.numel() for p in model.parameters())
+        return model, torch.optim.AdamW(model.parameters(), lr=LR), lambda step: None, trainable
+    entry = METHODS[job.method]
+    if entry.prepare_base is not None:
+        entry.prepare_base(model, workload)
+    if job.library == "peft":
+        model = peft.get_peft_model(model, entry.peft_config(model, workload))
+        after = entry.peft_after_step or (lambda _model, _step: None)
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=LR)
+        return model, optimizer, lambda step: after(model, step), trainable
+    peftlab.apply(model, job.method, **entry.peftlab_options(model, workload))
+    hooks = peftlab.training_hooks(model)
+    if hooks.needs_prepare():
+        hooks.prepare(model, [make_batch(workload, job.setting)])
+    optimizer = peftlab.make_optimizer(model, lr=LR)
+    return model, optimizer, lambda step: hooks.after_optimizer_step(model, step), peftlab.parameter_counts(model)[0]
+
+
+def run_train(job: Job) -> dict[str, Any]:
+    workload = WORKLOADS[job.workload]
+    model = build_model(workload, job.setting).to(job.device)
+    model, optimizer, after_step, trainable = _adapt(job, model)
+    model.train()
+    if job.step.endswith("+ckpt"):
+        enable_activation_checkpointing(model)
+    batch = {name: value.to(job.device) for name, value in make_batch(workload, job.setting).items()}
+    compute_loss = (lambda: lm_loss(model, batch)) if job.step.startswith("chunked") else (lambda: model(**batch).loss)
+    hooks = peftlab.training_hooks(model) if job.library == "peftlab" else None
+    times, losses = [], []
+    for step in range(job.warmup + job.steps):
+        _sync(job.device)
+        start = time.perf_counter()
+        loss = compute_loss()
+        if hooks is not None:
+            loss = loss + hooks.regularization(model)
+        loss.backward()
+        if hooks is not None:
+            hooks.before_optimizer_step(model, step)
+        optimizer.step()
+        after_step(step)
+        optimizer.zero_grad(set_to_none=True)
+        _sync(job.device)
+        times.append(time.perf_counter() - start)
+        losses.append(loss.item())
+    trainable_ids = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    frozen_with_grad = sum(1 for p in model.parameters() if p.grad is not None and id(p) not in trainable_ids)
+    optimizer_state = sum(t.numel() for state in optimizer.state.values() for t in state.values()
+                          if isinstance(t, torch.Tensor) and t.dim() > 0)
+    return {"step_s": statistics.median(times[job.warmup:]), "peak_mb": _peak_mb(job.device),
+            "trainable": trainable, "first_loss": losses[0], "frozen_with_grad": frozen_with_grad,
+            "optimizer_state": optimizer_state}
+
+
+def _forward_ms(model: nn.Module, batch: dict[str, torch.Tensor], device: str, repeats: int) -> float:
+    times = []
+    with torch.inference_mode():
+        for _ in range(repeats):
+            _sync(device)
+            start = time.perf_counter()
+            model(**batch)
+            _sync(device)
+            times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
+
+
+def run_infer(job: Job) -> dict[str, Any]:
+    """Base, unmerged and merged forward latency, interleaved round by round in one process."""
+    workload = WORKLOADS[job.workload]
+    base = build_model(workload, job.setting).to(job.device).eval()
+    model, _, _, _ = _adapt(job, build_model(workload, job.setting).to(job.device))
+    model.eval()
+    generator = torch.Generator().manual_seed(2)
+    with torch.no_grad():  # move the adapter off its identity start so merging changes weights
+        for parameter in (p for p in model.parameters() if p.requires_grad):
+            parameter.add_(0.01 * torch.randn(parameter.shape, generator=generator).to(parameter))
+    batch = {name: value.to(job.device) for name, value in make_batch(workload, job.setting, with_labels=False).items()}
+    merge, unmerge = ((model.merge_adapter, model.unmerge_adapter) if job.library == "peft"
+                      else (lambda: peftlab.merge(model), lambda: peftlab.unmerge(model)))
+    results: dict[str, list[float]] = {"base_ms": [], "unmerged_ms": [], "merged_ms": []}
+    _forward_ms(base, batch, job.device, job.warmup)
+    _forward_ms(model, batch, job.device, job.warmup)
+    for round_ in range(job.steps):
+        order = ["base_ms", "unmerged_ms", "merged_ms"]
+        for name in order if round_ % 2 == 0 else reversed(order):
+            if name == "merged_ms":
+                merge()
+            results[name].append(_forward_ms(base if name == "base_ms" else model, batch, job.device, 3))
+            if name == "merged_ms":
+                unmerge()
+    return {name: statistics.median(values) for name, values in results.items()}
+
+
+def main(argv: list[str]) -> None:
+    job = Job(**json.loads(argv[0]))
+    torch.set_num_threads(job.threads)
+    result = run_train(job) if job.kind == "train" else run_infer(job)
+    print(json.dumps({"job": asdict(job), **result}))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
