@@ -3,6 +3,7 @@ FSDP2-sharded run saves the full trained adapter, never an empty or partial file
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -28,9 +29,16 @@ def launch(arguments, processes):
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
                 "--standalone"] if processes > 1 else [sys.executable]
     arguments = {("learning_rate" if k == "lr" else k): v for k, v in arguments.items()}
-    done = subprocess.run([*launcher, str(RUNNER), json.dumps(arguments)], env=env, capture_output=True, text=True,
-                          timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    # Its own process group, so a hang is cleaned up whole (torchrun's workers with it).
+    process = subprocess.Popen([*launcher, str(RUNNER), json.dumps(arguments)], env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _, stderr = process.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        raise
+    assert process.returncode == 0, stderr[-3000:]
     return json.loads((Path(arguments["output_dir"]) / "metrics.json").read_text())
 
 
