@@ -44,6 +44,7 @@ class PeftState:
 
     config: MethodConfig
     injection: Injection
+    base_model: dict = field(default_factory=dict)  # the base's identity before injection (serialization.base_model_info)
 
     @property
     def method(self) -> str:
@@ -66,11 +67,14 @@ def apply_config(model: nn.Module, config: MethodConfig) -> nn.Module:
             f"this model already carries {existing.method!r}; load a fresh base model, or use a hybrid "
             f"method (e.g. 'mam', 'unipelt') to combine methods"
         )
+    from peftlab.core.serialization import base_model_info  # serialization builds on this module
+
+    base_model = base_model_info(model)
     spec = spec_for_config(config)
     injection = spec.inject(model, config)
     if config.modules_to_save:
         injection.selected.extend(find_parameters(model, config.modules_to_save))
-    model.__dict__[STATE_ATTRIBUTE] = PeftState(config=config, injection=injection)
+    model.__dict__[STATE_ATTRIBUTE] = PeftState(config=config, injection=injection, base_model=base_model)
     freeze_all_but_adapter(model)
     injection.hooks.append(_keep_inputs_differentiable_under_checkpointing(model))
     return model

@@ -262,7 +262,14 @@ def copy_adapter_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], sou
 
 
 def base_model_info(model: nn.Module) -> dict[str, Any]:
-    """Model type and a fingerprint of the base parameters' names and shapes."""
+    """Model type and a fingerprint of the base parameters' names and shapes.
+
+    For an adapted model, the base as it was before the method was injected (a method may add
+    parameters, like BitFit's biases, or swap module types, like QLoRA's quantized layers).
+    """
+    state = peft_state(model)
+    if state is not None and state.base_model:
+        return dict(state.base_model)
     added = {id(p) for m in model.modules() if isinstance(m, AdapterModule) for _, p in m.adapter_parameters()}
     digest = hashlib.sha256()
     for name, parameter in model.named_parameters():
