@@ -28,15 +28,14 @@ def _grads(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "t5"])
 @pytest.mark.parametrize("method,options", [("lora", {"target_modules": "all_linear"}), ("full", {})])
-@pytest.mark.parametrize("chunk_size", [5, None])
-def test_lm_loss_equals_plain_loss_and_gradients(arch, method, options, chunk_size):
+def test_lm_loss_equals_plain_loss_and_gradients(arch, method, options):
     plain = _perturbed(arch, method, **options)
     chunked = copy.deepcopy(plain)
     batch = batch_for(plain, batch=3, length=12)
     batch["labels"][0, :4] = -100  # a prompt without labels
     expected = plain(**batch).loss
     expected.backward()
-    loss = lm_loss(chunked, batch, chunk_size=chunk_size)
+    loss = lm_loss(chunked, batch, chunk_size=5)  # several chunks, the last one short
     loss.backward()
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
     plain_grads, chunked_grads = _grads(plain), _grads(chunked)
@@ -45,6 +44,24 @@ def test_lm_loss_equals_plain_loss_and_gradients(arch, method, options, chunk_si
         assert (grad is None) == (chunked_grads[name] is None), name
         if grad is not None:
             torch.testing.assert_close(chunked_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("arch", ["llama", "t5"])
+@pytest.mark.parametrize("method,options", [("prompt_tuning", {"num_virtual_tokens": 4}),
+                                            ("prefix_tuning", {"num_virtual_tokens": 3, "reparameterize": False})])
+def test_soft_prompts_lm_loss_equals_plain_loss(arch, method, options):
+    """Prompt tuning prepends positions that carry no label; the loss skips them as the model does."""
+    plain = _perturbed(arch, method, **options)
+    chunked = copy.deepcopy(plain)
+    batch = batch_for(plain, batch=2, length=9)
+    expected = plain(**batch).loss
+    expected.backward()
+    loss = lm_loss(chunked, batch)
+    loss.backward()
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+    reference = _grads(plain)
+    for name, grad in _grads(chunked).items():
+        torch.testing.assert_close(grad, reference[name], rtol=1e-4, atol=1e-7, msg=name)
 
 
 def test_linear_cross_entropy_matches_reference_with_bias_sum_and_scaled_output():
