@@ -87,6 +87,10 @@ def run_sweep(
     result = SweepResult([], skipped, [])
     started = time.monotonic()
     for position, run in enumerate(todo, 1):
+        if is_finished(output, run):  # another sweep on the same folder finished it meanwhile
+            result.skipped.append(run.run_id)
+            echo(f"[{position}/{len(todo)}] {run.run_id}: finished meanwhile by another sweep, skipped")
+            continue
         echo(f"[{position}/{len(todo)}] {run.run_id} ...")
         ok, seconds, summary = run_one(run, output, timeout, launch)
         (result.ran if ok else result.failed).append(run.run_id)
