@@ -55,3 +55,14 @@ def test_training_lowers_the_loss():
     model = peftlab.apply(FAMILY_BUILDERS["gpt2"](), "mam", **OPTIONS)
     losses = losses_while_training(model)
     assert losses[-1] < losses[0] - 0.05
+
+
+def test_save_with_the_reparameterisation_kept_round_trips(tmp_path):
+    base = FAMILY_BUILDERS["bert"]().eval()
+    options = {**OPTIONS, "prefix": {**OPTIONS["prefix"], "keep_reparameterization": True}}
+    model = peftlab.apply(copy.deepcopy(base), "mam", **options)
+    perturb(model)
+    peftlab.save_adapter(model, tmp_path / "adapter")
+    loaded = peftlab.load_adapter(copy.deepcopy(base), tmp_path / "adapter")
+    assert not loaded.prefix_encoder.folded
+    torch.testing.assert_close(probe_output(loaded), probe_output(model), atol=0, rtol=0)

@@ -1,19 +1,18 @@
 """Building a hybrid from registered methods: inject each part with its own ``inject``, then report
-one :class:`Injection`. Parts that add attention prefixes save through prefix-tuning's folded form.
+one :class:`Injection`. Hybrids with a prefix part save and load through prefix-tuning's
+``export_state``/``import_state``, which pass every other adapter tensor through unchanged.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-import torch
 from torch import nn
 
 from peftlab.core.config import MethodConfig, require
-from peftlab.core.injection import Injection, adapter_parameters
+from peftlab.core.injection import Injection
 from peftlab.core.registry import get_method
 from peftlab.methods.additive.prefix_attention import PrefixHandle
-from peftlab.methods.additive.prefix_tuning import ENCODER_NAME, PrefixTuningConfig, prefix_encoder
 
 
 def inject_parts(model: nn.Module, parts: Sequence[MethodConfig]) -> list[Injection]:
@@ -49,16 +48,3 @@ def require_parts_save_nothing(config: MethodConfig, fields: Sequence[str]) -> N
     for field in fields:
         require(not getattr(config, field).modules_to_save, config, field,
                 "set modules_to_save on the hybrid itself, not on one of its parts")
-
-
-def export_with_prefix(model: nn.Module, prefix: PrefixTuningConfig) -> dict[str, torch.Tensor]:
-    """Every trained tensor, the prefix encoder folded to its prefixes unless ``keep_reparameterization``
-    (the form prefix-tuning's ``import_state`` reads back)."""
-    encoder = prefix_encoder(model)
-    own = {id(p) for _, p in encoder.adapter_parameters()}
-    tensors = {name: p.detach() for name, p in adapter_parameters(model) if id(p) not in own}
-    if prefix.keep_reparameterization:
-        tensors.update({f"{ENCODER_NAME}.{n}": p.detach() for n, p in encoder.adapter_parameters()})
-    else:
-        tensors[f"{ENCODER_NAME}.prefixes"] = encoder.folded_prefixes()
-    return tensors

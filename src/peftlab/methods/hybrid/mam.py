@@ -14,16 +14,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from torch import nn
 
 from peftlab.core.config import MethodConfig, option
-from peftlab.core.injection import Injection, peft_state
+from peftlab.core.injection import Injection
 from peftlab.core.registry import MethodSpec, register
 from peftlab.methods.additive import prefix_tuning
 from peftlab.methods.additive.parallel_adapter import ParallelAdapterConfig
 from peftlab.methods.additive.prefix_tuning import PrefixTuningConfig
-from peftlab.methods.hybrid.compose import combine, export_with_prefix, inject_parts, require_parts_save_nothing
+from peftlab.methods.hybrid.compose import combine, inject_parts, require_parts_save_nothing
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -48,10 +47,6 @@ def inject(model: nn.Module, config: MAMConfig) -> Injection:
     return combine(inject_parts(model, [config.prefix, config.adapter]), prefix_tuning.count_trainable)
 
 
-def export_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return export_with_prefix(model, peft_state(model).config.prefix)
-
-
 register(MethodSpec(
     name="mam",
     family="hybrid",
@@ -59,5 +54,5 @@ register(MethodSpec(
     inject=inject,
     paper="He et al. 2022, Towards a Unified View of Parameter-Efficient Transfer Learning (arXiv 2110.04366)",
     summary="Prefix-tuning on attention plus a scaled parallel adapter on the feed-forward (composed).",
-    extra={"export_state": export_state, "import_state": prefix_tuning.import_state},
+    extra={"export_state": prefix_tuning.export_state, "import_state": prefix_tuning.import_state},
 ))

@@ -24,7 +24,7 @@ from torch import nn
 
 from peftlab.core.architectures import architecture_of
 from peftlab.core.config import MethodConfig, option
-from peftlab.core.injection import Injection, peft_state
+from peftlab.core.injection import Injection
 from peftlab.core.layers import AdapterLayer, AdapterModule, linear_shape
 from peftlab.core.registry import MethodSpec, register
 from peftlab.core.targeting import find_modules, replace_module
@@ -41,7 +41,6 @@ from peftlab.methods.additive.prefix_tuning import ENCODER_NAME, PrefixEncoder, 
 from peftlab.methods.hybrid.compose import (
     DetachModules,
     combine,
-    export_with_prefix,
     inject_parts,
     require_parts_save_nothing,
 )
@@ -152,10 +151,6 @@ def inject(model: nn.Module, config: UniPELTConfig) -> Injection:
     return injection
 
 
-def export_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return export_with_prefix(model, peft_state(model).config.prefix)
-
-
 register(MethodSpec(
     name="unipelt",
     family="hybrid",
@@ -164,5 +159,5 @@ register(MethodSpec(
     paper="Mao et al. 2022, UniPELT: A Unified Framework for Parameter-Efficient Language Model Tuning "
           "(arXiv 2110.07577)",
     summary="Adapter, prefix-tuning and LoRA together, each scaled by a learned gate in (0, 1).",
-    extra={"export_state": export_state, "import_state": prefix_tuning.import_state},
+    extra={"export_state": prefix_tuning.export_state, "import_state": prefix_tuning.import_state},
 ))
