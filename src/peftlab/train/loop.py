@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 import peftlab
 from peftlab.core.atomic import write_text_atomic
+from peftlab.core.faults import check_finite_loss, raise_out_of_memory
 from peftlab.core.serialization import CONFIG_NAME, WEIGHTS_NAME, save_adapter
 from peftlab.train.args import ArgumentError, TrainArgs
 from peftlab.train.checkpoint import Progress, full_parameters, latest_checkpoint, load_checkpoint, save_checkpoint
@@ -99,7 +100,7 @@ class Trainer:
         else:
             model = self.accelerator.prepare_model(model)
         self.model = model
-        optimizer = torch.optim.AdamW(peftlab.parameter_groups(self.base, args.learning_rate, args.weight_decay))
+        optimizer = peftlab.make_optimizer(self.base, args.learning_rate, args.weight_decay)  # paged AdamW for QLoRA on CUDA
         self.optimizer = self.accelerator.prepare_optimizer(optimizer)
         warmup = math.ceil(args.warmup_ratio * self.total_steps)
         total = self.total_steps
@@ -129,7 +130,10 @@ class Trainer:
             groups = self.epoch_groups(progress.epoch)
             for index in range(progress.groups_done, len(groups)):
                 started = time.perf_counter()
-                loss, tokens = self.optimizer_step(groups[index], progress.step)
+                try:
+                    loss, tokens = self.optimizer_step(groups[index], progress.step)
+                except Exception as error:  # an allocation failure becomes a message with the options that help
+                    raise_out_of_memory(error, self.memory_settings())
                 progress.train_time_s += time.perf_counter() - started
                 progress.train_tokens += tokens
                 progress.step, progress.groups_done = progress.step + 1, index + 1
@@ -151,6 +155,8 @@ class Trainer:
             last = position == len(group) - 1
             with contextlib.nullcontext() if last else accelerator.no_sync(model), accelerator.autocast():
                 loss = model(**batch).loss + self.hooks.regularization(self.base)
+                check_finite_loss(loss, step + 1, learning_rate=self.scheduler.get_last_lr()[0],
+                                  last_checkpoint=latest_checkpoint(self.output) if self.output else None)
                 accelerator.backward(loss / len(group))
             losses.append(float(loss.detach()))
             tokens += count_tokens(batch)
@@ -162,6 +168,11 @@ class Trainer:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return sum(losses) / len(losses), tokens
+
+    def memory_settings(self) -> dict[str, Any]:
+        args = self.args
+        return {"batch_size": args.batch_size, "max_length": args.max_length,
+                "gradient_checkpointing": args.gradient_checkpointing, "method": args.method}
 
     def after_step(self, progress: Progress, epoch_end: bool) -> None:
         args, step = self.args, progress.step
