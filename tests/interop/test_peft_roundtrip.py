@@ -164,3 +164,13 @@ def test_qlora_exports_its_lora_weights_for_peft_on_the_same_dequantized_base(me
     torch.testing.assert_close(peft_output(theirs, inputs), probe_output(ours, inputs), atol=1e-5, rtol=0)
     assert peftlab.peft_state(peftlab.load_adapter(FAMILY_BUILDERS["llama"]().eval(), tmp_path / "peft")).method == (
         "dora" if method == "qdora" else "lora")
+
+
+def test_prefix_tuning_export_is_refused_with_the_reason(tmp_path):
+    from conftest import tiny_llama
+    from peftlab.cli import main
+
+    model = peftlab.apply(tiny_llama(), "prefix_tuning")
+    peftlab.save_adapter(model, tmp_path / "a")
+    assert main(["export", "--format", "peft", str(tmp_path / "a"), str(tmp_path / "b")]) == 2
+    assert not (tmp_path / "b").exists()
