@@ -45,8 +45,12 @@ CASES: dict[str, tuple[dict, Factory]] = {
     "vera": ({"rank": 8, "d_initial": 1.0}, lambda arch, names: peft.VeraConfig(r=8, target_modules=names, d_initial=1.0)),
     "prompt_tuning": ({"num_virtual_tokens": 3},
                       lambda arch, names: peft.PromptTuningConfig(task_type=TASKS[arch], num_virtual_tokens=3)),
+    "prefix_tuning": ({"num_virtual_tokens": 3, "reparameterize": False, "positions": "after_prefix"},
+                      lambda arch, names: peft.PrefixTuningConfig(task_type=TASKS[arch], num_virtual_tokens=3)),
 }
 # Extra peftlab options per (method, architecture).
 EXTRA = {("prompt_tuning", "bert"): {"modules_to_save": ["classifier"]}}
 # Combinations peft itself cannot build.
-SKIP = {("loha", "gpt2"): "peft's LoHa does not wrap Conv1D", ("lokr", "gpt2"): "peft's LoKr does not wrap Conv1D"}
+SKIP = {("loha", "gpt2"): "peft's LoHa does not wrap Conv1D", ("lokr", "gpt2"): "peft's LoKr does not wrap Conv1D",
+        ("prefix_tuning", "bert"): "peft's prefix tuning needs past_key_values, which transformers 5's BertModel lacks",
+        ("prefix_tuning", "t5"): "peft prefixes T5's decoder only (self- and cross-attention), peftlab its self-attention"}

@@ -166,11 +166,24 @@ def test_qlora_exports_its_lora_weights_for_peft_on_the_same_dequantized_base(me
         "dora" if method == "qdora" else "lora")
 
 
-def test_prefix_tuning_export_is_refused_with_the_reason(tmp_path):
+def test_prefix_tuning_with_unshifted_positions_is_refused_with_the_fix(tmp_path, capsys):
+    """peft moves the real tokens to positions P..; an adapter trained at 0.. computes something else there."""
     from conftest import tiny_llama
     from peftlab.cli import main
 
     model = peftlab.apply(tiny_llama(), "prefix_tuning")
     peftlab.save_adapter(model, tmp_path / "a")
     assert main(["export", "--format", "peft", str(tmp_path / "a"), str(tmp_path / "b")]) == 2
+    assert "positions='after_prefix'" in capsys.readouterr().err
     assert not (tmp_path / "b").exists()
+
+
+def test_prefix_tuning_export_keeps_the_mlp_trained_prefix(tmp_path):
+    """An adapter saved unfolded is folded on the way out (peft's prompt_embeddings are the prefixes)."""
+    base = FAMILY_BUILDERS["gpt2"]().eval()
+    ours = peftlab.apply(copy.deepcopy(base), "prefix_tuning", num_virtual_tokens=3, mlp_hidden_size=8,
+                         positions="after_prefix")
+    export_peft(ours, tmp_path / "peft")
+    theirs = peft.PeftModel.from_pretrained(copy.deepcopy(base), tmp_path / "peft").eval()
+    inputs = probe_inputs(base)
+    torch.testing.assert_close(peft_output(theirs, inputs), probe_output(ours, inputs), atol=1e-5, rtol=0)

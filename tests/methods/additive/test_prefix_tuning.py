@@ -181,3 +181,36 @@ def test_unload_restores_the_base_attention():
     assert "prefix_encoder" not in dict(model.named_children())
     assert all(layer.self_attn.config is model.config for layer in model.model.layers)
     torch.testing.assert_close(probe_output(model), probe_output(base), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "bert"])
+def test_after_prefix_positions_are_the_unshifted_model_given_positions_shifted_by_p(family):
+    shifted = adapted(family, positions="after_prefix", reparameterize=False)
+    plain = adapted(family, reparameterize=False)  # the same seeded base
+    with torch.no_grad():
+        prefix_encoder(plain).prefixes.copy_(prefix_encoder(shifted).prefixes)
+    batch = {k: v for k, v in batch_for(shifted).items() if k != "labels"}
+    length = batch["input_ids"].shape[1]
+    positions = torch.arange(length)[None].expand(batch["input_ids"].shape[0], -1)
+    with torch.no_grad():
+        moved = shifted(**batch).logits
+        torch.testing.assert_close(moved, plain(**batch, position_ids=positions + P).logits, atol=0, rtol=0)
+        torch.testing.assert_close(shifted(**batch, position_ids=positions).logits, moved, atol=0, rtol=0)
+        assert not torch.allclose(moved, plain(**batch).logits), "moving the positions must change the outputs"
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_after_prefix_generation_with_the_cache_matches_the_full_forward(family):
+    model = adapted(family, positions="after_prefix")
+    ids = torch.randint(5, 50, (2, 6), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        out = model.generate(input_ids=ids, max_new_tokens=4, do_sample=False, output_scores=True,
+                             return_dict_in_generate=True, pad_token_id=0)
+        full = model(input_ids=out.sequences).logits
+    for step, scores in enumerate(out.scores):
+        torch.testing.assert_close(scores, full[:, ids.shape[1] - 1 + step], atol=1e-5, rtol=0)
+
+
+def test_after_prefix_on_t5_is_refused_with_the_reason():
+    with pytest.raises(peftlab.core.errors.UserError, match="positions='unshifted'"):
+        peftlab.apply(tiny_t5(), "prefix_tuning", positions="after_prefix")

@@ -19,6 +19,12 @@ reparameterisation's size, the number of parameters the optimizer updates during
 Not equal to the base at initialisation: even zero prefix values would take softmax mass from the real
 tokens and so change the outputs, and the paper's random initialisation changes them anyway.
 
+Positions (``positions``): by default the real tokens keep positions ``0..n-1``. ``after_prefix`` moves
+them to ``P..P+n-1``, as if the prefix were ``P`` earlier tokens; that is what HF peft computes (it feeds
+the prefix as ``past_key_values``), so only such adapters export to the peft format with equal outputs.
+It applies to models with absolute (GPT-2, BERT/RoBERTa) or rotary (LLaMA) positions; T5's relative
+position bias has no positions to move.
+
 The attention plumbing (transformers' attention interface, masks, T5 position bias) is the reusable
 :mod:`peftlab.methods.additive.prefix_attention`; this file owns only the prefixes and their MLP.
 Hybrids (MAM, UniPELT) call :func:`inject` with a :class:`PrefixTuningConfig` next to their other parts
@@ -29,12 +35,15 @@ prefix encoder and pass every other adapter parameter of the model through uncha
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from peftlab.core.architectures import architecture_of
 from peftlab.core.config import MethodConfig, option, require
+from peftlab.core.errors import UserError
 from peftlab.core.injection import Injection, adapter_parameters
 from peftlab.core.layers import AdapterModule
 from peftlab.core.registry import MethodSpec, register
@@ -65,6 +74,12 @@ class PrefixTuningConfig(MethodConfig):
     )
     init_std: float = option(
         1.0, "Standard deviation of the initial prefix embeddings E (of the prefixes when reparameterize=False)."
+    )
+
+    positions: Literal["unshifted", "after_prefix"] = option(
+        "unshifted",
+        "Real tokens' position ids: 'unshifted' keeps 0..n-1; 'after_prefix' uses P..P+n-1 as HF peft does "
+        "(needed to export to the peft format; not for T5, whose positions are relative).",
     )
 
     def validate(self) -> None:
@@ -209,13 +224,53 @@ def import_state(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
             target.copy_(tensors[name].to(device=target.device, dtype=target.dtype))
 
 
+class _ShiftPositions:
+    """Model forward pre-hook (``positions="after_prefix"``): the real tokens sit at ``P + position``.
+
+    Without ``position_ids`` the model would number the new tokens ``past..past+n-1`` (``past`` = tokens in
+    the KV cache, which never holds the prefix); with them, they are the caller's positions of the text.
+    """
+
+    def __init__(self, length: int) -> None:
+        self.length = length
+
+    def __call__(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict[str, Any]]:
+        if args:
+            raise PrefixPositionsError(
+                "prefix_tuning with positions='after_prefix' needs the model's inputs as keywords (input_ids=...)"
+            )
+        positions = kwargs.get("position_ids")
+        if positions is None:
+            tokens = next((kwargs[k] for k in ("input_ids", "inputs_embeds") if kwargs.get(k) is not None), None)
+            if tokens is None:
+                return args, kwargs
+            cache = kwargs.get("past_key_values")
+            past = cache.get_seq_length() if cache is not None and hasattr(cache, "get_seq_length") else 0
+            positions = torch.arange(past, past + tokens.shape[1], device=tokens.device)[None].expand(tokens.shape[0], -1)
+        kwargs["position_ids"] = positions + self.length
+        return args, kwargs
+
+
+class PrefixPositionsError(UserError, ValueError):
+    """``positions="after_prefix"`` on a model without positions to move."""
+
+
 def inject(model: nn.Module, config: PrefixTuningConfig) -> Injection:
+    architecture = architecture_of(model)
+    if config.positions == "after_prefix" and (architecture is None or architecture.name == "t5"):
+        raise PrefixPositionsError(
+            "positions='after_prefix' moves absolute or rotary position ids (bert/roberta, llama, gpt2); "
+            f"{getattr(architecture, 'name', type(model).__name__)} has none to move: use positions='unshifted'"
+        )
     sites = discover_sites(model, attention_module_names(model, config.cross_attention))
     embeddings = model.get_input_embeddings().weight
     encoder = PrefixEncoder(sites, config, hidden_size=embeddings.shape[1]).to(embeddings.device)
     model.add_module(ENCODER_NAME, encoder)
     handle = attach_prefixes(model, sites, encoder.key_values)
-    return Injection(count_trainable=count_trainable, hooks=[_Detach(model, handle)])
+    hooks: list[Any] = [_Detach(model, handle)]
+    if config.positions == "after_prefix":
+        hooks.append(model.register_forward_pre_hook(_ShiftPositions(config.num_virtual_tokens), with_kwargs=True))
+    return Injection(count_trainable=count_trainable, hooks=hooks)
 
 
 register(MethodSpec(
