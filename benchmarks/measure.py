@@ -129,8 +129,8 @@ def run_train(job: Job) -> dict[str, Any]:
         losses.append(loss.item())
     trainable_ids = {id(p) for group in optimizer.param_groups for p in group["params"]}
     frozen_with_grad = sum(1 for p in model.parameters() if p.grad is not None and id(p) not in trainable_ids)
-    optimizer_state = sum(t.numel() for state in optimizer.state.values() for t in state.values()
-                          if isinstance(t, torch.Tensor) and t.dim() > 0)
+    optimizer_state = sum(t.numel() for state in optimizer.state.values() for key, t in state.items()
+                          if isinstance(t, torch.Tensor) and key != "step")
     return {"step_s": statistics.median(times[job.warmup:]), "peak_mb": _peak_mb(job.device),
             "trainable": trainable, "first_loss": losses[0], "frozen_with_grad": frozen_with_grad,
             "optimizer_state": optimizer_state}

@@ -1,0 +1,26 @@
+"""The benchmark compares like with like: same model, batch and trainable set in both libraries."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+measure = pytest.importorskip("measure")
+
+
+@pytest.mark.slow
+def test_peftlab_and_peft_rows_measure_the_same_step():
+    common = {"workload": "llama", "setting": "quick", "steps": 1, "warmup": 0}
+    ours = measure.run_train(measure.Job(library="peftlab", method="lora", step="chunked", **common))
+    theirs = measure.run_train(measure.Job(library="peft", method="lora", **common))
+    floor = measure.run_train(measure.Job(library="floor", **common))
+    assert ours["trainable"] == theirs["trainable"] > 0
+    assert ours["first_loss"] == pytest.approx(theirs["first_loss"], rel=1e-5)
+    assert ours["first_loss"] == pytest.approx(floor["first_loss"], rel=1e-5)  # LoRA starts as the base
+    for result in (ours, theirs):
+        assert result["frozen_with_grad"] == 0  # no gradient buffers for frozen weights
+        assert result["optimizer_state"] == 2 * result["trainable"]  # AdamW moments for the adapter only
+    assert floor["trainable"] == 1 and floor["optimizer_state"] == 2
