@@ -7,7 +7,7 @@ import math
 import pytest
 
 from peftlab.bench.aggregate import AVERAGE, MEMORY, TRAINABLE, build_tables, format_cell
-from peftlab.bench.report import csv_text, latex, markdown_table
+from peftlab.bench.report import csv_text, latex, markdown_table, summary
 
 
 def record(label, method, family, task, seed, score, percent, peak_mib, status="ok"):
@@ -72,3 +72,12 @@ def test_formats_mark_the_best(table):
     assert r"\textbf{79.0}" in latex([table])
     rows = csv_text([table]).splitlines()
     assert "m,additive,adapter,b,accuracy,75.0,,1,1" in rows
+
+
+def test_summary_names_sources_and_shortens_long_lists():
+    records = [{**r, "provenance": {"device": "cpu", "git_commit": f"{i:02d}" + "f" * 38}} for i, r in enumerate(RECORDS)]
+    for r in records:
+        r["spec"] = {**r["spec"], "suite": "quick"}
+    line = summary(records)
+    assert line.startswith("Suite: quick · runs: 11 ok, 1 failed · device: cpu · commit: ")
+    assert line.endswith("00ffffffff, 01ffffffff, 02ffffffff (+9 more)")

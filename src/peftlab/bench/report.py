@@ -88,7 +88,8 @@ def _bold(text: str, best: bool, template: str) -> str:
 def summary(records: list[dict[str, Any]]) -> str:
     """Which suites, devices and commits the records come from, and how many runs succeeded."""
     def values(pick) -> str:
-        return ", ".join(sorted({str(pick(r)) for r in records if pick(r)})) or "–"
+        found = sorted({str(pick(r)) for r in records if pick(r)})
+        return ", ".join(found[:3]) + (f" (+{len(found) - 3} more)" if len(found) > 3 else "") if found else "–"
 
     ok = sum(record["status"] == "ok" for record in records)
     return (f"Suite: {values(lambda r: r['spec'].get('suite'))} · runs: {ok} ok, {len(records) - ok} failed · "
