@@ -55,7 +55,7 @@ def train_jobs(args: argparse.Namespace) -> list[Job]:
             jobs.append(Job(library="floor", step=ours, **common))
         for method in args.model_methods.get(name, args.methods):
             jobs.append(Job(library="peft", method=method, **common))
-            if method in registered:
+            if METHODS[method].registered_name in registered:
                 jobs.append(Job(library="peftlab", method=method, step=ours, **common))
                 jobs += [Job(library="peftlab", method=method, step=extra, **common)
                          for extra in args.extra_steps if extra != ours and task != "classify"]
@@ -67,7 +67,7 @@ def infer_jobs(args: argparse.Namespace) -> list[Job]:
     jobs = []
     for name in args.models:
         for method in (m for m in args.model_methods.get(name, args.methods) if METHODS[m].mergeable):
-            for library in ("peft", "peftlab") if method in registered else ("peft",):
+            for library in ("peft", "peftlab") if METHODS[method].registered_name in registered else ("peft",):
                 jobs.append(Job(workload=name, setting=args.setting, library=library, method=method, kind="infer",
                                 steps=args.infer_rounds, warmup=1, threads=args.threads, device=args.device))
     return jobs

@@ -90,10 +90,11 @@ def _adapt(job: Job, model: nn.Module) -> tuple[nn.Module, torch.optim.Optimizer
     if job.library == "peft":
         model = peft.get_peft_model(model, entry.peft_config(model, workload))
         after = entry.peft_after_step or (lambda _model, _step: None)
+        optimizer = (entry.peft_optimizer(model, LR) if entry.peft_optimizer is not None  # may freeze (LoRA-FA's A)
+                     else torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=LR))
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=LR)
         return model, optimizer, lambda step: after(model, step), trainable
-    peftlab.apply(model, job.method, **entry.peftlab_options(model, workload))
+    peftlab.apply(model, entry.registered_name, **entry.peftlab_options(model, workload))
     hooks = peftlab.training_hooks(model)
     if hooks.needs_prepare():
         hooks.prepare(model, [make_batch(workload, job.setting)])

@@ -137,7 +137,9 @@ class MethodEntry:
     ``peftlab_options(model, workload)`` are keywords for ``peftlab.apply``; ``peft_config(model,
     workload)`` is a ready peft config. ``peft_after_step(model, step)`` is peft's per-step call
     (AdaLoRA's budget); peftlab's goes through ``peftlab.training_hooks``. ``prepare_base`` changes
-    the base model before either library adapts it (QLoRA's 4-bit base).
+    the base model before either library adapts it (QLoRA's 4-bit base). ``peft_optimizer(model, lr)``
+    is peft's optimizer for methods that live there (LoRA+, LoRA-FA); peftlab's comes from
+    ``peftlab.make_optimizer``.
     """
 
     name: str
@@ -146,7 +148,13 @@ class MethodEntry:
     mergeable: bool = False
     peft_after_step: Callable[[nn.Module, int], None] | None = None
     prepare_base: Callable[[nn.Module, Workload], None] | None = None  # e.g. quantize, for both libraries
+    peft_optimizer: Callable[[nn.Module, float], torch.optim.Optimizer] | None = None  # peft's own, else AdamW
     notes: str = ""
+    peftlab_method: str = ""  # the registered name when the row is a LoRA option (rslora, pissa), not a method
+
+    @property
+    def registered_name(self) -> str:
+        return self.peftlab_method or self.name
 
 
 def _heads(workload: Workload) -> tuple[str, ...]:
@@ -240,6 +248,37 @@ def _qlora_peft(model: nn.Module, workload: Workload) -> Any:
                       target_modules=module_names(model, "all_linear"), task_type=PEFT_TASK[workload.task])
 
 
+# The LoRA family (issue 11): the same r=8, alpha=16 on q+v as ``lora`` unless the method needs otherwise.
+def _family_peftlab(**options: Any) -> Callable[[nn.Module, Workload], dict[str, Any]]:
+    def build(model: nn.Module, workload: Workload) -> dict[str, Any]:
+        return {"target_modules": ("attention_qv",), "modules_to_save": _heads(workload), **options}
+    return build
+
+
+def _family_peft(config_class: str, **options: Any) -> Callable[[nn.Module, Workload], Any]:
+    def build(model: nn.Module, workload: Workload) -> Any:
+        import peft
+
+        return getattr(peft, config_class)(target_modules=module_names(model, "attention_qv"),
+                                           task_type=PEFT_TASK[workload.task], **options)
+    return build
+
+
+def _loraplus_optimizer(model: nn.Module, lr: float) -> torch.optim.Optimizer:
+    from peft.optimizers import create_loraplus_optimizer
+
+    return create_loraplus_optimizer(model, torch.optim.AdamW, lr=lr, loraplus_lr_ratio=16.0)
+
+
+def _lorafa_optimizer(model: nn.Module, lr: float) -> torch.optim.Optimizer:
+    from peft.optimizers import create_lorafa_optimizer
+
+    return create_lorafa_optimizer(model, r=8, lora_alpha=16, lr=lr)
+
+
+LORA = {"rank": 8, "alpha": 16.0, "dropout": 0.0}
+PEFT_LORA = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0}
+
 METHODS: dict[str, MethodEntry] = {
     "lora": MethodEntry("lora", _lora_peftlab, _lora_peft, mergeable=True, notes="r=8, alpha=16, q+v"),
     "ia3": MethodEntry("ia3", _ia3_peftlab, _ia3_peft, mergeable=True, notes="k, v, FFN-out input"),
@@ -249,4 +288,23 @@ METHODS: dict[str, MethodEntry] = {
                            notes="r 12 -> 8, q+v"),
     "qlora": MethodEntry("qlora", _qlora_peftlab, _qlora_peft, prepare_base=_quantize,
                          notes="NF4 base (bf16 compute), r=64, all linear"),
+    "dora": MethodEntry("dora", _family_peftlab(**LORA), _family_peft("LoraConfig", use_dora=True, **PEFT_LORA),
+                        mergeable=True, notes="r=8, q+v, magnitude vector"),
+    "rslora": MethodEntry("rslora", _family_peftlab(**LORA, scaling_rule="rslora"),
+                          _family_peft("LoraConfig", use_rslora=True, **PEFT_LORA), mergeable=True,
+                          notes="lora with alpha/sqrt(r)", peftlab_method="lora"),
+    "pissa": MethodEntry("pissa", _family_peftlab(**LORA, init="pissa"),
+                         _family_peft("LoraConfig", init_lora_weights="pissa", **PEFT_LORA), mergeable=True,
+                         notes="lora, principal singular vectors (full SVD at init)", peftlab_method="lora"),
+    "lora_plus": MethodEntry("lora_plus", _family_peftlab(**LORA, lr_ratio=16.0), _family_peft("LoraConfig", **PEFT_LORA),
+                             mergeable=True, peft_optimizer=_loraplus_optimizer, notes="lr of B = 16 x lr of A"),
+    "lora_fa": MethodEntry("lora_fa", _family_peftlab(**LORA), _family_peft("LoraConfig", **PEFT_LORA), mergeable=True,
+                           peft_optimizer=_lorafa_optimizer, notes="A frozen, B trained"),
+    "vera": MethodEntry("vera", _family_peftlab(rank=256, projection_seed=0),
+                        _family_peft("VeraConfig", r=256, projection_prng_key=0), mergeable=True,
+                        notes="r=256 shared projections"),
+    "loha": MethodEntry("loha", _family_peftlab(rank=8, alpha=16.0), _family_peft("LoHaConfig", r=8, alpha=16.0),
+                        mergeable=True, notes="r=8 Hadamard pair"),
+    "lokr": MethodEntry("lokr", _family_peftlab(rank=8, alpha=16.0), _family_peft("LoKrConfig", r=8, alpha=16.0),
+                        mergeable=True, notes="r=8 Kronecker"),
 }

@@ -24,3 +24,18 @@ def test_peftlab_and_peft_rows_measure_the_same_step():
         assert result["frozen_with_grad"] == 0  # no gradient buffers for frozen weights
         assert result["optimizer_state"] == 2 * result["trainable"]  # AdamW moments for the adapter only
     assert floor["trainable"] == 1 and floor["optimizer_state"] == 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["dora", "rslora", "pissa", "lora_plus", "lora_fa", "vera", "loha", "lokr"])
+def test_lora_family_rows_measure_the_same_step_as_peft(method):
+    common = {"workload": "llama", "setting": "quick", "steps": 1, "warmup": 0}
+    ours = measure.run_train(measure.Job(library="peftlab", method=method, step="chunked", **common))
+    theirs = measure.run_train(measure.Job(library="peft", method=method, **common))
+    floor = measure.run_train(measure.Job(library="floor", step="chunked", **common))
+    assert ours["trainable"] == theirs["trainable"] > 0
+    assert ours["first_loss"] == pytest.approx(theirs["first_loss"], rel=1e-5)
+    assert ours["first_loss"] == pytest.approx(floor["first_loss"], rel=1e-5)  # every one starts as the base
+    for result in (ours, theirs):
+        assert result["frozen_with_grad"] == 0
+        assert result["optimizer_state"] == 2 * result["trainable"]
