@@ -56,3 +56,24 @@ def test_report_plots_score_against_each_ablation_knob(tmp_path):
     markdown = (tmp_path / "report.md").read_text()
     assert "![ablation-m-rank.png](ablation-m-rank.png)" in markdown
     assert "**84.0**" in markdown  # rank 16 is best
+
+
+def test_html_page_has_the_memory_table_of_the_markdown():
+    from peftlab.bench.aggregate import build_tables
+    from peftlab.bench.report import Report, html_page, markdown
+
+    mib = 2**20
+    breakdown = {"weights": {"measured": 3 * mib, "predicted": 3 * mib},
+                 "gradients": {"measured": mib // 2, "predicted": mib // 4},
+                 "optimizer": {"measured": 2 * mib, "predicted": mib // 2},
+                 "activations": {"measured": 5 * mib, "predicted": None}}
+    with_breakdown = record("lora", {"rank": 4}, 80.0)
+    with_breakdown["memory"] = {"peak_bytes": 9 * mib, "breakdown": breakdown}
+    records = [with_breakdown, record("vera", {"rank": 1}, 70.0)]  # vera measured no breakdown: no row
+    report = Report(build_tables(records), records)
+    page = html_page(report)
+    assert "Memory by component (one training step, MiB): measured / predicted" in page
+    assert ("<tr><td><code>lora</code></td><td>3.0 / 3.0</td><td>0.5 / 0.2</td><td>2.0 / 0.5</td>"
+            "<td>5.0 / –</td></tr>") in page
+    assert "<code>vera</code></td><td>3.0" not in page
+    assert "| `lora` | 3.0 / 3.0 | 0.5 / 0.2 | 2.0 / 0.5 | 5.0 / – |" in markdown(report)  # the same numbers

@@ -75,7 +75,8 @@ def test_two_shards_run_each_run_exactly_once(tiny_suite, tmp_path):
     for run in runs:
         record = records[run.run_id]
         if run.label != "lora-nowhere":
-            assert record["status"] == "ok" and 0 <= record["score"] <= 100
+            assert record["status"] == "ok" and 0 <= record["score"] <= 100 and record["greater_is_better"] is True
+            assert record["score"] == 100 * record["scores"]["accuracy"]
             assert record["memory"]["peak_bytes"] > record["memory"]["breakdown"]["weights"]["measured"] > 0
             assert record["provenance"]["packages"]["torch"]
         else:

@@ -2,6 +2,7 @@
 GLUE layout for the tasks not placed here (fixtures), and the errors for missing or unknown data."""
 
 import sys
+import types
 from collections import Counter
 
 import pytest
@@ -102,11 +103,13 @@ def test_mnli_qnli_qqp_read_the_standard_glue_layout(tmp_path):
         get_task("qqp").load("train", tmp_path)
 
 
-def test_missing_files_name_the_file_and_both_options(tmp_path):
+def test_missing_files_name_the_file_and_both_options(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "datasets", None)  # import fails as if not installed
     with pytest.raises(TaskError) as error:
         get_task("sst2").load("train", tmp_path)
     message = str(error.value)
     assert "SST-2/train.tsv not found" in message and "--data-dir" in message and "PEFTLAB_DATA" in message
+    assert "pip install datasets" in message
 
 
 def test_no_data_folder_and_no_datasets_package_names_both_options(monkeypatch):
@@ -114,6 +117,42 @@ def test_no_data_folder_and_no_datasets_package_names_both_options(monkeypatch):
     monkeypatch.setitem(sys.modules, "datasets", None)  # import fails as if not installed
     with pytest.raises(TaskError, match=r"--data-dir .*pip install datasets"):
         get_task("rte").load("train")
+
+
+def fake_datasets(load_dataset) -> types.ModuleType:
+    module = types.ModuleType("datasets")
+    module.load_dataset = load_dataset
+    return module
+
+
+def test_missing_local_files_are_read_from_the_hub(tmp_path, monkeypatch):
+    calls = []
+
+    def load_dataset(path, name=None, split=None):
+        calls.append((path, name, split))
+        return [{"question": "Why?", "sentence": "Because.", "label": 1, "idx": 0}]
+
+    monkeypatch.setitem(sys.modules, "datasets", fake_datasets(load_dataset))
+    monkeypatch.setenv("PEFTLAB_DATA", str(tmp_path))  # a data folder without QNLI, as ../shared/data
+    assert get_task("qnli").load("train") == [Example("Why?", "Because.", 1)]
+    assert get_task("qnli").load("dev", tmp_path) == [Example("Why?", "Because.", 1)]
+    assert calls == [("nyu-mll/glue", "qnli", "train"), ("nyu-mll/glue", "qnli", "validation")]
+
+
+def test_an_unreachable_hub_names_both_routes(tmp_path, monkeypatch):
+    def load_dataset(*args, **kwargs):
+        raise ConnectionError("Couldn't reach 'nyu-mll/glue' on the Hub (LocalEntryNotFoundError)")
+
+    monkeypatch.setitem(sys.modules, "datasets", fake_datasets(load_dataset))
+    with pytest.raises(TaskError) as error:
+        get_task("mnli").load("dev_matched", tmp_path)
+    message = str(error.value)
+    assert "MNLI/dev_matched.tsv not found under the data folder" in message
+    assert "--data-dir" in message and "PEFTLAB_DATA" in message
+    assert "hub could not be read (Couldn't reach 'nyu-mll/glue'" in message
+    monkeypatch.delenv("PEFTLAB_DATA", raising=False)
+    with pytest.raises(TaskError, match="no data folder given, and the HuggingFace hub could not be read"):
+        get_task("mnli").load("dev_matched")
 
 
 def test_unknown_task_lists_the_known_ones():

@@ -1,6 +1,10 @@
 """Gradient checkpointing over a frozen base trains exactly as without it; training without an output
-folder writes nothing and still reports its measurements."""
+folder writes nothing and still reports its measurements; ``eval_steps`` scores every N steps and keeps
+the best-scoring adapter in ``best/``."""
 
+import json
+
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -28,3 +32,25 @@ def test_run_without_output_folder_reports_measurements(tiny_models, data_root, 
     assert list(tmp_path.iterdir()) == []
     assert metrics["steps"] == 2 and metrics["train_tokens"] > 0 and metrics["peak_memory_kind"] == "cpu_peak_rss"
     assert 0 < metrics["parameters"]["trainable_percent"] < 100
+
+
+def test_eval_steps_evaluate_every_n_steps_and_best_holds_the_best_scoring_adapter(tiny_models, data_root, tmp_path):
+    from peftlab.train import EvalArgs, evaluate_adapter
+
+    out = tmp_path / "run"
+    metrics = run_training(TrainArgs(model=str(tiny_models["bert"]), task="stsb", method="lora", data_dir=str(data_root),
+                                     output_dir=str(out), max_train_samples=32, max_eval_samples=16, batch_size=4,
+                                     max_steps=8, eval_steps=2, learning_rate=3e-2, seed=3, progress=False))
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    scores = {r["step"]: r["pearson"] for r in log if r["type"] == "eval"}
+    assert list(scores) == [2, 4, 6, 8]
+    best_step = max(scores, key=scores.get)
+    assert best_step != 8, "the last evaluation scored best: best/ and the final adapter coincide, nothing is tested"
+    assert (metrics["best_step"], metrics["best_score"]) == (best_step, scores[best_step])
+
+    def pearson(adapter):
+        return evaluate_adapter(EvalArgs(model=str(tiny_models["bert"]), adapter=str(adapter), task="stsb",
+                                         data_dir=str(data_root), max_eval_samples=16, seed=3))["scores"]["pearson"]
+
+    assert pearson(out / "best") == pytest.approx(scores[best_step], abs=1e-5)
+    assert pearson(out) == pytest.approx(scores[8], abs=1e-5)

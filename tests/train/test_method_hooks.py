@@ -19,6 +19,12 @@ def test_adalora_gets_the_run_length(tiny_models, data_root, tmp_path):
                                      epochs=2, progress=False))
     assert metrics["steps"] == 12
     assert json.loads((out / "adapter_config.json").read_text())["total_steps"] == 12
+    # The final ranks: the budget ends at target_rank x layers, shared unevenly among the 2 x 6 linear layers.
+    ranks = json.loads((out / "metrics.json").read_text())["rank_pattern"]
+    assert ranks == metrics["rank_pattern"] and len(ranks) == 2 * 6
+    assert "bert.encoder.layer.1.attention.self.query" in ranks
+    assert all(0 <= rank <= 4 for rank in ranks.values()) and metrics["total_rank"] == sum(ranks.values()) == 2 * 12
+    assert len(set(ranks.values())) > 1  # the allocated pattern, not a uniform rank
 
 
 def test_child_tuning_d_trains_only_its_child_network(tiny_models, data_root, tmp_path):

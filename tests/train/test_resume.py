@@ -61,3 +61,18 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tiny_models, data_root
 
     assert records(straight) == records(interrupted)
     assert len(list(interrupted.glob("checkpoint-*"))) == 2  # the last few kept
+
+
+def test_resume_without_a_checkpoint_starts_clean(tiny_models, data_root, tmp_path):
+    from peftlab.train import TrainArgs, run_training
+
+    out = tmp_path / "run"
+    out.mkdir()
+    killed = [{"type": "train", "step": 1, "loss": 99.0}, {"type": "eval", "step": 1, "accuracy": 0.0}]
+    (out / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in killed) + '{"type": "tra')  # killed mid-line
+    run_training(TrainArgs(model=str(tiny_models["bert"]), task="sst2", method="lora", data_dir=str(data_root),
+                           output_dir=str(out), resume=True, max_train_samples=8, max_eval_samples=4, batch_size=4,
+                           max_steps=2, logging_steps=1, progress=False))
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [(r["type"], r["step"]) for r in log] == [("train", 1), ("train", 2), ("eval", 2)]
+    assert all(r.get("loss") != 99.0 for r in log)

@@ -3,7 +3,9 @@
 A cell is the mean ± sample standard deviation (n - 1) over seeds. The average column averages the
 tasks within each seed that has every task, then takes mean ± std over those seeds. The trainable %
 column is the mean over the row's runs, the peak memory column the largest peak among them. The best
-cell of each column is marked: the highest score, the lowest trainable % and peak memory (ties all marked).
+cell of each column is marked (ties all marked): the highest score, or the lowest where the task's metric
+is lower-is-better (a loss; the records say which); the lowest trainable % and peak memory. The average
+column is marked only when its tasks agree on the direction.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ class Table:
     tasks: list[str]
     rows: list[Row]
     notes: list[str] = field(default_factory=list)
+    greater_is_better: dict[str, bool] = field(default_factory=dict)  # per task; missing: True
 
     @property
     def columns(self) -> list[str]:
@@ -74,13 +77,14 @@ def build_tables(records: list[dict[str, Any]]) -> list[Table]:
 def build_table(model: str, records: list[dict[str, Any]]) -> Table:
     tasks = sorted({record["spec"]["task"] for record in records})
     metric_names = {record["spec"]["task"]: record.get("primary_metric", "score") for record in records}
+    directions = {record["spec"]["task"]: bool(record.get("greater_is_better", True)) for record in records}
     by_row: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for record in records:
         by_row[record["spec"]["label"]].append(record)
     rows = [_row(label, by_row[label], tasks) for label in by_row]
     rows.sort(key=lambda row: (_family_rank(row.family), row.method != row.label, row.method, row.label))
     notes = sorted({record["model_note"] for record in records if record.get("model_note")})
-    table = Table(model, metric_names, tasks, rows, notes)
+    table = Table(model, metric_names, tasks, rows, notes, directions)
     mark_best(table)
     return table
 
@@ -110,12 +114,23 @@ def _row(label: str, records: list[dict[str, Any]], tasks: list[str]) -> Row:
     return row
 
 
+def greater_is_better(table: Table, column: str) -> bool | None:
+    """Whether a column's best value is its highest; None for an average over tasks that disagree."""
+    if column in LOWER_IS_BETTER:
+        return False
+    if column == AVERAGE:
+        directions = {table.greater_is_better.get(task, True) for task in table.tasks}
+        return directions.pop() if len(directions) == 1 else None
+    return table.greater_is_better.get(column, True)
+
+
 def mark_best(table: Table) -> None:
     for column in table.columns:
         cells = [row.cells[column] for row in table.rows if row.cells[column].mean is not None]
-        if not cells:
+        direction = greater_is_better(table, column)
+        if not cells or direction is None:
             continue
-        pick = min if column in LOWER_IS_BETTER else max
+        pick = max if direction else min
         best = pick(cell.mean for cell in cells)
         for cell in cells:
             cell.best = math.isclose(cell.mean, best, rel_tol=1e-12, abs_tol=1e-12)

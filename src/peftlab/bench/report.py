@@ -24,6 +24,9 @@ from peftlab.core.atomic import write_bytes_atomic, write_text_atomic
 from peftlab.core.errors import UserError
 
 
+SCORES_NOTE = "Scores: fractions (accuracy, F1, correlations) ×100, BLEU and losses as they are (mean ± std over seeds)"
+
+
 class ReportError(UserError):
     pass
 
@@ -99,7 +102,7 @@ def summary(records: list[dict[str, Any]]) -> str:
 
 def markdown(report: Report) -> str:
     parts = ["# peftlab assessment", "", summary(report.records), "",
-             "Scores ×100 (mean ± std over seeds); best per column in bold (highest score; lowest trainable % "
+             f"{SCORES_NOTE}; best per column in bold (highest score, lowest for losses; lowest trainable % "
              "and peak memory). Peak memory: CUDA max allocated on GPU, peak RSS of the run's process on CPU."]
     for table in report.tables:
         parts += ["", f"## {table.model}", "", *[f"> {note}" for note in table.notes], "", markdown_table(table)]
@@ -112,16 +115,21 @@ def markdown(report: Report) -> str:
     return "\n".join(parts) + "\n"
 
 
-def memory_table(table: Table, records: list[dict[str, Any]]) -> str:
-    lines = ["| method | " + " | ".join(COMPONENTS) + " |", "|---|" + "---:|" * len(COMPONENTS)]
+def memory_rows(table: Table, records: list[dict[str, Any]]) -> list[tuple[str, list[str]]]:
+    """Per method with a measured breakdown: its label and ``measured / predicted`` MiB per component."""
+    rows = []
     for row in table.rows:
         chosen = [r for r in records if r["spec"]["model"] == table.model and r["spec"]["label"] == row.label
                   and r.get("memory", {}).get("breakdown")]
-        if not chosen:
-            continue
-        parts = chosen[0]["memory"]["breakdown"]
-        cells = [f"{_mib(parts[c]['measured'])} / {_mib(parts[c]['predicted'])}" for c in COMPONENTS]
-        lines.append(f"| `{row.label}` | " + " | ".join(cells) + " |")
+        if chosen:
+            parts = chosen[0]["memory"]["breakdown"]
+            rows.append((row.label, [f"{_mib(parts[c]['measured'])} / {_mib(parts[c]['predicted'])}" for c in COMPONENTS]))
+    return rows
+
+
+def memory_table(table: Table, records: list[dict[str, Any]]) -> str:
+    lines = ["| method | " + " | ".join(COMPONENTS) + " |", "|---|" + "---:|" * len(COMPONENTS)]
+    lines += [f"| `{label}` | " + " | ".join(cells) + " |" for label, cells in memory_rows(table, records)]
     return "\n".join(lines)
 
 
@@ -189,15 +197,28 @@ def latex(tables: list[Table]) -> str:
                      for c in table.columns]
             parts.append(" & ".join([family, _latex_escape(row.label), *cells]) + r" \\")
         parts += [r"\bottomrule", r"\end{tabular}",
-                  rf"\caption{{{_latex_escape(table.model)}: scores $\times$100, mean $\pm$ std over seeds; best in bold.}}",
+                  rf"\caption{{{_latex_escape(table.model)}: fractions (accuracy, F1, correlations) $\times$100, "
+                  r"BLEU and losses as they are; mean $\pm$ std over seeds; best in bold.}",
                   r"\end{table}", ""]
     return "\n".join(parts)
 
 
 # -- HTML -----------------------------------------------------------------------------------------------
+def html_memory_table(table: Table, records: list[dict[str, Any]]) -> str:
+    """The Markdown's memory-by-component table; empty when no run measured a breakdown."""
+    rows = memory_rows(table, records)
+    if not rows:
+        return ""
+    header = "".join(f"<th>{html.escape(name)}</th>" for name in ("method", *COMPONENTS))
+    cells = "".join(f"<tr><td><code>{html.escape(label)}</code></td>"
+                    + "".join(f"<td>{html.escape(cell)}</td>" for cell in parts) + "</tr>" for label, parts in rows)
+    return (f"<h3>Memory by component (one training step, MiB): measured / predicted</h3>"
+            f"<table><tr>{header}</tr>{cells}</table>")
+
+
 def html_page(report: Report) -> str:
     body = ["<h1>peftlab assessment</h1>", f"<p>{html.escape(summary(report.records))}</p>",
-            "<p>Scores ×100 (mean ± std over seeds); best per column in bold.</p>"]
+            f"<p>{SCORES_NOTE}; best per column in bold (highest score, lowest for losses).</p>"]
     for table in report.tables:
         body.append(f"<h2>{html.escape(table.model)}</h2>")
         body += [f"<p><em>{html.escape(note)}</em></p>" for note in table.notes]
@@ -206,8 +227,9 @@ def html_page(report: Report) -> str:
         for row in table.rows:
             cells = "".join(_bold(html.escape(format_cell(row.cells[c], c)), row.cells[c].best, "<b>{}</b>")
                             .join(("<td>", "</td>")) for c in table.columns)
-            rows.append(f"<tr><td>{row.family}</td><td><code>{html.escape(row.label)}</code></td>{cells}</tr>")
+            rows.append(f"<tr><td>{html.escape(row.family)}</td><td><code>{html.escape(row.label)}</code></td>{cells}</tr>")
         body.append(f"<table><tr>{header}</tr>{''.join(rows)}</table>")
+        body.append(html_memory_table(table, report.records))
         for name, png in report.figures.get(table.model, {}).items():
             encoded = base64.b64encode(png).decode("ascii")
             body.append(f'<figure><img alt="{name}" src="data:image/png;base64,{encoded}"></figure>')

@@ -27,6 +27,10 @@ from peftlab.bench.records import provenance, write_record
 from peftlab.bench.suite import RunSpec
 
 
+# Metrics in [0, 1] (or [-1, 1] for correlations), by name as the tasks report them.
+FRACTIONS = ("accuracy", "f1", "matthews_correlation", "pearson", "spearman", "subject_average")
+
+
 def device_name() -> str:
     if torch.cuda.is_available():
         return f"cuda: {torch.cuda.get_device_name(0)}"
@@ -53,7 +57,8 @@ def execute(spec: RunSpec, output: Path) -> dict[str, Any]:
     return {
         "scores": metrics["scores"],
         "primary_metric": primary,
-        "score": None if score is None else float(score) * (100.0 if _is_fraction(primary) else 1.0),
+        "greater_is_better": scored.greater_is_better,
+        "score": None if score is None else display_score(primary, float(score)),
         "parameters": metrics["parameters"],
         "train_tokens_per_second": metrics["train_tokens_per_s"],
         "train_seconds": metrics["train_time_s"],
@@ -83,9 +88,12 @@ def is_main_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
-def _is_fraction(metric: str) -> bool:
-    """Scores in [0, 1] (accuracy, F1, correlations) are shown x100 as in the survey; BLEU already is."""
-    return "bleu" not in metric.lower()
+def display_score(metric: str, value: float) -> float:
+    """The score as the survey's tables show it: fractions (accuracy, F1, correlations) x100; anything
+    else (BLEU, already x100; losses; perplexity) as it is."""
+    name = metric.rsplit("/", 1)[-1]  # "mmlu/accuracy" -> "accuracy"
+    fraction = any(name == known or name.endswith("_" + known) for known in FRACTIONS)  # MNLI: matched_accuracy
+    return value * 100.0 if fraction else value
 
 
 def memory_breakdown(args: Any) -> dict[str, dict[str, int | None]]:

@@ -11,7 +11,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", required=True, help="the base model: alias, local folder or hub name")
     parser.add_argument("--adapter", help="an adapter folder (e.g. a train --output); omit to score the base model")
     parser.add_argument("--task", required=True, help="the task to score")
-    parser.add_argument("--data-dir", help="the data root; default $PEFTLAB_DATA, else the HF hub")
+    parser.add_argument("--data-dir", help="the data root; default $PEFTLAB_DATA; missing files are read from the HF hub "
+                                           "when `datasets` is installed")
     parser.add_argument("--split", help="score this split instead of the task's test/dev split(s)")
     parser.add_argument("--max-eval-samples", type=int, help="score a random subset of this size")
     parser.add_argument("--eval-batch-size", type=int, default=32)

@@ -28,7 +28,8 @@ HELP = {
     "method": "a registered method (see `peftlab methods`)",
     "options": "a method option, KEY=VALUE (repeatable; see `peftlab methods --options NAME`)",
     "output_dir": "the run folder: adapter files, metrics.json, log.jsonl, checkpoint-<step>/",
-    "data_dir": "the data root (glue/, mmlu/, wmt16_en_ro/, alpaca/); default $PEFTLAB_DATA, else the HF hub",
+    "data_dir": "the data root (glue/, mmlu/, wmt16_en_ro/, alpaca/); default $PEFTLAB_DATA; a task whose files "
+                "are not there is read from the HF hub when `datasets` is installed",
     "train_split": "train on this split instead of the task's own (WMT16 without train files: newsdev2016)",
     "eval_tasks": "also score this task at the end (repeatable; e.g. --task alpaca --eval-task mmlu)",
     "max_steps": "optimizer steps (overrides --epochs)",

@@ -34,6 +34,8 @@ class Example:
     ``label``: class index, similarity score, or the index of the right option.
     ``target``: the text to produce (a translation, a response, the answer letter).
     ``group``: a sub-collection the metric reports on its own (an MMLU subject).
+    ``shots``: the few-shot examples inside ``text``, in order and side by side, which a prompt too
+    long for the model drops whole (see :meth:`with_shots`).
     """
 
     text: str
@@ -41,6 +43,16 @@ class Example:
     label: int | float | None = None
     target: str | None = None
     group: str | None = None
+    shots: tuple[str, ...] = ()
+
+    def with_shots(self, keep: int) -> str:
+        """``text`` with only its first ``keep`` few-shot examples (as the benchmarks' own scripts shorten)."""
+        if keep >= len(self.shots):
+            return self.text
+        head, found, question = self.text.partition("".join(self.shots))
+        if not found:
+            raise ValueError("an Example's shots must appear in its text, side by side")
+        return head + "".join(self.shots[:keep]) + question
 
 
 class Task:
@@ -49,8 +61,8 @@ class Task:
     name: str = ""
     kind: Kind = "classification"
     num_labels: int = 0  # classes for classification, 1 for regression, 0 otherwise
-    main_metric: str = ""  # the score used to keep the best checkpoint (higher is better)
-    greater_is_better: bool = True
+    main_metric: str = ""  # the score used to keep the best checkpoint
+    greater_is_better: bool = True  # False for losses: the lowest main_metric is the best
     train_split: str = "train"
     eval_splits: tuple[str, ...] = ("dev",)
     separator: str = " "  # joins prompt and target when a decoder reads them as one sequence
@@ -73,19 +85,16 @@ class Task:
         raise NotImplementedError
 
     def load(self, split: str, data_dir: str | os.PathLike | None = None) -> list[Example]:
-        """Examples from ``data_dir`` (or ``$PEFTLAB_DATA``), else the hub, else a clear error."""
+        """Examples from ``data_dir`` (or ``$PEFTLAB_DATA``); where its files are missing (or no folder is
+        given) from the HuggingFace hub when ``datasets`` is installed; else a :class:`TaskError` naming both."""
         root = data_dir if data_dir is not None else os.environ.get(DATA_ENV) or None
-        if root is not None:
-            root = Path(root)
-            missing = [path for path in self.local_files(root, split) if not path.exists()]
-            if missing:
-                raise TaskError(
-                    f"task {self.name!r}: {missing[0]} not found under the data folder {root}. "
-                    f"Put the {self.description or self.name} files there in the standard layout "
-                    f"({self.layout_hint()}), or point --data-dir / ${DATA_ENV} to a folder that has them"
-                )
+        if root is None:
+            return self._read_hub_or_explain(split, "no data folder given")
+        root = Path(root)
+        missing = [path for path in self.local_files(root, split) if not path.exists()]
+        if not missing:
             return self.read(root, split)
-        return self._read_hub_or_explain(split)
+        return self._read_hub_or_explain(split, f"{missing[0]} not found under the data folder {root}")
 
     def score_name(self, split: str, metric: str) -> str:
         """Metric names carry the split only when there are several (MNLI: ``matched_accuracy``)."""
@@ -94,22 +103,23 @@ class Task:
     def layout_hint(self) -> str:
         return ", ".join(str(p) for p in self.local_files(Path("<data>"), self.train_split))
 
-    def _read_hub_or_explain(self, split: str) -> list[Example]:
+    def _read_hub_or_explain(self, split: str, local_problem: str) -> list[Example]:
+        """The hub's copy of ``split``; else one error naming both routes to the data."""
+        local_route = (f"put the {self.description or self.name} files in a folder in the standard layout "
+                       f"({self.layout_hint()}) and pass it as --data-dir (or set ${DATA_ENV})")
         try:
             import datasets  # noqa: F401
         except ImportError:
-            raise TaskError(
-                f"task {self.name!r}: no data folder given. Pass --data-dir (or set ${DATA_ENV}) to a folder "
-                f"with the files ({self.layout_hint()}), or `pip install datasets` to read them from the "
-                f"HuggingFace hub"
-            ) from None
+            raise TaskError(f"task {self.name!r}: {local_problem}. Either {local_route}, or `pip install datasets` "
+                            f"and run with network access to read them from the HuggingFace hub") from None
         try:
             return self.read_hub(split)
-        except (ConnectionError, OSError, ValueError) as error:
-            raise TaskError(
-                f"task {self.name!r}: the HuggingFace hub could not be read ({error}); pass --data-dir "
-                f"(or set ${DATA_ENV}) to a local folder with the files ({self.layout_hint()})"
-            ) from None
+        except TaskError:
+            raise
+        except Exception as error:  # noqa: BLE001  (offline, unknown split, hub error: any of them means "no data")
+            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise TaskError(f"task {self.name!r}: {local_problem}, and the HuggingFace hub could not be read "
+                            f"({reason}). Either {local_route}, or check the network access of `datasets`") from error
 
 
 def subsample(examples: list[Example], limit: int | None, seed: int = 0) -> list[Example]:

@@ -2,7 +2,8 @@
 
 Local layout: ``<data>/mmlu/{dev,val,test}/<subject>_<split>.csv`` (no header; question, A, B, C, D,
 answer letter). ``mmlu`` asks zero-shot, ``mmlu-5shot`` puts the subject's five ``dev`` questions
-first. The model answers with the option letter it finds most likely right after ``Answer:``
+first (a prompt longer than the model takes drops them whole, the last first, as the benchmark's
+own script does). The model answers with the option letter it finds most likely right after ``Answer:``
 (compared over the four letters only), as in the benchmark's own evaluation. Scores: accuracy over
 all questions, the mean of the per-subject accuracies, and each subject's accuracy.
 MMLU has no training split: fine-tuning on it uses the ``val`` questions; ``test`` is scored.
@@ -73,8 +74,9 @@ class Mmlu(Task):
 
     def _example(self, subject: str, row: list[str], shots: list[list[str]]) -> Example:
         header = f"The following are multiple choice questions (with answers) about {format_subject(subject)}.\n\n"
-        prompt = header + "".join(format_question(shot, True) for shot in shots) + format_question(row, False)
-        return Example(text=prompt, label=LETTERS.index(row[5]), target=row[5], group=subject)
+        examples = tuple(format_question(shot, True) for shot in shots)
+        prompt = header + "".join(examples) + format_question(row, False)
+        return Example(text=prompt, label=LETTERS.index(row[5]), target=row[5], group=subject, shots=examples)
 
     def metrics(self, predictions: Sequence[int], examples: Sequence[Example]) -> dict[str, float]:
         by_subject: dict[str, tuple[list[int], list[int]]] = defaultdict(lambda: ([], []))

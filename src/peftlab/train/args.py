@@ -24,7 +24,7 @@ class TrainArgs:
     method: str = "lora"
     options: dict[str, Any] = field(default_factory=dict)  # the method's options (--set key=value)
     output_dir: str | None = None  # None: train and evaluate, write nothing
-    data_dir: str | None = None  # None: $PEFTLAB_DATA, else the HuggingFace hub
+    data_dir: str | None = None  # None: $PEFTLAB_DATA; files missing there: the HuggingFace hub (with `datasets`)
     train_split: str | None = None  # None: the task's own (WMT16 here: newsdev2016)
     eval_tasks: tuple[str, ...] = ()  # more tasks scored after training (alpaca -> mmlu)
     seed: int = 42
@@ -37,7 +37,7 @@ class TrainArgs:
     weight_decay: float = 0.0
     warmup_ratio: float = 0.06
     max_grad_norm: float | None = 1.0
-    max_length: int = 128
+    max_length: int = 128  # training sequences; multiple-choice eval prompts use all the model's positions
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
     eval_steps: int | None = None  # None: evaluate at the end of each epoch
@@ -87,7 +87,7 @@ class EvalArgs:
     split: str | None = None  # None: the task's scored split(s)
     max_eval_samples: int | None = None
     eval_batch_size: int = 32
-    max_length: int = 128
+    max_length: int = 128  # inputs; multiple-choice prompts use all the model's positions
     num_beams: int = 1
     max_new_tokens: int = 64
     seed: int = 42

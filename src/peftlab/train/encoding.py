@@ -8,6 +8,7 @@ text (pair) and predict the label with their head.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -27,13 +28,41 @@ def encode(task: Task, examples: Sequence[Example], tokenizer: Any, kind: str, m
     return [_encode_causal(e, task.separator, tokenizer, max_length) for e in examples]
 
 
-def encode_prompts(examples: Sequence[Example], tokenizer: Any, max_length: int) -> list[Features]:
-    """Prompts alone (for generation and option-letter scoring), cut from the left to ``max_length``."""
-    features = []
+@dataclass
+class PromptCuts:
+    """What fitting prompts into a length cost: prompts that lost text, few-shot examples dropped."""
+
+    prompts: int = 0
+    shots: int = 0
+
+    def add(self, other: PromptCuts) -> None:
+        self.prompts += other.prompts
+        self.shots += other.shots
+
+    def as_metrics(self) -> dict[str, int]:
+        return {"prompts_shortened": self.prompts, "shots_dropped": self.shots}
+
+
+def encode_prompts(examples: Sequence[Example], tokenizer: Any, max_length: int) -> tuple[list[Features], PromptCuts]:
+    """Prompts alone (for generation and option-letter scoring) in at most ``max_length`` tokens.
+
+    An over-long prompt first drops its few-shot examples whole, the last first; if it is still too
+    long, it is cut from the left, so it always ends where the answer starts.
+    """
+    features, cuts = [], PromptCuts()
     for example in examples:
-        ids = tokenizer(example.text, add_special_tokens=True)["input_ids"][-max_length:]
+        keep = len(example.shots)
+        ids = tokenizer(example.text, add_special_tokens=True)["input_ids"]
+        while len(ids) > max_length and keep > 0:
+            keep -= 1
+            ids = tokenizer(example.with_shots(keep), add_special_tokens=True)["input_ids"]
+        cut = len(ids) > max_length
+        ids = ids[-max_length:]
+        if cut or keep < len(example.shots):
+            cuts.prompts += 1
+            cuts.shots += len(example.shots) - keep
         features.append({"input_ids": ids, "attention_mask": [1] * len(ids)})
-    return features
+    return features, cuts
 
 
 def _encode_pair(example: Example, tokenizer: Any, max_length: int) -> Features:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -11,7 +12,10 @@ from torch import nn
 
 from peftlab.tasks import Example, Task
 from peftlab.tasks.mmlu import LETTERS
-from peftlab.train.encoding import IGNORE, collate, encode, encode_prompts
+from peftlab.train.encoding import IGNORE, PromptCuts, collate, encode, encode_prompts
+from peftlab.train.models import position_limit
+
+UNSTATED_LENGTH = 10**9  # transformers' model_max_length when a tokenizer states none is far above this
 
 
 @torch.no_grad()
@@ -25,12 +29,29 @@ def evaluate(model: nn.Module, tokenizer: Any, kind: str, task: Task, examples: 
     predict = {"classification": _classify, "regression": _regress, "generation": _generate,
                "multiple_choice": _choose, "language_modeling": _response_loss}[task.kind]
     predictions: list = []
+    cuts = PromptCuts()
     for start in range(0, len(examples), batch_size):
         chunk = examples[start:start + batch_size]
         predictions.extend(predict(model, tokenizer, kind, task, chunk, device=device, max_length=max_length,
-                                   num_beams=num_beams, max_new_tokens=max_new_tokens))
+                                   num_beams=num_beams, max_new_tokens=max_new_tokens, cuts=cuts))
     model.train(was_training)
-    return task.metrics(predictions, examples)
+    scores = task.metrics(predictions, examples)
+    if task.kind == "multiple_choice":
+        scores.update(cuts.as_metrics())
+        if cuts.prompts:
+            dropped = f"{cuts.shots} few-shot examples were dropped whole; " if cuts.shots else ""
+            warnings.warn(f"{task.name}: {cuts.prompts} of {len(examples)} prompts were longer than the "
+                          f"{prompt_limit(model, tokenizer, max_length)} tokens the model takes: {dropped}what "
+                          f"still did not fit was cut from the start (scores: prompts_shortened, shots_dropped)",
+                          stacklevel=3)  # past torch.no_grad's wrapper, to the caller
+    return scores
+
+
+def prompt_limit(model: nn.Module, tokenizer: Any, max_length: int) -> int:
+    """The prompt tokens a model can read: its positions, else the tokenizer's ``model_max_length``
+    when it states one, else ``max_length`` (which only bounds training sequences)."""
+    limit = position_limit(model.config) or getattr(tokenizer, "model_max_length", None)
+    return limit if limit and limit < UNSTATED_LENGTH else max_length
 
 
 def _inputs(features: list, tokenizer: Any, device: torch.device, left: bool = False) -> dict[str, torch.Tensor]:
@@ -49,9 +70,9 @@ def _regress(model, tokenizer, kind, task, examples, *, device, max_length, **_)
     return model(**_inputs(features, tokenizer, device)).logits[:, 0].float().tolist()
 
 
-def _generate(model, tokenizer, kind, task, examples, *, device, max_length, num_beams, max_new_tokens) -> list[str]:
+def _generate(model, tokenizer, kind, task, examples, *, device, max_length, num_beams, max_new_tokens, **_) -> list[str]:
     decoder = kind == "decoder"
-    inputs = _inputs(encode_prompts(examples, tokenizer, max_length), tokenizer, device, left=decoder)
+    inputs = _inputs(encode_prompts(examples, tokenizer, max_length)[0], tokenizer, device, left=decoder)
     output = model.generate(**inputs, num_beams=num_beams, max_new_tokens=max_new_tokens, do_sample=False,
                             pad_token_id=tokenizer.pad_token_id)
     if decoder:
@@ -67,8 +88,11 @@ def letter_ids(tokenizer: Any, kind: str) -> list[int]:
     return [tokenizer(prefix + letter, add_special_tokens=False)["input_ids"][-1] for letter in LETTERS]
 
 
-def _choose(model, tokenizer, kind, task, examples, *, device, max_length, **_) -> list[int]:
-    inputs = _inputs(encode_prompts(examples, tokenizer, max_length), tokenizer, device, left=kind == "decoder")
+def _choose(model, tokenizer, kind, task, examples, *, device, max_length, cuts, **_) -> list[int]:
+    """The likeliest option letter after each whole prompt (as long as the model takes, not ``max_length``)."""
+    features, batch_cuts = encode_prompts(examples, tokenizer, prompt_limit(model, tokenizer, max_length))
+    cuts.add(batch_cuts)
+    inputs = _inputs(features, tokenizer, device, left=kind == "decoder")
     if kind == "encoder-decoder":
         start = torch.full((len(examples), 1), model.config.decoder_start_token_id, device=device)
         logits = model(**inputs, decoder_input_ids=start).logits[:, 0]

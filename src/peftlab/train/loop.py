@@ -28,6 +28,7 @@ from peftlab.train.args import ArgumentError, TrainArgs
 from peftlab.train.checkpoint import Progress, full_parameters, latest_checkpoint, load_checkpoint, save_checkpoint
 from peftlab.train.encoding import collate, count_tokens, encode
 from peftlab.train.evaluation import evaluate
+from peftlab.train.method_report import method_report
 from peftlab.train.plan import Plan, clear_output_dir, make_plan
 from peftlab.train.resources import peak_memory, write_log_line, trim_log
 
@@ -115,6 +116,8 @@ class Trainer:
                 trim_log(self.output / "log.jsonl", progress.step)
                 print(f"resuming from {checkpoint} (step {progress.step} of {self.total_steps})")
             return progress
+        if self.args.resume and self.is_main:  # nothing to resume from: start clean, without the killed run's lines
+            trim_log(self.output / "log.jsonl", 0)
         if self.hooks.needs_prepare():  # the same first batches on every process, so all agree (e.g. on masks)
             first = [indices for group in self.epoch_groups(0) for indices in group][:PREPARE_BATCHES]
             self.hooks.prepare(self.base, [self.local_batch(indices, everyone=True) for indices in first])
@@ -155,8 +158,9 @@ class Trainer:
             last = position == len(group) - 1
             with contextlib.nullcontext() if last else accelerator.no_sync(model), accelerator.autocast():
                 loss = model(**batch).loss + self.hooks.regularization(self.base)
-                check_finite_loss(loss, step + 1, learning_rate=self.scheduler.get_last_lr()[0],
-                                  last_checkpoint=latest_checkpoint(self.output) if self.output else None)
+                if not torch.isfinite(loss.detach()).all():  # only then look for the checkpoint to name
+                    check_finite_loss(loss, step + 1, learning_rate=self.scheduler.get_last_lr()[0],
+                                      last_checkpoint=latest_checkpoint(self.output) if self.output else None)
                 accelerator.backward(loss / len(group))
             losses.append(float(loss.detach()))
             tokens += count_tokens(batch)
@@ -241,6 +245,7 @@ class Trainer:
             "train_tokens_per_s": tokens / progress.train_time_s if progress.train_time_s else 0.0,
             **peak_memory(self.accelerator.device),
             "device": str(self.accelerator.device), "mixed_precision": self.accelerator.mixed_precision,
+            **method_report(self.base, self.args.method),
         }
         if self.output is not None:
             self.save_final(metrics)

@@ -63,9 +63,13 @@ class LoadedModel:
 
     def max_length(self, wanted: int) -> int:
         """``wanted``, capped by the model's learned or configured positions."""
-        config = self.model.config
-        limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+        limit = position_limit(self.model.config)
         return min(wanted, limit) if limit else wanted
+
+
+def position_limit(config: Any) -> int | None:
+    """The model's learned or configured positions (None for relative positions, as in T5)."""
+    return getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
 
 
 def resolve_model(name: str) -> ModelSource:
