@@ -26,10 +26,11 @@ def test_bert_sst2_lora_writes_the_run_folder_and_eval_reproduces_it(tiny_models
         p.name for p in out.iterdir()}
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-4", "checkpoint-8"]  # 4 steps an epoch
     assert metrics["steps"] == 8 and metrics["epochs"] == 2 and set(metrics["scores"]) == {"accuracy"}
-    assert metrics["parameters"]["trainable"] == 2 * 2 * (4 * 32 + 32 * 4) + (2 * 32 + 2)  # q,v LoRA x2 layers + head
+    # q,v LoRA x 2 layers + the head: classifier and BERT's pooler
+    assert metrics["parameters"]["trainable"] == 2 * 2 * (4 * 32 + 32 * 4) + (2 * 32 + 2) + (32 * 32 + 32)
     assert metrics["train_tokens_per_s"] > 0 and metrics["peak_memory_bytes"] > 0 and metrics["train_time_s"] > 0
     config = json.loads((out / "adapter_config.json").read_text())
-    assert config["method"] == "lora" and config["rank"] == 4 and config["modules_to_save"] == ["classifier"]
+    assert config["method"] == "lora" and config["rank"] == 4 and config["modules_to_save"] == ["classifier", "bert.pooler"]
     assert any(name.startswith("classifier.") for name in load_file(out / "adapter_model.safetensors"))
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log if r["type"] == "eval"] == [4, 8]
@@ -54,6 +55,8 @@ def test_the_classification_head_trains(tiny_models, data_root, tmp_path, capsys
     torch.manual_seed(3)
     fresh = AutoModelForSequenceClassification.from_pretrained(tiny_models["bert"], num_labels=2)
     assert not torch.equal(saved["classifier.weight"], fresh.classifier.weight.detach())
+    # BERT's pooler feeds the head and trains with it (bitfit alone would move only its bias)
+    assert not torch.equal(saved["bert.pooler.dense.weight"], fresh.bert.pooler.dense.weight.detach())
 
 
 def test_t5_translates_wmt16_trained_on_newsdev(tiny_models, data_root, tmp_path, capsys):

@@ -40,7 +40,7 @@ def test_eval_steps_evaluate_every_n_steps_and_best_holds_the_best_scoring_adapt
     out = tmp_path / "run"
     metrics = run_training(TrainArgs(model=str(tiny_models["bert"]), task="stsb", method="lora", data_dir=str(data_root),
                                      output_dir=str(out), max_train_samples=32, max_eval_samples=16, batch_size=4,
-                                     max_steps=8, eval_steps=2, learning_rate=3e-2, seed=3, progress=False))
+                                     max_steps=8, eval_steps=2, learning_rate=3e-2, seed=7, progress=False))
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     scores = {r["step"]: r["pearson"] for r in log if r["type"] == "eval"}
     assert list(scores) == [2, 4, 6, 8]
@@ -50,7 +50,7 @@ def test_eval_steps_evaluate_every_n_steps_and_best_holds_the_best_scoring_adapt
 
     def pearson(adapter):
         return evaluate_adapter(EvalArgs(model=str(tiny_models["bert"]), adapter=str(adapter), task="stsb",
-                                         data_dir=str(data_root), max_eval_samples=16, seed=3))["scores"]["pearson"]
+                                         data_dir=str(data_root), max_eval_samples=16, seed=7))["scores"]["pearson"]
 
     assert pearson(out / "best") == pytest.approx(scores[best_step], abs=1e-5)
     assert pearson(out) == pytest.approx(scores[8], abs=1e-5)

@@ -25,6 +25,18 @@ ModelKind = Literal["encoder", "encoder-decoder", "decoder"]
 HEAD_NAMES = ("classifier", "score", "classification_head")
 
 
+def classification_head(model: nn.Module) -> tuple[str, ...]:
+    """The modules a classification task trains beside any method: the new head, and BERT's pooler
+    (the dense + tanh on [CLS] that feeds it; RoBERTa keeps the same layer inside its ``classifier``).
+    A sentence-embedding checkpoint such as all-MiniLM-L6-v2 never trained its pooler: frozen, it
+    would leave a method only a random projection of [CLS] to classify from."""
+    head = [name for name, _ in model.named_children() if name in HEAD_NAMES]
+    pooler = getattr(model.base_model, "pooler", None)
+    if isinstance(pooler, nn.Module) and model.base_model is not model:
+        head.append(f"{model.base_model_prefix}.pooler")
+    return tuple(head)
+
+
 class ModelError(UserError, ValueError):
     """A model cannot be found or does not fit the task."""
 
@@ -123,7 +135,7 @@ def load_model(name: str, task: Task, dtype: torch.dtype | None = None) -> Loade
             problem_type="regression" if task.kind == "regression" else "single_label_classification",
             ignore_mismatched_sizes=True,  # a checkpoint's own head (another label count) is replaced
             **options)
-        head = tuple(n for n, _ in model.named_children() if n in HEAD_NAMES)
+        head = classification_head(model)
     elif kind == "encoder":
         raise ModelError(
             f"task {task.name!r} needs a model that writes text (T5 or a decoder such as smollm2-135m); "
