@@ -21,6 +21,7 @@ from peftlab.core.merging import MergeError, MergeReport, merge, unload, unmerge
 from peftlab.core.registry import MethodSpec, all_methods, describe_all, get_method
 from peftlab.core.serialization import AdapterFileError, load_adapter, save_adapter
 from peftlab.core.targeting import TargetError
+from peftlab.methods.reparameterized.adalora import rank_pattern
 
 __version__ = "0.1.0"
 
@@ -72,6 +73,7 @@ __all__ = [
     "parameter_groups",
     "parameter_report",
     "peft_state",
+    "rank_pattern",
     "save_adapter",
     "training_hooks",
     "unload",

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from peftlab.core.checks import warn_if_inert
 from peftlab.core.errors import UserError
 from peftlab.core.injection import peft_state
 from peftlab.core.layers import AdapterLayer, AdapterModule
@@ -50,9 +51,15 @@ def _require_mergeable(model: nn.Module) -> list[AdapterLayer]:
 
 
 def merge(model: nn.Module, *, tolerance: float = 1e-4, check: bool = True) -> MergeReport:
-    """Fold the adapter into the base weights; undo and raise if outputs move by more than ``tolerance``."""
+    """Fold the adapter into the base weights; undo and raise if outputs move by more than ``tolerance``.
+
+    Warns (:class:`~peftlab.core.checks.InertAdapterWarning`) when the adapter's delta is exactly zero.
+    A method's ``extra["merge_note"](model, output_before)`` may explain a refusal and the tolerance to pass.
+    """
     layers = _require_mergeable(model)
-    merger = get_method(peft_state(model).method).extra.get("merge")
+    warn_if_inert(model, "this model", action="merged")
+    spec = get_method(peft_state(model).method)
+    merger = spec.extra.get("merge")
     before = probe_output(model) if check else None
     if merger is not None:
         merger(model)
@@ -64,9 +71,11 @@ def merge(model: nn.Module, *, tolerance: float = 1e-4, check: bool = True) -> M
         difference = (probe_output(model) - before).abs().max().item()
         if not difference <= tolerance:
             unmerge(model)
+            note = spec.extra.get("merge_note")
+            why = note(model, before) if note is not None else None
             raise MergeError(
-                f"merge changed the outputs by {difference:.3g} (> tolerance {tolerance:g}); "
-                f"the merge was undone. Raise `tolerance` if this precision loss is acceptable (e.g. fp16 weights)."
+                f"merge changed the outputs by {difference:.3g} (> tolerance {tolerance:g}); the merge was undone. "
+                + (why or "Raise `tolerance` if this precision loss is acceptable (e.g. fp16 weights).")
             )
     return MergeReport(layers=len(layers), max_abs_difference=difference, tolerance=tolerance)
 

@@ -2,6 +2,11 @@
 
 Never pickle: tensors go through safetensors, everything else through JSON. A save replaces the
 folder atomically. A load checks every tensor name and shape against the model and says what differs.
+
+``adapter_config.json`` holds the method's config, ``peftlab_version``, ``base_model`` (what it was trained
+on) and, for methods that learn a structure, ``report``: facts for readers, written from the model by the
+method's ``extra["report"]`` (AdaLoRA: ``{"rank_pattern": {layer: rank}, "total_rank": n}``) and ignored on
+load (the tensors are the truth).
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from peftlab.core.registry import get_method
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
+REPORT_KEY = "report"
 
 
 class AdapterFileError(UserError, ValueError):
@@ -90,6 +96,9 @@ def save_adapter(model: nn.Module, path: str | os.PathLike, tokenizer: Any = Non
         "peftlab_version": _peftlab_version(),
         "base_model": base_model_info(model),
     }
+    reporter = get_method(state.method).extra.get("report")
+    if reporter is not None:
+        document[REPORT_KEY] = reporter(model)
     path = Path(path)
     with atomic_directory(path) as staging:
         save_file(tensors, str(staging / WEIGHTS_NAME), metadata={"format": "pt", "method": state.method})
@@ -142,6 +151,7 @@ def read_adapter_document(path: str | os.PathLike) -> dict[str, Any]:
 def read_adapter_config(path: str | os.PathLike) -> MethodConfig:
     document = dict(read_adapter_document(path))
     document.pop("base_model", None)
+    document.pop(REPORT_KEY, None)
     try:
         return get_method(document["method"]).config_class.from_dict(document)
     except KeyError as error:

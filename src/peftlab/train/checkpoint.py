@@ -5,13 +5,16 @@
 * ``rng.safetensors``: the torch (and CUDA, NumPy) generator states,
 * ``trainer_state.json``: step, data position, scheduler, Python's generator, counters, best score.
 
-Nothing is pickled. A kill mid-write leaves the previous checkpoints as they were.
+Nothing is pickled. A kill mid-write leaves the previous checkpoints as they were. Old checkpoints are
+pruned by renaming them out of the ``checkpoint-<step>`` namespace first (``.checkpoint-<step>.pruned.tmp``),
+then deleting: a kill mid-delete never leaves a half-deleted folder that looks complete.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import random
 import re
 import shutil
@@ -31,6 +34,7 @@ from peftlab.core.serialization import load_adapter_state_dict, read_adapter_ten
 
 STATE_NAME = "trainer_state.json"
 PATTERN = re.compile(r"checkpoint-(\d+)")
+PRUNED_SUFFIX = ".pruned.tmp"
 
 
 @dataclass
@@ -155,9 +159,20 @@ def save_checkpoint(output_dir: Path, model: nn.Module, optimizer: torch.optim.O
         save_file(hook_state, str(staging / "hooks.safetensors"))
         document = {"progress": asdict(progress), "scheduler": scheduler.state_dict(), "rng": rng_document}
         (staging / STATE_NAME).write_text(json.dumps(document, indent=1))
-    for old in checkpoints(output_dir)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+    prune_checkpoints(output_dir, keep)
     return path
+
+
+def prune_checkpoints(output_dir: Path, keep: int) -> None:
+    """Delete all but the ``keep`` newest complete checkpoints (``keep <= 0``: keep all), and the remains
+    of deletions a kill interrupted. Each is renamed away before it is deleted."""
+    doomed = checkpoints(output_dir)[:-keep] if keep > 0 else []
+    for old in doomed:
+        retired = output_dir / f".{old.name}{PRUNED_SUFFIX}"
+        shutil.rmtree(retired, ignore_errors=True)
+        os.replace(old, retired)
+    for retired in output_dir.glob(f".checkpoint-*{PRUNED_SUFFIX}"):
+        shutil.rmtree(retired, ignore_errors=True)
 
 
 def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,

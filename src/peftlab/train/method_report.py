@@ -1,8 +1,5 @@
-"""What a method's trained state says about the run, for ``metrics.json``: AdaLoRA's final per-layer ranks.
-
-The core's training hooks have no report yet; when they gain one (or ``peftlab`` exports
-``rank_pattern``), this module becomes a call to it.
-"""
+"""What a method's trained state says about the run, for ``metrics.json``: the same ``report`` that
+``save_adapter`` writes into ``adapter_config.json`` (AdaLoRA: its final per-layer ranks)."""
 
 from __future__ import annotations
 
@@ -10,13 +7,10 @@ from typing import Any
 
 from torch import nn
 
+from peftlab.core.registry import get_method
+
 
 def method_report(model: nn.Module, method: str) -> dict[str, Any]:
-    """Fields for the run's metrics: for AdaLoRA ``rank_pattern`` (module -> kept rank) and ``total_rank``;
-    nothing for other methods."""
-    if method != "adalora":
-        return {}
-    from peftlab.methods.reparameterized.adalora import rank_pattern
-
-    ranks = rank_pattern(model)
-    return {"rank_pattern": ranks, "total_rank": sum(ranks.values())}
+    """The method's ``extra["report"](model)`` fields, or nothing for methods without one."""
+    reporter = get_method(method).extra.get("report")
+    return reporter(model) if reporter is not None else {}

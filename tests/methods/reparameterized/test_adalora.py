@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import json
+import warnings
 
 import pytest
 import torch
@@ -124,6 +126,21 @@ def test_saved_adapter_restores_the_rank_masks(trained, tmp_path):
     assert rank_pattern(loaded) == rank_pattern(model)
     assert peftlab.parameter_counts(loaded) == peftlab.parameter_counts(model)
     torch.testing.assert_close(probe_output(loaded), probe_output(model), atol=0, rtol=0)
+
+
+def test_the_final_per_layer_ranks_are_public_and_written_beside_the_adapter(trained, tmp_path):
+    base, model, _, patterns = trained
+    ranks = peftlab.rank_pattern(model)
+    assert ranks == patterns[-1] and len(set(ranks.values())) > 1
+    assert set(ranks) == {name for name, _ in svd_layers(model)} and all(name.endswith("_proj") for name in ranks)
+    assert peftlab.rank_pattern(tiny_llama()) == {}
+    peftlab.save_adapter(model, tmp_path / "adapter")
+    document = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert document["report"] == {"rank_pattern": ranks, "total_rank": sum(ranks.values())}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # the report is for readers: loading ignores it without a warning
+        loaded = peftlab.load_adapter(copy.deepcopy(base), tmp_path / "adapter")
+    assert peftlab.rank_pattern(loaded) == ranks
 
 
 def test_importance_state_resumes_exactly(trained):

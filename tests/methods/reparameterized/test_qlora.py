@@ -21,6 +21,7 @@ from peftlab.methods.reparameterized.qlora import (
     QuantizedLoRALinear,
     base_weight_bytes,
     dequantize_linear,
+    int8_merge_tolerance,
     load_quantized,
     quantize_model,
 )
@@ -156,6 +157,43 @@ def test_merge_under_bfloat16_compute_needs_a_bfloat16_tolerance():
     assert not any(m.merged for m in model.modules() if isinstance(m, QuantizedLoRALinear)), "a refused merge is undone"
     report = peftlab.merge(model, tolerance=tolerance)
     assert 1e-6 < report.max_abs_difference <= tolerance
+
+
+def test_merge_over_an_8_bit_base_needs_the_int8_tolerance_and_the_refusal_says_which():
+    model = peftlab.apply(tiny_llama(), "qlora", **FP32, bits=8)
+    with torch.no_grad():
+        for _, parameter in peftlab.adapter_parameters(model):
+            parameter.add_(0.05)
+    expected = probe_output(model)
+    tolerance = int8_merge_tolerance(model)
+    # LLM.int8 rounds each layer's input to 8 bits (relative 2^-8 of the row's absmax); the merged float model
+    # does not: one such rounding per 8-bit layer, 14 of them on the tiny LLaMA
+    assert tolerance == pytest.approx(expected.abs().max().item() * 2**-8 * 14)
+    with pytest.raises(peftlab.MergeError) as refusal:
+        peftlab.merge(model)
+    message = str(refusal.value)
+    assert "(> tolerance 0.0001); the merge was undone" in message
+    assert "8-bit (LLM.int8)" in message and f"tolerance={tolerance:.2g}" in message
+    assert not any(m.merged for m in model.modules() if isinstance(m, QuantizedLoRALinear))
+    torch.testing.assert_close(probe_output(model), expected, atol=0, rtol=0)
+
+    report = peftlab.merge(model, tolerance=tolerance)
+    assert 1e-3 < report.max_abs_difference <= tolerance  # measured: ~0.011
+    assert all(type(m.base_layer) is nn.Linear for m in model.modules() if isinstance(m, QuantizedLoRALinear))
+    peftlab.unmerge(model)
+    assert all(isinstance(m.base_layer, bnb.nn.Linear8bitLt)
+               for m in model.modules() if isinstance(m, QuantizedLoRALinear))
+    torch.testing.assert_close(probe_output(model), expected, atol=0, rtol=0)
+
+
+def test_a_refused_4_bit_merge_keeps_the_generic_advice():
+    model = peftlab.apply(tiny_llama(), "qlora", **{**FP32, "compute_dtype": "bfloat16"})
+    with torch.no_grad():
+        for _, parameter in peftlab.adapter_parameters(model):
+            parameter.add_(0.05)
+    assert int8_merge_tolerance(model) == 0.0
+    with pytest.raises(peftlab.MergeError, match="Raise `tolerance` if this precision loss is acceptable"):
+        peftlab.merge(model, tolerance=1e-7)
 
 
 def test_quantize_an_already_loaded_model_and_load_one_in_4_bits(tmp_path):

@@ -12,12 +12,15 @@ keeping the ``b(t)`` triplets of highest importance across all layers; ``b_T`` f
 with the masks fixed (final fine-tuning). Masked ``λ`` are held at zero.
 Orthogonality (Eq. 4): ``γ mean_k (||P_kᵀ P_k - I||²_F + ||Q_k Q_kᵀ - I||²_F)`` added to the loss.
 Mergeable: ``W <- W + (alpha / r0) P diag(m ⊙ λ) Q``. Per-step work runs through :mod:`peftlab.core.hooks`.
+The per-layer ranks are :func:`rank_pattern` (``peftlab.rank_pattern``); a saved adapter's
+``adapter_config.json`` carries them under ``report``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -114,12 +117,19 @@ def svd_layers(model: nn.Module) -> list[tuple[str, SVDLinear]]:
 
 
 def rank_pattern(model: nn.Module) -> dict[str, int]:
-    """The current rank of every adapted layer (after training: the final per-layer ranks)."""
+    """The current rank of every AdaLoRA layer by module name (after training: the final per-layer ranks);
+    empty for a model without AdaLoRA."""
     return {name: int(layer.rank_mask.sum()) for name, layer in svd_layers(model)}
 
 
 def total_rank(model: nn.Module) -> int:
     return sum(rank_pattern(model).values())
+
+
+def report(model: nn.Module) -> dict[str, Any]:
+    """What ``save_adapter`` writes under ``report`` in ``adapter_config.json``."""
+    pattern = rank_pattern(model)
+    return {"rank_pattern": pattern, "total_rank": sum(pattern.values())}
 
 
 class AdaLoRAHooks(TrainingHooks):
@@ -221,5 +231,5 @@ register(MethodSpec(
     paper="Zhang et al. 2023, Adaptive Budget Allocation for Parameter-Efficient Fine-Tuning (arXiv 2303.10512)",
     summary="LoRA in SVD form; importance-driven pruning moves the rank budget between layers.",
     mergeable=True,
-    extra={"training_hooks": AdaLoRAHooks},
+    extra={"training_hooks": AdaLoRAHooks, "report": report},
 ))

@@ -11,6 +11,10 @@ page to CPU memory under pressure); on CPU, plain AdamW (paging needs CUDA unifi
 Merging cannot fold a float delta into 4-bit codes: it replaces each adapted layer's base by its
 dequantized float weight plus ``(alpha / r) B A`` (a dequantized merged model); unmerge puts the original
 quantized layer back. bitsandbytes 0.50 quantizes on CPU too (when a layer is moved ``.to("cpu")``).
+Over an 8-bit base the merged model is not the unmerged one to float rounding: LLM.int8 also rounds each
+layer's input to 8 bits (row-wise absmax, after a cast to float16), the merged float model does not. Pass
+``tolerance=int8_merge_tolerance(model)`` (``max|output| x 2^-8`` per 8-bit layer; ~0.017 on the tiny test
+LLaMA, whose merge moves its logits by ~0.011) to accept that; the default 1e-4 refuses, saying so.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from transformers.pytorch_utils import Conv1D
 from peftlab.core.config import MethodConfig, option, require
 from peftlab.core.errors import UserError
 from peftlab.core.injection import Injection
+from peftlab.core.probe import probe_output
 from peftlab.core.registry import MethodSpec, register
 from peftlab.core.targeting import find_modules, replace_module
 from peftlab.methods.reparameterized.lora import LoRALinear
@@ -208,6 +213,29 @@ class QuantizedLoRALinear(LoRALinear):
         self.merged = False
 
 
+def int8_merge_tolerance(model: nn.Module, output: torch.Tensor | None = None) -> float:
+    """A merge tolerance for an 8-bit base: ``max|output| x 2^-8`` (one input rounding to 8 bits, relative to
+    the row's absmax) per 8-bit layer; 0 without one. ``output``: the model's probe output, if at hand."""
+    layers = sum(isinstance(m, bnb.nn.Linear8bitLt) for m in model.modules())
+    if not layers:
+        return 0.0
+    output = probe_output(model) if output is None else output
+    return output.abs().max().item() * 2**-8 * layers
+
+
+def merge_note(model: nn.Module, output: torch.Tensor) -> str | None:
+    """Why a merge over an 8-bit base was refused, and the tolerance that accepts it."""
+    tolerance = int8_merge_tolerance(model, output)
+    if not tolerance:
+        return None
+    return (
+        "The base is 8-bit (LLM.int8): unmerged, each quantized layer rounds its input to 8 bits, the merged float "
+        "model does not, so outputs move by up to about max|output| x 2^-8 per 8-bit layer. If that is acceptable, "
+        f"merge with tolerance={tolerance:.2g} (peftlab.merge(model, tolerance=...), "
+        "peftlab.methods.reparameterized.qlora.int8_merge_tolerance(model), or `peftlab merge --tolerance`)."
+    )
+
+
 def base_weight_bytes(model: nn.Module) -> tuple[int, int]:
     """``(bytes, weights)`` of the quantized base layers: stored codes plus every quantisation constant
     (absmax, nested absmax and offset, code tables), each tensor counted once."""
@@ -259,5 +287,5 @@ register(MethodSpec(
     paper="Dettmers et al. 2023, QLoRA: Efficient Finetuning of Quantized LLMs (arXiv 2305.14314)",
     summary="LoRA over a frozen 4-bit NF4 base with double quantisation; paged AdamW on CUDA.",
     mergeable=True,
-    extra={"optimizer": make_optimizer},
+    extra={"optimizer": make_optimizer, "merge_note": merge_note},
 ))
