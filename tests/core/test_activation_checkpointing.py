@@ -13,8 +13,20 @@ from peftlab.core.checkpointing import CheckpointingError, enable_activation_che
 from peftlab.core.losses import lm_loss
 
 
-def _adapted(arch: str) -> torch.nn.Module:
-    model = peftlab.apply(BUILDERS[arch](), "lora", target_modules="all_linear")
+# Methods that change what attention sees (soft prompts, prefixes, gated prefixes) must be recomputed
+# exactly in the backward pass, like LoRA's linear deltas.
+METHODS = {
+    "lora": {"target_modules": "all_linear"},
+    "prompt_tuning": {"num_virtual_tokens": 3, "init": "random"},
+    "prefix_tuning": {"num_virtual_tokens": 3, "mlp_hidden_size": 16},
+    "mam": {"prefix": {"num_virtual_tokens": 3, "mlp_hidden_size": 16}, "adapter": {"bottleneck_size": 8}},
+    "unipelt": {"prefix": {"num_virtual_tokens": 3, "mlp_hidden_size": 16}, "adapter": {"bottleneck_size": 8},
+                "lora": {"rank": 4, "alpha": 8.0}},
+}
+
+
+def _adapted(arch: str, method: str = "lora") -> torch.nn.Module:
+    model = peftlab.apply(BUILDERS[arch](), method, **METHODS[method])
     with torch.no_grad():
         for _, parameter in peftlab.adapter_parameters(model):
             parameter.add_(0.05)
@@ -26,13 +38,25 @@ def _adapted(arch: str) -> torch.nn.Module:
     return model.train()
 
 
+def _padded_batch(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """batch_for's batch with the first row's last three tokens (T5) or first three (LLaMA) padding."""
+    batch = batch_for(model)
+    pad = slice(-3, None) if model.config.model_type == "t5" else slice(0, 3)
+    batch["input_ids"][0, pad] = model.config.pad_token_id
+    batch["attention_mask"][0, pad] = 0
+    if model.config.model_type != "t5":
+        batch["labels"][0, pad] = -100
+    return batch
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
 @pytest.mark.parametrize("arch", ["llama", "t5"])
 @pytest.mark.parametrize("reentrant", [False, True])
-def test_checkpointed_step_equals_plain_step(arch, reentrant):
-    plain = _adapted(arch)
+def test_checkpointed_step_equals_plain_step(arch, reentrant, method):
+    plain = _adapted(arch, method)
     checkpointed = copy.deepcopy(plain)
     enable_activation_checkpointing(checkpointed, reentrant=reentrant)
-    batch = batch_for(plain)
+    batch = _padded_batch(plain)
     expected = plain(**batch).loss
     expected.backward()
     loss = lm_loss(checkpointed, batch)  # the chunked loss composes with checkpointing

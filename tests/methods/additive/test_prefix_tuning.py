@@ -32,15 +32,16 @@ def capture(module):
     return seen
 
 
-def heads(x):  # (B, T, H * D) -> (B, H, T, D)
-    return x.view(x.shape[0], x.shape[1], HEADS, HEAD).transpose(1, 2)
+def heads(x, count=HEADS):  # (B, T, count * D) -> (B, count, T, D)
+    return x.view(x.shape[0], x.shape[1], count, HEAD).transpose(1, 2)
 
 
-def site_prefix(model, site):
+def site_prefix(model, site, kv_heads=HEADS):
     """Keys and values of one site, read by hand from the folded matrix P_theta (keys first, then values)."""
-    columns = prefix_encoder(model).folded_prefixes()[:, site * 2 * HEADS * HEAD:(site + 1) * 2 * HEADS * HEAD]
-    keys, values = columns[:, :HEADS * HEAD], columns[:, HEADS * HEAD:]
-    return heads(keys[None]), heads(values[None])  # (1, H, P, D)
+    width = 2 * kv_heads * HEAD
+    columns = prefix_encoder(model).folded_prefixes()[:, site * width:(site + 1) * width]
+    keys, values = columns[:, :kv_heads * HEAD], columns[:, kv_heads * HEAD:]
+    return heads(keys[None], kv_heads), heads(values[None], kv_heads)  # (1, kv_heads, P, D)
 
 
 def reference(q, k, v, prefix_keys, prefix_values, scale, bias):
@@ -86,6 +87,44 @@ def test_gpt2_layer_matches_hand_written_causal_prefix_attention(implementation)
         q, k, v = (heads(x) for x in attention.c_attn(seen["hidden"]).split(HEADS * HEAD, dim=2))
         causal = torch.full((ids.shape[1], ids.shape[1]), float("-inf")).triu(1)[None, None]
         expected = attention.c_proj(reference(q, k, v, *site_prefix(model, 0), 1 / math.sqrt(HEAD), causal))
+    torch.testing.assert_close(seen["output"], expected, atol=1e-5, rtol=1e-5)
+
+
+def rotary(x, positions, theta):
+    """RoPE by hand on ``(B, heads, T, D)``: each pair (x_i, x_{i + D/2}) turned by ``position * theta^(-2i/D)``."""
+    inverse_frequencies = theta ** (-torch.arange(0, HEAD, 2, dtype=torch.float32) / HEAD)
+    angles = positions[:, None, :, None].float() * inverse_frequencies  # (B, 1, T, D/2)
+    cos, sin = angles.cos().repeat(1, 1, 1, 2), angles.sin().repeat(1, 1, 1, 2)
+    first, second = x.chunk(2, dim=-1)
+    return x * cos + torch.cat([-second, first], dim=-1) * sin
+
+
+@pytest.mark.parametrize("positions", ["unshifted", "after_prefix"])
+@pytest.mark.parametrize("implementation", ["sdpa", "eager"])
+def test_llama_layer_matches_hand_written_grouped_query_prefix_attention(implementation, positions):
+    """2 key/value heads serve 4 query heads; rotary turns the real queries and keys at their positions
+    (0..n-1, or P..P+n-1 as HF peft numbers them) and never the prefix keys, which like peft's
+    ``past_key_values`` are used as stored."""
+    model = adapted("llama", implementation, positions=positions)
+    attention = model.model.layers[0].self_attn
+    seen = capture(attention)
+    kv_heads, length = 2, RIGHT_PADDED_IDS.shape[1]
+    with torch.no_grad():
+        model(input_ids=RIGHT_PADDED_IDS, attention_mask=MASK)
+        h = seen["hidden"]
+        at = torch.arange(length)[None].expand(2, -1) + (P if positions == "after_prefix" else 0)
+        theta = model.config.rope_parameters["rope_theta"]
+        q = rotary(heads(attention.q_proj(h)), at, theta)
+        k = rotary(heads(attention.k_proj(h), kv_heads), at, theta)
+        v = heads(attention.v_proj(h), kv_heads)
+        prefix_keys, prefix_values = site_prefix(model, 0, kv_heads)
+        groups = HEADS // kv_heads  # query head i reads key/value head i // groups
+        k, v, prefix_keys, prefix_values = (
+            x.repeat_interleave(groups, dim=1) for x in (k, v, prefix_keys, prefix_values)
+        )
+        causal = torch.full((length, length), float("-inf")).triu(1)[None, None]
+        bias = causal + padding_bias(MASK)
+        expected = attention.o_proj(reference(q, k, v, prefix_keys, prefix_values, 1 / math.sqrt(HEAD), bias))
     torch.testing.assert_close(seen["output"], expected, atol=1e-5, rtol=1e-5)
 
 
