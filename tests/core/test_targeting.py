@@ -2,7 +2,7 @@ import pytest
 from torch import nn
 
 from conftest import FAMILY_BUILDERS, tiny_roberta
-from peftlab.core.targeting import TargetError, expand_targets, find_modules
+from peftlab.core.targeting import TargetError, expand_targets, find_modules, find_parameters
 
 
 @pytest.mark.parametrize("preset", ["attention_qv", "attention", "feed_forward", "all_linear", "attention_output"])
@@ -32,9 +32,17 @@ def test_a_pattern_that_matches_nothing_lists_what_the_model_has():
     with pytest.raises(TargetError) as error:
         find_modules(FAMILY_BUILDERS["llama"](), ["query"])
     message = str(error.value)
-    assert "'query' matches no" in message
+    assert "target 'query' matches no linear layer (nn.Linear or GPT-2 Conv1D). The model's modules:" in message
     assert "model.layers.N.self_attn.q_proj (x2)" in message
     assert "attention_qv" in message  # the presets are offered
+
+
+def test_a_parameter_pattern_that_matches_nothing_names_its_role_and_says_module_once():
+    with pytest.raises(TargetError) as error:
+        find_parameters(FAMILY_BUILDERS["bert"](), ["classifer"], role="modules_to_save pattern")
+    message = str(error.value)
+    assert message.startswith("modules_to_save pattern 'classifer' matches no module. The model's modules:")
+    assert "classifier" in message and "Module module" not in message
 
 
 def test_an_invalid_regex_is_a_clear_error():

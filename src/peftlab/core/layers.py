@@ -14,6 +14,17 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+from peftlab.core.errors import UserError
+
+OFFLOAD_ADVICE = (
+    "Load the model without offloading (a device_map or max_memory that fits every layer on a device), or, for "
+    "inference, apply the method to the loaded model first and offload it afterwards (accelerate.dispatch_model)"
+)
+
+
+class OffloadedWeightsError(UserError, ValueError):
+    """Weights on the meta device (offloaded by ``device_map``): a method cannot be built on them."""
+
 
 class AdapterModule(nn.Module):
     """Base of every module a method adds. The core finds adapters by walking modules, not names."""
@@ -51,6 +62,11 @@ class AdapterLayer(AdapterModule):
 
     def __init__(self, base_layer: nn.Module) -> None:
         super().__init__()
+        if any(parameter.is_meta for parameter in innermost(base_layer).parameters()):
+            raise OffloadedWeightsError(
+                f"cannot wrap {type(innermost(base_layer)).__name__}: its weight is on the meta device, as accelerate "
+                f"leaves a layer that device_map offloaded to 'cpu' or 'disk'. {OFFLOAD_ADVICE}"
+            )
         self.base_layer = base_layer
         self.in_features, self.out_features = linear_shape(base_layer)
         self.merged = False

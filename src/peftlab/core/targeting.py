@@ -51,8 +51,13 @@ def find_modules(
     model: nn.Module,
     targets: str | Sequence[str],
     types: tuple[type[nn.Module], ...] = LINEAR_TYPES,
+    *,
+    role: str = "target",
 ) -> list[tuple[str, nn.Module]]:
-    """Every module of one of ``types`` matched by ``targets``; each pattern must match something."""
+    """Every module of one of ``types`` matched by ``targets``; each pattern must match something.
+
+    ``role`` names the patterns in the error (``"target"``, ``"modules_to_save pattern"``).
+    """
     patterns = expand_targets(model, targets)
     candidates = [(name, module) for name, module in _named_base_modules(model) if isinstance(module, types)]
     chosen: dict[str, nn.Module] = {}
@@ -60,16 +65,15 @@ def find_modules(
         regex = _compile(pattern)
         hits = [(name, module) for name, module in candidates if _matches(regex, name)]
         if not hits:
-            kinds = "/".join(t.__name__ for t in types)
-            raise TargetError(f"target {pattern!r} matches no {kinds} module. {_inventory(model, types)}")
+            raise TargetError(f"{role} {pattern!r} matches no {_kind(types)}. {_inventory(model, types)}")
         chosen.update(hits)
     return [(name, chosen[name]) for name, _ in candidates if name in chosen]
 
 
-def find_parameters(model: nn.Module, patterns: Sequence[str]) -> list[str]:
+def find_parameters(model: nn.Module, patterns: Sequence[str], *, role: str = "target") -> list[str]:
     """Names of the parameters of the modules matched by ``patterns`` (any module type)."""
     names: list[str] = []
-    for module_name, module in find_modules(model, patterns, types=(nn.Module,)):
+    for module_name, module in find_modules(model, patterns, types=(nn.Module,), role=role):
         names.extend(f"{module_name}.{p}" for p, _ in module.named_parameters())
     return list(dict.fromkeys(names))
 
@@ -92,6 +96,15 @@ def _named_base_modules(model: nn.Module):
         for child_name, child in reversed(list(module._modules.items())):
             if child is not None:
                 stack.append((f"{name}.{child_name}" if name else child_name, child))
+
+
+def _kind(types: tuple[type[nn.Module], ...]) -> str:
+    """What the patterns were looking for, in words: ``module``, ``linear layer``, ``Embedding module``."""
+    if nn.Module in types:
+        return "module"
+    if set(LINEAR_TYPES) <= set(types):
+        return "linear layer (nn.Linear or GPT-2 Conv1D)"
+    return " or ".join(t.__name__ for t in types) + " module"
 
 
 def _compile(pattern: str) -> re.Pattern[str]:
