@@ -31,7 +31,7 @@ from peftlab.core.registry import MethodSpec, register
 from peftlab.methods.reparameterized.lora import LoRAConfig, LoRALinear
 from peftlab.methods.reparameterized.lora import inject as inject_lora
 from peftlab.methods.reparameterized.lora_init import RESIDUAL_INITS, InitError
-from peftlab.methods.reparameterized.qlora import QUANTIZED_TYPES, QuantizedLoRALinear, dequantized_weight
+from peftlab.methods.reparameterized.qlora import QuantizedLoRALinear, dequantized_weight, quantized_types
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -47,7 +47,7 @@ class DoRAConfig(LoRAConfig):
 def dense_weight(layer: nn.Module) -> torch.Tensor:
     """The frozen weight as a float ``(out, in)`` tensor, dequantizing a bitsandbytes base (QDoRA)."""
     module = innermost(layer)
-    if isinstance(module, QUANTIZED_TYPES):
+    if isinstance(module, quantized_types()):
         return dequantized_weight(module)
     if not module.weight.is_floating_point():
         raise InitError(f"DoRA cannot read a {module.weight.dtype} base weight; use a float or bitsandbytes base")
@@ -102,7 +102,7 @@ class QuantizedDoRALinear(QuantizedLoRALinear, DoRALinear):
 
 
 def dora_layer(base_layer: nn.Module, *args) -> DoRALinear:
-    quantized = isinstance(innermost(base_layer), QUANTIZED_TYPES)
+    quantized = isinstance(innermost(base_layer), quantized_types())
     return (QuantizedDoRALinear if quantized else DoRALinear)(base_layer, *args)
 
 

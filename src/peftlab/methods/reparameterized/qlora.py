@@ -20,10 +20,11 @@ LLaMA, whose merge moves its logits by ~0.011) to accept that; the default 1e-4 
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any, Literal
 
-import bitsandbytes as bnb
 import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
@@ -36,7 +37,34 @@ from peftlab.core.registry import MethodSpec, register
 from peftlab.core.targeting import find_modules, replace_module
 from peftlab.methods.reparameterized.lora import LoRALinear
 
-QUANTIZED_TYPES = (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt)
+
+
+class BitsAndBytesMissing(UserError, ImportError):
+    """A quantized base was asked for without bitsandbytes installed."""
+
+
+def bitsandbytes() -> ModuleType:
+    """bitsandbytes, imported on first use: every other method runs without it (it is the ``quant`` extra)."""
+    try:
+        import bitsandbytes as bnb
+    except ImportError:
+        raise BitsAndBytesMissing("a 4- or 8-bit base (qlora, qdora) needs bitsandbytes: "
+                                  "pip install 'peftlab[quant]' (or bitsandbytes>=0.45)") from None
+    return bnb
+
+
+def quantized_types() -> tuple[type, ...]:
+    """bitsandbytes' quantized linear classes; none while it was never imported (then no layer is one)."""
+    bnb = sys.modules.get("bitsandbytes")
+    return (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt) if bnb is not None else ()
+
+
+def is_4bit(layer: nn.Module) -> bool:
+    return isinstance(layer, quantized_types()[:1])
+
+
+def is_8bit(layer: nn.Module) -> bool:
+    return isinstance(layer, quantized_types()[1:])
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -74,6 +102,7 @@ class QuantizationMismatchError(UserError, ValueError):
 
 def quantize_linear(module: nn.Module, config: QLoRAConfig) -> nn.Module:
     """A bitsandbytes copy of a float ``nn.Linear`` or GPT-2 ``Conv1D`` (remembered, to restore on merge)."""
+    bnb = bitsandbytes()
     conv = isinstance(module, Conv1D)
     weight = (module.weight.T if conv else module.weight).detach().contiguous()
     out_features, in_features = weight.shape
@@ -102,12 +131,12 @@ def quantize_linear(module: nn.Module, config: QLoRAConfig) -> nn.Module:
 def _keep_portable_layout(layer: nn.Module) -> None:
     """bitsandbytes repacks 4-bit weights in place for AVX512-BF16 CPUs at the first eval forward; keeping the
     portable layout leaves the stored tensors bit-identical and dequantizable anywhere."""
-    if isinstance(layer, bnb.nn.Linear4bit):
+    if is_4bit(layer):
         layer.support_avx512bf16_for_cpu = False
 
 
 def _check_quantized(name: str, layer: nn.Module, config: QLoRAConfig) -> None:
-    if isinstance(layer, bnb.nn.Linear4bit):
+    if is_4bit(layer):
         state = layer.weight.quant_state
         found = (4, state.quant_type, bool(state.nested))
     else:
@@ -133,7 +162,7 @@ def quantize_model(model: nn.Module, config: QLoRAConfig | None = None) -> nn.Mo
     for name, module in find_modules(model, config.quantize_modules):
         if keep_float & set(name.split(".")):
             continue
-        if isinstance(module, QUANTIZED_TYPES):
+        if isinstance(module, quantized_types()):
             _check_quantized(name, module, config)
         elif isinstance(module, (nn.Linear, Conv1D)) and type(module) in (nn.Linear, Conv1D):
             replace_module(model, name, quantize_linear(module, config))
@@ -150,6 +179,7 @@ def load_quantized(path_or_name: str | os.PathLike, config: QLoRAConfig | None =
     """
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
+    bitsandbytes()  # a clear message when it is missing
     config = config or QLoRAConfig()
     if config.bits == 4:
         quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=config.quant_type,
@@ -169,8 +199,8 @@ def load_quantized(path_or_name: str | os.PathLike, config: QLoRAConfig | None =
 @torch.no_grad()
 def dequantized_weight(layer: nn.Module) -> torch.Tensor:
     """The float ``(out, in)`` weight a bitsandbytes layer stands for."""
-    if isinstance(layer, bnb.nn.Linear4bit):
-        return bnb.functional.dequantize_4bit(layer.weight.data, layer.weight.quant_state)
+    if is_4bit(layer):
+        return bitsandbytes().functional.dequantize_4bit(layer.weight.data, layer.weight.quant_state)
     scales = layer.state.SCB if layer.state.SCB is not None else layer.weight.SCB
     codes = layer.state.CB if layer.state.CB is not None else layer.weight.data
     return codes.float() * scales.float().view(-1, 1) / 127.0
@@ -216,7 +246,7 @@ class QuantizedLoRALinear(LoRALinear):
 def int8_merge_tolerance(model: nn.Module, output: torch.Tensor | None = None) -> float:
     """A merge tolerance for an 8-bit base: ``max|output| x 2^-8`` (one input rounding to 8 bits, relative to
     the row's absmax) per 8-bit layer; 0 without one. ``output``: the model's probe output, if at hand."""
-    layers = sum(isinstance(m, bnb.nn.Linear8bitLt) for m in model.modules())
+    layers = sum(is_8bit(m) for m in model.modules())
     if not layers:
         return 0.0
     output = probe_output(model) if output is None else output
@@ -249,7 +279,7 @@ def base_weight_bytes(model: nn.Module) -> tuple[int, int]:
             total_bytes += tensor.numel() * tensor.element_size()
 
     for module in model.modules():
-        if isinstance(module, bnb.nn.Linear4bit):
+        if is_4bit(module):
             state = module.weight.quant_state
             add(module.weight.data)
             for tensor in (state.absmax, state.code, state.offset):
@@ -258,7 +288,7 @@ def base_weight_bytes(model: nn.Module) -> tuple[int, int]:
                 add(state.state2.absmax)
                 add(state.state2.code)
             total_weights += int(torch.Size(state.shape).numel())
-        elif isinstance(module, bnb.nn.Linear8bitLt):
+        elif is_8bit(module):
             add(module.state.CB if module.state.CB is not None else module.weight.data)
             add(module.state.SCB if module.state.SCB is not None else module.weight.SCB)
             total_weights += module.in_features * module.out_features
@@ -268,13 +298,13 @@ def base_weight_bytes(model: nn.Module) -> tuple[int, int]:
 def make_optimizer(model: nn.Module, config: QLoRAConfig, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
     """Paged AdamW (bitsandbytes) when the model is on CUDA; plain AdamW on CPU."""
     on_cuda = any(p.is_cuda for group in groups for p in group["params"])
-    return bnb.optim.PagedAdamW(groups) if on_cuda else torch.optim.AdamW(groups)
+    return bitsandbytes().optim.PagedAdamW(groups) if on_cuda else torch.optim.AdamW(groups)
 
 
 def inject(model: nn.Module, config: QLoRAConfig) -> Injection:
     quantize_model(model, config)
     for name, module in find_modules(model, config.target_modules):
-        layer_class = QuantizedLoRALinear if isinstance(module, QUANTIZED_TYPES) else LoRALinear
+        layer_class = QuantizedLoRALinear if isinstance(module, quantized_types()) else LoRALinear
         replace_module(model, name, layer_class(module, config.rank, config.alpha / config.rank, config.dropout))
     return Injection()
 
