@@ -17,6 +17,7 @@ from peftlab.core.accounting import ParameterReport, parameter_counts, parameter
 from peftlab.core.config import ConfigError, MethodConfig
 from peftlab.core.hooks import TrainingHooks, make_optimizer, parameter_groups, training_hooks
 from peftlab.core.injection import adapter_parameters, apply_config, peft_state
+from peftlab.core.layers import OffloadedWeightsError
 from peftlab.core.merging import MergeError, MergeReport, merge, unload, unmerge
 from peftlab.core.registry import MethodSpec, all_methods, describe_all, get_method
 from peftlab.core.serialization import AdapterFileError, load_adapter, save_adapter
@@ -57,6 +58,7 @@ __all__ = [
     "MethodConfig",
     "MethodSpec",
     "ParameterReport",
+    "OffloadedWeightsError",
     "TargetError",
     "TrainingHooks",
     "adapter_parameters",

@@ -72,11 +72,12 @@ def test_tensors_that_do_not_fit_are_listed_and_the_model_is_left_as_given(tmp_p
     document["target_modules"] = ["v_proj"]
     (tmp_path / "a" / "adapter_config.json").write_text(json.dumps(document))
     fresh = tiny_llama().eval()
-    names = [n for n, _ in fresh.named_parameters()]
+    fresh.get_input_embeddings().weight.requires_grad_(False)  # the caller's own flags come back as they were
+    flags = [(n, p.requires_grad) for n, p in fresh.named_parameters()]
     with pytest.raises(peftlab.AdapterFileError, match="missing tensors model.layers.0.self_attn.v_proj.lora_A"):
         peftlab.load_adapter(fresh, tmp_path / "a")
     assert peftlab.peft_state(fresh) is None
-    assert [n for n, _ in fresh.named_parameters()] == names
+    assert [(n, p.requires_grad) for n, p in fresh.named_parameters()] == flags
 
 
 def test_a_truncated_weights_file_is_reported_as_corrupt(tmp_path):

@@ -70,3 +70,20 @@ def test_child_tuning_d_is_prepared_and_masked_under_trainer(tmp_path):
         assert not (changed & ~hooks.masks[name]).any(), f"{name} changed outside the child network"
         moved += int(changed.sum())
     assert moved > 0.9 * peftlab.parameter_counts(model)[0], "the child network trains"
+
+
+def test_lora_plus_learning_rates_reach_the_trainer_through_make_optimizer(tmp_path):
+    """The Trainer builds a plain AdamW unless given one: peftlab.make_optimizer carries the method's rule."""
+    model = peftlab.apply(tiny_llama(), "lora_plus", rank=4, lr_ratio=16.0)
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=2,
+                             learning_rate=1e-3, use_cpu=True, report_to=[], save_strategy="no",
+                             disable_tqdm=True, logging_strategy="no", seed=0, warmup_steps=0,
+                             lr_scheduler_type="constant")
+    optimizer = peftlab.make_optimizer(model, lr=1e-3)
+    trainer = Trainer(model=model, args=args, train_dataset=rows(model), callbacks=[PeftlabCallback()],
+                      optimizers=(optimizer, None))
+    trainer.train()
+    names = {id(p): n for n, p in model.named_parameters()}
+    rates = {names[id(p)].rsplit(".", 1)[-1]: group["lr"] for group in trainer.optimizer.param_groups
+             for p in group["params"]}
+    assert rates == {"lora_A": 1e-3, "lora_B": 16e-3}

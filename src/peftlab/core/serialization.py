@@ -31,7 +31,7 @@ from peftlab.core.atomic import atomic_directory, recover_directory
 from peftlab.core.checks import non_finite_tensors, warn_if_inert
 from peftlab.core.config import ConfigError, MethodConfig
 from peftlab.core.errors import UserError
-from peftlab.core.injection import adapter_buffers, adapter_parameters, apply_config, peft_state
+from peftlab.core.injection import adapter_buffers, adapter_parameters, apply_config, peft_state, restored_on_error
 from peftlab.core.layers import AdapterModule
 from peftlab.core.merging import unload
 from peftlab.core.registry import get_method
@@ -185,12 +185,9 @@ def load_adapter(model: nn.Module, path: str | os.PathLike) -> nn.Module:
         )
     state = peft_state(model)
     if state is None:
-        apply_config(model, config)
-        try:
+        with restored_on_error(model):
+            apply_config(model, config)
             load_adapter_state_dict(model, tensors, source=str(path))
-        except BaseException:
-            unload(model, merge_first=False)
-            raise
         _warn_after_load(model, doubts, str(path))
         return model
     if state.config != config:
