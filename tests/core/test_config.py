@@ -37,6 +37,13 @@ def test_string_values_from_the_command_line_are_converted():
         peftlab.make_config("lora", rank="big")
 
 
+def test_a_hybrid_part_from_the_command_line_is_a_json_object():
+    config = peftlab.make_config("mam", adapter='{"bottleneck_size": 64}')
+    assert (config.adapter.bottleneck_size, config.adapter.scaling) == (64, 4.0)  # the rest keeps MAM's defaults
+    with pytest.raises(ConfigError, match="'adapter': .* is not a JSON object"):
+        peftlab.make_config("mam", adapter="bottleneck_size=64")
+
+
 def test_unknown_keys_from_a_newer_version_warn_instead_of_crashing():
     data = {**peftlab.make_config("lora").to_dict(), "format_version": 9, "quantum_rank": 3}
     with warnings.catch_warnings(record=True) as caught:

@@ -113,6 +113,12 @@ def _jsonable(value: Any) -> Any:
 def _coerce(field: dataclasses.Field, owner: type, value: Any) -> Any:
     """Convert JSON/CLI values to the field's declared type, or fail naming the field."""
     hint = typing.get_type_hints(owner)[field.name]
+    if isinstance(value, str) and isinstance(field.default, MethodConfig):  # --set adapter='{"scaling": 2}'
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as error:
+            raise ConfigError(f"{owner.method} config field {field.name!r}: {value!r} is not a JSON object "
+                              f"({error.msg}); write it as '{{\"key\": value}}'") from None
     if isinstance(value, dict) and isinstance(field.default, MethodConfig):
         # a hybrid's part given as a dict: the keys it leaves out keep the hybrid's default for that part
         value = {**field.default.to_dict(), **value}
