@@ -81,3 +81,10 @@ def test_summary_names_sources_and_shortens_long_lists():
     line = summary(records)
     assert line.startswith("Suite: quick · runs: 11 ok, 1 failed · device: cpu · commit: ")
     assert line.endswith("00ffffffff, 01ffffffff, 02ffffffff (+9 more)")
+
+
+def test_how_a_method_counts_its_parameters_is_noted_under_the_table():
+    noted = [*RECORDS, {**record("propetl", "propetl", "unified", "a", 0, 84.0, 0.3, 400),
+                        "parameters": {"trainable_percent": 0.3, "note": "masks counted at 1 bit per entry"}}]
+    (table,) = build_tables(noted)
+    assert table.notes == ["`propetl` trainable %: masks counted at 1 bit per entry"]

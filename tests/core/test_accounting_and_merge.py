@@ -65,3 +65,13 @@ def test_method_files_sit_in_their_family_folder():
     for spec in peftlab.all_methods():
         module = spec.inject.__module__
         assert module.split(".")[2] == spec.family, f"{spec.name} registers family {spec.family} from {module}"
+
+
+def test_a_method_that_counts_differently_says_so_in_the_report():
+    propetl = peftlab.parameter_report(peftlab.apply(tiny_llama(), "propetl"))
+    assert propetl.note == "masks counted at 1 bit per entry, as the paper counts them"
+    assert str(propetl).endswith(f"({propetl.note})") and propetl.as_dict()["note"] == propetl.note
+    mam = peftlab.parameter_report(peftlab.apply(tiny_llama(), "mam"))
+    assert "reparameterisation MLP" in mam.note
+    assert peftlab.parameter_report(peftlab.apply(tiny_llama(), "prefix_tuning", reparameterize=False)).note == ""
+    assert peftlab.parameter_report(peftlab.apply(tiny_llama(), "lora")).note == ""

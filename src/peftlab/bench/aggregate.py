@@ -84,6 +84,8 @@ def build_table(model: str, records: list[dict[str, Any]]) -> Table:
     rows = [_row(label, by_row[label], tasks) for label in by_row]
     rows.sort(key=lambda row: (_family_rank(row.family), row.method != row.label, row.method, row.label))
     notes = sorted({record["model_note"] for record in records if record.get("model_note")})
+    notes += sorted({f"`{record['spec']['label']}` trainable %: {record['parameters']['note']}" for record in records
+                     if (record.get("parameters") or {}).get("note")})
     table = Table(model, metric_names, tasks, rows, notes, directions)
     mark_best(table)
     return table

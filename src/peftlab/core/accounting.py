@@ -16,6 +16,7 @@ class ParameterReport:
     trainable: int
     total: int
     base: int
+    note: str = ""  # how the method counts, when not every trainable tensor counts in full
 
     @property
     def trainable_percent(self) -> float:
@@ -26,10 +27,8 @@ class ParameterReport:
         return {**asdict(self), "trainable_percent": self.trainable_percent}
 
     def __str__(self) -> str:
-        return (
-            f"trainable {self.trainable:,} || total {self.total:,} || "
-            f"trainable% of base {self.trainable_percent:.4f}"
-        )
+        line = f"trainable {self.trainable:,} || total {self.total:,} || trainable% of base {self.trainable_percent:.4f}"
+        return f"{line} ({self.note})" if self.note else line
 
 
 def logical_shape(parameter: nn.Parameter) -> tuple[int, ...]:
@@ -63,7 +62,7 @@ def parameter_report(model: nn.Module) -> ParameterReport:
         trainable = state.injection.count_trainable(model)
     else:
         trainable = sum(numel(p) for _, p in adapter_parameters(model))
-    return ParameterReport(trainable=trainable, total=total, base=total - added)
+    return ParameterReport(trainable=trainable, total=total, base=total - added, note=state.injection.count_note)
 
 
 def parameter_counts(model: nn.Module) -> tuple[int, int]:

@@ -31,12 +31,14 @@ class Injection:
     ``selected``: names of *base* parameters the method trains (partial methods, full fine-tuning).
     ``created``: names of parameters it added directly to base modules (e.g. BitFit's missing biases).
     ``count_trainable``: the survey's trainable count when it is not the plain sum of numels.
+    ``count_note``: what that count counts, shown beside it (e.g. ProPETL's 1-bit masks).
     ``hooks``: handles removed when the method is taken off.
     """
 
     selected: list[str] = field(default_factory=list)
     created: list[str] = field(default_factory=list)
     count_trainable: Callable[[nn.Module], int] | None = None
+    count_note: str = ""
     hooks: list[torch.utils.hooks.RemovableHandle] = field(default_factory=list)
 
 

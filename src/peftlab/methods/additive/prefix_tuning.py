@@ -188,6 +188,10 @@ def prefix_parameter_counts(model: nn.Module) -> dict[str, int]:
     }
 
 
+def count_note(config: PrefixTuningConfig) -> str:
+    return "prefixes counted folded; the reparameterisation MLP that trains them is not" if config.reparameterize else ""
+
+
 def count_trainable(model: nn.Module) -> int:
     return prefix_encoder(model).folded_size + sum(p.numel() for p in _other_parameters(model).values())
 
@@ -270,7 +274,7 @@ def inject(model: nn.Module, config: PrefixTuningConfig) -> Injection:
     hooks: list[Any] = [_Detach(model, handle)]
     if config.positions == "after_prefix":
         hooks.append(model.register_forward_pre_hook(_ShiftPositions(config.num_virtual_tokens), with_kwargs=True))
-    return Injection(count_trainable=count_trainable, hooks=hooks)
+    return Injection(count_trainable=count_trainable, hooks=hooks, count_note=count_note(config))
 
 
 register(MethodSpec(

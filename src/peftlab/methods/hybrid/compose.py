@@ -22,6 +22,7 @@ def inject_parts(model: nn.Module, parts: Sequence[MethodConfig]) -> list[Inject
 
 def combine(injections: Sequence[Injection], count_trainable: Callable[[nn.Module], int] | None = None) -> Injection:
     return Injection(
+        count_note="; ".join(dict.fromkeys(i.count_note for i in injections if i.count_note)),
         selected=[name for injection in injections for name in injection.selected],
         created=[name for injection in injections for name in injection.created],
         count_trainable=count_trainable,

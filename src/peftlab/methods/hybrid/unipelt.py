@@ -227,6 +227,7 @@ def inject(model: nn.Module, config: UniPELTConfig) -> Injection:
     _gate_layers(model, SequentialAdapter, "output", config.gate_pooling)
     handle, slots = _add_gated_prefixes(model, config.prefix, config.gate_pooling)
     injection = combine(parts, prefix_tuning.count_trainable)
+    injection.count_note = prefix_tuning.count_note(config.prefix)
     if slots is not None:
         injection.hooks.append(slots)
     injection.hooks.append(DetachModules(model, handle, (ENCODER_NAME, GATES_NAME)))

@@ -259,7 +259,8 @@ def inject(model: nn.Module, config: ChildTuningConfig) -> Injection:
         parent_numel = sum(named[name].numel() for name in parents)
         return child_size(parent_numel, config.reserve_p) + sum(named[name].numel() for name in others)
 
-    return Injection(selected=list(parents), count_trainable=count_trainable)
+    return Injection(selected=list(parents), count_trainable=count_trainable,
+                     count_note="the child network: reserve_p of the selected weights")
 
 
 register(MethodSpec(

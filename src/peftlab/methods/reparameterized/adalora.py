@@ -220,7 +220,7 @@ def inject(model: nn.Module, config: AdaLoRAConfig) -> Injection:
         state = peft_state(adapted)
         return active + sum(named[n].numel() for n in dict.fromkeys(state.injection.selected + state.injection.created))
 
-    return Injection(count_trainable=count_trainable)
+    return Injection(count_trainable=count_trainable, count_note="active rank triplets only")
 
 
 register(MethodSpec(

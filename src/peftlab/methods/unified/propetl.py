@@ -319,7 +319,8 @@ def inject(model: nn.Module, config: ProPETLConfig) -> Injection:
     handle = INJECTORS[config.prototype](model, config, prototypes)
     model.add_module(PROTOTYPES_NAME, prototypes)
     detach = DetachModules(model, handle, (PROTOTYPES_NAME, PREFIXES_NAME))
-    return Injection(count_trainable=count_trainable, hooks=[detach])
+    return Injection(count_trainable=count_trainable, hooks=[detach],
+                     count_note="masks counted at 1 bit per entry, as the paper counts them")
 
 
 register(MethodSpec(
