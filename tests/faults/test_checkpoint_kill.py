@@ -21,7 +21,7 @@ from peftlab.train.checkpoint import checkpoints, latest_checkpoint, load_checkp
 
 WRITER = Path(__file__).with_name("checkpoint_writer.py")
 ROOT = Path(__file__).parents[2]
-STAGING = r"\.checkpoint-\d+\.[^/.]+\.tmp"  # atomic_directory's staging folder
+STAGING = r"\.checkpoint-\d+\.\d+\.[^/.]+\.tmp"  # atomic_directory's staging folder
 PRUNED = r"\.checkpoint-\d+\.pruned\.tmp"  # a checkpoint renamed away for deletion
 
 # (what the kill interrupts, --die-at KIND PATTERN N, how many new checkpoints it leaves complete)

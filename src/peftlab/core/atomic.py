@@ -109,25 +109,40 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a fresh temporary folder beside ``path``; on success it replaces ``path`` whole.
 
     Files already in ``path`` that the writer does not produce are dropped, as with a fresh save.
-    On an exception (or a kill) ``path`` is untouched; stale ``.tmp`` siblings are removed on the next save.
+    On an exception (or a kill) ``path`` is untouched; stale ``.tmp`` siblings of dead writers are removed
+    on the next save. Writers of the same ``path`` in several processes (sweep shards building one shared
+    model folder) leave each other's staging alone, and the last to finish wins whole.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     recover_directory(path)
     for stale in path.parent.glob(f".{path.name}.*.tmp"):
-        shutil.rmtree(stale, ignore_errors=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        if not _writer_alive(stale):
+            shutil.rmtree(stale, ignore_errors=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent))
     try:
         yield staging
         _fsync_tree(staging)
-        if path.exists():
-            retired = path.parent / f".{path.name}.{os.getpid()}.old.tmp"
-            os.replace(path, retired)
-            os.replace(staging, path)
-            shutil.rmtree(retired, ignore_errors=True)
-        else:
-            os.replace(staging, path)
+        _swap_in(staging, path)
         _fsync_directory(path.parent)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def _swap_in(staging: Path, path: Path, attempts: int = 5) -> None:
+    """Rename ``staging`` to ``path``, retiring whatever is there; another writer may put its own
+    folder at ``path`` between the two renames (the rename then fails and is tried again)."""
+    retired = path.parent / f".{path.name}.{os.getpid()}.old.tmp"
+    for attempt in range(attempts):
+        if path.exists():
+            shutil.rmtree(retired, ignore_errors=True)
+            with contextlib.suppress(FileNotFoundError):  # another writer retired it first
+                os.replace(path, retired)
+        try:
+            os.replace(staging, path)
+            break
+        except OSError:
+            if attempt == attempts - 1 or not path.exists():
+                raise
+    shutil.rmtree(retired, ignore_errors=True)
