@@ -63,7 +63,7 @@ def _smollm2(shape: Shape) -> nn.Module:
 def _roberta(shape: Shape) -> nn.Module:
     config = RobertaConfig(vocab_size=shape.vocab, hidden_size=shape.hidden, num_hidden_layers=shape.layers,
                            num_attention_heads=shape.heads, intermediate_size=shape.intermediate,
-                           max_position_embeddings=shape.length + 4, num_labels=2, pad_token_id=1)
+                           max_position_embeddings=shape.length + 64, num_labels=2, pad_token_id=1)  # room for soft prompts
     return RobertaForSequenceClassification(config)
 
 
@@ -194,7 +194,9 @@ def _prompt_peftlab(model: nn.Module, workload: Workload) -> dict[str, Any]:
 def _prompt_peft(model: nn.Module, workload: Workload) -> Any:
     from peft import PromptTuningConfig
 
-    return PromptTuningConfig(num_virtual_tokens=20, task_type=PEFT_TASK[workload.task])
+    # peft prompts T5's decoder too by default (two prompt tables); peftlab prompts the encoder input only
+    submodules = {"num_transformer_submodules": 1} if workload.task == "seq2seq" else {}
+    return PromptTuningConfig(num_virtual_tokens=20, task_type=PEFT_TASK[workload.task], **submodules)
 
 
 def _prefix_peftlab(model: nn.Module, workload: Workload) -> dict[str, Any]:
