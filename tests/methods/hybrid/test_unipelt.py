@@ -16,7 +16,7 @@ from contract_cases.unipelt import OPTIONS, P
 from methods.hybrid.support import losses_while_training, perturb
 from peftlab.core.config import ConfigError
 from peftlab.core.probe import probe_output
-from peftlab.methods.hybrid.unipelt import Gate, GatedLayer, UniPELTConfig
+from peftlab.methods.hybrid.unipelt import Gate, GatedLayer
 
 POOLINGS = ["token", "sequence"]
 HEADS, HEAD = 4, 8  # tiny_bert
@@ -202,12 +202,6 @@ def test_defaults_follow_the_paper_and_the_nested_config_round_trips_through_jso
     for pooling in POOLINGS:
         custom = peftlab.make_config("unipelt", **OPTIONS, gate_pooling=pooling)
         assert type(custom).from_dict(json.loads(custom.to_json())) == custom
-
-
-def test_a_config_saved_before_gate_pooling_existed_loads_with_the_mean_gates_it_was_trained_with():
-    saved = peftlab.make_config("unipelt", **OPTIONS).to_dict()
-    del saved["gate_pooling"]
-    assert UniPELTConfig.from_dict(saved).gate_pooling == "sequence"
 
 
 def test_an_unknown_pooling_is_a_config_error():

@@ -176,3 +176,11 @@ def test_training_with_faster_scores_lowers_the_loss(prototype):
 def test_bad_keep_ratio_is_a_config_error():
     with pytest.raises(peftlab.ConfigError, match="keep_ratio"):
         peftlab.make_config("propetl", keep_ratio=0.0)
+
+
+def test_an_option_of_another_prototype_is_an_error_not_ignored():
+    with pytest.raises(peftlab.ConfigError, match="'target_modules': only the lora prototype uses it and this one is 'adapter'"):
+        peftlab.make_config("propetl", prototype="adapter", target_modules=["feed_forward"])
+    with pytest.raises(peftlab.ConfigError, match="'bottleneck_size': only the adapter prototype uses it"):
+        peftlab.make_config("propetl", prototype="prefix", bottleneck_size=16)
+    assert peftlab.make_config("propetl", prototype="lora", target_modules=["q_proj"]).target_modules == ("q_proj",)

@@ -26,7 +26,7 @@ model equals the three parts applied together.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal, Self
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -91,12 +91,6 @@ class UniPELTConfig(MethodConfig):
     def validate(self) -> None:
         require_parts_save_nothing(self, ("adapter", "prefix", "lora"))
         require(self.gate_pooling in ("token", "sequence"), self, "gate_pooling", "must be token or sequence")
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Self:
-        """As :meth:`MethodConfig.from_dict`; an ``adapter_config.json`` written before ``gate_pooling``
-        existed was trained with sequence-mean gates, so it loads as ``"sequence"``."""
-        return super().from_dict({"gate_pooling": "sequence", **data})
 
 
 class Gate(nn.Module):

@@ -18,6 +18,7 @@ keeps an entry and 0.5 where it drops one, which reproduces the masks exactly.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -46,6 +47,10 @@ from peftlab.methods.hybrid.compose import DetachModules
 PROTOTYPES_NAME = "propetl_prototypes"
 PREFIXES_NAME = "propetl_prefixes"
 MASK_SUFFIX = ".mask_bits"
+
+
+PROTOTYPE_OPTIONS = {"adapter": ("bottleneck_size", "placement"), "lora": ("rank", "alpha", "target_modules"),
+                     "prefix": ("num_virtual_tokens",)}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -77,6 +82,12 @@ class ProPETLConfig(MethodConfig):
         require(self.rank > 0, self, "rank", "must be a positive integer")
         require(self.alpha > 0, self, "alpha", "must be positive")
         require(self.num_virtual_tokens > 0, self, "num_virtual_tokens", "must be a positive integer")
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        unused = [name for prototype, names in PROTOTYPE_OPTIONS.items() if prototype != self.prototype
+                  for name in names if getattr(self, name) != defaults[name]]
+        require(not unused, self, unused[0] if unused else "prototype",
+                f"only the {next((p for p, n in PROTOTYPE_OPTIONS.items() if unused and unused[0] in n), '')} "
+                f"prototype uses it and this one is {self.prototype!r}: set prototype= or drop the option")
 
 
 def binary_mask(scores: torch.Tensor, keep_ratio: float) -> torch.Tensor:
