@@ -15,7 +15,7 @@ from peftlab import methods as _methods  # noqa: F401  (importing it registers e
 from peftlab import interop as _interop  # noqa: F401  (lets load_adapter read HF peft folders)
 from peftlab.core.accounting import ParameterReport, parameter_counts, parameter_report
 from peftlab.core.config import ConfigError, MethodConfig
-from peftlab.core.hooks import TrainingHooks, make_optimizer, parameter_groups, training_hooks
+from peftlab.core.hooks import TrainingHooks, make_optimizer, method_report, parameter_groups, training_hooks
 from peftlab.core.injection import adapter_parameters, apply_config, peft_state
 from peftlab.core.layers import OffloadedWeightsError
 from peftlab.core.merging import MergeError, MergeReport, merge, unload, unmerge
@@ -71,6 +71,7 @@ __all__ = [
     "make_config",
     "make_optimizer",
     "merge",
+    "method_report",
     "parameter_counts",
     "parameter_groups",
     "parameter_report",

@@ -93,3 +93,11 @@ def make_optimizer(model: nn.Module, lr: float, weight_decay: float = 0.0) -> to
     state = peft_state(model)
     factory = get_method(state.method).extra.get("optimizer") if state else None
     return factory(model, state.config, groups) if factory is not None else torch.optim.AdamW(groups)
+
+
+def method_report(model: nn.Module) -> dict[str, Any]:
+    """What the applied method's trained state says about itself (``extra["report"]``; AdaLoRA: its final
+    per-layer ranks), for ``adapter_config.json`` and ``metrics.json``; empty for other methods."""
+    state = peft_state(model)
+    reporter = get_method(state.method).extra.get("report") if state else None
+    return reporter(model) if reporter is not None else {}

@@ -31,9 +31,9 @@ from peftlab.core.atomic import atomic_directory, recover_directory
 from peftlab.core.checks import non_finite_tensors, warn_if_inert
 from peftlab.core.config import ConfigError, MethodConfig
 from peftlab.core.errors import UserError
+from peftlab.core.hooks import method_report
 from peftlab.core.injection import adapter_buffers, adapter_parameters, apply_config, peft_state, restored_on_error
 from peftlab.core.layers import AdapterModule
-from peftlab.core.merging import unload
 from peftlab.core.registry import get_method
 
 CONFIG_NAME = "adapter_config.json"
@@ -96,9 +96,9 @@ def save_adapter(model: nn.Module, path: str | os.PathLike, tokenizer: Any = Non
         "peftlab_version": _peftlab_version(),
         "base_model": base_model_info(model),
     }
-    reporter = get_method(state.method).extra.get("report")
-    if reporter is not None:
-        document[REPORT_KEY] = reporter(model)
+    report = method_report(model)
+    if report:
+        document[REPORT_KEY] = report
     path = Path(path)
     with atomic_directory(path) as staging:
         save_file(tensors, str(staging / WEIGHTS_NAME), metadata={"format": "pt", "method": state.method})

@@ -28,7 +28,6 @@ from peftlab.train.args import ArgumentError, TrainArgs
 from peftlab.train.checkpoint import Progress, full_parameters, latest_checkpoint, load_checkpoint, save_checkpoint
 from peftlab.train.encoding import collate, count_tokens, encode
 from peftlab.train.evaluation import evaluate
-from peftlab.train.method_report import method_report
 from peftlab.train.plan import Plan, clear_output_dir, make_plan
 from peftlab.train.resources import peak_memory, write_log_line, trim_log
 
@@ -245,7 +244,7 @@ class Trainer:
             "train_tokens_per_s": tokens / progress.train_time_s if progress.train_time_s else 0.0,
             **peak_memory(self.accelerator.device),
             "device": str(self.accelerator.device), "mixed_precision": self.accelerator.mixed_precision,
-            **method_report(self.base, self.args.method),
+            **peftlab.method_report(self.base),
         }
         if self.output is not None:
             self.save_final(metrics)
