@@ -5,9 +5,10 @@
 
 Each measurement is its own process (``measure.py``); the job list is run ``--repeats`` times,
 alternating its order, and every number reported is the median over repeats. The peftlab rows use
-peftlab's training step (chunked cross-entropy for language models, ``peftlab.core.losses.lm_loss``);
+peftlab's training step, as ``peftlab train`` runs it by default (for language models the chunked cross-entropy,
+``peftlab.core.losses.lm_loss``, and fused RMSNorm/SwiGLU, ``peftlab.core.fused_ops``);
 the peft, floor and full rows use the plain ``model(**batch).loss``. "vs floor" divides by the floor
-measured with the same loss, so it isolates the adapter's own cost.
+measured with the same step (loss and fused ops), so it isolates the adapter's own cost.
 """
 
 from __future__ import annotations
@@ -170,14 +171,22 @@ def machine(args: argparse.Namespace) -> str:
             f"transformers {transformers.__version__}, peft {peft.__version__}; {gpu}")
 
 
+def _step(text: str) -> str:
+    loss, *features = text.split("+")
+    if loss not in ("plain", "chunked") or not set(features) <= {"fused", "ckpt"}:
+        raise argparse.ArgumentTypeError(f"{text!r}: a step is plain or chunked, then any of +fused, +ckpt")
+    return text
+
+
 def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--setting", choices=("quick", "moderate", "issue"), default="quick")
     parser.add_argument("--models", type=lambda s: s.split(","), default=list(WORKLOADS),
                         help="comma-separated; 'name=m1+m2' measures only those methods on that model")
     parser.add_argument("--methods", type=lambda s: s.split(","), default=list(METHODS))
-    parser.add_argument("--peftlab-step", default="chunked", choices=("plain", "chunked", "chunked+ckpt"))
-    parser.add_argument("--extra-steps", type=lambda s: [x for x in s.split(",") if x], default=[],
+    parser.add_argument("--peftlab-step", default="chunked+fused", type=_step,
+                        help="peftlab's step for LMs: plain or chunked loss, then +fused (RMSNorm, SwiGLU), +ckpt")
+    parser.add_argument("--extra-steps", type=lambda s: [_step(x) for x in s.split(",") if x], default=[],
                         help="more peftlab steps to measure for LMs, e.g. plain,chunked+ckpt")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--steps", type=int, default=3, help="timed training steps per process (after warmup)")

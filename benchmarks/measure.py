@@ -25,6 +25,7 @@ from torch import nn  # noqa: E402
 
 import peftlab  # noqa: E402
 from peftlab.core.checkpointing import enable_activation_checkpointing  # noqa: E402
+from peftlab.core.fused_ops import fuse  # noqa: E402
 from peftlab.core.losses import lm_loss  # noqa: E402
 from workloads import METHODS, WORKLOADS, build_model, make_batch  # noqa: E402
 
@@ -38,7 +39,7 @@ class Job:
     setting: str
     library: str  # "peftlab", "peft", "floor" (frozen base, one trainable scalar) or "full"
     method: str = ""
-    step: str = "plain"  # "plain" (model(**batch).loss), "chunked" (peftlab lm_loss), "chunked+ckpt"
+    step: str = "plain"  # "plain" (model(**batch).loss) or "chunked" (peftlab lm_loss), then "+fused", "+ckpt"
     kind: str = "train"  # or "infer"
     steps: int = 3
     warmup: int = 1
@@ -107,10 +108,13 @@ def run_train(job: Job) -> dict[str, Any]:
     model = build_model(workload, job.setting).to(job.device)
     model, optimizer, after_step, trainable = _adapt(job, model)
     model.train()
-    if job.step.endswith("+ckpt"):
+    features = set(job.step.split("+"))
+    if "ckpt" in features:
         enable_activation_checkpointing(model)
+    if "fused" in features:
+        fuse(model)
     batch = {name: value.to(job.device) for name, value in make_batch(workload, job.setting).items()}
-    compute_loss = (lambda: lm_loss(model, batch)) if job.step.startswith("chunked") else (lambda: model(**batch).loss)
+    compute_loss = (lambda: lm_loss(model, batch)) if "chunked" in features else (lambda: model(**batch).loss)
     hooks = peftlab.training_hooks(model) if job.library == "peftlab" else None
     times, losses = [], []
     for step in range(job.warmup + job.steps):

@@ -14,7 +14,7 @@ measure = pytest.importorskip("measure")
 @pytest.mark.slow
 def test_peftlab_and_peft_rows_measure_the_same_step():
     common = {"workload": "llama", "setting": "quick", "steps": 1, "warmup": 0}
-    ours = measure.run_train(measure.Job(library="peftlab", method="lora", step="chunked", **common))
+    ours = measure.run_train(measure.Job(library="peftlab", method="lora", step="chunked+fused", **common))
     theirs = measure.run_train(measure.Job(library="peft", method="lora", **common))
     floor = measure.run_train(measure.Job(library="floor", **common))
     assert ours["trainable"] == theirs["trainable"] > 0
@@ -30,9 +30,9 @@ def test_peftlab_and_peft_rows_measure_the_same_step():
 @pytest.mark.parametrize("method", ["dora", "rslora", "pissa", "lora_plus", "lora_fa", "vera", "loha", "lokr"])
 def test_lora_family_rows_measure_the_same_step_as_peft(method):
     common = {"workload": "llama", "setting": "quick", "steps": 1, "warmup": 0}
-    ours = measure.run_train(measure.Job(library="peftlab", method=method, step="chunked", **common))
+    ours = measure.run_train(measure.Job(library="peftlab", method=method, step="chunked+fused", **common))
     theirs = measure.run_train(measure.Job(library="peft", method=method, **common))
-    floor = measure.run_train(measure.Job(library="floor", step="chunked", **common))
+    floor = measure.run_train(measure.Job(library="floor", step="chunked+fused", **common))
     assert ours["trainable"] == theirs["trainable"] > 0
     assert ours["first_loss"] == pytest.approx(theirs["first_loss"], rel=1e-5)
     assert ours["first_loss"] == pytest.approx(floor["first_loss"], rel=1e-5)  # every one starts as the base

@@ -54,3 +54,45 @@ def test_eval_steps_evaluate_every_n_steps_and_best_holds_the_best_scoring_adapt
 
     assert pearson(out / "best") == pytest.approx(scores[best_step], abs=1e-5)
     assert pearson(out) == pytest.approx(scores[8], abs=1e-5)
+
+
+@pytest.mark.parametrize("family,task,split", [("llama", "alpaca", None), ("t5", "wmt16-en-ro", "newsdev2016")])
+def test_default_step_chunked_loss_and_fused_ops_trains_as_the_plain_step(tiny_models, data_root, tmp_path, family,
+                                                                          task, split):
+    """The default step (chunked loss, fused RMSNorm/SwiGLU) gives the adapter the plain step gives."""
+    common = dict(model=str(tiny_models[family]), task=task, train_split=split, method="lora", data_dir=str(data_root),
+                  max_train_samples=8, max_eval_samples=2, batch_size=4, max_steps=2, progress=False,
+                  learning_rate=1e-2, max_new_tokens=4, options={"target_modules": "all_linear"})
+    fast = run_training(TrainArgs(**common, output_dir=str(tmp_path / "default")))
+    plain = run_training(TrainArgs(**common, output_dir=str(tmp_path / "plain"), loss="plain", fused_ops=False))
+    assert fast["loss"] == "chunked" and plain["loss"] == "plain"
+    assert plain["fused_modules"] == 0 and fast["fused_modules"] > 0  # RMS norms (and LLaMA's SwiGLU MLPs)
+    trained = load_file(tmp_path / "default" / "adapter_model.safetensors")
+    reference = load_file(tmp_path / "plain" / "adapter_model.safetensors")
+    assert any(name.endswith("lora_B") and t.abs().sum() > 0 for name, t in trained.items())
+    for name in reference:
+        torch.testing.assert_close(trained[name], reference[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_chunked_loss_where_it_cannot_apply_is_an_error_and_auto_takes_the_plain_loss(tiny_models, data_root, tmp_path):
+    from peftlab.train.args import ArgumentError
+
+    common = dict(model=str(tiny_models["bert"]), task="sst2", method="lora", data_dir=str(data_root),
+                  max_train_samples=8, max_eval_samples=4, batch_size=4, max_steps=1, progress=False)
+    with pytest.raises(ArgumentError, match="classification head.*--loss plain"):
+        run_training(TrainArgs(**common, loss="chunked", output_dir=str(tmp_path / "refused")))
+    assert not (tmp_path / "refused" / "metrics.json").exists()
+    assert run_training(TrainArgs(**common))["loss"] == "plain"
+
+
+def test_cli_turns_the_default_step_off(tiny_models):
+    import argparse
+
+    from peftlab.cli.train import add_parser, train_args
+
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers())
+    parsed = parser.parse_args(["train", "--model", "m", "--task", "sst2", "--no-fused-ops", "--loss", "plain"])
+    args = train_args(parsed)
+    assert args.fused_ops is False and args.loss == "plain"
+    assert train_args(parser.parse_args(["train", "--model", "m", "--task", "sst2"])).fused_ops is True

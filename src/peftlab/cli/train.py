@@ -21,7 +21,7 @@ from peftlab.cli import CommandError
 
 # Field -> flag where the short name reads better than the field's.
 FLAGS = {"output_dir": "output", "learning_rate": "lr", "gradient_accumulation_steps": "grad-accum",
-         "options": "set", "eval_tasks": "eval-task", "progress": "no-progress"}
+         "options": "set", "eval_tasks": "eval-task", "progress": "no-progress", "fused_ops": "no-fused-ops"}
 HELP = {
     "model": "an alias (minilm-l6, smollm2-135m), a local model folder, or a hub name",
     "task": "a task name (see peftlab.tasks.task_names(): cola sst2 mrpc stsb rte qnli mnli qqp wmt16-en-ro mmlu mmlu-5shot alpaca)",
@@ -42,6 +42,8 @@ HELP = {
     "resume": "continue from the newest complete checkpoint in --output",
     "overwrite": "replace a previous run in --output",
     "progress": "hide the progress bar",
+    "loss": "auto: the chunked LM loss (no full-vocabulary logits) for text tasks where it applies; plain: model(**batch).loss",
+    "fused_ops": "run RMSNorm and SwiGLU layers as the model's own eager ops (same values; slower, more memory)",
 }
 
 
@@ -56,7 +58,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         flag = "--" + FLAGS.get(field.name, field.name.replace("_", "-"))
         kwargs: dict[str, Any] = {"dest": field.name, "default": None, "help": HELP.get(field.name)}
         hint = hints[field.name]
-        if field.name == "progress":
+        if hint is bool and field.default is True:  # on by default: the flag turns it off
             parser.add_argument(flag, action="store_const", const=False, **kwargs)
         elif hint is bool:
             parser.add_argument(flag, action="store_const", const=True, **kwargs)

@@ -12,7 +12,7 @@ their chunk and nothing is recomputed in backward. Only positions that carry a l
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 
 import torch
@@ -112,35 +112,45 @@ def lm_loss(
     *,
     chunk_size: int | None = None,
     reduction: str = "mean",
+    forward: Callable[..., object] | None = None,
 ) -> torch.Tensor:
     """The language-model loss of ``batch`` (which holds ``labels``) without full-vocabulary logits.
 
     Equals ``model(**batch).loss`` for ``transformers`` causal LMs (labels shifted by one) and
     seq2seq LMs (decoder inputs built from the labels, as the model does). The model's head must be
     a plain ``nn.Linear``: train it through the plain loss if a method adapts the head itself.
+    ``forward`` runs the model instead of ``model`` itself (a DDP wrapper around it, say).
     """
     if "labels" not in batch:
         raise ChunkedLossError("the batch has no 'labels'; the chunked loss needs them")
+    problem = chunked_loss_problem(model)
+    if problem is not None:
+        raise ChunkedLossError(f"{problem}; use the plain loss (model(**batch).loss) for this model")
     head = model.get_output_embeddings()
-    if not isinstance(head, nn.Linear) or isinstance(head, AdapterLayer):
-        raise ChunkedLossError(
-            f"the chunked loss needs a plain nn.Linear output head, found {type(head).__name__}; "
-            "use the plain loss (model(**batch).loss) when a method adapts the head"
-        )
-    if getattr(model.config, "final_logit_softcapping", None):
-        raise ChunkedLossError("the chunked loss does not apply logit soft-capping; use the plain loss for this model")
     labels = batch["labels"]
     inputs = {name: value for name, value in batch.items() if name != "labels"}
     seq2seq = bool(getattr(model.config, "is_encoder_decoder", False))
     if seq2seq and "decoder_input_ids" not in inputs:
         inputs["decoder_input_ids"] = model.prepare_decoder_input_ids_from_labels(labels=labels)
     with _hidden_before(head) as captured:
-        model(**inputs)
+        (forward or model)(**inputs)
     hidden = captured[0]
     if hidden.shape[-2] > labels.shape[-1]:  # positions a method prepended (virtual tokens) carry no label
         labels = F.pad(labels, (hidden.shape[-2] - labels.shape[-1], 0), value=IGNORE_INDEX)
     return linear_cross_entropy(hidden, head.weight, labels, head.bias, shift=not seq2seq,
                                 chunk_size=chunk_size, reduction=reduction)
+
+
+def chunked_loss_problem(model: nn.Module) -> str | None:
+    """Why :func:`lm_loss` cannot compute ``model``'s loss, or None when it can."""
+    get_head = getattr(model, "get_output_embeddings", None)
+    head = get_head() if callable(get_head) else None
+    if not isinstance(head, nn.Linear) or isinstance(head, AdapterLayer):
+        return (f"the chunked loss needs a plain nn.Linear output head, found {type(head).__name__} "
+                "(a method that adapts the head trains it through the plain loss)")
+    if getattr(model.config, "final_logit_softcapping", None):
+        return "the chunked loss does not apply logit soft-capping"
+    return None
 
 
 @contextmanager

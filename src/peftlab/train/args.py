@@ -9,6 +9,7 @@ from typing import Any, Literal
 from peftlab.core.errors import UserError
 
 MixedPrecision = Literal["auto", "no", "fp16", "bf16"]
+LossChoice = Literal["auto", "chunked", "plain"]
 
 
 class ArgumentError(UserError, ValueError):
@@ -45,6 +46,8 @@ class TrainArgs:
     save_total_limit: int = 2
     logging_steps: int = 10
     gradient_checkpointing: bool = False
+    loss: LossChoice = "auto"  # auto: the chunked LM loss (no full-vocabulary logits) where it applies, else plain
+    fused_ops: bool = True  # fused RMSNorm and SwiGLU (same values and gradients, less time and memory)
     mixed_precision: MixedPrecision = "auto"  # auto: bf16 on a GPU that has it, fp16 on other GPUs, off on CPU
     fsdp: bool = False  # shard each transformer block with FSDP2 (torch.distributed.fsdp.fully_shard)
     resume: bool = False  # continue from the newest complete checkpoint in output_dir

@@ -23,11 +23,13 @@ from tqdm.auto import tqdm
 import peftlab
 from peftlab.core.atomic import write_text_atomic
 from peftlab.core.faults import check_finite_loss, raise_out_of_memory
+from peftlab.core.fused_ops import fuse
 from peftlab.core.serialization import CONFIG_NAME, WEIGHTS_NAME, save_adapter
 from peftlab.train.args import ArgumentError, TrainArgs
 from peftlab.train.checkpoint import Progress, full_parameters, latest_checkpoint, load_checkpoint, save_checkpoint
 from peftlab.train.encoding import collate, count_tokens, encode
 from peftlab.train.evaluation import evaluate
+from peftlab.train.loss import loss_function, resolve_loss
 from peftlab.train.plan import Plan, clear_output_dir, make_plan
 from peftlab.train.resources import peak_memory, write_log_line, trim_log
 
@@ -95,6 +97,10 @@ class Trainer:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.base = model
         self.hooks = peftlab.training_hooks(model)
+        writes_text = self.plan.task.kind not in ("classification", "regression")
+        self.loss_kind = resolve_loss(args.loss, model, writes_text=writes_text, fsdp=args.fsdp)
+        self.compute_loss = loss_function(self.loss_kind, model)
+        self.fused_modules = fuse(model) if args.fused_ops else 0
         if args.fsdp:
             model = _shard(model.to(self.accelerator.device))
         else:
@@ -156,7 +162,7 @@ class Trainer:
             batch = self.local_batch(indices)
             last = position == len(group) - 1
             with contextlib.nullcontext() if last else accelerator.no_sync(model), accelerator.autocast():
-                loss = model(**batch).loss + self.hooks.regularization(self.base)
+                loss = self.compute_loss(model, batch) + self.hooks.regularization(self.base)
                 if not torch.isfinite(loss.detach()).all():  # only then look for the checkpoint to name
                     check_finite_loss(loss, step + 1, learning_rate=self.scheduler.get_last_lr()[0],
                                       last_checkpoint=latest_checkpoint(self.output) if self.output else None)
@@ -244,6 +250,7 @@ class Trainer:
             "train_tokens_per_s": tokens / progress.train_time_s if progress.train_time_s else 0.0,
             **peak_memory(self.accelerator.device),
             "device": str(self.accelerator.device), "mixed_precision": self.accelerator.mixed_precision,
+            "loss": self.loss_kind, "fused_modules": self.fused_modules,
             **peftlab.method_report(self.base),
         }
         if self.output is not None:
