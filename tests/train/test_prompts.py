@@ -72,3 +72,19 @@ def test_evaluation_reads_as_far_as_the_model_takes_and_reports_the_cuts(five_sh
     # Both questions keep the header and two of their five examples.
     assert scores["prompts_shortened"] == 2 and scores["shots_dropped"] == 2 * 3
     assert 0 <= scores["accuracy"] <= 1
+
+
+def test_training_prompts_drop_whole_shots_before_losing_their_start(five_shot):
+    """mmlu-5shot training (decoder and T5) keeps the header, the kept shots and the question whole."""
+    from peftlab.train.encoding import encode
+
+    tokenizer = char_tokenizer("gpt2")
+    task = get_task("mmlu-5shot")
+    two_shots = HEADER + shot(1) + shot(2) + tail(8)
+    target_length = len(tokenizer(task.separator + five_shot[0].target, add_special_tokens=False)["input_ids"]) + 1
+    limit = length(tokenizer, two_shots) + target_length
+    (causal,) = encode(task, five_shot[:1], tokenizer, "decoder", limit)
+    prompt = [i for i, label in zip(causal["input_ids"], causal["labels"]) if label == -100]
+    assert prompt == tokenizer(two_shots)["input_ids"]
+    (seq2seq,) = encode(task, five_shot[:1], tokenizer, "encoder-decoder", length(tokenizer, two_shots))
+    assert seq2seq["input_ids"] == tokenizer(two_shots)["input_ids"]

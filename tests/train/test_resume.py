@@ -76,3 +76,46 @@ def test_resume_without_a_checkpoint_starts_clean(tiny_models, data_root, tmp_pa
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [(r["type"], r["step"]) for r in log] == [("train", 1), ("train", 2), ("eval", 2)]
     assert all(r.get("loss") != 99.0 for r in log)
+
+
+def _short_run(tiny_models, data_root, out, **extra):
+    from peftlab.train import TrainArgs
+
+    return TrainArgs(model=str(tiny_models["bert"]), task="sst2", method="lora", data_dir=str(data_root),
+                     output_dir=str(out), max_train_samples=24, max_eval_samples=4, batch_size=4, max_steps=6,
+                     save_steps=2, save_total_limit=3, learning_rate=5e-3, progress=False, **extra)
+
+
+def test_resume_skips_a_damaged_newest_checkpoint_and_names_it(tiny_models, data_root, tmp_path):
+    """A checkpoint damaged after it was written (a truncated file) is skipped with a warning that names it;
+    the run resumes from the one before and ends where an uninterrupted run ends."""
+    from peftlab.train import run_training
+
+    out = tmp_path / "run"
+    run_training(_short_run(tiny_models, data_root, out))
+    finished = load_file(out / "adapter_model.safetensors")
+    assert [p.name for p in sorted(out.glob("checkpoint-*"))] == ["checkpoint-2", "checkpoint-4", "checkpoint-6"]
+    damaged = out / "checkpoint-6" / "optimizer.safetensors"
+    damaged.write_bytes(damaged.read_bytes()[:40])
+    with pytest.warns(UserWarning, match=r"skipped unreadable checkpoint\(s\) checkpoint-6 .*resuming from checkpoint-4"):
+        metrics = run_training(_short_run(tiny_models, data_root, out, resume=True))
+    assert metrics["steps"] == 6
+    resumed = load_file(out / "adapter_model.safetensors")
+    for name in finished:
+        assert torch.equal(resumed[name], finished[name]), name
+    load_file(damaged)  # step 6 was written again, whole
+
+
+def test_resume_with_no_readable_checkpoint_is_an_error_that_writes_nothing(tiny_models, data_root, tmp_path):
+    from peftlab.train import run_training
+    from peftlab.train.args import ArgumentError
+
+    out = tmp_path / "run"
+    run_training(_short_run(tiny_models, data_root, out))
+    (out / "metrics.json").unlink()
+    for state in out.glob("checkpoint-*/trainer_state.json"):
+        state.write_text("{not json")
+    before = sorted(p.name for p in out.rglob("*"))
+    with pytest.raises(ArgumentError, match="no checkpoint .* reads whole: checkpoint-6 .*checkpoint-2 .*Remove them"):
+        run_training(_short_run(tiny_models, data_root, out, resume=True))
+    assert sorted(p.name for p in out.rglob("*")) == before and not (out / "metrics.json").exists()

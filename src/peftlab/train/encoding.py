@@ -51,11 +51,7 @@ def encode_prompts(examples: Sequence[Example], tokenizer: Any, max_length: int)
     """
     features, cuts = [], PromptCuts()
     for example in examples:
-        keep = len(example.shots)
-        ids = tokenizer(example.text, add_special_tokens=True)["input_ids"]
-        while len(ids) > max_length and keep > 0:
-            keep -= 1
-            ids = tokenizer(example.with_shots(keep), add_special_tokens=True)["input_ids"]
+        ids, keep = _prompt_ids(example, tokenizer, max_length)
         cut = len(ids) > max_length
         ids = ids[-max_length:]
         if cut or keep < len(example.shots):
@@ -63,6 +59,17 @@ def encode_prompts(examples: Sequence[Example], tokenizer: Any, max_length: int)
             cuts.shots += len(example.shots) - keep
         features.append({"input_ids": ids, "attention_mask": [1] * len(ids)})
     return features, cuts
+
+
+def _prompt_ids(example: Example, tokenizer: Any, budget: int) -> tuple[list[int], int]:
+    """The prompt's ids with as many of its few-shot examples as fit in ``budget`` tokens (dropped whole,
+    the last first), and how many were kept; the result may still be longer than ``budget``."""
+    keep = len(example.shots)
+    ids = tokenizer(example.text, add_special_tokens=True)["input_ids"]
+    while len(ids) > budget and keep > 0:
+        keep -= 1
+        ids = tokenizer(example.with_shots(keep), add_special_tokens=True)["input_ids"]
+    return ids, keep
 
 
 def _encode_pair(example: Example, tokenizer: Any, max_length: int) -> Features:
@@ -73,15 +80,18 @@ def _encode_pair(example: Example, tokenizer: Any, max_length: int) -> Features:
 
 
 def _encode_seq2seq(example: Example, tokenizer: Any, max_length: int) -> Features:
-    ids = tokenizer(example.text, truncation=True, max_length=max_length)["input_ids"]
+    """An over-long few-shot source drops whole examples first, then loses its end (the tokenizer's cut)."""
+    _, keep = _prompt_ids(example, tokenizer, max_length)
+    ids = tokenizer(example.with_shots(keep), truncation=True, max_length=max_length)["input_ids"]
     labels = tokenizer(text_target=example.target, truncation=True, max_length=max_length)["input_ids"]
     return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels}
 
 
 def _encode_causal(example: Example, separator: str, tokenizer: Any, max_length: int) -> Features:
-    """Over-long pairs keep at least half the budget for the target and cut the prompt from the left."""
-    prompt = tokenizer(example.text, add_special_tokens=True)["input_ids"]
+    """Over-long pairs keep at least half the budget for the target; the prompt drops whole few-shot
+    examples first, then is cut from the left, so it still ends where the answer starts."""
     target = tokenizer(separator + example.target, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    prompt, _ = _prompt_ids(example, tokenizer, max(max_length - len(target), max_length - max_length // 2))
     if len(prompt) + len(target) > max_length:
         target = target[: max(max_length - len(prompt), max_length // 2)]
         prompt = prompt[len(prompt) - (max_length - len(target)):]

@@ -13,10 +13,12 @@ import contextlib
 import json
 import math
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -24,9 +26,10 @@ import peftlab
 from peftlab.core.atomic import write_text_atomic
 from peftlab.core.faults import check_finite_loss, raise_out_of_memory
 from peftlab.core.fused_ops import fuse
-from peftlab.core.serialization import CONFIG_NAME, WEIGHTS_NAME, save_adapter
+from peftlab.core.serialization import CONFIG_NAME, WEIGHTS_NAME, AdapterFileError, save_adapter
 from peftlab.train.args import ArgumentError, TrainArgs
-from peftlab.train.checkpoint import Progress, full_parameters, latest_checkpoint, load_checkpoint, save_checkpoint
+from peftlab.train.checkpoint import (Progress, checkpoints, full_parameters, latest_checkpoint, load_checkpoint,
+                                      save_checkpoint)
 from peftlab.train.encoding import collate, count_tokens, encode
 from peftlab.train.evaluation import evaluate
 from peftlab.train.loss import loss_function, resolve_loss
@@ -34,6 +37,7 @@ from peftlab.train.plan import Plan, clear_output_dir, make_plan
 from peftlab.train.resources import peak_memory, write_log_line, trim_log
 
 
+UNREADABLE = (OSError, ValueError, KeyError, SafetensorError, AdapterFileError)  # a checkpoint damaged after writing
 PREPARE_BATCHES = 4  # training micro-batches a method's prepare hook sees (e.g. Child-Tuning D's Fisher estimate)
 
 
@@ -114,9 +118,9 @@ class Trainer:
             optimizer, lambda step: step / max(1, warmup) if step < warmup else max(0.0, (total - step) / max(1, total - warmup)))
 
     def start(self) -> Progress:
-        checkpoint = latest_checkpoint(self.output) if self.args.resume and self.output else None
-        if checkpoint is not None:
-            progress = load_checkpoint(checkpoint, self.base, self.optimizer, self.scheduler, self.hooks)
+        resumed = self.resume_from_checkpoint() if self.args.resume and self.output else None
+        if resumed is not None:
+            checkpoint, progress = resumed
             if self.is_main:
                 trim_log(self.output / "log.jsonl", progress.step)
                 print(f"resuming from {checkpoint} (step {progress.step} of {self.total_steps})")
@@ -127,6 +131,25 @@ class Trainer:
             first = [indices for group in self.epoch_groups(0) for indices in group][:PREPARE_BATCHES]
             self.hooks.prepare(self.base, [self.local_batch(indices, everyone=True) for indices in first])
         return Progress()
+
+    def resume_from_checkpoint(self) -> tuple[Path, Progress] | None:
+        """The newest checkpoint that reads whole, restored; a newer unreadable one is named in a warning
+        and left in place. None when there is none; an error when none of them reads."""
+        if latest_checkpoint(self.output) is None:  # also finishes or clears interrupted checkpoint writes
+            return None
+        problems = []
+        for checkpoint in reversed(checkpoints(self.output)):
+            try:
+                progress = load_checkpoint(checkpoint, self.base, self.optimizer, self.scheduler, self.hooks)
+            except UNREADABLE as error:  # every part is loaded again from the next one tried
+                problems.append(f"{checkpoint.name} ({type(error).__name__}: {str(error).splitlines()[0]})")
+                continue
+            if problems:
+                warnings.warn(f"--resume: skipped unreadable checkpoint(s) {', '.join(problems)}; resuming from "
+                              f"{checkpoint.name}. The skipped folders are left as they are.", stacklevel=2)
+            return checkpoint, progress
+        raise ArgumentError(f"--resume: no checkpoint in {self.output} reads whole: {', '.join(problems)}. Remove them "
+                            f"to start over (or pass --overwrite without --resume)")
 
     # -- the loop -----------------------------------------------------------------------------------
     def train(self) -> dict[str, Any]:
