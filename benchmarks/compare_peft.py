@@ -9,6 +9,12 @@ peftlab's training step, as ``peftlab train`` runs it by default (for language m
 ``peftlab.core.losses.lm_loss``, and fused RMSNorm/SwiGLU, ``peftlab.core.fused_ops``);
 the peft, floor and full rows use the plain ``model(**batch).loss``. "vs floor" divides by the floor
 measured with the same step (loss and fused ops), so it isolates the adapter's own cost.
+
+Memory, two ways. "peak MB" is the process's peak: RSS on CPU (what the machine must have; it includes
+memory the C allocator keeps after tensors are freed, which varies from run to run) or ``max_memory_allocated``
+on a GPU. "step tensors MB" is the most tensor memory one training step holds beyond the resident model and
+optimizer state (activations, gradients, the loss's buffers), from one extra profiled step: the profiler's
+running allocation total on CPU, ``max_memory_allocated`` minus what was allocated before the step on a GPU.
 """
 
 from __future__ import annotations
@@ -113,23 +119,27 @@ def train_table(name: str, jobs: list[Job], results: dict[str, list[dict]]) -> l
     shape = WORKLOADS[name].shapes[jobs[0].setting]
     lines = [f"### {name} ({shape.layers} layers, hidden {shape.hidden}, vocab {shape.vocab:,}, "
              f"batch {shape.batch} x {shape.length}{f' -> {shape.target_length}' if shape.target_length else ''})", "",
-             "| method | library | loss | step s | vs peft | vs floor | vs full | peak MB | vs peft | trainable | frozen grads |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| method | library | step | step s | vs peft | vs floor | vs full | peak MB | vs peft | step tensors MB | vs peft "
+             "| trainable | frozen grads |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     full = median(get("full"), "step_s")
 
     def row(label: str, library: str, step: str, outcomes: list[dict], peft_outcomes: list[dict] | None) -> None:
         if not outcomes:
             return
         if "error" in outcomes[0] and not median(outcomes, "step_s"):
-            lines.append(f"| {label} | {library} | {step} | error: {outcomes[0]['error'][:80]} | | | | | | | |")
+            lines.append(f"| {label} | {library} | {step} | error: {outcomes[0]['error'][:80]} | | | | | | | | | |")
             return
         seconds, peak = median(outcomes, "step_s"), median(outcomes, "peak_mb")
         floor = median(get("floor", "", step), "step_s")
         peft_s = median(peft_outcomes, "step_s") if peft_outcomes else None
         peft_mb = median(peft_outcomes, "peak_mb") if peft_outcomes else None
+        tensors = median(outcomes, "step_tensor_mb")
+        peft_tensors = median(peft_outcomes, "step_tensor_mb") if peft_outcomes else None
         lines.append(
             f"| {label} | {library} | {step} | {seconds:.3f} | {ratio(seconds, peft_s) if peft_outcomes else ''} | "
             f"{ratio(seconds, floor)} | {ratio(seconds, full)} | {peak:.0f} | {ratio(peak, peft_mb) if peft_outcomes else ''} | "
+            f"{tensors:.0f} | {ratio(tensors, peft_tensors) if peft_outcomes else ''} | "
             f"{int(median(outcomes, 'trainable')):,} | {int(max(o.get('frozen_with_grad', 0) for o in outcomes))} |")
 
     steps = sorted({j.step for j in jobs if j.workload == name})

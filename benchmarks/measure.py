@@ -12,9 +12,11 @@ import os
 import resource
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -60,6 +62,28 @@ def _peak_mb(device: str) -> float:
     if device.startswith("cuda"):
         return torch.cuda.max_memory_allocated() / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def _step_tensor_peak_mb(step: Callable[[], None], device: str) -> float:
+    """The most tensor memory one step holds beyond what existed before it (activations, gradients, the
+    loss's buffers): CUDA's max_memory_allocated, or on CPU the profiler's running allocation total, which
+    unlike peak RSS does not depend on how the C allocator reuses freed memory."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        step()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - before) / 2**20
+    with tempfile.TemporaryDirectory() as folder:
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as profiler:
+            step()
+        trace = Path(folder) / "trace.json"
+        profiler.export_chrome_trace(str(trace))
+        events = json.loads(trace.read_text())["traceEvents"]
+    totals = [e["args"]["Total Allocated"] for e in events
+              if e.get("name") == "[memory]" and e["args"].get("Device Type") == 0]
+    return max([0, *totals]) / 2**20
 
 
 def _floor(model: nn.Module) -> list[nn.Parameter]:
@@ -117,9 +141,8 @@ def run_train(job: Job) -> dict[str, Any]:
     compute_loss = (lambda: lm_loss(model, batch)) if "chunked" in features else (lambda: model(**batch).loss)
     hooks = peftlab.training_hooks(model) if job.library == "peftlab" else None
     times, losses = [], []
-    for step in range(job.warmup + job.steps):
-        _sync(job.device)
-        start = time.perf_counter()
+
+    def train_step(step: int) -> None:
         loss = compute_loss()
         if hooks is not None:
             loss = loss + hooks.regularization(model)
@@ -129,14 +152,21 @@ def run_train(job: Job) -> dict[str, Any]:
         optimizer.step()
         after_step(step)
         optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+
+    for step in range(job.warmup + job.steps):
+        _sync(job.device)
+        start = time.perf_counter()
+        train_step(step)
         _sync(job.device)
         times.append(time.perf_counter() - start)
-        losses.append(loss.item())
+    peak_mb = _peak_mb(job.device)  # before the profiled step below, which adds its own buffers
+    step_tensor_mb = _step_tensor_peak_mb(lambda: train_step(job.warmup + job.steps), job.device)
     trainable_ids = {id(p) for group in optimizer.param_groups for p in group["params"]}
     frozen_with_grad = sum(1 for p in model.parameters() if p.grad is not None and id(p) not in trainable_ids)
     optimizer_state = sum(t.numel() for state in optimizer.state.values() for key, t in state.items()
                           if isinstance(t, torch.Tensor) and key != "step")
-    return {"step_s": statistics.median(times[job.warmup:]), "peak_mb": _peak_mb(job.device),
+    return {"step_s": statistics.median(times[job.warmup:]), "peak_mb": peak_mb, "step_tensor_mb": step_tensor_mb,
             "trainable": trainable, "first_loss": losses[0], "frozen_with_grad": frozen_with_grad,
             "optimizer_state": optimizer_state}
 
