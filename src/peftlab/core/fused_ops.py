@@ -22,7 +22,7 @@ own forward, so the values always match the model's.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import MethodType
 
@@ -94,7 +94,7 @@ def _mlp_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return self.down_proj(swiglu(self.gate_proj(x), self.up_proj(x)))
 
 
-def _fused_forward(module: nn.Module):
+def _fused_forward(module: nn.Module) -> Callable[..., torch.Tensor] | None:
     name = type(module).__name__
     if name in RMS_NORMS and hasattr(module, "variance_epsilon"):
         return _norm_forward
