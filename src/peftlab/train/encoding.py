@@ -81,8 +81,8 @@ def _encode_pair(example: Example, tokenizer: Any, max_length: int) -> Features:
 
 def _encode_seq2seq(example: Example, tokenizer: Any, max_length: int) -> Features:
     """An over-long few-shot source drops whole examples first, then loses its end (the tokenizer's cut)."""
-    _, keep = _prompt_ids(example, tokenizer, max_length)
-    ids = tokenizer(example.with_shots(keep), truncation=True, max_length=max_length)["input_ids"]
+    text = example.with_shots(_prompt_ids(example, tokenizer, max_length)[1]) if example.shots else example.text
+    ids = tokenizer(text, truncation=True, max_length=max_length)["input_ids"]
     labels = tokenizer(text_target=example.target, truncation=True, max_length=max_length)["input_ids"]
     return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels}
 
