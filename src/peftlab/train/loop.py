@@ -53,16 +53,19 @@ def run_training(args: TrainArgs) -> dict[str, Any]:
         raise ArgumentError("--fsdp shards across processes: launch with torchrun or accelerate launch (2+ processes)")
     if args.fsdp and args.resume:
         raise ArgumentError("--resume of an FSDP run is not supported yet: resume it without --fsdp under DDP")
+    writes_text = plan.task.kind not in ("classification", "regression")
+    loss_kind = resolve_loss(args.loss, plan.loaded.model, writes_text=writes_text, fsdp=args.fsdp)  # before any output
     if plan.output_dir is not None and accelerator.is_main_process:
         if args.overwrite and not args.resume and plan.output_dir.exists():
             clear_output_dir(plan.output_dir)
         plan.output_dir.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
-    return Trainer(plan, accelerator).train()
+    return Trainer(plan, accelerator, loss_kind).train()
 
 
 class Trainer:
-    def __init__(self, plan: Plan, accelerator: Any) -> None:
+    def __init__(self, plan: Plan, accelerator: Any, loss_kind: str) -> None:
+        self.loss_kind = loss_kind  # "chunked" or "plain", from resolve_loss
         self.plan, self.args, self.accelerator = plan, plan.args, accelerator
         self.tokenizer, self.kind = plan.loaded.tokenizer, plan.loaded.kind
         self.world, self.rank = accelerator.num_processes, accelerator.process_index
@@ -101,8 +104,6 @@ class Trainer:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.base = model
         self.hooks = peftlab.training_hooks(model)
-        writes_text = self.plan.task.kind not in ("classification", "regression")
-        self.loss_kind = resolve_loss(args.loss, model, writes_text=writes_text, fsdp=args.fsdp)
         self.compute_loss = loss_function(self.loss_kind, model)
         self.fused_modules = fuse(model) if args.fused_ops else 0
         if args.fsdp:
