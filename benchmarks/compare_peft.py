@@ -28,6 +28,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -89,7 +90,10 @@ def run_job(job: Job) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def run_all(jobs: list[Job], repeats: int) -> dict[str, list[dict]]:
+def run_all(jobs: list[Job], repeats: int, after_repeat: Callable[[dict[str, list[dict]], int], None]
+            ) -> dict[str, list[dict]]:
+    """Every job ``repeats`` times; ``after_repeat(results, done)`` writes the report so far, so a run cut
+    short (a time limit on a lent machine, say) still leaves the medians of the repeats it finished."""
     results: dict[str, list[dict]] = {job.key: [] for job in jobs}
     for repeat in range(repeats):
         for job in jobs if repeat % 2 == 0 else list(reversed(jobs)):
@@ -99,6 +103,7 @@ def run_all(jobs: list[Job], repeats: int) -> dict[str, list[dict]]:
             shown = outcome.get("error") or {k: round(v, 3) for k, v in outcome.items()
                                              if isinstance(v, float)}
             print(f"[{repeat + 1}/{repeats}] {job.key}: {shown} ({time.perf_counter() - started:.0f}s)", flush=True)
+        after_repeat(results, repeat + 1)
     return results
 
 
@@ -222,23 +227,28 @@ def main(argv: list[str]) -> None:
     load = os.getloadavg()[0]
     training = train_jobs(args)
     inference = [] if args.no_inference else infer_jobs(args)
-    results = run_all(training + inference, args.repeats)
-    command = "python benchmarks/compare_peft.py " + shlex.join(argv)
-    out = [f"# peftlab vs HF peft: training step and inference", "",
-           f"Command: `{command}`  ", f"Started {started}, finished {time.strftime('%H:%M UTC', time.gmtime())}; "
-           f"load average at start {load:.1f}, at end {os.getloadavg()[0]:.1f}.  ",
-           f"Machine: {machine(args)}.  ",
-           f"Every number is the median of {args.repeats} processes (order alternated), each timing "
-           f"{args.steps} steps after {args.warmup} warm-up. Random-init models; AdamW; same batch in every row.", "",
-           "## Training step", ""]
-    for name in args.models:
-        out += train_table(name, [j for j in training if j.workload == name], results)
-    if inference:
-        out += ["## Inference (forward, no grad): base vs adapter unmerged vs merged", ""]
-        out += infer_table(inference, results)
-    out += [__doc__.split("\n\n", 2)[2].strip(), ""]
-    write_text_atomic(args.out, "\n".join(out) + "\n<!-- raw medians' inputs: " + json.dumps(results) + " -->\n")
-    print("\n".join(out))
+
+    def write(results: dict[str, list[dict]], done: int) -> list[str]:
+        command = "python benchmarks/compare_peft.py " + shlex.join(argv)
+        out = [f"# peftlab vs HF peft: training step and inference", "",
+               f"Command: `{command}`  ", f"Started {started}, finished {time.strftime('%H:%M UTC', time.gmtime())}; "
+               f"load average at start {load:.1f}, at end {os.getloadavg()[0]:.1f}.  ",
+               f"Machine: {machine(args)}.  ",
+               f"Every number is the median of {done} processes{' (order alternated)' if done > 1 else ''}, each timing "
+               f"{args.steps} steps after {args.warmup} warm-up. Random-init models; AdamW; same batch in every row."
+               + (f" **Partial: {done} of {args.repeats} repeats done.**" if done < args.repeats else ""), "",
+               "## Training step", ""]
+        for name in args.models:
+            out += train_table(name, [j for j in training if j.workload == name], results)
+        if inference:
+            out += ["## Inference (forward, no grad): base vs adapter unmerged vs merged", ""]
+            out += infer_table(inference, results)
+        out += [__doc__.split("\n\n", 2)[2].strip(), ""]
+        write_text_atomic(args.out, "\n".join(out) + "\n<!-- raw medians' inputs: " + json.dumps(results) + " -->\n")
+        return out
+
+    results = run_all(training + inference, args.repeats, write)
+    print("\n".join(write(results, args.repeats)))
 
 
 if __name__ == "__main__":

@@ -91,6 +91,16 @@ def batch_for(model: nn.Module, batch: int = 2, length: int = 10, seed: int = 1)
     return inputs
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``cuda`` run only where a CUDA device is."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if item.get_closest_marker("cuda") is not None:
+            item.add_marker(skip)
+
+
 @pytest.fixture(params=sorted(FAMILY_BUILDERS))
 def architecture(request) -> str:
     return request.param

@@ -12,8 +12,9 @@ measure = pytest.importorskip("measure")
 
 
 @pytest.mark.slow
-def test_peftlab_and_peft_rows_measure_the_same_step():
-    common = {"workload": "llama", "setting": "quick", "steps": 1, "warmup": 0}
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def test_peftlab_and_peft_rows_measure_the_same_step(device):
+    common = {"workload": "llama", "setting": "quick", "steps": 1, "warmup": 0, "device": device}
     ours = measure.run_train(measure.Job(library="peftlab", method="lora", step="chunked+fused", **common))
     theirs = measure.run_train(measure.Job(library="peft", method="lora", **common))
     floor = measure.run_train(measure.Job(library="floor", **common))

@@ -62,6 +62,15 @@ def test_swiglu_matches_the_eager_formula_and_keeps_two_tensors_not_three():
     assert {t.data_ptr() for t in saved} == {gate.data_ptr(), up.data_ptr()}
 
 
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
+
+
+def _on(device: str, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    model.to(device)
+    return {name: value.to(device) for name, value in batch.items()}
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("arch,method,options", [
     ("llama", "lora", {"target_modules": "all_linear"}),  # adapters inside the fused MLP
     ("llama", "full", {}),  # norm weights trained: their gradients go through the fused norm
@@ -69,10 +78,12 @@ def test_swiglu_matches_the_eager_formula_and_keeps_two_tensors_not_three():
     ("llama", "prefix_tuning", {"num_virtual_tokens": 3, "reparameterize": False}),
     ("t5", "lora", {"target_modules": "all_linear"}),  # T5's RMS norm
 ])
-def test_fused_step_equals_plain_step(arch, method, options):
+def test_fused_step_equals_plain_step(arch, method, options, device):
     plain = _perturbed(arch, method, **options)
     fused = copy.deepcopy(plain)
     batch = batch_for(plain, batch=3, length=10)
+    _on(device, fused, batch)
+    batch = _on(device, plain, batch)
     batch["attention_mask"][0, :3] = 0  # padding
     torch.manual_seed(0)  # the same dropout masks in both runs (T5 has dropout)
     expected = lm_loss(plain, batch)
@@ -87,6 +98,39 @@ def test_fused_step_equals_plain_step(arch, method, options):
     assert got.keys() == expected_grads.keys() and got
     for name, grad in expected_grads.items():
         torch.testing.assert_close(got[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def _relative_error(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> float:
+    flat = torch.cat([got[name].float().flatten() for name in want])
+    reference = torch.cat([grad.float().flatten() for grad in want.values()])
+    return ((flat - reference).norm() / reference.norm()).item()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("arch", ["llama", "t5"])
+def test_under_bf16_autocast_the_default_step_stays_as_close_to_fp32_as_the_plain_step(arch, device):
+    """``peftlab train`` on a GPU runs in bf16 autocast: the chunked loss and fused layers inside it."""
+    reference = _perturbed(arch, "lora", target_modules="all_linear").eval()  # no dropout: same function thrice
+    plain, fused = copy.deepcopy(reference), copy.deepcopy(reference)
+    batch = batch_for(reference, batch=3, length=12)
+    for model in (plain, fused):
+        _on(device, model, batch)
+    batch = _on(device, reference, batch)
+    expected = reference(**batch).loss
+    expected.backward()
+    with torch.autocast(device, dtype=torch.bfloat16):
+        plain_loss = plain(**batch).loss
+        with fused_ops(fused) as count:
+            assert count > 0
+            fused_loss = lm_loss(fused, batch)
+    plain_loss.backward()
+    fused_loss.backward()
+    assert fused_loss.dtype == torch.float32
+    torch.testing.assert_close(fused_loss, expected, rtol=1e-2, atol=1e-2)
+    plain_error = _relative_error(_grads(plain), _grads(reference))
+    fused_error = _relative_error(_grads(fused), _grads(reference))
+    assert 0 < plain_error < 0.1  # bf16 rounding, not a different function
+    assert fused_error < 1.5 * plain_error, (fused_error, plain_error)
 
 
 def test_fused_step_under_activation_checkpointing_still_trains_the_adapter():

@@ -91,3 +91,39 @@ def test_config_file_and_flags(tiny_models, data_root, tmp_path, capsys):
     assert (config["rank"], config["alpha"]) == (3, 4.0)  # the flag overrides the file
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["scores"]) == {"pearson", "spearman"} and metrics["steps"] == 2
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("family,task,method,extra", [
+    ("llama", "alpaca", "lora", []),
+    ("llama", "alpaca", "qlora", []),
+    ("t5", "wmt16-en-ro", "lora", ["--train-split", "newsdev2016", "--max-new-tokens", "8"]),
+    ("bert", "sst2", "prefix_tuning", []),
+])
+def test_on_cuda_a_run_trains_in_bf16_reports_gpu_memory_and_its_adapter_loads_on_cpu(
+        family, task, method, extra, tiny_models, data_root, tmp_path, capsys):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoModelForSequenceClassification
+
+    import peftlab
+    from peftlab.core.probe import probe_output
+
+    out = tmp_path / "run"
+    metrics = train(capsys, tiny_models[family], task, out, "--method", method, "--max-steps", "3", "--lr", "1e-2",
+                    "--data-dir", str(data_root), *extra)
+    assert metrics["device"].startswith("cuda") and metrics["mixed_precision"] == "bf16"
+    assert metrics["peak_memory_kind"] == "cuda_max_allocated" and metrics["peak_memory_bytes"] > 0
+    if family != "bert":
+        assert metrics["loss"] == "chunked"
+    if family == "llama":
+        assert metrics["fused_modules"] > 0
+    saved = load_file(out / "adapter_model.safetensors")
+    assert saved and all(torch.isfinite(tensor).all() for tensor in saved.values())
+
+    auto = {"llama": AutoModelForCausalLM, "t5": AutoModelForSeq2SeqLM, "bert": AutoModelForSequenceClassification}
+    torch.manual_seed(3)
+    base = auto[family].from_pretrained(tiny_models[family]).eval()
+    before = probe_output(base)
+    loaded = peftlab.load_adapter(base, out).eval()
+    assert next(loaded.parameters()).device.type == "cpu"
+    assert not torch.allclose(probe_output(loaded), before)  # trained on the GPU, changes the model here

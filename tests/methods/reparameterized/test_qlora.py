@@ -207,3 +207,45 @@ def test_quantize_an_already_loaded_model_and_load_one_in_4_bits(tmp_path):
     assert sum(isinstance(m, QuantizedLoRALinear) for m in model.modules()) == 14
     with pytest.raises(QuantizationMismatchError, match="fp4"):
         peftlab.apply(load_quantized(tmp_path / "base", config), "qlora", quant_type="fp4")
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("where", ["quantized-on-cuda", "quantized-on-cpu-then-moved"])
+def test_on_cuda_nf4_trains_with_paged_adamw_keeps_the_base_and_merges(where):
+    options = {**FP32, "compute_dtype": "bfloat16"}
+    if where == "quantized-on-cuda":
+        model = peftlab.apply(wide_llama().to("cuda"), "qlora", **options)
+    else:
+        model = peftlab.apply(wide_llama(), "qlora", **options).to("cuda")
+    layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert len(layers) == 7
+    for layer in layers:
+        assert layer.weight.device.type == "cuda" and layer.weight.quant_state.absmax.device.type == "cuda"
+        assert layer.weight.data.numel() * layer.weight.data.element_size() * 2 == layer.in_features * layer.out_features
+    reference = copy.deepcopy(model)
+    for module in reference.modules():
+        if isinstance(module, QuantizedLoRALinear):
+            module.base_layer = dequantize_linear(module.base_layer)
+    torch.testing.assert_close(probe_output(model), probe_output(reference), atol=2e-2, rtol=2e-2)  # bf16 compute
+
+    frozen = frozen_state(model)
+    optimizer = peftlab.make_optimizer(model, lr=1e-2)
+    assert isinstance(optimizer, bnb.optim.PagedAdamW)
+    batch = {name: value.cuda() for name, value in batch_for(model).items()}
+    losses = []
+    for _ in range(4):
+        loss = model(**batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+    for name, tensor in frozen_state(model).items():
+        assert torch.equal(tensor, frozen[name]), f"{name} changed"
+
+    expected = probe_output(model)
+    tolerance = expected.abs().max().item() * 2**-8 * 2 * 4  # bf16 compute, as on CPU
+    peftlab.merge(model, tolerance=tolerance)
+    assert all(type(m.base_layer) is nn.Linear for m in model.modules() if isinstance(m, QuantizedLoRALinear))
+    peftlab.unmerge(model)
+    torch.testing.assert_close(probe_output(model), expected, atol=0, rtol=0)
