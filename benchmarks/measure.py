@@ -27,6 +27,7 @@ from torch import nn  # noqa: E402
 
 import peftlab  # noqa: E402
 from peftlab.core.checkpointing import enable_activation_checkpointing  # noqa: E402
+from peftlab.core.compile import compile_blocks  # noqa: E402
 from peftlab.core.fused_ops import fuse  # noqa: E402
 from peftlab.core.losses import lm_loss  # noqa: E402
 from workloads import METHODS, WORKLOADS, build_model, make_batch  # noqa: E402
@@ -41,7 +42,7 @@ class Job:
     setting: str
     library: str  # "peftlab", "peft", "floor" (frozen base, one trainable scalar) or "full"
     method: str = ""
-    step: str = "plain"  # "plain" (model(**batch).loss) or "chunked" (peftlab lm_loss), then "+fused", "+ckpt"
+    step: str = "plain"  # "plain" (model(**batch).loss) or "chunked" (peftlab lm_loss), then "+fused", "+ckpt", "+compile"
     kind: str = "train"  # or "infer"
     steps: int = 3
     warmup: int = 1
@@ -135,9 +136,13 @@ def run_train(job: Job) -> dict[str, Any]:
     features = set(job.step.split("+"))
     if "ckpt" in features:
         enable_activation_checkpointing(model)
+    if "compile" in features:
+        compile_blocks(model)  # before fuse, which leaves what the compiler fuses alone
     if "fused" in features:
         fuse(model)
     batch = {name: value.to(job.device) for name, value in make_batch(workload, job.setting).items()}
+    if "compile" in features and workload.task != "classify":
+        batch["use_cache"] = False  # lm_loss does this itself; the plain loss needs telling
     compute_loss = (lambda: lm_loss(model, batch)) if "chunked" in features else (lambda: model(**batch).loss)
     hooks = peftlab.training_hooks(model) if job.library == "peftlab" else None
     times, losses = [], []

@@ -46,6 +46,7 @@ class Workload:
     task: str  # "causal", "seq2seq" or "classify"
     build: Callable[[Shape], nn.Module]
     shapes: dict[str, Shape]
+    dropout: bool = False  # trains with dropout (the configs' default 0.1): RoBERTa and T5, not LLaMA
 
 
 def _llama(shape: Shape, tie: bool = False) -> nn.Module:
@@ -81,12 +82,12 @@ WORKLOADS: dict[str, Workload] = {
         "moderate": Shape(8, 512, 1376, 8, 8, 32000, 4, 128),
         "issue": Shape(8, 512, 1376, 8, 8, 32000, 8, 256),
     }),
-    "roberta": Workload("roberta", "classify", _roberta, {
+    "roberta": Workload("roberta", "classify", _roberta, dropout=True, shapes={
         "quick": Shape(2, 256, 1024, 4, 4, 50265, 2, 64),
         "moderate": Shape(8, 512, 2048, 8, 8, 50265, 8, 128),
         "issue": Shape(8, 512, 2048, 8, 8, 50265, 8, 256),
     }),
-    "t5": Workload("t5", "seq2seq", _t5, {
+    "t5": Workload("t5", "seq2seq", _t5, dropout=True, shapes={
         "quick": Shape(2, 256, 1024, 4, 4, 32128, 2, 64, 32),
         "moderate": Shape(6, 512, 2048, 8, 8, 32128, 4, 128, 64),
         "issue": Shape(8, 512, 2048, 8, 8, 32128, 8, 256, 128),

@@ -91,6 +91,14 @@ def batch_for(model: nn.Module, batch: int = 2, length: int = 10, seed: int = 1)
     return inputs
 
 
+def assert_same_nonzero_grads(got: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
+    """The same parameters received gradients, none of them all zero, and equal up to rounding."""
+    assert got.keys() == expected.keys()
+    for name, grad in expected.items():
+        assert grad.abs().sum() > 0, name
+        torch.testing.assert_close(got[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Tests marked ``cuda`` run only where a CUDA device is."""
     if torch.cuda.is_available():

@@ -44,6 +44,8 @@ HELP = {
     "progress": "hide the progress bar",
     "loss": "auto: the chunked LM loss (no full-vocabulary logits) for text tasks where it applies; plain: model(**batch).loss",
     "fused_ops": "run RMSNorm and SwiGLU layers as the model's own eager ops (same values; slower, more memory)",
+    "compile": "torch.compile each transformer block (regional): the first steps compile, seconds per graph, "
+               "then every step is faster (same function; needs a C++ compiler on CPU)",
 }
 
 

@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from peftlab.core.compile import inside_compiled_block
+
 # Classes whose forward is exactly the formula above (transformers' Llama family and T5).
 RMS_NORMS = frozenset({"LlamaRMSNorm", "MistralRMSNorm", "MixtralRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm",
                        "T5LayerNorm"})
@@ -104,11 +106,15 @@ def _fused_forward(module: nn.Module) -> Callable[..., torch.Tensor] | None:
 
 
 def fuse(model: nn.Module) -> int:
-    """Give every recognised RMSNorm and SwiGLU MLP in ``model`` its fused forward; returns how many."""
+    """Give every recognised RMSNorm and SwiGLU MLP in ``model`` its fused forward; returns how many.
+
+    Modules inside a compiled block (:func:`peftlab.core.compile.compile_blocks`) stay as they are: the
+    compiler fuses them itself, and faster than these functions would."""
+    compiled = inside_compiled_block(model)
     count = 0
     for module in model.modules():
         forward = _fused_forward(module)
-        if forward is not None and not is_fused(module):
+        if forward is not None and not is_fused(module) and id(module) not in compiled:
             module.forward = MethodType(forward, module)
             count += 1
     return count

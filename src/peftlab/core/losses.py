@@ -132,6 +132,8 @@ def lm_loss(
     seq2seq = bool(getattr(model.config, "is_encoder_decoder", False))
     if seq2seq and "decoder_input_ids" not in inputs:
         inputs["decoder_input_ids"] = model.prepare_decoder_input_ids_from_labels(labels=labels)
+    if hasattr(model.config, "use_cache"):
+        inputs.setdefault("use_cache", False)  # a loss needs no KV cache (and compiled blocks no cache object)
     with _hidden_before(head) as captured:
         (forward or model)(**inputs)
     hidden = captured[0]

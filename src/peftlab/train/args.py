@@ -48,6 +48,7 @@ class TrainArgs:
     gradient_checkpointing: bool = False
     loss: LossChoice = "auto"  # auto: the chunked LM loss (no full-vocabulary logits) where it applies, else plain
     fused_ops: bool = True  # fused RMSNorm and SwiGLU (same values and gradients, less time and memory)
+    compile: bool = False  # torch.compile each transformer block: slower first steps (compiling), then faster ones
     mixed_precision: MixedPrecision = "auto"  # auto: bf16 on a GPU that has it, fp16 on other GPUs, off on CPU
     fsdp: bool = False  # shard each transformer block with FSDP2 (torch.distributed.fsdp.fully_shard)
     resume: bool = False  # continue from the newest complete checkpoint in output_dir
@@ -66,6 +67,8 @@ class TrainArgs:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ArgumentError(f"--{name.replace('_', '-')} must be at least 1 (got {value})")
+        if self.compile and self.fsdp:
+            raise ArgumentError("--compile with --fsdp is not supported yet: drop one of them")
         if self.learning_rate <= 0:
             raise ArgumentError(f"--lr must be positive (got {self.learning_rate})")
         if not 0 <= self.warmup_ratio < 1:

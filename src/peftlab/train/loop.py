@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 import peftlab
 from peftlab.core.atomic import write_text_atomic
+from peftlab.core.compile import block_classes, compile_blocks
 from peftlab.core.faults import check_finite_loss, raise_out_of_memory
 from peftlab.core.fused_ops import fuse
 from peftlab.core.serialization import CONFIG_NAME, WEIGHTS_NAME, AdapterFileError, save_adapter
@@ -55,6 +56,9 @@ def run_training(args: TrainArgs) -> dict[str, Any]:
         raise ArgumentError("--resume of an FSDP run is not supported yet: resume it without --fsdp under DDP")
     writes_text = plan.task.kind not in ("classification", "regression")
     loss_kind = resolve_loss(args.loss, plan.loaded.model, writes_text=writes_text, fsdp=args.fsdp)  # before any output
+    if args.compile and not block_classes(plan.loaded.model):
+        raise ArgumentError(f"--compile: {type(plan.loaded.model).__name__} declares no transformer blocks "
+                            "(_no_split_modules) to compile; train without --compile")
     if plan.output_dir is not None and accelerator.is_main_process:
         if args.overwrite and not args.resume and plan.output_dir.exists():
             clear_output_dir(plan.output_dir)
@@ -105,7 +109,10 @@ class Trainer:
         self.base = model
         self.hooks = peftlab.training_hooks(model)
         self.compute_loss = loss_function(self.loss_kind, model)
-        self.fused_modules = fuse(model) if args.fused_ops else 0
+        if args.compile and hasattr(model.config, "use_cache"):
+            model.config.use_cache = False  # a cache object in the blocks' inputs would specialise each compiled block
+        self.compiled_modules = compile_blocks(model) if args.compile else 0
+        self.fused_modules = fuse(model) if args.fused_ops else 0  # outside the compiled blocks only
         if args.fsdp:
             model = _shard(model.to(self.accelerator.device))
         else:
@@ -274,7 +281,7 @@ class Trainer:
             "train_tokens_per_s": tokens / progress.train_time_s if progress.train_time_s else 0.0,
             **peak_memory(self.accelerator.device),
             "device": str(self.accelerator.device), "mixed_precision": self.accelerator.mixed_precision,
-            "loss": self.loss_kind, "fused_modules": self.fused_modules,
+            "loss": self.loss_kind, "fused_modules": self.fused_modules, "compiled_modules": self.compiled_modules,
             **peftlab.method_report(self.base),
         }
         if self.output is not None:

@@ -79,6 +79,7 @@ class VeRALinear(AdapterLayer):
         self.vera_lambda_b = nn.Parameter(torch.zeros(self.out_features, **factory))
         self.vera_lambda_d = nn.Parameter(torch.full((rank,), d_initial, **factory))
         self.shared = shared
+        shared.on(factory["device"], factory["dtype"])  # made here, not in a (compiled) forward's first call
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
     def _projections(self) -> tuple[torch.Tensor, torch.Tensor]:
