@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 from torch import nn
 
@@ -18,8 +19,12 @@ def _adapter_grads(model: nn.Module) -> dict[str, torch.Tensor]:
     return {name: p.grad.clone() for name, p in peftlab.adapter_parameters(model)}
 
 
-def test_compiled_blocks_give_the_eager_loss_and_gradients_and_are_undone():
-    eager = peftlab.apply(BUILDERS["llama"]().train(), "lora", target_modules="all_linear")  # no dropout in LLaMA
+@pytest.mark.parametrize("method,options", [
+    ("lora", {"target_modules": "all_linear"}),
+    ("prefix_tuning", {"num_virtual_tokens": 3, "reparameterize": False}),  # attention stays eager, per layer
+])
+def test_compiled_blocks_give_the_eager_loss_and_gradients_and_are_undone(method, options):
+    eager = peftlab.apply(BUILDERS["llama"]().train(), method, **options)  # no dropout in LLaMA
     with torch.no_grad():
         for _, parameter in peftlab.adapter_parameters(eager):
             parameter.add_(0.05)

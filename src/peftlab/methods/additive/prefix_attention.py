@@ -181,6 +181,7 @@ def _base_function(module: nn.Module, implementation: str) -> Callable:
     return eager
 
 
+@torch.compiler.disable  # compiled blocks run attention eagerly: each layer's slot index would specialise the graph
 def prefix_attention_forward(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                              attention_mask: torch.Tensor | None, **kwargs):
     """The registered ``peftlab_prefix`` implementation: prefix the keys/values, then call the base one."""
