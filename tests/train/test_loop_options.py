@@ -94,6 +94,18 @@ def test_compile_trains_the_adapter_the_eager_step_trains(tiny_models, data_root
     assert compiled["scores"]["loss"] == pytest.approx(eager["scores"]["loss"], rel=1e-5)
 
 
+def test_compile_on_a_model_without_declared_blocks_is_refused_before_the_output_folder(
+        tiny_models, data_root, tmp_path, monkeypatch):
+    from peftlab.train import loop
+    from peftlab.train.args import ArgumentError
+
+    monkeypatch.setattr(loop, "block_classes", lambda model: set())  # as a model without _no_split_modules
+    with pytest.raises(ArgumentError, match="declares no transformer blocks.*train without --compile"):
+        run_training(TrainArgs(model=str(tiny_models["llama"]), task="alpaca", method="lora", data_dir=str(data_root),
+                               output_dir=str(tmp_path / "refused"), compile=True, max_steps=1, progress=False))
+    assert not (tmp_path / "refused").exists()
+
+
 def test_compile_with_fsdp_is_refused_with_the_fix():
     from peftlab.train.args import ArgumentError
 
