@@ -47,6 +47,30 @@ def frozen_state(model):
     return state
 
 
+def dequantized_copy(model):
+    """``model`` with each quantized base layer replaced by its dequantized float layer."""
+    reference = copy.deepcopy(model)
+    for module in reference.modules():
+        if isinstance(module, QuantizedLoRALinear):
+            module.base_layer = dequantize_linear(module.base_layer)
+    return reference
+
+
+def train_and_check_the_base(model, optimizer, batch) -> None:
+    """Four steps on one batch lower the loss and leave every frozen base tensor bit-identical."""
+    frozen = frozen_state(model)
+    losses = []
+    for _ in range(4):
+        loss = model(**batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+    for name, tensor in frozen_state(model).items():
+        assert tensor.dtype == frozen[name].dtype and torch.equal(tensor, frozen[name]), f"{name} changed"
+
+
 def test_nf4_base_weights_take_half_a_byte_per_weight():
     model = peftlab.apply(wide_llama(), "qlora", **FP32)
     layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
@@ -77,11 +101,7 @@ def test_parameter_counts_use_logical_sizes():
 
 def test_forward_equals_the_dequantized_float_model():
     model = peftlab.apply(tiny_llama(), "qlora", **FP32)
-    reference = copy.deepcopy(model)
-    for module in reference.modules():
-        if isinstance(module, QuantizedLoRALinear):
-            module.base_layer = dequantize_linear(module.base_layer)
-    torch.testing.assert_close(probe_output(model), probe_output(reference), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(probe_output(model), probe_output(dequantized_copy(model)), atol=1e-5, rtol=1e-5)
     # and quantisation is lossy but close: NF4 error on the base
     float_output = probe_output(tiny_llama())
     assert 0 < (probe_output(model) - float_output).abs().max() < 0.5
@@ -91,20 +111,9 @@ def test_forward_equals_the_dequantized_float_model():
                          ids=["nf4-fp32", "nf4-bf16", "int8"])
 def test_training_lowers_the_loss_and_leaves_the_quantized_base_bit_identical(options):
     model = peftlab.apply(tiny_llama(), "qlora", **options)
-    frozen = frozen_state(model)
     optimizer = peftlab.make_optimizer(model, lr=1e-2)
     assert type(optimizer) is torch.optim.AdamW  # paged AdamW needs CUDA
-    batch = batch_for(model)
-    losses = []
-    for _ in range(4):
-        loss = model(**batch).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        losses.append(loss.item())
-    assert losses[-1] < losses[0]
-    for name, tensor in frozen_state(model).items():
-        assert tensor.dtype == frozen[name].dtype and torch.equal(tensor, frozen[name]), f"{name} changed"
+    train_and_check_the_base(model, optimizer, batch_for(model))
 
 
 @pytest.mark.filterwarnings("error::UserWarning")  # the base fingerprint matches the float base's
@@ -222,26 +231,12 @@ def test_on_cuda_nf4_trains_with_paged_adamw_keeps_the_base_and_merges(where):
     for layer in layers:
         assert layer.weight.device.type == "cuda" and layer.weight.quant_state.absmax.device.type == "cuda"
         assert layer.weight.data.numel() * layer.weight.data.element_size() * 2 == layer.in_features * layer.out_features
-    reference = copy.deepcopy(model)
-    for module in reference.modules():
-        if isinstance(module, QuantizedLoRALinear):
-            module.base_layer = dequantize_linear(module.base_layer)
-    torch.testing.assert_close(probe_output(model), probe_output(reference), atol=2e-2, rtol=2e-2)  # bf16 compute
+    bf16_tolerance = {"atol": 2e-2, "rtol": 2e-2}
+    torch.testing.assert_close(probe_output(model), probe_output(dequantized_copy(model)), **bf16_tolerance)
 
-    frozen = frozen_state(model)
     optimizer = peftlab.make_optimizer(model, lr=1e-2)
     assert isinstance(optimizer, bnb.optim.PagedAdamW)
-    batch = {name: value.cuda() for name, value in batch_for(model).items()}
-    losses = []
-    for _ in range(4):
-        loss = model(**batch).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        losses.append(loss.item())
-    assert losses[-1] < losses[0]
-    for name, tensor in frozen_state(model).items():
-        assert torch.equal(tensor, frozen[name]), f"{name} changed"
+    train_and_check_the_base(model, optimizer, {name: value.cuda() for name, value in batch_for(model).items()})
 
     expected = probe_output(model)
     tolerance = expected.abs().max().item() * 2**-8 * 2 * 4  # bf16 compute, as on CPU
