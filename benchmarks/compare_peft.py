@@ -13,7 +13,10 @@ compiled: on CPU their compiled step is slower than the eager one (``step_for`` 
 ``peftlab train`` runs ``chunked+fused`` (``--extra-steps chunked+fused`` measures it too). The peft rows use
 the plain ``model(**batch).loss`` (what peft gives; ``--peft-step plain+compile`` compiles peft's blocks the
 same way, for reference); the full row too. "vs floor" divides by the frozen-base floor measured with the row's
-own step, so it isolates the adapter's own cost. Compiling happens in the warm-up steps, which are not timed.
+own step, so it isolates the adapter's own cost. "vs own floor" divides by the floor of the base as the
+method runs it, where the method changes what the base computes: prompt tuning's base reads 20 more input
+tokens, QLoRA's holds NF4 weights (``MethodEntry.changes_the_base``; those floors have their own rows); for
+every other method it is "vs floor". Compiling happens in the warm-up steps, which are not timed.
 
 Memory, two ways. "peak MB" is the process's peak: RSS on CPU (what the machine must have; it includes
 memory the C allocator keeps after tensors are freed, which varies from run to run) or ``max_memory_allocated``
@@ -66,6 +69,8 @@ def train_jobs(args: argparse.Namespace) -> list[Job]:
         jobs += [Job(library="floor", **common), Job(library="full", **common)]
         jobs += [Job(library="floor", step=step, **common) for step in dict.fromkeys((theirs, ours)) if step != "plain"]
         for method in args.model_methods.get(name, args.methods):
+            if METHODS[method].changes_the_base:
+                jobs += [Job(library="floor", method=method, step=step, **common) for step in dict.fromkeys((theirs, ours))]
             jobs.append(Job(library="peft", method=method, step=theirs, **common))
             if METHODS[method].registered_name in registered:
                 jobs.append(Job(library="peftlab", method=method, step=ours, **common))
@@ -140,26 +145,28 @@ def train_table(name: str, jobs: list[Job], results: dict[str, list[dict]]) -> l
     shape = WORKLOADS[name].shapes[jobs[0].setting]
     lines = [f"### {name} ({shape.layers} layers, hidden {shape.hidden}, vocab {shape.vocab:,}, "
              f"batch {shape.batch} x {shape.length}{f' -> {shape.target_length}' if shape.target_length else ''})", "",
-             "| method | library | step | step s | vs peft | vs floor | vs full | peak MB | vs peft | step tensors MB | vs peft "
-             "| trainable | frozen grads |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| method | library | step | step s | vs peft | vs floor | vs own floor | vs full | peak MB | vs peft "
+             "| step tensors MB | vs peft | trainable | frozen grads |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     full = median(get("full"), "step_s")
 
-    def row(label: str, library: str, step: str, outcomes: list[dict], peft_outcomes: list[dict] | None) -> None:
+    def row(label: str, library: str, step: str, outcomes: list[dict], peft_outcomes: list[dict] | None,
+            method: str = "") -> None:
         if not outcomes:
             return
         if "error" in outcomes[0] and not median(outcomes, "step_s"):
-            lines.append(f"| {label} | {library} | {step} | error: {outcomes[0]['error'][:80]} | | | | | | | | | |")
+            lines.append(f"| {label} | {library} | {step} | error: {outcomes[0]['error'][:80]} | | | | | | | | | | |")
             return
         seconds, peak = median(outcomes, "step_s"), median(outcomes, "peak_mb")
         floor = median(get("floor", "", step), "step_s")
+        own_floor = median(get("floor", method, step), "step_s") if method else floor
         peft_s = median(peft_outcomes, "step_s") if peft_outcomes else None
         peft_mb = median(peft_outcomes, "peak_mb") if peft_outcomes else None
         tensors = median(outcomes, "step_tensor_mb")
         peft_tensors = median(peft_outcomes, "step_tensor_mb") if peft_outcomes else None
         lines.append(
             f"| {label} | {library} | {step} | {seconds:.3f} | {ratio(seconds, peft_s) if peft_outcomes else ''} | "
-            f"{ratio(seconds, floor)} | {ratio(seconds, full)} | {peak:.0f} | {ratio(peak, peft_mb) if peft_outcomes else ''} | "
+            f"{ratio(seconds, floor)} | {ratio(seconds, own_floor) if library != '-' else ''} | {ratio(seconds, full)} | {peak:.0f} | {ratio(peak, peft_mb) if peft_outcomes else ''} | "
             f"{tensors:.0f} | {ratio(tensors, peft_tensors) if peft_outcomes else ''} | "
             f"{int(median(outcomes, 'trainable')):,} | {int(max(o.get('frozen_with_grad', 0) for o in outcomes))} |")
 
@@ -168,11 +175,15 @@ def train_table(name: str, jobs: list[Job], results: dict[str, list[dict]]) -> l
         row("floor", "-", step, get("floor", "", step), None)
     row("full", "-", "plain", get("full"), None)
     for method in dict.fromkeys(j.method for j in jobs if j.workload == name and j.method):
+        entry = METHODS[method]
+        for step in steps if entry.changes_the_base else ():
+            row(f"floor of {method}'s base", "-", step, get("floor", method, step), None)
+        own = method if entry.changes_the_base else ""
         peft_step = next(j.step for j in jobs if (j.library, j.method) == ("peft", method))
         theirs = get("peft", method, peft_step)
-        row(method, "peft", peft_step, theirs, None)
+        row(method, "peft", peft_step, theirs, None, own)
         for step in steps:
-            row(method, "peftlab", step, get("peftlab", method, step), theirs)
+            row(method, "peftlab", step, get("peftlab", method, step), theirs, own)
     return lines + [""]
 
 
@@ -185,8 +196,9 @@ def infer_table(jobs: list[Job], results: dict[str, list[dict]]) -> list[str]:
         if base is None:
             lines.append(f"| {job.workload} | {job.method} | {job.library} | error: {outcomes[0].get('error', '')[:80]} | | | | |")
             continue
+        paired = {f: median(outcomes, f) for f in ("unmerged_vs_base", "merged_vs_base")}
         lines.append(f"| {job.workload} | {job.method} | {job.library} | {base:.1f} | {unmerged:.1f} | "
-                     f"{ratio(unmerged, base)} | {merged:.1f} | {ratio(merged, base)} |")
+                     f"{paired['unmerged_vs_base']:.2f}x | {merged:.1f} | {paired['merged_vs_base']:.2f}x |")
     return lines + [""]
 
 
@@ -226,7 +238,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--steps", type=int, default=3, help="timed training steps per process (after warmup)")
     parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--infer-rounds", type=int, default=4)
+    parser.add_argument("--infer-rounds", type=int, default=9,
+                        help="inference rounds per process, each one forward of base, unmerged and merged")
     parser.add_argument("--no-inference", action="store_true")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

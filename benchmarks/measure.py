@@ -41,7 +41,7 @@ class Job:
     workload: str
     setting: str
     library: str  # "peftlab", "peft", "floor" (frozen base, one trainable scalar) or "full"
-    method: str = ""
+    method: str = ""  # for "floor": the method whose base the floor runs (its own floor), or "" for the plain base
     step: str = "plain"  # "plain" (model(**batch).loss) or "chunked" (peftlab lm_loss), then "+fused", "+ckpt", "+compile"
     kind: str = "train"  # or "infer"
     steps: int = 3
@@ -105,6 +105,8 @@ def _adapt(job: Job, model: nn.Module) -> tuple[nn.Module, torch.optim.Optimizer
     peftlab rows use ``peftlab.make_optimizer`` (AdamW, or what the method asks for); the others AdamW."""
     workload = WORKLOADS[job.workload]
     if job.library == "floor":
+        if job.method and METHODS[job.method].prepare_base is not None:
+            METHODS[job.method].prepare_base(model, workload)
         return model, torch.optim.AdamW(_floor(model), lr=LR), lambda step: None, 1
     if job.library == "full":
         model.requires_grad_(True)
@@ -140,7 +142,8 @@ def run_train(job: Job) -> dict[str, Any]:
         compile_blocks(model)  # before fuse, which leaves what the compiler fuses alone
     if "fused" in features:
         fuse(model)
-    batch = {name: value.to(job.device) for name, value in make_batch(workload, job.setting).items()}
+    lead_tokens = METHODS[job.method].lead_tokens if job.library == "floor" and job.method else 0
+    batch = {name: value.to(job.device) for name, value in make_batch(workload, job.setting, lead_tokens=lead_tokens).items()}
     if "compile" in features and workload.task != "classify":
         batch["use_cache"] = False  # lm_loss does this itself; the plain loss needs telling
     compute_loss = (lambda: lm_loss(model, batch)) if "chunked" in features else (lambda: model(**batch).loss)
@@ -189,7 +192,11 @@ def _forward_ms(model: nn.Module, batch: dict[str, torch.Tensor], device: str, r
 
 
 def run_infer(job: Job) -> dict[str, Any]:
-    """Base, unmerged and merged forward latency, interleaved round by round in one process."""
+    """Base, unmerged and merged forward latency, interleaved round by round in one process.
+
+    Each round times one forward of each, back to back, in alternating order; the ratios to the base are
+    the median of the rounds' own ratios, so a slow stretch of a shared machine slows both sides of a
+    ratio alike instead of landing on one of them."""
     workload = WORKLOADS[job.workload]
     base = build_model(workload, job.setting).to(job.device).eval()
     model, _, _, _ = _adapt(job, build_model(workload, job.setting).to(job.device))
@@ -209,10 +216,12 @@ def run_infer(job: Job) -> dict[str, Any]:
         for name in order if round_ % 2 == 0 else reversed(order):
             if name == "merged_ms":
                 merge()
-            results[name].append(_forward_ms(base if name == "base_ms" else model, batch, job.device, 3))
+            results[name].append(_forward_ms(base if name == "base_ms" else model, batch, job.device, 1))
             if name == "merged_ms":
                 unmerge()
-    return {name: statistics.median(values) for name, values in results.items()}
+    ratios = {f"{name[:-3]}_vs_base": statistics.median(a / b for a, b in zip(results[name], results["base_ms"]))
+              for name in ("unmerged_ms", "merged_ms")}
+    return {**{name: statistics.median(values) for name, values in results.items()}, **ratios}
 
 
 def main(argv: list[str]) -> None:

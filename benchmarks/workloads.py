@@ -105,17 +105,25 @@ def build_model(workload: Workload, setting: str) -> nn.Module:
     return workload.build(workload.shapes[setting])
 
 
-def make_batch(workload: Workload, setting: str, with_labels: bool = True) -> dict[str, torch.Tensor]:
+def make_batch(workload: Workload, setting: str, with_labels: bool = True, lead_tokens: int = 0
+               ) -> dict[str, torch.Tensor]:
+    """The benchmark's batch; ``lead_tokens`` more input tokens in front, unlabelled, as prompt tuning's
+    virtual tokens are (the floor of a method that lengthens the input runs the base on this batch)."""
     shape = workload.shapes[setting]
     generator = torch.Generator().manual_seed(1)
     ids = torch.randint(3, shape.vocab, (shape.batch, shape.length), generator=generator)
-    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
     if workload.task == "classify":
         labels = torch.randint(0, 2, (shape.batch,), generator=generator)
     elif workload.task == "seq2seq":
         labels = torch.randint(3, shape.vocab, (shape.batch, shape.target_length), generator=generator)
     else:
         labels = ids.clone()
+    if lead_tokens:
+        lead = torch.randint(3, shape.vocab, (shape.batch, lead_tokens), generator=generator)
+        ids = torch.cat([lead, ids], dim=1)
+        if workload.task == "causal":
+            labels = torch.cat([torch.full_like(lead, -100), labels], dim=1)
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
     if with_labels:
         batch["labels"] = labels
     elif workload.task == "seq2seq":
@@ -152,6 +160,13 @@ class MethodEntry:
     peft_optimizer: Callable[[nn.Module, float], torch.optim.Optimizer] | None = None  # peft's own, else AdamW
     notes: str = ""
     peftlab_method: str = ""  # the registered name when the row is a LoRA option (rslora, pissa), not a method
+    lead_tokens: int = 0  # input tokens the method adds in front (prompt tuning), which its own floor runs too
+
+    @property
+    def changes_the_base(self) -> bool:
+        """Whether the frozen base computes more or differently under this method (a longer input, 4-bit
+        weights): then its adapter math is measured against a floor of that base, its "own floor"."""
+        return self.lead_tokens > 0 or self.prepare_base is not None
 
     @property
     def registered_name(self) -> str:
@@ -201,7 +216,9 @@ def _prompt_peft(model: nn.Module, workload: Workload) -> Any:
 
 
 def _prefix_peftlab(model: nn.Module, workload: Workload) -> dict[str, Any]:
-    return {"num_virtual_tokens": 10, "reparameterize": False, "modules_to_save": _heads(workload)}
+    # peft prefixes T5's decoder self-attention only; peftlab's default adds the encoder's
+    decoder_only = {"encoder_self_attention": False} if workload.task == "seq2seq" else {}
+    return {"num_virtual_tokens": 10, "reparameterize": False, "modules_to_save": _heads(workload), **decoder_only}
 
 
 def _prefix_peft(model: nn.Module, workload: Workload) -> Any:
@@ -285,7 +302,8 @@ PEFT_LORA = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0}
 METHODS: dict[str, MethodEntry] = {
     "lora": MethodEntry("lora", _lora_peftlab, _lora_peft, mergeable=True, notes="r=8, alpha=16, q+v"),
     "ia3": MethodEntry("ia3", _ia3_peftlab, _ia3_peft, mergeable=True, notes="k, v, FFN-out input"),
-    "prompt_tuning": MethodEntry("prompt_tuning", _prompt_peftlab, _prompt_peft, notes="20 virtual tokens"),
+    "prompt_tuning": MethodEntry("prompt_tuning", _prompt_peftlab, _prompt_peft, notes="20 virtual tokens",
+                                 lead_tokens=20),
     "prefix_tuning": MethodEntry("prefix_tuning", _prefix_peftlab, _prefix_peft, notes="10 prefixes, no MLP"),
     "adalora": MethodEntry("adalora", _adalora_peftlab, _adalora_peft, peft_after_step=_adalora_peft_step,
                            notes="r 12 -> 8, q+v"),

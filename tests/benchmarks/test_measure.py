@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 measure = pytest.importorskip("measure")
@@ -43,3 +44,27 @@ def test_lora_family_rows_measure_the_same_step_as_peft(method):
     for result in (ours, theirs):
         assert result["frozen_with_grad"] == 0
         assert result["optimizer_state"] == 2 * result["trainable"]
+
+
+@pytest.mark.slow
+def test_t5_prefix_rows_train_the_same_decoder_prefixes_in_both_libraries():
+    common = {"workload": "t5", "setting": "quick", "steps": 1, "warmup": 0}
+    ours = measure.run_train(measure.Job(library="peftlab", method="prefix_tuning", **common))
+    theirs = measure.run_train(measure.Job(library="peft", method="prefix_tuning", **common))
+    assert ours["trainable"] == theirs["trainable"] == 10 * 2 * 2 * 256  # 10 prefixes, 2 decoder layers, k and v
+
+
+@pytest.mark.slow
+def test_own_floor_runs_the_base_as_the_method_changes_it():
+    common = {"workload": "llama", "setting": "quick", "steps": 1, "warmup": 0}
+    floor = measure.run_train(measure.Job(library="floor", **common))
+    nf4_floor = measure.run_train(measure.Job(library="floor", method="qlora", **common))
+    qlora = measure.run_train(measure.Job(library="peftlab", method="qlora", **common))
+    assert nf4_floor["trainable"] == 1
+    # LoRA starts as its NF4 base, bit for bit; quantizing moves the loss (by 1e-6 on random weights)
+    assert nf4_floor["first_loss"] == qlora["first_loss"] != floor["first_loss"]
+    workload = measure.WORKLOADS["llama"]
+    plain, longer = (measure.make_batch(workload, "quick", lead_tokens=n) for n in (0, 20))
+    assert longer["input_ids"].shape[1] == plain["input_ids"].shape[1] + 20
+    assert torch.equal(longer["input_ids"][:, 20:], plain["input_ids"])
+    assert (longer["labels"][:, :20] == -100).all() and torch.equal(longer["labels"][:, 20:], plain["labels"])

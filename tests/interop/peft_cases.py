@@ -53,4 +53,4 @@ EXTRA = {("prompt_tuning", "bert"): {"modules_to_save": ["classifier"]}}
 # Combinations peft itself cannot build.
 SKIP = {("loha", "gpt2"): "peft's LoHa does not wrap Conv1D", ("lokr", "gpt2"): "peft's LoKr does not wrap Conv1D",
         ("prefix_tuning", "bert"): "peft's prefix tuning needs past_key_values, which transformers 5's BertModel lacks",
-        ("prefix_tuning", "t5"): "peft prefixes T5's decoder only (self- and cross-attention), peftlab its self-attention"}
+        ("prefix_tuning", "t5"): "peft's T5 prefix gets relative position bias as cached tokens; peftlab's gets none"}

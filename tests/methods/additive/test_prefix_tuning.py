@@ -200,6 +200,23 @@ def test_cross_attention_option_prefixes_t5_cross_attention_too():
         peftlab.apply(BUILDERS["llama"](), "prefix_tuning", cross_attention=True)
 
 
+def test_decoder_only_option_leaves_t5_encoder_untouched_and_trains_the_decoder_prefixes():
+    base = tiny_t5().eval()
+    model = peftlab.apply(copy.deepcopy(base), "prefix_tuning", encoder_self_attention=False, **OPTIONS).eval()
+    assert peftlab.parameter_counts(model)[0] == P * 2 * HEADS * HEAD * 2  # the decoder's 2 layers, keys and values
+    assert [site.name.split(".")[0] for site in prefix_encoder(model).sites] == ["decoder", "decoder"]
+    ids = RIGHT_PADDED_IDS
+    with torch.no_grad():
+        torch.testing.assert_close(model.encoder(input_ids=ids, attention_mask=MASK).last_hidden_state,
+                                   base.encoder(input_ids=ids, attention_mask=MASK).last_hidden_state, atol=0, rtol=0)
+    model.zero_grad()
+    model(input_ids=ids, attention_mask=MASK, labels=ids[:, :4].clone()).loss.backward()
+    gradient = prefix_encoder(model).embedding.grad
+    assert gradient is not None and gradient.abs().sum() > 0
+    with pytest.raises(PrefixAttentionError, match="encoder_self_attention=True"):
+        peftlab.apply(BUILDERS["llama"](), "prefix_tuning", encoder_self_attention=False)
+
+
 def test_unsupported_attention_is_a_clear_error():
     gpt2 = tiny_gpt2()
     gpt2.config.reorder_and_upcast_attn = True

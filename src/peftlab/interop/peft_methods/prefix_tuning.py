@@ -2,8 +2,9 @@
 each layer's keys then values, layer by layer) is peft's ``prompt_embeddings``, which peft views as
 ``(P, num_layers * 2, kv_heads, head_dim)`` and feeds as ``past_key_values``: the same numbers in the
 same order. peft's cache moves the real tokens to positions P..P+n-1, so only adapters trained with
-``positions="after_prefix"`` compute the same thing there. peft prefixes T5's decoder (self- and
-cross-attention) and not its encoder, unlike peftlab: T5 adapters are not converted; nor are BERT/RoBERTa
+``positions="after_prefix"`` compute the same thing there. peft prefixes T5's decoder self-attention only
+and, the prefix being cached tokens, gives it T5's relative position bias; peftlab's prefix columns take no
+position bias (even with ``encoder_self_attention=False``): T5 adapters are not converted; nor are BERT/RoBERTa
 ones (peft needs ``past_key_values``, which transformers 5's encoder-only models no longer take)."""
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ ENCODER_ONLY = ("bert", "roberta")
 def _to_peft(config: MethodConfig, grouped: Grouped, base: dict[str, Any]) -> tuple[dict[str, Any], Grouped]:
     if base.get("model_type") in ENCODER_DECODER:
         raise UnsupportedPeftAdapter(
-            "peft's prefix tuning prefixes an encoder-decoder's decoder only (self- and cross-attention), "
-            "peftlab's its encoder and decoder self-attention: they compute different things"
+            "peft's prefix tuning prefixes an encoder-decoder's decoder self-attention as cached tokens, under "
+            "T5's relative position bias; peftlab's prefixes take no position bias: they compute different things"
         )
     if base.get("model_type") in ENCODER_ONLY:
         raise UnsupportedPeftAdapter(

@@ -50,6 +50,7 @@ Provider = Callable[[int, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 # Attention modules (module-name suffix patterns) per family: self-attention, and cross-attention.
 SELF_ATTENTION = {"bert": r"attention\.self", "t5": r"SelfAttention", "llama": r"self_attn", "gpt2": r"attn"}
 CROSS_ATTENTION = {"t5": r"EncDecAttention"}
+ENCODER_STACK = "encoder"  # the encoder stack's module name in encoder-decoder models
 
 
 class PrefixAttentionError(UserError, RuntimeError):
@@ -79,8 +80,9 @@ class _Slot:
     seen: tuple[int, int, int] | None = field(default=None)
 
 
-def attention_module_names(model: nn.Module, cross_attention: bool = False) -> list[str]:
-    """The names of the model's self-attention modules (and T5's cross-attention when asked)."""
+def attention_module_names(model: nn.Module, cross_attention: bool = False, encoder: bool = True) -> list[str]:
+    """The names of the model's self-attention modules (and T5's cross-attention when asked); with
+    ``encoder=False``, an encoder-decoder's decoder modules only."""
     architecture = architecture_of(model)
     if architecture is None:
         model_type = getattr(getattr(model, "config", None), "model_type", type(model).__name__)
@@ -95,7 +97,15 @@ def attention_module_names(model: nn.Module, cross_attention: bool = False) -> l
                 f"cross_attention=True needs an encoder-decoder model; {architecture.name} has no cross-attention"
             )
         patterns.append(CROSS_ATTENTION[architecture.name])
-    return [name for name, _ in find_modules(model, patterns, types=(nn.Module,))]
+    names = [name for name, _ in find_modules(model, patterns, types=(nn.Module,))]
+    if encoder:
+        return names
+    if architecture.name not in CROSS_ATTENTION:
+        raise PrefixAttentionError(
+            f"encoder_self_attention=False leaves an encoder-decoder's encoder unprefixed; {architecture.name} has "
+            f"no decoder stack, so nothing would be prefixed: keep encoder_self_attention=True"
+        )
+    return [name for name in names if not name.startswith(f"{ENCODER_STACK}.")]
 
 
 def discover_sites(model: nn.Module, names: Sequence[str]) -> list[Site]:

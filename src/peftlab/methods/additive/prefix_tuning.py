@@ -1,7 +1,8 @@
 """Prefix-tuning (Li & Liang 2021, "Prefix-Tuning: Optimizing Continuous Prompts for Generation",
 arXiv 2101.00190).
 
-Every self-attention layer ``l`` (T5: encoder and decoder self-attention; cross-attention on request)
+Every self-attention layer ``l`` (T5: encoder and decoder self-attention, or the decoder's alone with
+``encoder_self_attention=False``; cross-attention on request)
 attends to ``P`` trainable key/value vectors before the real tokens:
 
     head_h = softmax(q_h [P_k^l; K_h]^T / sqrt(d) + [0; M]) [P_v^l; V_h]
@@ -69,6 +70,10 @@ class PrefixTuningConfig(MethodConfig):
     )
     mlp_hidden_size: int = option(512, "Hidden width of the reparameterisation MLP.")
     cross_attention: bool = option(False, "Also prefix the decoder's cross-attention (encoder-decoder models).")
+    encoder_self_attention: bool = option(
+        True, "Prefix the encoder's self-attention (encoder-decoder models); False prefixes the decoder only, "
+        "as HF peft does, and backward then never enters the encoder."
+    )
     keep_reparameterization: bool = option(
         False, "Save the embedding and MLP (to resume training) instead of the folded prefixes."
     )
@@ -266,7 +271,7 @@ def inject(model: nn.Module, config: PrefixTuningConfig) -> Injection:
             "positions='after_prefix' moves absolute or rotary position ids (bert/roberta, llama, gpt2); "
             f"{getattr(architecture, 'name', type(model).__name__)} has none to move: use positions='unshifted'"
         )
-    sites = discover_sites(model, attention_module_names(model, config.cross_attention))
+    sites = discover_sites(model, attention_module_names(model, config.cross_attention, config.encoder_self_attention))
     embeddings = model.get_input_embeddings().weight
     encoder = PrefixEncoder(sites, config, hidden_size=embeddings.shape[1]).to(embeddings.device)
     model.add_module(ENCODER_NAME, encoder)
