@@ -23,6 +23,7 @@ from peftlab.methods.reparameterized.qlora import (
     dequantize_linear,
     int8_merge_tolerance,
     load_quantized,
+    quantize_linear,
     quantize_model,
 )
 
@@ -150,6 +151,25 @@ def test_merge_gives_a_dequantized_model_and_unmerge_the_quantized_one():
     plain = peftlab.unload(model)
     assert not any(isinstance(m, bnb.nn.Linear4bit) for m in plain.modules())
     torch.testing.assert_close(probe_output(plain), expected, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("compute", [torch.bfloat16, torch.float32])
+def test_lora_math_runs_in_the_compute_dtype_and_trains_float32_factors(compute):
+    torch.manual_seed(0)
+    layer = QuantizedLoRALinear(quantize_linear(nn.Linear(64, 32), QLoRAConfig(compute_dtype=str(compute)[6:])),
+                                rank=4, scaling=2.0, dropout=0.0)
+    with torch.no_grad():
+        layer.lora_B.normal_()
+    x = torch.randn(3, 64, requires_grad=True)
+    output = layer(x)
+    base = layer.base_layer(x)
+    hidden = torch.nn.functional.linear(x.to(compute), layer.lora_A.to(compute)) * 2.0  # Eq. 5, in the compute dtype
+    expected = base + torch.nn.functional.linear(hidden, layer.lora_B.to(compute)).float()
+    assert output.dtype == torch.float32
+    torch.testing.assert_close(output, expected, atol=0, rtol=0)
+    output.sum().backward()
+    assert layer.lora_A.dtype == layer.lora_A.grad.dtype == layer.lora_B.grad.dtype == torch.float32
+    assert layer.lora_A.grad.abs().sum() > 0 and x.grad.abs().sum() > 0
 
 
 def test_merge_under_bfloat16_compute_needs_a_bfloat16_tolerance():

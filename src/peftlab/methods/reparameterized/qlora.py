@@ -3,7 +3,8 @@ of Quantized LLMs", arXiv 2305.14314).
 
 ``y = dequant(W_NF4) x + (alpha / r) B A dropout(x)``: the base linear weights are stored as 4-bit
 NormalFloat with double quantisation (the per-block absmax constants quantised again to 8 bits) by
-``bitsandbytes``, about 0.5 bytes per weight; the forward dequantizes to ``compute_dtype``. LoRA (the
+``bitsandbytes``, about 0.5 bytes per weight; the forward dequantizes to ``compute_dtype`` and, as the
+paper's Eq. 5 does, runs the LoRA matmuls in it too (float32 factors cast per step). LoRA (the
 :class:`LoRALinear` of ``lora.py``) sits on all linear layers by default; only it trains. An 8-bit
 (LLM.int8) base is the ``bits=8`` option. On CUDA the optimizer is bitsandbytes' paged AdamW (its states
 page to CPU memory under pressure); on CPU, plain AdamW (paging needs CUDA unified memory).
@@ -26,6 +27,7 @@ from types import ModuleType
 from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
@@ -81,7 +83,8 @@ class QLoRAConfig(MethodConfig):
     quant_type: Literal["nf4", "fp4"] = option("nf4", "4-bit data type: nf4 (NormalFloat, the paper's) or fp4.")
     double_quant: bool = option(True, "Quantize the 4-bit blocks' absmax constants again (saves ~0.37 bits/weight).")
     compute_dtype: Literal["bfloat16", "float16", "float32"] = option(
-        "bfloat16", "dtype the 4-bit weights are dequantized to for the matmul (and of the base biases).")
+        "bfloat16", "dtype the 4-bit weights are dequantized to for the matmul, of the base biases and of the "
+        "LoRA matmuls (the factors and their optimizer state stay float32).")
 
     def validate(self) -> None:
         require(self.rank > 0, self, "rank", "must be a positive integer")
@@ -226,8 +229,17 @@ def dequantize_linear(layer: nn.Module, dtype: torch.dtype = torch.float32) -> n
 
 
 class QuantizedLoRALinear(LoRALinear):
-    """LoRA over a bitsandbytes base. ``merge`` swaps in the dequantized base plus the delta; ``unmerge``
-    restores the quantized layer itself (kept aside, not re-quantized, so it is bit-identical)."""
+    """LoRA over a bitsandbytes base. Over a 4-bit base the LoRA matmuls run in the base's compute dtype, as
+    in the paper's Eq. 5 (``X^BF16 L1^BF16 L2^BF16``); the factors, their gradients and the optimizer state
+    stay float32. ``merge`` swaps in the dequantized base plus the delta; ``unmerge`` restores the quantized
+    layer itself (kept aside, not re-quantized, so it is bit-identical)."""
+
+    def adapter_forward(self, x: torch.Tensor, base_output: torch.Tensor) -> torch.Tensor:
+        compute = getattr(self.base_layer, "compute_dtype", None) if is_4bit(self.base_layer) else None
+        if compute is None or compute == self.lora_A.dtype:
+            return super().adapter_forward(x, base_output)
+        hidden = F.linear(self.dropout(x).to(compute), self.lora_A.to(compute)) * self.scaling
+        return base_output + F.linear(hidden, self.lora_B.to(compute)).to(base_output.dtype)
 
     def merge(self) -> None:
         if self.merged:
