@@ -18,6 +18,12 @@ method runs it, where the method changes what the base computes: prompt tuning's
 tokens, QLoRA's holds NF4 weights (``MethodEntry.changes_the_base``; those floors have their own rows); for
 every other method it is "vs floor". Compiling happens in the warm-up steps, which are not timed.
 
+Inference: the adapted model's forward (unmerged, then merged once as it is served) against the same model
+with every adapter wrapper swapped for the layer it wraps, so both sides read the very same weight tensors
+(``measure.bare``); forwards alternate round by round, times are the best round, "vs base" the median of
+the rounds' own ratios. A merged peftlab model runs exactly the base model's operations (tested op by op in
+``tests/core/test_accounting_and_merge.py``), so its "vs base" shows the machine's noise.
+
 Memory, two ways. "peak MB" is the process's peak: RSS on CPU (what the machine must have; it includes
 memory the C allocator keeps after tensors are freed, which varies from run to run) or ``max_memory_allocated``
 on a GPU. "step tensors MB" is the most tensor memory one training step holds beyond the resident model and
@@ -238,8 +244,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--steps", type=int, default=3, help="timed training steps per process (after warmup)")
     parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--infer-rounds", type=int, default=9,
-                        help="inference rounds per process, each one forward of base, unmerged and merged")
+    parser.add_argument("--infer-rounds", type=int, default=8,
+                        help="inference rounds per process and phase (unmerged, then merged): one forward of the "
+                             "base and one of the adapted model each")
     parser.add_argument("--no-inference", action="store_true")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

@@ -14,7 +14,8 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from peftlab.core.checkpointing import enable_activation_checkpointing  # noqa: 
 from peftlab.core.compile import compile_blocks  # noqa: E402
 from peftlab.core.fused_ops import fuse  # noqa: E402
 from peftlab.core.losses import lm_loss  # noqa: E402
+from peftlab.core.targeting import replace_module  # noqa: E402
 from workloads import METHODS, WORKLOADS, build_model, make_batch  # noqa: E402
 
 
@@ -191,14 +193,36 @@ def _forward_ms(model: nn.Module, batch: dict[str, torch.Tensor], device: str, r
     return 1000 * statistics.median(times)
 
 
-def run_infer(job: Job) -> dict[str, Any]:
-    """Base, unmerged and merged forward latency, interleaved round by round in one process.
+@contextmanager
+def bare(model: nn.Module) -> Iterator[nn.Module]:
+    """The adapted model's own transformers model with every adapter wrapper swapped for the layer it wraps:
+    the base computation on the very same weight tensors (the merged ones while merged), so timing it
+    against the adapted forward compares like with like, memory placement included."""
+    inner = model.get_base_model() if isinstance(model, peft.PeftModel) else model
+    wrappers = []
+    for name, module in list(inner.named_modules()):
+        if isinstance(getattr(module, "base_layer", None), nn.Module) and not any(
+                name.startswith(f"{outer}.") for outer, _ in wrappers):
+            wrappers.append((name, module))
+    for name, wrapper in wrappers:
+        replace_module(inner, name, wrapper.base_layer)
+    try:
+        yield inner
+    finally:
+        for name, wrapper in wrappers:
+            replace_module(inner, name, wrapper)
 
-    Each round times one forward of each, back to back, in alternating order; the ratios to the base are
-    the median of the rounds' own ratios, so a slow stretch of a shared machine slows both sides of a
+
+def run_infer(job: Job) -> dict[str, Any]:
+    """Adapted and bare (:func:`bare`) forward latency in one process: first with the adapter unmerged, then
+    merged once (as it is served) and warmed up again, since the first forwards after a merge pay for the
+    memory the merge freed and no served request sees that.
+
+    In each phase a round times one forward of the bare model and one of the adapted model, back to back,
+    in alternating order. Times are the best of the rounds (interference on a shared machine only ever
+    adds time); "vs base" is the median of the rounds' own ratios, so a slow stretch slows both sides of a
     ratio alike instead of landing on one of them."""
     workload = WORKLOADS[job.workload]
-    base = build_model(workload, job.setting).to(job.device).eval()
     model, _, _, _ = _adapt(job, build_model(workload, job.setting).to(job.device))
     model.eval()
     generator = torch.Generator().manual_seed(2)
@@ -206,22 +230,25 @@ def run_infer(job: Job) -> dict[str, Any]:
         for parameter in (p for p in model.parameters() if p.requires_grad):
             parameter.add_(0.01 * torch.randn(parameter.shape, generator=generator).to(parameter))
     batch = {name: value.to(job.device) for name, value in make_batch(workload, job.setting, with_labels=False).items()}
-    merge, unmerge = ((model.merge_adapter, model.unmerge_adapter) if job.library == "peft"
-                      else (lambda: peftlab.merge(model), lambda: peftlab.unmerge(model)))
-    results: dict[str, list[float]] = {"base_ms": [], "unmerged_ms": [], "merged_ms": []}
-    _forward_ms(base, batch, job.device, job.warmup)
-    _forward_ms(model, batch, job.device, job.warmup)
-    for round_ in range(job.steps):
-        order = ["base_ms", "unmerged_ms", "merged_ms"]
-        for name in order if round_ % 2 == 0 else reversed(order):
-            if name == "merged_ms":
-                merge()
-            results[name].append(_forward_ms(base if name == "base_ms" else model, batch, job.device, 1))
-            if name == "merged_ms":
-                unmerge()
-    ratios = {f"{name[:-3]}_vs_base": statistics.median(a / b for a, b in zip(results[name], results["base_ms"]))
-              for name in ("unmerged_ms", "merged_ms")}
-    return {**{name: statistics.median(values) for name, values in results.items()}, **ratios}
+    results: dict[str, float] = {}
+    for phase in ("unmerged", "merged"):
+        if phase == "merged":
+            model.merge_adapter() if job.library == "peft" else peftlab.merge(model)
+        times: dict[str, list[float]] = {"adapted": [], "bare": []}
+        for round_ in range(-1, job.steps):  # round -1 warms both up
+            for which in ("bare", "adapted") if round_ % 2 == 0 else ("adapted", "bare"):
+                if which == "bare":
+                    with bare(model) as plain:
+                        elapsed = _forward_ms(plain, batch, job.device, 1)
+                else:
+                    elapsed = _forward_ms(model, batch, job.device, 1)
+                if round_ >= 0:
+                    times[which].append(elapsed)
+        results[f"{phase}_ms"] = min(times["adapted"])
+        results[f"{phase}_base_ms"] = min(times["bare"])
+        results[f"{phase}_vs_base"] = statistics.median(a / b for a, b in zip(times["adapted"], times["bare"]))
+    results["base_ms"] = min(results["unmerged_base_ms"], results["merged_base_ms"])
+    return results
 
 
 def main(argv: list[str]) -> None:

@@ -75,3 +75,23 @@ def test_a_method_that_counts_differently_says_so_in_the_report():
     assert "reparameterisation MLP" in mam.note
     assert peftlab.parameter_report(peftlab.apply(tiny_llama(), "prefix_tuning", reparameterize=False)).note == ""
     assert peftlab.parameter_report(peftlab.apply(tiny_llama(), "lora")).note == ""
+
+
+def _aten_calls(model, inputs) -> dict[str, int]:
+    with torch.inference_mode(), torch.profiler.profile() as profiler:
+        model(**inputs)
+    return {event.key: event.count for event in profiler.key_averages() if event.key.startswith("aten::")}
+
+
+@pytest.mark.parametrize("method", ["lora", "ia3", "dora", "vera", "loha", "lokr"])
+def test_merged_model_runs_exactly_the_base_models_operations(method):
+    inputs = {"input_ids": torch.tensor([[5, 6, 7, 8, 9, 10]])}
+    base = tiny_llama().eval()
+    expected = _aten_calls(base, inputs)
+    model = peftlab.apply(tiny_llama(), method).eval()
+    with torch.no_grad():
+        for _, parameter in peftlab.adapter_parameters(model):
+            parameter.add_(0.01)
+    assert _aten_calls(model, inputs) != expected  # unmerged, the adapter adds its own work
+    peftlab.merge(model)
+    assert _aten_calls(model, inputs) == expected
