@@ -68,3 +68,23 @@ def test_own_floor_runs_the_base_as_the_method_changes_it():
     assert longer["input_ids"].shape[1] == plain["input_ids"].shape[1] + 20
     assert torch.equal(longer["input_ids"][:, 20:], plain["input_ids"])
     assert (longer["labels"][:, :20] == -100).all() and torch.equal(longer["labels"][:, 20:], plain["labels"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("library", ["peft", "peftlab"])
+def test_bare_runs_the_base_on_the_adapted_models_tensors_and_puts_the_wrappers_back(library):
+    workload = measure.WORKLOADS["llama"]
+    batch = measure.make_batch(workload, "quick", with_labels=False)
+    base = measure.build_model(workload, "quick").eval()
+    job = measure.Job(workload="llama", setting="quick", library=library, method="lora")
+    model, *_ = measure._adapt(job, measure.build_model(workload, "quick"))
+    model.eval()
+    with torch.no_grad():
+        for parameter in (p for p in model.parameters() if p.requires_grad):
+            parameter.add_(0.01)
+        expected = base(**batch).logits
+        adapted = model(**batch).logits
+        with measure.bare(model) as plain:
+            torch.testing.assert_close(plain(**batch).logits, expected, atol=0, rtol=0)
+        torch.testing.assert_close(model(**batch).logits, adapted, atol=0, rtol=0)
+    assert not torch.equal(adapted, expected)
