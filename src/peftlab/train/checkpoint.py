@@ -64,10 +64,15 @@ def checkpoints(output_dir: Path) -> list[Path]:
     return [path for _, path in sorted(found)]
 
 
-def latest_checkpoint(output_dir: Path) -> Path | None:
+def recovered_checkpoints(output_dir: Path) -> list[Path]:
+    """:func:`checkpoints`, after finishing or clearing any checkpoint write that was interrupted."""
     for path in output_dir.glob("checkpoint-*"):
         recover_directory(path)
-    found = checkpoints(output_dir)
+    return checkpoints(output_dir)
+
+
+def latest_checkpoint(output_dir: Path) -> Path | None:
+    found = recovered_checkpoints(output_dir)
     return found[-1] if found else None
 
 

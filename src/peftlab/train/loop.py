@@ -29,8 +29,8 @@ from peftlab.core.faults import check_finite_loss, raise_out_of_memory
 from peftlab.core.fused_ops import fuse
 from peftlab.core.serialization import CONFIG_NAME, WEIGHTS_NAME, AdapterFileError, save_adapter
 from peftlab.train.args import ArgumentError, TrainArgs
-from peftlab.train.checkpoint import (Progress, checkpoints, full_parameters, latest_checkpoint, load_checkpoint,
-                                      save_checkpoint)
+from peftlab.train.checkpoint import (Progress, full_parameters, latest_checkpoint, load_checkpoint,
+                                      recovered_checkpoints, save_checkpoint)
 from peftlab.train.encoding import collate, count_tokens, encode
 from peftlab.train.evaluation import evaluate
 from peftlab.train.loss import loss_function, resolve_loss
@@ -143,10 +143,11 @@ class Trainer:
     def resume_from_checkpoint(self) -> tuple[Path, Progress] | None:
         """The newest checkpoint that reads whole, restored; a newer unreadable one is named in a warning
         and left in place. None when there is none; an error when none of them reads."""
-        if latest_checkpoint(self.output) is None:  # also finishes or clears interrupted checkpoint writes
+        found = recovered_checkpoints(self.output)
+        if not found:
             return None
         problems = []
-        for checkpoint in reversed(checkpoints(self.output)):
+        for checkpoint in reversed(found):
             try:
                 progress = load_checkpoint(checkpoint, self.base, self.optimizer, self.scheduler, self.hooks)
             except UNREADABLE as error:  # every part is loaded again from the next one tried
