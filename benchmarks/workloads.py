@@ -203,8 +203,11 @@ def _ia3_peft(model: nn.Module, workload: Workload) -> Any:
                      feedforward_modules=feed_forward, task_type=PEFT_TASK[workload.task])
 
 
+PROMPT_TOKENS = 20
+
+
 def _prompt_peftlab(model: nn.Module, workload: Workload) -> dict[str, Any]:
-    return {"num_virtual_tokens": 20, "init": "random", "modules_to_save": _heads(workload)}
+    return {"num_virtual_tokens": PROMPT_TOKENS, "init": "random", "modules_to_save": _heads(workload)}
 
 
 def _prompt_peft(model: nn.Module, workload: Workload) -> Any:
@@ -212,7 +215,7 @@ def _prompt_peft(model: nn.Module, workload: Workload) -> Any:
 
     # peft prompts T5's decoder too by default (two prompt tables); peftlab prompts the encoder input only
     submodules = {"num_transformer_submodules": 1} if workload.task == "seq2seq" else {}
-    return PromptTuningConfig(num_virtual_tokens=20, task_type=PEFT_TASK[workload.task], **submodules)
+    return PromptTuningConfig(num_virtual_tokens=PROMPT_TOKENS, task_type=PEFT_TASK[workload.task], **submodules)
 
 
 def _prefix_peftlab(model: nn.Module, workload: Workload) -> dict[str, Any]:
@@ -302,8 +305,8 @@ PEFT_LORA = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0}
 METHODS: dict[str, MethodEntry] = {
     "lora": MethodEntry("lora", _lora_peftlab, _lora_peft, mergeable=True, notes="r=8, alpha=16, q+v"),
     "ia3": MethodEntry("ia3", _ia3_peftlab, _ia3_peft, mergeable=True, notes="k, v, FFN-out input"),
-    "prompt_tuning": MethodEntry("prompt_tuning", _prompt_peftlab, _prompt_peft, notes="20 virtual tokens",
-                                 lead_tokens=20),
+    "prompt_tuning": MethodEntry("prompt_tuning", _prompt_peftlab, _prompt_peft, notes=f"{PROMPT_TOKENS} virtual tokens",
+                                 lead_tokens=PROMPT_TOKENS),
     "prefix_tuning": MethodEntry("prefix_tuning", _prefix_peftlab, _prefix_peft, notes="10 prefixes, no MLP"),
     "adalora": MethodEntry("adalora", _adalora_peftlab, _adalora_peft, peft_after_step=_adalora_peft_step,
                            notes="r 12 -> 8, q+v"),
