@@ -17,6 +17,10 @@ own step, so it isolates the adapter's own cost. "vs own floor" divides by the f
 method runs it, where the method changes what the base computes: prompt tuning's base reads 20 more input
 tokens, QLoRA's holds NF4 weights (``MethodEntry.changes_the_base``; those floors have their own rows); for
 every other method it is "vs floor". Compiling happens in the warm-up steps, which are not timed.
+"FLOPs vs own floor" is the same division for the matrix-multiply FLOPs of one forward and backward, counted
+once per row with ``torch.utils.flop_counter`` on the eager step (``measure.run_flops``): the arithmetic the
+method adds, which no implementation can skip (full fine-tuning's weight gradients: 1.5x). Where it is well
+above 1.00x (QLoRA's r=64 LoRA on all seven linears of every block), "vs own floor" can only come close to it.
 
 Inference: the adapted model's forward (unmerged, then merged once as it is served) against the same model
 with every adapter wrapper swapped for the layer it wraps, so both sides read the very same weight tensors
@@ -43,7 +47,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import peft
@@ -108,6 +112,20 @@ def infer_jobs(args: argparse.Namespace) -> list[Job]:
     return jobs
 
 
+def flop_jobs(training: list[Job]) -> list[Job]:
+    """One FLOP count (``measure.run_flops``) per distinct computation among the training jobs: compiling
+    changes how fast a step runs, not what it computes, so ``+compile`` variants share one count."""
+    counted = {}
+    for job in training:
+        job = replace(job, kind="flops", step=eager(job.step))
+        counted.setdefault(job.key, job)
+    return list(counted.values())
+
+
+def eager(step: str) -> str:
+    return "+".join(feature for feature in step.split("+") if feature != "compile")
+
+
 def run_job(job: Job) -> dict:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE.parent / "src"), os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run([sys.executable, str(HERE / "measure.py"), json.dumps(asdict(job))],
@@ -148,48 +166,54 @@ def train_table(name: str, jobs: list[Job], results: dict[str, list[dict]]) -> l
         key = next((j.key for j in jobs if (j.workload, j.library, j.method, j.step) == (name, library, method, step)), None)
         return results.get(key, []) if key else []
 
+    def flops(library: str, method: str, step: str) -> float | None:
+        return median(results.get(Job(name, jobs[0].setting, library, method, eager(step), "flops").key, []), "flops")
+
     shape = WORKLOADS[name].shapes[jobs[0].setting]
     lines = [f"### {name} ({shape.layers} layers, hidden {shape.hidden}, vocab {shape.vocab:,}, "
              f"batch {shape.batch} x {shape.length}{f' -> {shape.target_length}' if shape.target_length else ''})", "",
-             "| method | library | step | step s | vs peft | vs floor | vs own floor | vs full | peak MB | vs peft "
-             "| step tensors MB | vs peft | trainable | frozen grads |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| method | library | step | step s | vs peft | vs floor | vs own floor | FLOPs vs own floor | vs full "
+             "| peak MB | vs peft | step tensors MB | vs peft | trainable | frozen grads |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     full = median(get("full"), "step_s")
 
     def row(label: str, library: str, step: str, outcomes: list[dict], peft_outcomes: list[dict] | None,
-            method: str = "") -> None:
+            method: str = "", counted: tuple[str, str] = ("floor", "")) -> None:
+        """``method``: whose own floor the row divides by ("" for the plain one); ``counted``: the
+        (library, method) whose FLOP count is the row's."""
         if not outcomes:
             return
         if "error" in outcomes[0] and not median(outcomes, "step_s"):
-            lines.append(f"| {label} | {library} | {step} | error: {outcomes[0]['error'][:80]} | | | | | | | | | | |")
+            lines.append(f"| {label} | {library} | {step} | error: {outcomes[0]['error'][:80]} | | | | | | | | | | | |")
             return
         seconds, peak = median(outcomes, "step_s"), median(outcomes, "peak_mb")
         floor = median(get("floor", "", step), "step_s")
         own_floor = median(get("floor", method, step), "step_s") if method else floor
+        flop_ratio = "" if counted == ("floor", "") else ratio(flops(*counted, step), flops("floor", method, step))
         peft_s = median(peft_outcomes, "step_s") if peft_outcomes else None
         peft_mb = median(peft_outcomes, "peak_mb") if peft_outcomes else None
         tensors = median(outcomes, "step_tensor_mb")
         peft_tensors = median(peft_outcomes, "step_tensor_mb") if peft_outcomes else None
         lines.append(
             f"| {label} | {library} | {step} | {seconds:.3f} | {ratio(seconds, peft_s) if peft_outcomes else ''} | "
-            f"{ratio(seconds, floor)} | {ratio(seconds, own_floor) if library != '-' else ''} | {ratio(seconds, full)} | {peak:.0f} | {ratio(peak, peft_mb) if peft_outcomes else ''} | "
+            f"{ratio(seconds, floor)} | {ratio(seconds, own_floor) if library != '-' else ''} | {flop_ratio} | {ratio(seconds, full)} | {peak:.0f} | {ratio(peak, peft_mb) if peft_outcomes else ''} | "
             f"{tensors:.0f} | {ratio(tensors, peft_tensors) if peft_outcomes else ''} | "
             f"{int(median(outcomes, 'trainable')):,} | {int(max(o.get('frozen_with_grad', 0) for o in outcomes))} |")
 
     steps = sorted({j.step for j in jobs if j.workload == name})
     for step in steps:
         row("floor", "-", step, get("floor", "", step), None)
-    row("full", "-", "plain", get("full"), None)
+    row("full", "-", "plain", get("full"), None, counted=("full", ""))
     for method in dict.fromkeys(j.method for j in jobs if j.workload == name and j.method):
         entry = METHODS[method]
         for step in steps if entry.changes_the_base else ():
-            row(f"floor of {method}'s base", "-", step, get("floor", method, step), None)
+            row(f"floor of {method}'s base", "-", step, get("floor", method, step), None, counted=("floor", method))
         own = method if entry.changes_the_base else ""
         peft_step = next(j.step for j in jobs if (j.library, j.method) == ("peft", method))
         theirs = get("peft", method, peft_step)
-        row(method, "peft", peft_step, theirs, None, own)
+        row(method, "peft", peft_step, theirs, None, own, ("peft", method))
         for step in steps:
-            row(method, "peftlab", step, get("peftlab", method, step), theirs, own)
+            row(method, "peftlab", step, get("peftlab", method, step), theirs, own, ("peftlab", method))
     return lines + [""]
 
 
@@ -287,7 +311,8 @@ def main(argv: list[str]) -> None:
         write_text_atomic(args.out, "\n".join(out) + "\n<!-- raw medians' inputs: " + json.dumps(results) + " -->\n")
         return out
 
-    results = run_all(training + inference, args.repeats, write)
+    counts = {job.key: [run_job(job)] for job in flop_jobs(training)}  # once: a count does not vary
+    results = {**counts, **run_all(training + inference, args.repeats, lambda r, done: write({**counts, **r}, done))}
     print("\n".join(write(results, args.repeats)))
 
 

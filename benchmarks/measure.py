@@ -8,6 +8,7 @@ the measured step allocates.
 from __future__ import annotations
 
 import json
+import math
 import os
 import resource
 import statistics
@@ -25,6 +26,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import peft  # noqa: E402,F401  (imported in every process alike, see above)
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 import peftlab  # noqa: E402
 from peftlab.core.checkpointing import enable_activation_checkpointing  # noqa: E402
@@ -45,7 +47,7 @@ class Job:
     library: str  # "peftlab", "peft", "floor" (frozen base, one trainable scalar) or "full"
     method: str = ""  # for "floor": the method whose base the floor runs (its own floor), or "" for the plain base
     step: str = "plain"  # "plain" (model(**batch).loss) or "chunked" (peftlab lm_loss), then "+fused", "+ckpt", "+compile"
-    kind: str = "train"  # or "infer"
+    kind: str = "train"  # or "infer", or "flops" (one eager step's matmul FLOPs)
     steps: int = 3
     warmup: int = 1
     threads: int = 2
@@ -132,12 +134,22 @@ def _adapt(job: Job, model: nn.Module) -> tuple[nn.Module, torch.optim.Optimizer
     return model, optimizer, lambda step: hooks.after_optimizer_step(model, step), peftlab.parameter_counts(model)[0]
 
 
-def run_train(job: Job) -> dict[str, Any]:
+@dataclass
+class Prepared:
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    after_step: Callable[[int], None]
+    trainable: int
+    compute_loss: Callable[[], torch.Tensor]
+    hooks: Any  # peftlab's training hooks, or None for the other libraries
+
+
+def prepare(job: Job, features: set[str]) -> Prepared:
+    """The job's model, adapted, with the step's features applied, its batch and its loss."""
     workload = WORKLOADS[job.workload]
     model = build_model(workload, job.setting).to(job.device)
     model, optimizer, after_step, trainable = _adapt(job, model)
     model.train()
-    features = set(job.step.split("+"))
     if "ckpt" in features:
         enable_activation_checkpointing(model)
     if "compile" in features:
@@ -150,6 +162,40 @@ def run_train(job: Job) -> dict[str, Any]:
         batch["use_cache"] = False  # lm_loss does this itself; the plain loss needs telling
     compute_loss = (lambda: lm_loss(model, batch)) if "chunked" in features else (lambda: model(**batch).loss)
     hooks = peftlab.training_hooks(model) if job.library == "peftlab" else None
+    return Prepared(model, optimizer, after_step, trainable, compute_loss, hooks)
+
+
+def run_flops(job: Job) -> dict[str, Any]:
+    """The matrix-multiply FLOPs of one training step's forward and backward (``FlopCounterMode``), run
+    eagerly: compiling changes how fast the step runs, not what it computes. Set against the floor's count
+    it is the adapter's own arithmetic, which no implementation can skip."""
+    prepared = prepare(job, set(job.step.split("+")) - {"compile"})
+    with FlopCounterMode(display=False, custom_mapping=_custom_flop_formulas()) as counter:
+        loss = prepared.compute_loss()
+        if prepared.hooks is not None:
+            loss = loss + prepared.hooks.regularization(prepared.model)
+        loss.backward()
+    return {"flops": float(counter.get_total_flops())}
+
+
+def _custom_flop_formulas() -> dict[Any, Callable[..., int]]:
+    """FLOPs of the matmuls torch's counter does not know: bitsandbytes' 4-bit forward (its backward
+    dequantizes and runs a plain ``mm``, which is counted)."""
+    gemm_4bit = getattr(getattr(torch.ops, "bitsandbytes", None), "gemm_4bit", None) if "bitsandbytes" in sys.modules else None
+    if gemm_4bit is None:
+        return {}
+
+    def nf4_matmul(a_shape: torch.Size, *_: Any, out_shape: torch.Size, **__: Any) -> int:
+        return 2 * math.prod(out_shape) * a_shape[-1]
+
+    return {gemm_4bit: nf4_matmul}
+
+
+def run_train(job: Job) -> dict[str, Any]:
+    prepared = prepare(job, set(job.step.split("+")))
+    model, optimizer, after_step, trainable = (prepared.model, prepared.optimizer, prepared.after_step,
+                                               prepared.trainable)
+    compute_loss, hooks = prepared.compute_loss, prepared.hooks
     times, losses = [], []
 
     def train_step(step: int) -> None:
@@ -254,7 +300,7 @@ def run_infer(job: Job) -> dict[str, Any]:
 def main(argv: list[str]) -> None:
     job = Job(**json.loads(argv[0]))
     torch.set_num_threads(job.threads)
-    result = run_train(job) if job.kind == "train" else run_infer(job)
+    result = {"train": run_train, "infer": run_infer, "flops": run_flops}[job.kind](job)
     print(json.dumps({"job": asdict(job), **result}))
 
 

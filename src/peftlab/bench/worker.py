@@ -109,8 +109,8 @@ def memory_breakdown(args: Any) -> dict[str, dict[str, int | None]]:
     features = encode(plan.task, plan.train_examples[: args.batch_size], tokenizer, plan.loaded.kind, args.max_length)
     batch = {key: value.to(device) for key, value in collate(features, tokenizer.pad_token_id).items()}
     prediction = memory.predicted(model)
-    measured = memory.measure_step(model, batch, lambda m: torch.optim.AdamW(
-        peftlab.parameter_groups(m, args.learning_rate, args.weight_decay)))
+    measured = memory.measure_step(model, batch, lambda m: peftlab.make_optimizer(
+        m, args.learning_rate, args.weight_decay))
     return memory.breakdown(measured, prediction)
 
 

@@ -7,7 +7,7 @@ NormalFloat with double quantisation (the per-block absmax constants quantised a
 paper's Eq. 5 does, runs the LoRA matmuls in it too (float32 factors cast per step). LoRA (the
 :class:`LoRALinear` of ``lora.py``) sits on all linear layers by default; only it trains. An 8-bit
 (LLM.int8) base is the ``bits=8`` option. On CUDA the optimizer is bitsandbytes' paged AdamW (its states
-page to CPU memory under pressure); on CPU, plain AdamW (paging needs CUDA unified memory).
+page to CPU memory under pressure); on CPU, fused AdamW (paging needs CUDA unified memory).
 
 Merging cannot fold a float delta into 4-bit codes: it replaces each adapted layer's base by its
 dequantized float weight plus ``(alpha / r) B A`` (a dequantized merged model); unmerge puts the original
@@ -33,6 +33,7 @@ from transformers.pytorch_utils import Conv1D
 
 from peftlab.core.config import MethodConfig, option, require
 from peftlab.core.errors import UserError
+from peftlab.core.hooks import adamw
 from peftlab.core.injection import Injection
 from peftlab.core.probe import probe_output
 from peftlab.core.registry import MethodSpec, register
@@ -308,9 +309,9 @@ def base_weight_bytes(model: nn.Module) -> tuple[int, int]:
 
 
 def make_optimizer(model: nn.Module, config: QLoRAConfig, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
-    """Paged AdamW (bitsandbytes) when the model is on CUDA; plain AdamW on CPU."""
+    """Paged AdamW (bitsandbytes) when the model is on CUDA; fused AdamW on CPU."""
     on_cuda = any(p.is_cuda for group in groups for p in group["params"])
-    return bitsandbytes().optim.PagedAdamW(groups) if on_cuda else torch.optim.AdamW(groups)
+    return bitsandbytes().optim.PagedAdamW(groups) if on_cuda else adamw(groups)
 
 
 def inject(model: nn.Module, config: QLoRAConfig) -> Injection:
