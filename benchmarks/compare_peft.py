@@ -196,7 +196,8 @@ def train_table(name: str, jobs: list[Job], results: dict[str, list[dict]]) -> l
         peft_tensors = median(peft_outcomes, "step_tensor_mb") if peft_outcomes else None
         lines.append(
             f"| {label} | {library} | {step} | {seconds:.3f} | {ratio(seconds, peft_s) if peft_outcomes else ''} | "
-            f"{ratio(seconds, floor)} | {ratio(seconds, own_floor) if library != '-' else ''} | {flop_ratio} | {ratio(seconds, full)} | {peak:.0f} | {ratio(peak, peft_mb) if peft_outcomes else ''} | "
+            f"{ratio(seconds, floor)} | {ratio(seconds, own_floor) if library != '-' else ''} | {flop_ratio} | "
+            f"{ratio(seconds, full)} | {peak:.0f} | {ratio(peak, peft_mb) if peft_outcomes else ''} | "
             f"{tensors:.0f} | {ratio(tensors, peft_tensors) if peft_outcomes else ''} | "
             f"{int(median(outcomes, 'trainable')):,} | {int(max(o.get('frozen_with_grad', 0) for o in outcomes))} |")
 

@@ -181,7 +181,9 @@ def run_flops(job: Job) -> dict[str, Any]:
 def _custom_flop_formulas() -> dict[Any, Callable[..., int]]:
     """FLOPs of the matmuls torch's counter does not know: bitsandbytes' 4-bit forward (its backward
     dequantizes and runs a plain ``mm``, which is counted)."""
-    gemm_4bit = getattr(getattr(torch.ops, "bitsandbytes", None), "gemm_4bit", None) if "bitsandbytes" in sys.modules else None
+    if "bitsandbytes" not in sys.modules:  # not imported: no 4-bit layer in this process
+        return {}
+    gemm_4bit = getattr(torch.ops.bitsandbytes, "gemm_4bit", None)
     if gemm_4bit is None:
         return {}
 
