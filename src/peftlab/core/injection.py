@@ -48,7 +48,7 @@ class PeftState:
 
     config: MethodConfig
     injection: Injection
-    base_model: dict = field(default_factory=dict)  # the base's identity before injection (serialization.base_model_info)
+    base_model: dict = field(default_factory=dict)  # the base's identity before injection (base_identity.base_model_info)
 
     @property
     def method(self) -> str:
@@ -76,7 +76,7 @@ def apply_config(model: nn.Module, config: MethodConfig) -> nn.Module:
             f"this model already carries {existing.method!r}; load a fresh base model, or use a hybrid "
             f"method (e.g. 'mam', 'unipelt') to combine methods"
         )
-    from peftlab.core.serialization import base_model_info  # serialization builds on this module
+    from peftlab.core.base_identity import base_model_info  # base_identity builds on this module
 
     spec = spec_for_config(config)
     _refuse_offloaded_weights(model, config.method)

@@ -4,14 +4,13 @@ Never pickle: tensors go through safetensors, everything else through JSON. A sa
 folder atomically. A load checks every tensor name and shape against the model and says what differs.
 
 ``adapter_config.json`` holds the method's config, ``peftlab_version``, ``base_model`` (what it was trained
-on) and, for methods that learn a structure, ``report``: facts for readers, written from the model by the
-method's ``extra["report"]`` (AdaLoRA: ``{"rank_pattern": {layer: rank}, "total_rank": n}``) and ignored on
-load (the tensors are the truth).
+on: ``base_identity.py``) and, for methods that learn a structure, ``report``: facts for readers, written
+from the model by the method's ``extra["report"]`` (AdaLoRA: ``{"rank_pattern": {layer: rank},
+"total_rank": n}``) and ignored on load (the tensors are the truth).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import warnings
@@ -26,27 +25,18 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from peftlab.core.accounting import logical_shape
 from peftlab.core.atomic import atomic_directory, recover_directory
+from peftlab.core.base_identity import BaseModelMismatchWarning, base_model_info, check_base_model
 from peftlab.core.checks import non_finite_tensors, warn_if_inert
 from peftlab.core.config import ConfigError, MethodConfig
-from peftlab.core.errors import UserError
+from peftlab.core.errors import AdapterFileError, few
 from peftlab.core.hooks import method_report
 from peftlab.core.injection import adapter_buffers, adapter_parameters, apply_config, peft_state, restored_on_error
-from peftlab.core.layers import AdapterModule
 from peftlab.core.registry import get_method
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 REPORT_KEY = "report"
-
-
-class AdapterFileError(UserError, ValueError):
-    """An adapter folder is missing, corrupt, or does not fit the model."""
-
-
-class BaseModelMismatchWarning(UserWarning):
-    """The adapter loads, but its base model differs from this one (another fingerprint or vocabulary)."""
 
 
 @dataclass
@@ -180,7 +170,7 @@ def load_adapter(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     bad = non_finite_tensors(tensors)
     if bad:
         raise AdapterFileError(
-            f"{path} holds NaN or infinite values in {_few(bad)}: training diverged before it was saved; "
+            f"{path} holds NaN or infinite values in {few(bad)}: training diverged before it was saved; "
             f"use an earlier checkpoint"
         )
     state = peft_state(model)
@@ -206,35 +196,6 @@ def _warn_after_load(model: nn.Module, doubts: list[str], source: str) -> None:
     warn_if_inert(model, source)
 
 
-def check_base_model(model: nn.Module, saved: dict[str, Any], tensors: dict[str, torch.Tensor], source: str) -> list[str]:
-    """Refuse an adapter for another model family or vocabulary (when it holds embeddings); return the
-    doubts to warn about once it has loaded (another vocabulary size or base fingerprint)."""
-    trained_on = saved.get("model_type")
-    model_type = getattr(getattr(model, "config", None), "model_type", None)
-    if trained_on and model_type and trained_on != model_type:
-        raise AdapterFileError(f"the adapter in {source} was trained on a {trained_on!r} model; this model is {model_type!r}")
-    here = base_model_info(model)
-    saved_vocab, vocab = saved.get("vocab_size"), here["vocab_size"]
-    if saved_vocab and vocab and saved_vocab != vocab:
-        embeddings = [n for n, t in tensors.items() if t.ndim == 2 and t.shape[0] == saved_vocab]
-        message = (
-            f"the adapter in {source} was trained with a vocabulary of {saved_vocab} tokens; this base has "
-            f"{vocab}. Load the tokenizer it was trained with (saved beside the adapter when tokens were added) "
-            f"and call model.resize_token_embeddings({saved_vocab}) before loading"
-        )
-        if embeddings:
-            raise AdapterFileError(message + f" (it holds resized embeddings: {_few(embeddings)})")
-        return [message]
-    if saved.get("fingerprint") and saved["fingerprint"] != here["fingerprint"]:
-        return [
-            f"the adapter in {source} was saved from a base model with other parameter names or shapes "
-            f"(fingerprint {saved['fingerprint']}, this one {here['fingerprint']}; "
-            f"saved from {saved.get('name_or_path') or saved.get('architecture') or 'an unnamed model'}); "
-            f"its tensors fit, but check that this is the base it was trained on"
-        ]
-    return []
-
-
 def load_adapter_state_dict(model: nn.Module, tensors: dict[str, torch.Tensor], source: str = "adapter") -> None:
     state = peft_state(model)
     importer = get_method(state.method).extra.get("import_state")
@@ -254,8 +215,8 @@ def copy_adapter_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], sou
     if missing or unexpected:
         raise AdapterFileError(
             f"{source} does not fit this model: "
-            + (f"missing tensors {_few(missing)}; " if missing else "")
-            + (f"tensors for modules this model lacks {_few(unexpected)}; " if unexpected else "")
+            + (f"missing tensors {few(missing)}; " if missing else "")
+            + (f"tensors for modules this model lacks {few(unexpected)}; " if unexpected else "")
             + "was it trained on another base model or with other target modules?"
         )
     mismatched = [(n, tuple(tensors[n].shape), tuple(expected[n].shape)) for n in expected
@@ -266,39 +227,6 @@ def copy_adapter_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], sou
     with torch.no_grad():
         for name, target in expected.items():
             target.copy_(tensors[name].to(device=target.device, dtype=target.dtype))
-
-
-def base_model_info(model: nn.Module) -> dict[str, Any]:
-    """Model type and a fingerprint of the base parameters' names and shapes.
-
-    For an adapted model, the base as it was before the method was injected (a method may add
-    parameters, like BitFit's biases, or swap module types, like QLoRA's quantized layers).
-    """
-    state = peft_state(model)
-    if state is not None and state.base_model:
-        return dict(state.base_model)
-    added = {id(p) for m in model.modules() if isinstance(m, AdapterModule) for _, p in m.adapter_parameters()}
-    digest = hashlib.sha256()
-    for name, parameter in model.named_parameters():
-        if id(parameter) not in added:
-            digest.update(f"{name.replace('.base_layer', '')}:{logical_shape(parameter)};".encode())
-    config = getattr(model, "config", None)
-    try:
-        vocab_size = model.get_input_embeddings().num_embeddings
-    except (AttributeError, NotImplementedError):
-        vocab_size = None
-    return {
-        "model_type": getattr(config, "model_type", None),
-        "architecture": type(model).__name__,
-        "name_or_path": getattr(config, "_name_or_path", None) or None,
-        "vocab_size": vocab_size,
-        "fingerprint": digest.hexdigest()[:16],
-    }
-
-
-def _few(names: list[str], limit: int = 5) -> str:
-    shown = ", ".join(names[:limit])
-    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
 def _peftlab_version() -> str:

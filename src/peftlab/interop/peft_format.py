@@ -26,6 +26,7 @@ from torch import nn
 from peftlab.core.architectures import ARCHITECTURES, MODEL_TYPES, PRESET_NAMES
 from peftlab.core.config import MethodConfig
 from peftlab.core.atomic import atomic_directory
+from peftlab.core.base_identity import base_model_info
 from peftlab.core.injection import peft_state
 from peftlab.core.serialization import (
     CONFIG_NAME,
@@ -33,7 +34,6 @@ from peftlab.core.serialization import (
     AdapterFileError,
     StoredAdapter,
     adapter_state_dict,
-    base_model_info,
     read_adapter,
     read_config_json,
 )
