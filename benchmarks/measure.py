@@ -140,7 +140,7 @@ class Prepared:
     optimizer: torch.optim.Optimizer
     after_step: Callable[[int], None]
     trainable: int
-    compute_loss: Callable[[], torch.Tensor]
+    compute_loss: Callable[[], torch.Tensor]  # with the method's regularization (AdaLoRA's), if any
     hooks: Any  # peftlab's training hooks, or None for the other libraries
 
 
@@ -160,8 +160,9 @@ def prepare(job: Job, features: set[str]) -> Prepared:
     batch = {name: value.to(job.device) for name, value in make_batch(workload, job.setting, lead_tokens=lead_tokens).items()}
     if "compile" in features and workload.task != "classify":
         batch["use_cache"] = False  # lm_loss does this itself; the plain loss needs telling
-    compute_loss = (lambda: lm_loss(model, batch)) if "chunked" in features else (lambda: model(**batch).loss)
+    loss_only = (lambda: lm_loss(model, batch)) if "chunked" in features else (lambda: model(**batch).loss)
     hooks = peftlab.training_hooks(model) if job.library == "peftlab" else None
+    compute_loss = loss_only if hooks is None else (lambda: loss_only() + hooks.regularization(model))
     return Prepared(model, optimizer, after_step, trainable, compute_loss, hooks)
 
 
@@ -171,10 +172,7 @@ def run_flops(job: Job) -> dict[str, Any]:
     it is the adapter's own arithmetic, which no implementation can skip."""
     prepared = prepare(job, set(job.step.split("+")) - {"compile"})
     with FlopCounterMode(display=False, custom_mapping=_custom_flop_formulas()) as counter:
-        loss = prepared.compute_loss()
-        if prepared.hooks is not None:
-            loss = loss + prepared.hooks.regularization(prepared.model)
-        loss.backward()
+        prepared.compute_loss().backward()
     return {"flops": float(counter.get_total_flops())}
 
 
@@ -202,8 +200,6 @@ def run_train(job: Job) -> dict[str, Any]:
 
     def train_step(step: int) -> None:
         loss = compute_loss()
-        if hooks is not None:
-            loss = loss + hooks.regularization(model)
         loss.backward()
         if hooks is not None:
             hooks.before_optimizer_step(model, step)
