@@ -88,3 +88,16 @@ def test_bare_runs_the_base_on_the_adapted_models_tensors_and_puts_the_wrappers_
             torch.testing.assert_close(plain(**batch).logits, expected, atol=0, rtol=0)
         torch.testing.assert_close(model(**batch).logits, adapted, atol=0, rtol=0)
     assert not torch.equal(adapted, expected)
+
+
+@pytest.mark.slow
+def test_flop_counts_show_full_fine_tuning_at_one_and_a_half_floors_and_count_the_4bit_forward():
+    common = {"workload": "llama", "setting": "quick", "kind": "flops", "step": "plain"}  # the full row's step
+    floor = measure.run_flops(measure.Job(library="floor", **common))["flops"]
+    full = measure.run_flops(measure.Job(library="full", **common))["flops"]
+    lora = measure.run_flops(measure.Job(library="peftlab", method="lora", **common))["flops"]
+    assert 1.4 < full / floor < 1.6  # weight gradients add about half again
+    assert 0.95 < lora / floor < 1.05  # rank-8 factors add little; its backward stops above the embeddings
+    pytest.importorskip("bitsandbytes")
+    nf4_floor = measure.run_flops(measure.Job(library="floor", method="qlora", **common))["flops"]
+    assert nf4_floor == pytest.approx(floor, rel=1e-3)  # the 4-bit forward's matmuls are counted too
