@@ -7,6 +7,8 @@ import copy
 import pytest
 import torch
 from torch import nn
+from torch._dynamo.utils import counters
+from transformers import LlamaConfig, LlamaForCausalLM
 
 import peftlab
 from conftest import BUILDERS, assert_same_nonzero_grads, batch_for
@@ -21,7 +23,9 @@ def _adapter_grads(model: nn.Module) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("method,options", [
     ("lora", {"target_modules": "all_linear"}),
-    ("prefix_tuning", {"num_virtual_tokens": 3, "reparameterize": False}),  # attention stays eager, per layer
+    ("prefix_tuning", {"num_virtual_tokens": 3, "reparameterize": False}),  # prefix attention compiled in
+    ("prefix_tuning", {"num_virtual_tokens": 3}),  # through the MLP
+    ("unipelt", {}),  # a gated prefix: its attention runs eagerly between the compiled halves
 ])
 def test_compiled_blocks_give_the_eager_loss_and_gradients_and_are_undone(method, options):
     eager = peftlab.apply(BUILDERS["llama"]().train(), method, **options)  # no dropout in LLaMA
@@ -47,6 +51,23 @@ def test_compiled_blocks_give_the_eager_loss_and_gradients_and_are_undone(method
     unfuse(compiled)
     uncompile_blocks(compiled)
     assert not any(is_compiled(module) for module in compiled.modules())
+
+
+@pytest.mark.parametrize("reparameterize", [False, True])
+def test_prefix_attention_compiles_into_one_graph_for_every_layer(reparameterize):
+    config = LlamaConfig(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    torch.manual_seed(0)
+    model = peftlab.apply(LlamaForCausalLM(config).train(), "prefix_tuning", num_virtual_tokens=3,
+                          reparameterize=reparameterize)
+    compile_blocks(model)
+    torch._dynamo.reset()
+    counters.clear()
+    lm_loss(model, batch_for(model, batch=2, length=9)).backward()
+    assert not counters["graph_break"], dict(counters["graph_break"])
+    # one graph for the first block (its input needs no gradient) and one for the other three
+    assert counters["stats"]["unique_graphs"] == 2
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for _, p in peftlab.adapter_parameters(model))
 
 
 def test_a_model_without_declared_blocks_compiles_nothing():

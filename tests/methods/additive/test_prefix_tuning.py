@@ -230,12 +230,25 @@ def test_unsupported_attention_is_a_clear_error():
         peftlab.apply(opt, "prefix_tuning")
 
 
+@pytest.mark.parametrize("reparameterize", [True, False])
+def test_a_tensor_site_index_selects_what_the_int_index_slices(reparameterize):
+    encoder = prefix_encoder(adapted("llama", reparameterize=reparameterize))
+    assert encoder.uniform
+    query = torch.zeros(1, HEADS, 3, HEAD)
+    for index in range(len(encoder.sites)):
+        for by_int, by_tensor in zip(encoder.key_values(index, query), encoder.key_values(torch.tensor([index]), query)):
+            assert torch.equal(by_tensor, by_int)
+
+
 def test_unload_restores_the_base_attention():
     base = BUILDERS["llama"]().eval()
     model = peftlab.apply(copy.deepcopy(base), "prefix_tuning", **OPTIONS)
+    assert set(model.state_dict()) - set(base.state_dict()) == {f"prefix_encoder.{name}" for name, _ in
+                                                                  prefix_encoder(model).named_parameters()}
     peftlab.unload(model, merge_first=False)
     assert "prefix_encoder" not in dict(model.named_children())
     assert all(layer.self_attn.config is model.config for layer in model.model.layers)
+    assert not any(name.endswith("prefix_index") for name, _ in model.named_buffers())
     torch.testing.assert_close(probe_output(model), probe_output(base), atol=0, rtol=0)
 
 

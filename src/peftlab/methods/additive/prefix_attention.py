@@ -23,6 +23,13 @@ per-example gates), then::
     handle = attach_prefixes(model, sites, provider)          # handle.remove() takes it off again
 
 The provider runs inside the attention layer, so gradient checkpointing recomputes it with the layer.
+
+Compiled blocks (:mod:`peftlab.core.compile`): a provider that reads its site from a Python ``int`` would
+make the compiler build one graph per layer, so by default the prefixed attention runs eagerly between
+two compiled halves of each block. A provider attached with ``traceable=True`` receives the index as a
+one-element ``int64`` tensor instead (a buffer of the attention module, so it follows ``model.to``) and
+must select with it (``index_select``), never turn it into an ``int``: then one graph serves every layer,
+prefixed attention included.
 """
 
 from __future__ import annotations
@@ -44,8 +51,9 @@ from peftlab.core.targeting import find_modules
 IMPLEMENTATION = "peftlab_prefix"
 SUPPORTED_IMPLEMENTATIONS = ("eager", "sdpa")
 _SLOT = "peftlab_prefix_slot"
+_INDEX = "peftlab_prefix_index"  # the traceable providers' site index: a non-persistent buffer
 
-Provider = Callable[[int, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+Provider = Callable[[int | torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 # Attention modules (module-name suffix patterns) per family: self-attention, and cross-attention.
 SELF_ATTENTION = {"bert": r"attention\.self", "t5": r"SelfAttention", "llama": r"self_attn", "gpt2": r"attn"}
@@ -77,6 +85,7 @@ class _Slot:
     index: int
     provider: Provider | None  # None while discovering shapes
     config: object  # the module's original config: its implementation is read at call time
+    traceable: bool = False  # the provider takes the index as the module's int64 buffer (see the docstring)
     seen: tuple[int, int, int] | None = field(default=None)
 
 
@@ -133,9 +142,13 @@ def discover_sites(model: nn.Module, names: Sequence[str]) -> list[Site]:
     return [Site(name, *shape) for name, shape in zip(names, seen)]
 
 
-def attach_prefixes(model: nn.Module, sites: Sequence[Site], provider: Provider) -> PrefixHandle:
-    """Make ``sites[i]`` attend to ``provider(i, query)``; returns the handle that takes it off."""
-    return _install([model.get_submodule(site.name) for site in sites], [provider] * len(sites))
+def attach_prefixes(model: nn.Module, sites: Sequence[Site], provider: Provider,
+                    traceable: bool = False) -> PrefixHandle:
+    """Make ``sites[i]`` attend to ``provider(i, query)``; returns the handle that takes it off.
+
+    ``traceable=True``: ``i`` arrives as a one-element ``int64`` tensor, so compiled blocks trace the
+    prefixed attention once for all layers (the provider must select with it, not convert it)."""
+    return _install([model.get_submodule(site.name) for site in sites], [provider] * len(sites), traceable)
 
 
 class PrefixHandle:
@@ -149,6 +162,7 @@ class PrefixHandle:
             if _SLOT in module.__dict__:
                 module.config = config
                 del module.__dict__[_SLOT]
+                module._buffers.pop(_INDEX, None)
 
 
 def _check_module(module: nn.Module) -> None:
@@ -164,14 +178,17 @@ def _check_module(module: nn.Module) -> None:
         raise PrefixAttentionError(f"{kind} has no transformers config, so it cannot take a prefix")
 
 
-def _install(modules: list[nn.Module], providers: list[Provider | None]) -> PrefixHandle:
+def _install(modules: list[nn.Module], providers: list[Provider | None], traceable: bool = False) -> PrefixHandle:
     originals = []
     for index, (module, provider) in enumerate(zip(modules, providers)):
         original = module.config
         prefixed = copy.copy(original)
         prefixed._attn_implementation_internal = IMPLEMENTATION
         module.config = prefixed
-        module.__dict__[_SLOT] = _Slot(index=index, provider=provider, config=original)
+        module.__dict__[_SLOT] = _Slot(index=index, provider=provider, config=original, traceable=traceable)
+        if traceable:
+            device = next(module.parameters()).device
+            module.register_buffer(_INDEX, torch.tensor([index], device=device), persistent=False)
         originals.append(original)
     return PrefixHandle(modules, originals)
 
@@ -191,19 +208,25 @@ def _base_function(module: nn.Module, implementation: str) -> Callable:
     return eager
 
 
-@torch.compiler.disable  # compiled blocks run attention eagerly: each layer's slot index would specialise the graph
 def prefix_attention_forward(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                              attention_mask: torch.Tensor | None, **kwargs):
     """The registered ``peftlab_prefix`` implementation: prefix the keys/values, then call the base one."""
     slot: _Slot | None = module.__dict__.get(_SLOT)
     if slot is None:
         raise PrefixAttentionError(f"{type(module).__name__} names {IMPLEMENTATION!r} but carries no prefix")
+    if slot.traceable:
+        return _prefixed_attention(module, slot, query, key, value, attention_mask, **kwargs)
+    return _eager_prefixed_attention(module, slot, query, key, value, attention_mask, **kwargs)
+
+
+def _prefixed_attention(module: nn.Module, slot: _Slot, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                        attention_mask: torch.Tensor | None, **kwargs):
     implementation = slot.config._attn_implementation
     base = _base_function(module, implementation)
     if slot.provider is None:
         slot.seen = (key.shape[1], key.shape[-1], value.shape[-1])
         return base(module, query, key, value, attention_mask, **kwargs)
-    prefix_keys, prefix_values = slot.provider(slot.index, query)
+    prefix_keys, prefix_values = slot.provider(getattr(module, _INDEX) if slot.traceable else slot.index, query)
     batch, length = key.shape[0], key.shape[2]
     prefix_keys = prefix_keys.to(key.dtype).expand(batch, -1, -1, -1)  # (B, kv_heads, P, head_dim)
     prefix_values = prefix_values.to(value.dtype).expand(batch, -1, -1, -1)
@@ -220,6 +243,10 @@ def prefix_attention_forward(module: nn.Module, query: torch.Tensor, key: torch.
     key = torch.cat([prefix_keys, key], dim=2)
     value = torch.cat([prefix_values, value], dim=2)
     return base(module, query, key, value, attention_mask, **kwargs)
+
+
+# an int site index would make the compiler specialise each layer's graph: such providers run eagerly
+_eager_prefixed_attention = torch.compiler.disable(_prefixed_attention)
 
 
 def _pad_last(tensor: torch.Tensor, size: int, fill: bool | float) -> torch.Tensor:

@@ -121,17 +121,34 @@ class PrefixEncoder(AdapterModule):
     def folded_size(self) -> int:
         return self.length * self.offsets[-1]
 
-    def site_prefix(self, index: int) -> torch.Tensor:
-        """Site ``index``'s columns of ``P_theta``: ``(P, kv_heads * (key_dim + value_dim))``."""
+    @property
+    def uniform(self) -> bool:
+        """Every site has the same shape, so a tensor index can select a site's columns (compiled blocks)."""
+        return len({(site.kv_heads, site.key_dim, site.value_dim) for site in self.sites}) == 1
+
+    def site_prefix(self, index: int | torch.Tensor) -> torch.Tensor:
+        """Site ``index``'s columns of ``P_theta``: ``(P, kv_heads * (key_dim + value_dim))``; a one-element
+        tensor ``index`` (uniform sites only) selects them without a Python int, for compiled blocks."""
+        if isinstance(index, torch.Tensor):
+            return self._selected_prefix(index)
         start, end = self.offsets[index], self.offsets[index + 1]
         if self.prefixes is not None:
             return self.prefixes[:, start:end]
         hidden = torch.tanh(self.mlp_in(self.embedding))  # (P, mlp_hidden)
         return F.linear(hidden, self.mlp_out.weight[start:end], self.mlp_out.bias[start:end])
 
-    def key_values(self, index: int, query: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _selected_prefix(self, index: torch.Tensor) -> torch.Tensor:
+        width = self.sites[0].width
+        if self.prefixes is not None:
+            return self.prefixes.unflatten(1, (-1, width)).index_select(1, index).flatten(1)
+        hidden = torch.tanh(self.mlp_in(self.embedding))
+        weight = self.mlp_out.weight.unflatten(0, (-1, width)).index_select(0, index).flatten(0, 1)
+        bias = self.mlp_out.bias.unflatten(0, (-1, width)).index_select(0, index).flatten()
+        return F.linear(hidden, weight, bias)
+
+    def key_values(self, index: int | torch.Tensor, query: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The provider for :func:`attach_prefixes`: ``(1, kv_heads, P, head_dim)`` keys and values."""
-        site = self.sites[index]
+        site = self.sites[0 if isinstance(index, torch.Tensor) else index]
         rows = self.site_prefix(index)
         split = site.kv_heads * site.key_dim
         keys = rows[:, :split].view(self.length, site.kv_heads, site.key_dim).transpose(0, 1)
@@ -275,7 +292,7 @@ def inject(model: nn.Module, config: PrefixTuningConfig) -> Injection:
     embeddings = model.get_input_embeddings().weight
     encoder = PrefixEncoder(sites, config, hidden_size=embeddings.shape[1]).to(embeddings.device)
     model.add_module(ENCODER_NAME, encoder)
-    handle = attach_prefixes(model, sites, encoder.key_values)
+    handle = attach_prefixes(model, sites, encoder.key_values, traceable=encoder.uniform)
     hooks: list[Any] = [_Detach(model, handle)]
     if config.positions == "after_prefix":
         hooks.append(model.register_forward_pre_hook(_ShiftPositions(config.num_virtual_tokens), with_kwargs=True))
