@@ -76,16 +76,17 @@ def train_jobs(args: argparse.Namespace) -> list[Job]:
         ours, theirs = (step_for(WORKLOADS[name], args.peftlab_step), step_for(WORKLOADS[name], args.peft_step))
         common = {"workload": name, "setting": args.setting, "steps": args.steps, "warmup": args.warmup,
                   "threads": args.threads, "device": args.device}
+        extras = [extra for extra in args.extra_steps if extra != ours and task != "classify"]
+        steps = list(dict.fromkeys((theirs, ours, *extras)))  # every step a row runs: each gets its floor
         jobs += [Job(library="floor", **common), Job(library="full", **common)]
-        jobs += [Job(library="floor", step=step, **common) for step in dict.fromkeys((theirs, ours)) if step != "plain"]
+        jobs += [Job(library="floor", step=step, **common) for step in steps if step != "plain"]
         for method in args.model_methods.get(name, args.methods):
             if METHODS[method].changes_the_base:
-                jobs += [Job(library="floor", method=method, step=step, **common) for step in dict.fromkeys((theirs, ours))]
+                jobs += [Job(library="floor", method=method, step=step, **common) for step in steps]
             jobs.append(Job(library="peft", method=method, step=theirs, **common))
             if METHODS[method].registered_name in registered:
                 jobs.append(Job(library="peftlab", method=method, step=ours, **common))
-                jobs += [Job(library="peftlab", method=method, step=extra, **common)
-                         for extra in args.extra_steps if extra != ours and task != "classify"]
+                jobs += [Job(library="peftlab", method=method, step=extra, **common) for extra in extras]
     return jobs
 
 

@@ -101,3 +101,17 @@ def test_flop_counts_show_full_fine_tuning_at_one_and_a_half_floors_and_count_th
     pytest.importorskip("bitsandbytes")
     nf4_floor = measure.run_flops(measure.Job(library="floor", method="qlora", **common))["flops"]
     assert nf4_floor == pytest.approx(floor, rel=1e-3)  # the 4-bit forward's matmuls are counted too
+
+
+def test_every_step_a_row_runs_has_its_floor_so_no_ratio_reads_n_a():
+    compare_peft = pytest.importorskip("compare_peft")
+    args = compare_peft.parse(["--models", "smollm2=lora+qlora,roberta=lora", "--extra-steps", "chunked+fused"])
+    jobs = compare_peft.train_jobs(args)
+    floors = {(job.workload, job.method, job.step) for job in jobs if job.library == "floor"}
+    rows = [job for job in jobs if job.library == "peftlab"]
+    assert {(job.workload, job.step) for job in rows} == {
+        ("smollm2", "chunked+fused+compile"), ("smollm2", "chunked+fused"), ("roberta", "plain")}  # RoBERTa trains with dropout: eager
+    for job in rows:
+        assert (job.workload, "", job.step) in floors
+        if measure.METHODS[job.method].changes_the_base:
+            assert (job.workload, job.method, job.step) in floors
