@@ -123,16 +123,36 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield staging
         _fsync_tree(staging)
-        _swap_in(staging, path)
+        with _swap_lock(path.parent):
+            _swap_in(staging, path)
         _fsync_directory(path.parent)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
 
 
+@contextlib.contextmanager
+def _swap_lock(folder: Path) -> Iterator[None]:
+    """Serialise the swaps of the writers in ``folder``: an exclusive ``flock`` on the folder itself, which
+    leaves no lock file behind and is released when its holder dies. Without ``fcntl`` (Windows) the
+    swap's own retries are all there is."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)  # releases the lock
+
+
 def _swap_in(staging: Path, path: Path, attempts: int = 5) -> None:
-    """Rename ``staging`` to ``path``, retiring whatever is there; another writer may put its own
-    folder at ``path`` between the two renames (the rename then fails and is tried again)."""
+    """Rename ``staging`` to ``path``, retiring whatever is there; a writer that does not take
+    :func:`_swap_lock` may put its own folder at ``path`` between the two renames (the rename then fails
+    and is tried again)."""
     retired = path.parent / f".{path.name}.{os.getpid()}.old.tmp"
     for attempt in range(attempts):
         if path.exists():
