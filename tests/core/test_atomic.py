@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from peftlab.core.atomic import atomic_directory
 
 
@@ -53,3 +55,15 @@ def test_concurrent_writers_of_one_folder_all_succeed_and_leave_one_whole_save(t
     a, b = ((tmp_path / "model" / name).read_text() for name in ("a.txt", "b.txt"))
     assert a == b and a.endswith("-39")  # one writer's last save, whole
     assert not list(tmp_path.glob(".model.*")), "staging or retired folders left behind"
+
+
+def test_a_filesystem_that_refuses_the_lock_still_saves(tmp_path, monkeypatch):
+    fcntl = pytest.importorskip("fcntl")
+
+    def refuse(descriptor, operation):
+        raise OSError(37, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", refuse)
+    save(tmp_path / "model", "whole")
+    assert (tmp_path / "model" / "a.txt").read_text() == "whole"
+    assert not list(tmp_path.glob(".model.*"))

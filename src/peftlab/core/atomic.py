@@ -134,19 +134,29 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
 @contextlib.contextmanager
 def _swap_lock(folder: Path) -> Iterator[None]:
     """Serialise the swaps of the writers in ``folder``: an exclusive ``flock`` on the folder itself, which
-    leaves no lock file behind and is released when its holder dies. Without ``fcntl`` (Windows) the
-    swap's own retries are all there is."""
+    leaves no lock file behind and is released when its holder dies. Without ``fcntl`` (Windows) or on a
+    filesystem that refuses the lock, the swap's own retries are all there is."""
+    descriptor = _lock_folder(folder)
     try:
-        import fcntl
-    except ImportError:
-        yield
-        return
-    descriptor = os.open(folder, os.O_RDONLY)
-    try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX)
         yield
     finally:
-        os.close(descriptor)  # releases the lock
+        if descriptor is not None:
+            os.close(descriptor)  # releases the lock
+
+
+def _lock_folder(folder: Path) -> int | None:
+    try:
+        import fcntl
+
+        descriptor = os.open(folder, os.O_RDONLY)
+    except (ImportError, OSError):
+        return None
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+    except OSError:
+        os.close(descriptor)
+        return None
+    return descriptor
 
 
 def _swap_in(staging: Path, path: Path, attempts: int = 5) -> None:
