@@ -236,8 +236,9 @@ def test_a_tensor_site_index_selects_what_the_int_index_slices(reparameterize):
     assert encoder.uniform
     query = torch.zeros(1, HEADS, 3, HEAD)
     for index in range(len(encoder.sites)):
-        for by_int, by_tensor in zip(encoder.key_values(index, query), encoder.key_values(torch.tensor([index]), query)):
-            assert torch.equal(by_tensor, by_int)
+        by_tensor = encoder.key_values(torch.tensor([index]), query)
+        for selected, sliced in zip(by_tensor, encoder.key_values(index, query)):
+            assert torch.equal(selected, sliced)
 
 
 def test_unload_restores_the_base_attention():
