@@ -22,6 +22,12 @@ once per row with ``torch.utils.flop_counter`` on the eager step (``measure.run_
 method adds, which no implementation can skip (full fine-tuning's weight gradients: 1.5x). Where it is well
 above 1.00x (QLoRA's r=64 LoRA on all seven linears of every block), "vs own floor" can only come close to it.
 
+"Paired" (``--kinds paired``): the method's step and its own floor's, both models in one process, steps
+interleaved in alternating order (``measure.run_paired``); "vs own floor" is the median of the rounds' own
+ratios. Separate processes differ by a few percent from one to the next on a shared machine, as much as an
+adapter's own cost, so this is the reading of that cost; the training table's "vs own floor" divides medians
+of separate processes.
+
 Inference: the adapted model's forward (unmerged, then merged once as it is served) against the same model
 with every adapter wrapper swapped for the layer it wraps, so both sides read the very same weight tensors
 (``measure.bare``); forwards alternate round by round, times are the best round, "vs base" the median of
@@ -58,7 +64,7 @@ from peftlab.core.atomic import write_text_atomic
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from measure import Job  # noqa: E402
+from measure import Job, own_floor  # noqa: E402
 from workloads import METHODS, WORKLOADS, Workload  # noqa: E402
 
 
@@ -90,6 +96,16 @@ def train_jobs(args: argparse.Namespace) -> list[Job]:
     return jobs
 
 
+def paired_jobs(args: argparse.Namespace) -> list[Job]:
+    """Each peftlab method against its own floor in one process, with peftlab's step."""
+    registered = peftlab_methods()
+    return [Job(workload=name, setting=args.setting, library="peftlab", method=method, kind="paired",
+                step=step_for(WORKLOADS[name], args.peftlab_step), steps=args.steps, warmup=args.warmup,
+                threads=args.threads, device=args.device)
+            for name in args.models for method in args.model_methods.get(name, args.methods)
+            if METHODS[method].registered_name in registered]
+
+
 def step_for(workload: Workload, step: str) -> str:
     """``step`` as it applies to ``workload``: a classifier has no vocabulary to chunk (and BERT-style models no
     RMSNorm to fuse); a model that trains with dropout is not compiled (on CPU the compiled dropout's random
@@ -113,11 +129,12 @@ def infer_jobs(args: argparse.Namespace) -> list[Job]:
     return jobs
 
 
-def flop_jobs(training: list[Job]) -> list[Job]:
-    """One FLOP count (``measure.run_flops``) per distinct computation among the training jobs: compiling
-    changes how fast a step runs, not what it computes, so ``+compile`` variants share one count."""
+def flop_jobs(training: list[Job], paired: list[Job] = ()) -> list[Job]:
+    """One FLOP count (``measure.run_flops``) per distinct computation among the training jobs and both sides
+    of the paired ones: compiling changes how fast a step runs, not what it computes, so ``+compile``
+    variants share one count."""
     counted = {}
-    for job in training:
+    for job in [*training, *paired, *map(own_floor, paired)]:
         job = replace(job, kind="flops", step=eager(job.step))
         counted.setdefault(job.key, job)
     return list(counted.values())
@@ -219,6 +236,22 @@ def train_table(name: str, jobs: list[Job], results: dict[str, list[dict]]) -> l
     return lines + [""]
 
 
+def paired_table(jobs: list[Job], results: dict[str, list[dict]]) -> list[str]:
+    lines = ["| model | method | step | floor s | step s | vs own floor | FLOPs vs own floor |",
+             "|---|---|---|---:|---:|---:|---:|"]
+    for job in jobs:
+        outcomes = results[job.key]
+        seconds, floor, paired = (median(outcomes, f) for f in ("step_s", "floor_step_s", "vs_floor"))
+        if paired is None:
+            lines.append(f"| {job.workload} | {job.method} | {job.step} | error: {outcomes[0].get('error', '')[:80]} | | | |")
+            continue
+        flops = (median(results.get(replace(side, kind="flops", step=eager(job.step)).key, []), "flops")
+                 for side in (job, own_floor(job)))
+        lines.append(f"| {job.workload} | {job.method} | {job.step} | {floor:.3f} | {seconds:.3f} | {paired:.3f}x | "
+                     f"{ratio(*flops)} |")
+    return lines + [""]
+
+
 def infer_table(jobs: list[Job], results: dict[str, list[dict]]) -> list[str]:
     lines = ["| model | method | library | base ms | unmerged ms | vs base | merged ms | vs base |",
              "|---|---|---|---:|---:|---:|---:|---:|"]
@@ -273,7 +306,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--infer-rounds", type=int, default=8,
                         help="inference rounds per process and phase (unmerged, then merged): one forward of the "
                              "base and one of the adapted model each")
-    parser.add_argument("--no-inference", action="store_true")
+    parser.add_argument("--kinds", type=lambda s: s.split(","), default=["train", "infer"],
+                        help="comma-separated: train (the training table), paired (each method against its own "
+                             "floor in one process), infer (inference latency)")
+    parser.add_argument("--no-inference", action="store_true", help="the same as leaving infer out of --kinds")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
@@ -281,6 +317,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     args.model_methods = {m.split("=")[0]: m.split("=")[1].split("+") for m in args.models if "=" in m}
     args.models = [m.split("=")[0] for m in args.models]
     chosen = args.methods + [m for ms in args.model_methods.values() for m in ms]
+    if not set(args.kinds) <= {"train", "paired", "infer"}:
+        parser.error(f"--kinds {','.join(args.kinds)}: choose from train, paired, infer")
     unknown = [m for m in chosen if m not in METHODS] + [m for m in args.models if m not in WORKLOADS]
     if unknown:
         parser.error(f"unknown method/model {unknown}; methods: {sorted(METHODS)}, models: {sorted(WORKLOADS)}")
@@ -291,8 +329,9 @@ def main(argv: list[str]) -> None:
     args = parse(argv)
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     load = os.getloadavg()[0]
-    training = train_jobs(args)
-    inference = [] if args.no_inference else infer_jobs(args)
+    training = train_jobs(args) if "train" in args.kinds else []
+    paired = paired_jobs(args) if "paired" in args.kinds else []
+    inference = infer_jobs(args) if "infer" in args.kinds and not args.no_inference else []
 
     def write(results: dict[str, list[dict]], done: int) -> list[str]:
         command = "python benchmarks/compare_peft.py " + shlex.join(argv)
@@ -302,10 +341,14 @@ def main(argv: list[str]) -> None:
                f"Machine: {machine(args)}.  ",
                f"Every number is the median of {done} processes{' (order alternated)' if done > 1 else ''}, each timing "
                f"{args.steps} steps after {args.warmup} warm-up. Random-init models; AdamW; same batch in every row."
-               + (f" **Partial: {done} of {args.repeats} repeats done.**" if done < args.repeats else ""), "",
-               "## Training step", ""]
-        for name in args.models:
-            out += train_table(name, [j for j in training if j.workload == name], results)
+               + (f" **Partial: {done} of {args.repeats} repeats done.**" if done < args.repeats else ""), ""]
+        if training:
+            out += ["## Training step", ""]
+            for name in args.models:
+                out += train_table(name, [j for j in training if j.workload == name], results)
+        if paired:
+            out += ["## Each method against its own floor, interleaved in one process", ""]
+            out += paired_table(paired, results)
         if inference:
             out += ["## Inference (forward, no grad): base vs adapter unmerged vs merged", ""]
             out += infer_table(inference, results)
@@ -313,8 +356,8 @@ def main(argv: list[str]) -> None:
         write_text_atomic(args.out, "\n".join(out) + "\n<!-- raw medians' inputs: " + json.dumps(results) + " -->\n")
         return out
 
-    counts = {job.key: [run_job(job)] for job in flop_jobs(training)}  # once: a count does not vary
-    results = {**counts, **run_all(training + inference, args.repeats, lambda r, done: write({**counts, **r}, done))}
+    counts = {job.key: [run_job(job)] for job in flop_jobs(training, paired)}  # once: a count does not vary
+    results = {**counts, **run_all(training + paired + inference, args.repeats, lambda r, done: write({**counts, **r}, done))}
     print("\n".join(write(results, args.repeats)))
 
 

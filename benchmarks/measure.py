@@ -17,7 +17,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +47,7 @@ class Job:
     library: str  # "peftlab", "peft", "floor" (frozen base, one trainable scalar) or "full"
     method: str = ""  # for "floor": the method whose base the floor runs (its own floor), or "" for the plain base
     step: str = "plain"  # "plain" (model(**batch).loss) or "chunked" (peftlab lm_loss), then "+fused", "+ckpt", "+compile"
-    kind: str = "train"  # or "infer", or "flops" (one eager step's matmul FLOPs)
+    kind: str = "train"  # or "infer", "flops" (one eager step's matmul FLOPs), "paired" (against the own floor)
     steps: int = 3
     warmup: int = 1
     threads: int = 2
@@ -191,31 +191,30 @@ def _custom_flop_formulas() -> dict[Any, Callable[..., int]]:
     return {gemm_4bit: nf4_matmul}
 
 
+def train_step(prepared: Prepared, step: int) -> float:
+    """One optimizer step; returns the loss (``item()``: the step has finished when it returns)."""
+    loss = prepared.compute_loss()
+    loss.backward()
+    if prepared.hooks is not None:
+        prepared.hooks.before_optimizer_step(prepared.model, step)
+    prepared.optimizer.step()
+    prepared.after_step(step)
+    prepared.optimizer.zero_grad(set_to_none=True)
+    return loss.item()
+
+
 def run_train(job: Job) -> dict[str, Any]:
     prepared = prepare(job, set(job.step.split("+")))
-    model, optimizer, after_step, trainable = (prepared.model, prepared.optimizer, prepared.after_step,
-                                               prepared.trainable)
-    compute_loss, hooks = prepared.compute_loss, prepared.hooks
+    model, optimizer, trainable = prepared.model, prepared.optimizer, prepared.trainable
     times, losses = [], []
-
-    def train_step(step: int) -> None:
-        loss = compute_loss()
-        loss.backward()
-        if hooks is not None:
-            hooks.before_optimizer_step(model, step)
-        optimizer.step()
-        after_step(step)
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(loss.item())
-
     for step in range(job.warmup + job.steps):
         _sync(job.device)
         start = time.perf_counter()
-        train_step(step)
+        losses.append(train_step(prepared, step))
         _sync(job.device)
         times.append(time.perf_counter() - start)
     peak_mb = _peak_mb(job.device)  # before the profiled step below, which adds its own buffers
-    step_tensor_mb = _step_tensor_peak_mb(lambda: train_step(job.warmup + job.steps), job.device)
+    step_tensor_mb = _step_tensor_peak_mb(lambda: train_step(prepared, job.warmup + job.steps), job.device)
     trainable_ids = {id(p) for group in optimizer.param_groups for p in group["params"]}
     frozen_with_grad = sum(1 for p in model.parameters() if p.grad is not None and id(p) not in trainable_ids)
     optimizer_state = sum(t.numel() for state in optimizer.state.values() for key, t in state.items()
@@ -223,6 +222,34 @@ def run_train(job: Job) -> dict[str, Any]:
     return {"step_s": statistics.median(times[job.warmup:]), "peak_mb": peak_mb, "step_tensor_mb": step_tensor_mb,
             "trainable": trainable, "first_loss": losses[0], "frozen_with_grad": frozen_with_grad,
             "optimizer_state": optimizer_state}
+
+
+def own_floor(job: Job) -> Job:
+    """The floor job of ``job``'s method: the base as the method runs it (see ``MethodEntry.changes_the_base``)."""
+    return replace(job, library="floor", method=job.method if METHODS[job.method].changes_the_base else "")
+
+
+def run_paired(job: Job) -> dict[str, Any]:
+    """The method's training step against its own floor's, both models in one process, steps interleaved.
+
+    Separate processes (``run_train``) differ by a few percent from process to process on a shared machine
+    (where the allocator placed memory, what else ran meanwhile), which is as large as an adapter's own cost
+    over the floor. Here a round runs one step of each model back to back, in alternating order, so a slow
+    stretch slows both sides of a round alike; "vs floor" is the median of the rounds' own ratios. Peak
+    memory is not measured here: the process holds both models."""
+    features = set(job.step.split("+"))
+    sides = {"floor": prepare(own_floor(job), features), "adapted": prepare(job, features)}
+    times: dict[str, list[float]] = {"floor": [], "adapted": []}
+    for round_ in range(job.warmup + job.steps):
+        for side in ("floor", "adapted") if round_ % 2 == 0 else ("adapted", "floor"):
+            _sync(job.device)
+            start = time.perf_counter()
+            train_step(sides[side], round_)
+            _sync(job.device)
+            if round_ >= job.warmup:
+                times[side].append(time.perf_counter() - start)
+    return {"step_s": statistics.median(times["adapted"]), "floor_step_s": statistics.median(times["floor"]),
+            "vs_floor": statistics.median(a / b for a, b in zip(times["adapted"], times["floor"]))}
 
 
 def _forward_ms(model: nn.Module, batch: dict[str, torch.Tensor], device: str, repeats: int) -> float:
@@ -298,7 +325,7 @@ def run_infer(job: Job) -> dict[str, Any]:
 def main(argv: list[str]) -> None:
     job = Job(**json.loads(argv[0]))
     torch.set_num_threads(job.threads)
-    result = {"train": run_train, "infer": run_infer, "flops": run_flops}[job.kind](job)
+    result = {"train": run_train, "infer": run_infer, "flops": run_flops, "paired": run_paired}[job.kind](job)
     print(json.dumps({"job": asdict(job), **result}))
 
 

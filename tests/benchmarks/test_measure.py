@@ -115,3 +115,47 @@ def test_every_step_a_row_runs_has_its_floor_so_no_ratio_reads_n_a():
         assert (job.workload, "", job.step) in floors
         if measure.METHODS[job.method].changes_the_base:
             assert (job.workload, job.method, job.step) in floors
+
+
+def test_paired_rounds_alternate_sides_and_read_the_median_of_their_own_ratios(monkeypatch):
+    clock = {"now": 0.0}
+    order = []
+    monkeypatch.setattr(measure.time, "perf_counter", lambda: clock["now"])
+    monkeypatch.setattr(measure, "prepare", lambda job, features: job)  # the job stands in for its model
+
+    def fake_step(job, step):
+        order.append(job.library)
+        clock["now"] += {"floor": 1.0, "peftlab": 1.1}[job.library] * (3 if step == 2 else 1)  # a slow round
+        return 0.0
+
+    monkeypatch.setattr(measure, "train_step", fake_step)
+    job = measure.Job(workload="llama", setting="quick", library="peftlab", method="prompt_tuning", kind="paired",
+                      steps=4, warmup=1)
+    result = measure.run_paired(job)
+    assert order == ["floor", "peftlab", "peftlab", "floor"] * 2 + ["floor", "peftlab"]
+    assert result["vs_floor"] == pytest.approx(1.1)  # the slow round slowed both of its sides alike
+    assert measure.own_floor(job).method == "prompt_tuning"  # its base reads the virtual tokens too
+    assert measure.own_floor(measure.Job(workload="llama", setting="quick", library="peftlab",
+                                         method="lora")).method == ""
+
+
+def test_paired_jobs_count_the_flops_of_both_sides():
+    compare_peft = pytest.importorskip("compare_peft")
+    args = compare_peft.parse(["--models", "smollm2=lora+qlora", "--kinds", "paired"])
+    paired = compare_peft.paired_jobs(args)
+    assert [(job.method, job.step) for job in paired] == [("lora", "chunked+fused+compile"),
+                                                          ("qlora", "chunked+fused+compile")]
+    counted = {(job.library, job.method, job.step) for job in compare_peft.flop_jobs([], paired)}
+    assert counted == {("peftlab", "lora", "chunked+fused"), ("floor", "", "chunked+fused"),
+                       ("peftlab", "qlora", "chunked+fused"), ("floor", "qlora", "chunked+fused")}
+    with pytest.raises(SystemExit):
+        compare_peft.parse(["--kinds", "train,speed"])
+
+
+@pytest.mark.slow
+def test_paired_measures_lora_against_the_floor_on_a_real_step():
+    job = measure.Job(workload="llama", setting="quick", library="peftlab", method="lora", kind="paired",
+                      step="chunked+fused", steps=2, warmup=1)
+    result = measure.run_paired(job)
+    assert result["step_s"] > 0 and result["floor_step_s"] > 0
+    assert 0.5 < result["vs_floor"] < 2.0
