@@ -1,8 +1,8 @@
 """The HF peft adapter format: ``adapter_config.json`` (with ``peft_type``) + ``adapter_model.safetensors``
 whose tensors are named ``base_model.model.<module>.<weight>``.
 
-One :class:`PeftConverter` per method translates its config and tensors both ways; adding a method to
-the format is adding one converter file in ``interop/peft_methods/``. This module does the rest, the
+One converter per method (``interop/peft_converters.py``) translates its config and tensors both ways; adding a
+method to the format is adding one converter file in ``interop/peft_methods/``. This module does the rest, the
 same for every method: names and prefixes, ``modules_to_save`` tensors, the fields peft expects,
 tokenizer files, and reading a peft folder for :func:`peftlab.load_adapter`. peft itself is not needed.
 """
@@ -13,8 +13,7 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +22,9 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from peftlab.core.architectures import ARCHITECTURES, MODEL_TYPES, PRESET_NAMES
-from peftlab.core.config import MethodConfig
 from peftlab.core.atomic import atomic_directory
 from peftlab.core.base_identity import base_model_info
+from peftlab.core.config import MethodConfig
 from peftlab.core.injection import peft_state
 from peftlab.core.serialization import (
     CONFIG_NAME,
@@ -37,131 +35,25 @@ from peftlab.core.serialization import (
     read_adapter,
     read_config_json,
 )
+from peftlab.interop.peft_converters import (
+    PREFIX,
+    Grouped,
+    UnsupportedPeftAdapter,
+    converter_for_method,
+    converter_for_peft,
+    exact_patterns,
+    supported_methods,
+    task_type_for,
+)
 
-PREFIX = "base_model.model."
 TOKENIZER_FILES = (
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
     "vocab.txt", "vocab.json", "merges.txt", "tokenizer.model", "spiece.model", "chat_template.jinja",
 )
-# Model families whose linear layers are GPT-2's Conv1D (weights stored in x out): peft's fan_in_fan_out.
-CONV1D_MODEL_TYPES = frozenset({"gpt2"})
 # Task types for which peft wraps the classification head in modules_to_save.
 HEAD_TASKS = ("SEQ_CLS", "TOKEN_CLS", "QUESTION_ANS")
 
-Grouped = dict[str, dict[str, torch.Tensor]]  # module name -> weight name -> tensor
 
-
-class UnsupportedPeftAdapter(AdapterFileError):
-    """A peft adapter (or a peftlab one bound for peft) uses a feature the other side lacks."""
-
-
-@dataclass(frozen=True)
-class PeftConverter:
-    """How one method's adapter maps to and from peft's.
-
-    ``weights``: the method's tensor names in peftlab (relative to their module); ``peft_weights``: in peft.
-    ``to_peft(config, grouped, base)`` returns peft's config fields and its grouped tensors;
-    ``from_peft(document, grouped)`` returns the peftlab config and grouped tensors.
-    ``claims(document)`` picks this converter among those sharing a ``peft_type`` (e.g. DoRA's use_dora).
-    """
-
-    method: str
-    peft_type: str
-    weights: tuple[str, ...]
-    peft_weights: tuple[str, ...]
-    to_peft: Callable[[MethodConfig, Grouped, dict[str, Any]], tuple[dict[str, Any], Grouped]]
-    from_peft: Callable[[dict[str, Any], Grouped], tuple[MethodConfig, Grouped]]
-    claims: Callable[[dict[str, Any]], bool] = lambda document: True
-    prefix: str = PREFIX  # prompt-learning methods: peft's model is not wrapped, names start "base_model."
-
-
-_CONVERTERS: dict[str, PeftConverter] = {}
-
-
-def register_converter(converter: PeftConverter) -> PeftConverter:
-    _CONVERTERS[converter.method] = converter
-    return converter
-
-
-# Methods peft has, whose peft form computes something else from the same weights.
-NOT_EQUIVALENT: dict[str, str] = {}
-
-
-def converter_for_method(method: str) -> PeftConverter:
-    if method in NOT_EQUIVALENT:
-        raise UnsupportedPeftAdapter(f"{method!r} is not exported to the peft format: {NOT_EQUIVALENT[method]}")
-    if method not in _CONVERTERS:
-        raise UnsupportedPeftAdapter(
-            f"method {method!r} has no HF peft equivalent; peft-format export covers {', '.join(sorted(_CONVERTERS))}. "
-            f"To serve it elsewhere, merge it into the base (`peftlab merge`) if it is mergeable"
-        )
-    return _CONVERTERS[method]
-
-
-def converter_for_peft(document: dict[str, Any]) -> PeftConverter:
-    peft_type = document.get("peft_type")
-    candidates = [c for c in _CONVERTERS.values() if c.peft_type == peft_type and c.claims(document)]
-    if not candidates:
-        known = sorted({c.peft_type for c in _CONVERTERS.values()})
-        raise UnsupportedPeftAdapter(
-            f"peft adapter type {peft_type!r} (with these options) is not one peftlab reads; it reads {', '.join(known)}"
-        )
-    return candidates[0]
-
-
-def supported_methods() -> list[str]:
-    return sorted(_CONVERTERS)
-
-
-# -- helpers for converters -------------------------------------------------------------------------
-def peft_field(document: dict[str, Any], name: str, kind: type | tuple[type, ...], default: Any = ...) -> Any:
-    """A field of a peft ``adapter_config.json``, type-checked, with an error naming the field."""
-    if name not in document or document[name] is None:
-        if default is ...:
-            raise AdapterFileError(f"{CONFIG_NAME}: required field {name!r} is missing")
-        return default
-    value = document[name]
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    if float in kinds and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
-        names = " or ".join(k.__name__ for k in kinds)
-        raise AdapterFileError(f"{CONFIG_NAME}: field {name!r} must be {names}, not {value!r}")
-    return value
-
-
-def refuse(document: dict[str, Any], name: str, allowed: tuple[Any, ...], why: str) -> None:
-    """Raise when a peft option is set to something peftlab cannot reproduce."""
-    value = document.get(name)
-    if value not in allowed and not (isinstance(value, (dict, list)) and not value and None in allowed):
-        raise UnsupportedPeftAdapter(f"{CONFIG_NAME}: {name}={value!r} is not supported: {why}")
-
-
-def select_modules(names: list[str], patterns: tuple[str, ...], model_type: str | None) -> list[str]:
-    """The ``names`` that peftlab target ``patterns`` (presets of ``model_type``'s family, or regex
-    suffixes) select, without a model: the same matching as ``core.targeting``."""
-    family = MODEL_TYPES.get(model_type or "")
-    expanded: list[str] = []
-    for pattern in patterns:
-        if pattern in PRESET_NAMES:
-            if family is None:
-                raise UnsupportedPeftAdapter(
-                    f"preset {pattern!r} cannot be resolved for a {model_type!r} base; save the adapter with "
-                    f"module name patterns instead"
-                )
-            expanded.extend(ARCHITECTURES[family].presets[pattern])
-        else:
-            expanded.append(pattern)
-    regexes = [re.compile(rf"(?:.*\.)?(?:{p})") for p in expanded]
-    return [name for name in names if any(r.fullmatch(name) for r in regexes)]
-
-
-def exact_patterns(modules: list[str]) -> tuple[str, ...]:
-    """peftlab target patterns that select exactly these module names."""
-    return tuple(re.escape(name) for name in modules)
-
-
-# -- the format ---------------------------------------------------------------------------------
 def is_peft_document(document: dict[str, Any]) -> bool:
     return "peft_type" in document and "method" not in document
 
@@ -185,21 +77,6 @@ def _join(grouped: Grouped) -> dict[str, torch.Tensor]:
 
 def _owner_modules(names: list[str]) -> list[str]:
     return sorted({name.rpartition(".")[0] for name in names})
-
-
-def task_type_for(architecture: str | None, model_type: str | None) -> str | None:
-    """peft's task type for a transformers head class (it selects PeftModelFor<Task>)."""
-    if not architecture:
-        return None
-    for suffix, task in (
-        ("ForCausalLM", "CAUSAL_LM"), ("LMHeadModel", "CAUSAL_LM"), ("ForSequenceClassification", "SEQ_CLS"),
-        ("ForTokenClassification", "TOKEN_CLS"), ("ForQuestionAnswering", "QUESTION_ANS"),
-    ):
-        if architecture.endswith(suffix):
-            return task
-    if architecture.endswith("ForConditionalGeneration") and model_type in ("t5", "mt5", "bart", "mbart"):
-        return "SEQ_2_SEQ_LM"
-    return None
 
 
 def to_peft(stored: StoredAdapter, lora_only: bool = False) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:

@@ -11,7 +11,7 @@ from typing import Any
 
 from peftlab.core.config import MethodConfig
 from peftlab.core.registry import get_method
-from peftlab.interop.peft_format import (
+from peftlab.interop.peft_converters import (
     CONV1D_MODEL_TYPES,
     Grouped,
     PeftConverter,

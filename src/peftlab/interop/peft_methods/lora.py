@@ -16,7 +16,7 @@ import torch
 from peftlab.core.config import MethodConfig
 from peftlab.core.registry import get_method
 from peftlab.core.serialization import AdapterFileError
-from peftlab.interop.peft_format import (
+from peftlab.interop.peft_converters import (
     CONV1D_MODEL_TYPES,
     Grouped,
     PeftConverter,

@@ -9,7 +9,7 @@ from typing import Any
 
 from peftlab.core.config import MethodConfig
 from peftlab.core.registry import get_method
-from peftlab.interop.peft_format import Grouped, PeftConverter, exact_patterns, peft_field, register_converter
+from peftlab.interop.peft_converters import Grouped, PeftConverter, exact_patterns, peft_field, register_converter
 
 VECTORS = ("vera_lambda_b", "vera_lambda_d")
 
