@@ -17,6 +17,7 @@ from peftlab.bench import load_suite_checked
 from peftlab.bench.records import read_records, runs_dir
 from peftlab.bench.report import write_report
 from peftlab.bench.runner import Shard, run_sweep
+from peftlab.tasks import TaskError
 
 pytestmark = pytest.mark.slow
 
@@ -92,3 +93,12 @@ def test_two_shards_run_each_run_exactly_once(tiny_suite, tmp_path):
     report = (output / "report.md").read_text()
     assert "`lora`" in report and "failed" in report
     assert "data:image/png;base64," in (output / "report.html").read_text()
+
+
+def test_a_sweep_whose_data_is_missing_fails_before_any_run(tiny_suite, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "datasets", None)  # no hub route either
+    runs = load_suite_checked(tiny_suite(["lora"], tasks=("sst2", "rte"))).runs()
+    output = tmp_path / "out"
+    with pytest.raises(TaskError, match=r"1 task\(s\).*nothing was run:\n  task 'rte': .*RTE/train.tsv not found"):
+        run_sweep(runs, output, echo=lambda line: None)
+    assert read_records(output) == []

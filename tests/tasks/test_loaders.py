@@ -168,3 +168,16 @@ def test_subsample_is_seeded_and_keeps_file_order():
     assert chosen == subsample(examples, 10, seed=3) and chosen != subsample(examples, 10, seed=4)
     assert [int(e.text) for e in chosen] == sorted(int(e.text) for e in chosen)
     assert subsample(examples, None) is examples and subsample(examples, 500) is examples
+
+
+def test_missing_data_is_told_without_reading_and_only_when_no_route_is_left(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "datasets", None)  # import fails as if not installed
+    sst2 = get_task("sst2")
+    problem = sst2.missing_data(["train", "dev"], tmp_path)
+    assert "SST-2/train.tsv not found" in problem and "pip install datasets" in problem
+    write_tsv(tmp_path / "glue/SST-2/train.tsv", ["sentence", "label"], [["good", "1"]])
+    assert "SST-2/dev.tsv not found" in sst2.missing_data(["train", "dev"], tmp_path)
+    write_tsv(tmp_path / "glue/SST-2/dev.tsv", ["sentence", "label"], [["bad", "0"]])
+    assert sst2.missing_data(["train", "dev"], tmp_path) is None
+    monkeypatch.setitem(sys.modules, "datasets", fake_datasets(lambda *a, **k: None))
+    assert sst2.missing_data(["train"], tmp_path / "elsewhere") is None  # the hub is a route: a load will tell

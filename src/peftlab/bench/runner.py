@@ -22,6 +22,7 @@ import peftlab
 from peftlab.bench.records import is_finished, record_path, runs_dir, write_record
 from peftlab.bench.suite import RunSpec, SuiteError
 from peftlab.core.atomic import write_text_atomic
+from peftlab.tasks import TaskError, get_task
 
 SPECS_FOLDER = "specs"
 LOGS_FOLDER = "logs"
@@ -84,6 +85,9 @@ def run_sweep(
     skipped = [run.run_id for run in mine if run not in todo]
     echo(f"{len(mine)} run(s) in shard {shard.index}/{shard.count}: {len(skipped)} finished already, "
          f"{len(todo)} to run -> {output}")
+    problems = data_problems(todo)
+    if problems:
+        raise TaskError(f"{len(problems)} task(s) of this sweep have no data; nothing was run:\n  " + "\n  ".join(problems))
     result = SweepResult([], skipped, [])
     started = time.monotonic()
     for position, run in enumerate(todo, 1):
@@ -98,6 +102,21 @@ def run_sweep(
         eta = (time.monotonic() - started) / position * left
         echo(f"[{position}/{len(todo)}] {run.run_id}: {summary} in {seconds:.0f}s | {left} left, ETA {_clock(eta)}")
     return result
+
+
+def data_problems(runs: Sequence[RunSpec]) -> list[str]:
+    """Why the data of ``runs`` cannot be found (``Task.missing_data``), one line per task, found before any
+    run starts: a missing data folder fails the sweep in a second instead of once per run."""
+    problems: dict[str, str] = {}
+    for run in runs:
+        task = get_task(run.task_name)
+        wanted = [(task, [run.training.get("train_split") or task.train_split, *task.eval_splits])]
+        wanted += [(get_task(name), list(get_task(name).eval_splits)) for name in run.training.get("eval_tasks", ())]
+        for needed, splits in wanted:
+            problem = needed.missing_data(splits, run.training.get("data_dir"))
+            if problem is not None:
+                problems.setdefault(needed.name, problem)
+    return list(problems.values())
 
 
 def run_one(run: RunSpec, output: Path, timeout: float | None = None,

@@ -103,15 +103,36 @@ class Task:
     def layout_hint(self) -> str:
         return ", ".join(str(p) for p in self.local_files(Path("<data>"), self.train_split))
 
-    def _read_hub_or_explain(self, split: str, local_problem: str) -> list[Example]:
-        """The hub's copy of ``split``; else one error naming both routes to the data."""
-        local_route = (f"put the {self.description or self.name} files in a folder in the standard layout "
-                       f"({self.layout_hint()}) and pass it as --data-dir (or set ${DATA_ENV})")
+    def missing_data(self, splits: Sequence[str], data_dir: str | os.PathLike | None = None) -> str | None:
+        """Why :meth:`load` of ``splits`` would find no data, told without reading any: None where the local
+        files are all there, or where ``datasets`` is installed (whether the hub answers, only a load tells)."""
+        root = data_dir if data_dir is not None else os.environ.get(DATA_ENV) or None
+        problem = "no data folder given"
+        if root is not None:
+            missing = [path for split in splits for path in self.local_files(Path(root), split) if not path.exists()]
+            if not missing:
+                return None
+            problem = f"{missing[0]} not found under the data folder {root}"
         try:
             import datasets  # noqa: F401
         except ImportError:
-            raise TaskError(f"task {self.name!r}: {local_problem}. Either {local_route}, or `pip install datasets` "
-                            f"and run with network access to read them from the HuggingFace hub") from None
+            return self._no_route_message(problem)
+        return None
+
+    def _local_route(self) -> str:
+        return (f"put the {self.description or self.name} files in a folder in the standard layout "
+                f"({self.layout_hint()}) and pass it as --data-dir (or set ${DATA_ENV})")
+
+    def _no_route_message(self, local_problem: str) -> str:
+        return (f"task {self.name!r}: {local_problem}. Either {self._local_route()}, or `pip install datasets` "
+                f"and run with network access to read them from the HuggingFace hub")
+
+    def _read_hub_or_explain(self, split: str, local_problem: str) -> list[Example]:
+        """The hub's copy of ``split``; else one error naming both routes to the data."""
+        try:
+            import datasets  # noqa: F401
+        except ImportError:
+            raise TaskError(self._no_route_message(local_problem)) from None
         try:
             return self.read_hub(split)
         except TaskError:
@@ -119,7 +140,7 @@ class Task:
         except Exception as error:  # noqa: BLE001  (offline, unknown split, hub error: any of them means "no data")
             reason = str(error).splitlines()[0] if str(error) else type(error).__name__
             raise TaskError(f"task {self.name!r}: {local_problem}, and the HuggingFace hub could not be read "
-                            f"({reason}). Either {local_route}, or check the network access of `datasets`") from error
+                            f"({reason}). Either {self._local_route()}, or check the network access of `datasets`") from error
 
 
 def subsample(examples: list[Example], limit: int | None, seed: int = 0) -> list[Example]:
