@@ -119,6 +119,32 @@ def test_the_orthogonality_term_decreases_in_training():
     assert hooks.regularization(model).item() < 0.8 * first
 
 
+def test_the_batched_orthogonality_term_has_the_per_layer_value_and_gradients():
+    model = peftlab.apply(tiny_llama(), "adalora", total_steps=10, init_rank=4, target_rank=2, orth_reg_weight=0.3)
+    layers = [layer for _, layer in svd_layers(model)]
+    assert len({layer.svd_P.shape for layer in layers}) > 1  # several shapes, so several stacks
+    factors = [p for layer in layers for p in (layer.svd_P, layer.svd_Q)]
+    batched = peftlab.training_hooks(model).regularization(model)
+    batched_grads = torch.autograd.grad(batched, factors)
+    per_layer = 0.3 * torch.stack([layer.orthogonality() for layer in layers]).mean()
+    torch.testing.assert_close(batched, per_layer)
+    for got, expected in zip(batched_grads, torch.autograd.grad(per_layer, factors)):
+        torch.testing.assert_close(got, expected)
+
+
+def test_importance_state_saved_is_a_snapshot_not_the_live_averages():
+    model = peftlab.apply(tiny_gpt2(), "adalora", total_steps=10, init_rank=3, target_rank=2)
+    hooks = peftlab.training_hooks(model)
+    model(**batch_for(model, seed=0)).loss.backward()
+    hooks.update_importance()
+    saved = {name: tensor.clone() for name, tensor in hooks.state_dict().items()}
+    snapshot = hooks.state_dict()
+    model(**batch_for(model, seed=1)).loss.backward()
+    hooks.update_importance()  # updates the averages in place
+    for name, tensor in snapshot.items():
+        assert torch.equal(tensor, saved[name])
+
+
 def test_saved_adapter_restores_the_rank_masks(trained, tmp_path):
     base, model, _, _ = trained
     peftlab.save_adapter(model, tmp_path / "adapter")

@@ -115,6 +115,12 @@ class SVDLinear(AdapterLayer):
         return (self.svd_P.T @ self.svd_P - eye).square().sum() + (self.svd_Q @ self.svd_Q.T - eye).square().sum()
 
 
+def _stacked_orthogonality(P: torch.Tensor, Q: torch.Tensor) -> torch.Tensor:
+    """The sum over a stack of layers of ``||Pᵀ P - I||²_F + ||Q Qᵀ - I||²_F`` (``P``: (n, out, r), ``Q``: (n, r, in))."""
+    eye = torch.eye(Q.shape[1], dtype=Q.dtype, device=Q.device)
+    return (P.mT @ P - eye).square().sum() + (Q @ Q.mT - eye).square().sum()
+
+
 def svd_layers(model: nn.Module) -> list[tuple[str, SVDLinear]]:
     return [(name, module) for name, module in model.named_modules() if isinstance(module, SVDLinear)]
 
@@ -145,10 +151,17 @@ class AdaLoRAHooks(TrainingHooks):
         self.uncertainty: dict[str, torch.Tensor] = {}
 
     def regularization(self, model: nn.Module) -> torch.Tensor | float:
+        """``γ`` times the mean orthogonality term; the layers whose factors have one shape (q and v of every
+        block, say) are stacked and computed in one batched product, not two small ones per layer."""
         if self.config.orth_reg_weight == 0:
             return 0.0
-        terms = torch.stack([layer.orthogonality() for _, layer in self.layers])
-        return self.config.orth_reg_weight * terms.mean()
+        by_shape: dict[tuple[torch.Size, torch.Size], list[SVDLinear]] = {}
+        for _, layer in self.layers:
+            by_shape.setdefault((layer.svd_P.shape, layer.svd_Q.shape), []).append(layer)
+        total = sum(_stacked_orthogonality(torch.stack([layer.svd_P for layer in group]),
+                                            torch.stack([layer.svd_Q for layer in group]))
+                    for group in by_shape.values())
+        return self.config.orth_reg_weight * total / len(self.layers)
 
     def _named_factors(self) -> Iterator[tuple[str, nn.Parameter]]:
         for name, layer in self.layers:
@@ -157,14 +170,21 @@ class AdaLoRAHooks(TrainingHooks):
 
     @torch.no_grad()
     def update_importance(self) -> None:
+        """Both moving averages of every factor, as multi-tensor (``_foreach``) ops over all factors at once."""
         beta1, beta2 = self.config.beta1, self.config.beta2
-        for name, parameter in self._named_factors():
-            gradient = parameter.grad if parameter.grad is not None else torch.zeros_like(parameter)
-            sensitivity = (parameter * gradient).abs().float()
-            average = beta1 * self.average.get(name, torch.zeros_like(sensitivity)) + (1 - beta1) * sensitivity
-            uncertainty = self.uncertainty.get(name, torch.zeros_like(sensitivity))
-            self.uncertainty[name] = beta2 * uncertainty + (1 - beta2) * (sensitivity - average).abs()
-            self.average[name] = average
+        names, parameters = zip(*self._named_factors())
+        gradients = [p.grad if p.grad is not None else torch.zeros_like(p) for p in parameters]
+        sensitivity = [s.float() for s in torch._foreach_abs(torch._foreach_mul(parameters, gradients))]
+        for name, value in zip(names, sensitivity):
+            if name not in self.average:
+                self.average[name], self.uncertainty[name] = torch.zeros_like(value), torch.zeros_like(value)
+        average, uncertainty = [self.average[n] for n in names], [self.uncertainty[n] for n in names]
+        torch._foreach_mul_(average, beta1)
+        torch._foreach_add_(average, sensitivity, alpha=1 - beta1)
+        deviation = torch._foreach_sub(sensitivity, average)
+        torch._foreach_abs_(deviation)
+        torch._foreach_mul_(uncertainty, beta2)
+        torch._foreach_add_(uncertainty, deviation, alpha=1 - beta2)
 
     def triplet_importance(self) -> list[torch.Tensor]:
         """``S_i`` for every layer's triplets (Eq. 10); needs at least one :meth:`update_importance`."""
@@ -200,8 +220,8 @@ class AdaLoRAHooks(TrainingHooks):
             layer.svd_lambda.masked_fill_(~layer.rank_mask, 0.0)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        state = {f"average.{n}": t for n, t in self.average.items()}
-        state.update({f"uncertainty.{n}": t for n, t in self.uncertainty.items()})
+        state = {f"average.{n}": t.clone() for n, t in self.average.items()}  # updated in place every step
+        state.update({f"uncertainty.{n}": t.clone() for n, t in self.uncertainty.items()})
         return state
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
