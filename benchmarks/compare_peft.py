@@ -335,12 +335,16 @@ def main(argv: list[str]) -> None:
 
     def write(results: dict[str, list[dict]], done: int) -> list[str]:
         command = "python benchmarks/compare_peft.py " + shlex.join(argv)
-        out = [f"# peftlab vs HF peft: training step and inference", "",
+        title = ("peftlab: each method against its own floor" if not training and not inference
+                 else "peftlab vs HF peft: training step and inference")
+        timed = (f"{args.steps} steps" if training or inference else
+                 f"{args.steps} rounds (one step of the method and one of its floor)")
+        out = [f"# {title}", "",
                f"Command: `{command}`  ", f"Started {started}, finished {time.strftime('%H:%M UTC', time.gmtime())}; "
                f"load average at start {load:.1f}, at end {os.getloadavg()[0]:.1f}.  ",
                f"Machine: {machine(args)}.  ",
                f"Every number is the median of {done} processes{' (order alternated)' if done > 1 else ''}, each timing "
-               f"{args.steps} steps after {args.warmup} warm-up. Random-init models; AdamW; same batch in every row."
+               f"{timed} after {args.warmup} warm-up. Random-init models; AdamW; same batch in every row."
                + (f" **Partial: {done} of {args.repeats} repeats done.**" if done < args.repeats else ""), ""]
         if training:
             out += ["## Training step", ""]
