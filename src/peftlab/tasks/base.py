@@ -87,14 +87,9 @@ class Task:
     def load(self, split: str, data_dir: str | os.PathLike | None = None) -> list[Example]:
         """Examples from ``data_dir`` (or ``$PEFTLAB_DATA``); where its files are missing (or no folder is
         given) from the HuggingFace hub when ``datasets`` is installed; else a :class:`TaskError` naming both."""
-        root = data_dir if data_dir is not None else os.environ.get(DATA_ENV) or None
-        if root is None:
-            return self._read_hub_or_explain(split, "no data folder given")
-        root = Path(root)
-        missing = [path for path in self.local_files(root, split) if not path.exists()]
-        if not missing:
-            return self.read(root, split)
-        return self._read_hub_or_explain(split, f"{missing[0]} not found under the data folder {root}")
+        root = _data_root(data_dir)
+        problem = self._local_problem(root, [split])
+        return self.read(root, split) if problem is None else self._read_hub_or_explain(split, problem)
 
     def score_name(self, split: str, metric: str) -> str:
         """Metric names carry the split only when there are several (MNLI: ``matched_accuracy``)."""
@@ -106,18 +101,21 @@ class Task:
     def missing_data(self, splits: Sequence[str], data_dir: str | os.PathLike | None = None) -> str | None:
         """Why :meth:`load` of ``splits`` would find no data, told without reading any: None where the local
         files are all there, or where ``datasets`` is installed (whether the hub answers, only a load tells)."""
-        root = data_dir if data_dir is not None else os.environ.get(DATA_ENV) or None
-        problem = "no data folder given"
-        if root is not None:
-            missing = [path for split in splits for path in self.local_files(Path(root), split) if not path.exists()]
-            if not missing:
-                return None
-            problem = f"{missing[0]} not found under the data folder {root}"
+        problem = self._local_problem(_data_root(data_dir), splits)
+        if problem is None:
+            return None
         try:
             import datasets  # noqa: F401
         except ImportError:
             return self._no_route_message(problem)
         return None
+
+    def _local_problem(self, root: Path | None, splits: Sequence[str]) -> str | None:
+        """What keeps ``splits`` from being read under ``root``, or None when every file is there."""
+        if root is None:
+            return "no data folder given"
+        missing = [path for split in splits for path in self.local_files(root, split) if not path.exists()]
+        return f"{missing[0]} not found under the data folder {root}" if missing else None
 
     def _local_route(self) -> str:
         return (f"put the {self.description or self.name} files in a folder in the standard layout "
@@ -141,6 +139,12 @@ class Task:
             reason = str(error).splitlines()[0] if str(error) else type(error).__name__
             raise TaskError(f"task {self.name!r}: {local_problem}, and the HuggingFace hub could not be read "
                             f"({reason}). Either {self._local_route()}, or check the network access of `datasets`") from error
+
+
+def _data_root(data_dir: str | os.PathLike | None) -> Path | None:
+    """``data_dir``, else ``$PEFTLAB_DATA``, else None."""
+    root = data_dir if data_dir is not None else os.environ.get(DATA_ENV) or None
+    return None if root is None else Path(root)
 
 
 def subsample(examples: list[Example], limit: int | None, seed: int = 0) -> list[Example]:

@@ -111,11 +111,10 @@ class SVDLinear(AdapterLayer):
 
     def orthogonality(self) -> torch.Tensor:
         """``||Pᵀ P - I||²_F + ||Q Qᵀ - I||²_F``."""
-        eye = torch.eye(self.svd_Q.shape[0], dtype=self.svd_Q.dtype, device=self.svd_Q.device)
-        return (self.svd_P.T @ self.svd_P - eye).square().sum() + (self.svd_Q @ self.svd_Q.T - eye).square().sum()
+        return stacked_orthogonality(self.svd_P[None], self.svd_Q[None])
 
 
-def _stacked_orthogonality(P: torch.Tensor, Q: torch.Tensor) -> torch.Tensor:
+def stacked_orthogonality(P: torch.Tensor, Q: torch.Tensor) -> torch.Tensor:
     """The sum over a stack of layers of ``||Pᵀ P - I||²_F + ||Q Qᵀ - I||²_F`` (``P``: (n, out, r), ``Q``: (n, r, in))."""
     eye = torch.eye(Q.shape[1], dtype=Q.dtype, device=Q.device)
     return (P.mT @ P - eye).square().sum() + (Q @ Q.mT - eye).square().sum()
@@ -147,6 +146,10 @@ class AdaLoRAHooks(TrainingHooks):
     def __init__(self, model: nn.Module, config: AdaLoRAConfig) -> None:
         self.config = config
         self.layers = svd_layers(model)
+        by_shape: dict[tuple[torch.Size, torch.Size], list[SVDLinear]] = {}
+        for _, layer in self.layers:
+            by_shape.setdefault((layer.svd_P.shape, layer.svd_Q.shape), []).append(layer)
+        self.same_shape_groups = list(by_shape.values())  # stacked by ``regularization``
         self.average: dict[str, torch.Tensor] = {}
         self.uncertainty: dict[str, torch.Tensor] = {}
 
@@ -155,12 +158,9 @@ class AdaLoRAHooks(TrainingHooks):
         block, say) are stacked and computed in one batched product, not two small ones per layer."""
         if self.config.orth_reg_weight == 0:
             return 0.0
-        by_shape: dict[tuple[torch.Size, torch.Size], list[SVDLinear]] = {}
-        for _, layer in self.layers:
-            by_shape.setdefault((layer.svd_P.shape, layer.svd_Q.shape), []).append(layer)
-        total = sum(_stacked_orthogonality(torch.stack([layer.svd_P for layer in group]),
-                                            torch.stack([layer.svd_Q for layer in group]))
-                    for group in by_shape.values())
+        total = sum(stacked_orthogonality(torch.stack([layer.svd_P for layer in group]),
+                                           torch.stack([layer.svd_Q for layer in group]))
+                    for group in self.same_shape_groups)
         return self.config.orth_reg_weight * total / len(self.layers)
 
     def _named_factors(self) -> Iterator[tuple[str, nn.Parameter]]:
