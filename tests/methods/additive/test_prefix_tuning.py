@@ -128,6 +128,31 @@ def test_llama_layer_matches_hand_written_grouped_query_prefix_attention(impleme
     torch.testing.assert_close(seen["output"], expected, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("padded", [True, False])
+def test_llama_sdpa_on_cpu_groups_key_value_heads_and_matches_eager(monkeypatch, padded):
+    """The prefix brings a mask, under which transformers' sdpa repeats the key/value heads; on CPU the
+    prefixed attention groups them instead, with the same outputs and gradients as eager attention."""
+    import transformers.integrations.sdpa_attention as sdpa_module
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the key/value heads were repeated")
+
+    ids, mask = (RIGHT_PADDED_IDS, MASK) if padded else (RIGHT_PADDED_IDS[1:], None)
+    results = {}
+    for implementation in ("eager", "sdpa"):
+        torch.manual_seed(0)
+        model = adapted("llama", implementation).train()
+        with monkeypatch.context() as patch:
+            if implementation == "sdpa":
+                patch.setattr(sdpa_module, "repeat_kv", refuse)
+            loss = model(input_ids=ids, attention_mask=mask, labels=ids).loss
+        loss.backward()
+        results[implementation] = loss, [p.grad for p in model.parameters() if p.requires_grad]
+    torch.testing.assert_close(results["sdpa"][0], results["eager"][0])
+    for sdpa_grad, eager_grad in zip(results["sdpa"][1], results["eager"][1]):
+        torch.testing.assert_close(sdpa_grad, eager_grad, atol=1e-5, rtol=1e-4)
+
+
 @pytest.mark.parametrize("implementation", ["sdpa", "eager"])
 def test_t5_layer_matches_hand_written_prefix_attention_with_position_bias(implementation):
     model = adapted("t5", implementation)

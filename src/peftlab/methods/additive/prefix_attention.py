@@ -242,7 +242,27 @@ def _prefixed_attention(module: nn.Module, slot: _Slot, query: torch.Tensor, key
         kwargs["position_bias"] = _pad_last(kwargs["position_bias"][..., -length:], size, fill=0)
     key = torch.cat([prefix_keys, key], dim=2)
     value = torch.cat([prefix_values, value], dim=2)
+    if _grouped_masked_on_cpu(module, implementation, query, attention_mask, kwargs):
+        return _grouped_sdpa(query, key, value, attention_mask, kwargs)
     return base(module, query, key, value, attention_mask, **kwargs)
+
+
+def _grouped_masked_on_cpu(module: nn.Module, implementation: str, query: torch.Tensor,
+                           attention_mask: torch.Tensor | None, kwargs: dict) -> bool:
+    """transformers' sdpa repeats grouped keys/values per query head whenever a mask is given (CUDA's masked
+    kernels cannot group); the CPU kernel groups under a mask, and the prefix always brings one."""
+    return (implementation == "sdpa" and query.device.type == "cpu" and attention_mask is not None
+            and getattr(module, "num_key_value_groups", 1) > 1 and kwargs.get("position_bias") is None
+            and kwargs.get("softcap") is None and not kwargs.get("output_attentions", False))
+
+
+def _grouped_sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask: torch.Tensor,
+                  kwargs: dict) -> tuple[torch.Tensor, None]:
+    """transformers' sdpa attention for this case, with the key/value heads grouped rather than repeated."""
+    output = torch.nn.functional.scaled_dot_product_attention(
+        query, key, value, attn_mask=attention_mask, dropout_p=kwargs.get("dropout", 0.0),
+        scale=kwargs.get("scaling"), enable_gqa=True)
+    return output.transpose(1, 2).contiguous(), None
 
 
 # an int site index would make the compiler specialise each layer's graph: such providers run eagerly
