@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from peftlab.core.architectures import PRESET_NAMES, architecture_of
+from peftlab.core.architectures import PRESET_NAMES, Architecture, architecture_of
 from peftlab.core.errors import UserError
 from peftlab.core.layers import AdapterLayer, AdapterModule
 
@@ -30,19 +30,29 @@ def expand_targets(model: nn.Module, targets: str | Sequence[str]) -> list[str]:
     entries = [targets] if isinstance(targets, str) else list(targets)
     if not entries:
         raise TargetError("no target modules given; pass a preset name or module name patterns")
-    architecture = architecture_of(model)
+
+    def unknown_architecture(preset: str) -> TargetError:
+        return TargetError(
+            f"preset {preset!r} is defined for bert/roberta, t5, llama and gpt2 only; "
+            f"this model is {getattr(model.config, 'model_type', type(model).__name__)!r}: "
+            f"give module name patterns instead. {_inventory(model)}"
+        )
+
+    return expand_presets(entries, architecture_of(model), unknown_architecture)
+
+
+def expand_presets(entries: Sequence[str], architecture: Architecture | None,
+                   unknown_architecture: Callable[[str], Exception]) -> list[str]:
+    """Preset names become ``architecture``'s patterns (``unknown_architecture(preset)`` is raised when there
+    is none); the other entries are regex patterns, checked and passed through."""
     patterns: list[str] = []
     for entry in entries:
         if entry in PRESET_NAMES:
             if architecture is None:
-                raise TargetError(
-                    f"preset {entry!r} is defined for bert/roberta, t5, llama and gpt2 only; "
-                    f"this model is {getattr(model.config, 'model_type', type(model).__name__)!r}: "
-                    f"give module name patterns instead. {_inventory(model)}"
-                )
+                raise unknown_architecture(entry)
             patterns.extend(architecture.presets[entry])
         else:
-            _compile(entry)
+            pattern_regex(entry)
             patterns.append(entry)
     return patterns
 
@@ -62,7 +72,7 @@ def find_modules(
     candidates = [(name, module) for name, module in _named_base_modules(model) if isinstance(module, types)]
     chosen: dict[str, nn.Module] = {}
     for pattern in patterns:
-        regex = _compile(pattern)
+        regex = pattern_regex(pattern)
         hits = [(name, module) for name, module in candidates if _matches(regex, name)]
         if not hits:
             raise TargetError(f"{role} {pattern!r} matches no {_kind(types)}. {_inventory(model, types)}")
@@ -107,7 +117,8 @@ def _kind(types: tuple[type[nn.Module], ...]) -> str:
     return " or ".join(t.__name__ for t in types) + " module"
 
 
-def _compile(pattern: str) -> re.Pattern[str]:
+def pattern_regex(pattern: str) -> re.Pattern[str]:
+    """The regex that matches a module name whose whole dotted suffix ``pattern`` matches (use ``fullmatch``)."""
     try:
         return re.compile(rf"(?:.*\.)?(?:{pattern})")
     except re.error as error:

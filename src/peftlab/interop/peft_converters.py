@@ -15,9 +15,10 @@ from typing import Any
 
 import torch
 
-from peftlab.core.architectures import ARCHITECTURES, MODEL_TYPES, PRESET_NAMES
+from peftlab.core.architectures import ARCHITECTURES, MODEL_TYPES
 from peftlab.core.config import MethodConfig
 from peftlab.core.serialization import CONFIG_NAME, AdapterFileError
+from peftlab.core.targeting import expand_presets, pattern_regex
 
 PREFIX = "base_model.model."
 # Model families whose linear layers are GPT-2's Conv1D (weights stored in x out): peft's fan_in_fan_out.
@@ -109,19 +110,14 @@ def select_modules(names: list[str], patterns: tuple[str, ...], model_type: str 
     """The ``names`` that peftlab target ``patterns`` (presets of ``model_type``'s family, or regex
     suffixes) select, without a model: the same matching as ``core.targeting``."""
     family = MODEL_TYPES.get(model_type or "")
-    expanded: list[str] = []
-    for pattern in patterns:
-        if pattern in PRESET_NAMES:
-            if family is None:
-                raise UnsupportedPeftAdapter(
-                    f"preset {pattern!r} cannot be resolved for a {model_type!r} base; save the adapter with "
-                    f"module name patterns instead"
-                )
-            expanded.extend(ARCHITECTURES[family].presets[pattern])
-        else:
-            expanded.append(pattern)
-    regexes = [re.compile(rf"(?:.*\.)?(?:{p})") for p in expanded]
-    return [name for name in names if any(r.fullmatch(name) for r in regexes)]
+
+    def unknown_architecture(preset: str) -> UnsupportedPeftAdapter:
+        return UnsupportedPeftAdapter(f"preset {preset!r} cannot be resolved for a {model_type!r} base; save the "
+                                      f"adapter with module name patterns instead")
+
+    expanded = expand_presets(patterns, ARCHITECTURES[family] if family else None, unknown_architecture)
+    regexes = [pattern_regex(pattern) for pattern in expanded]
+    return [name for name in names if any(regex.fullmatch(name) for regex in regexes)]
 
 
 def exact_patterns(modules: list[str]) -> tuple[str, ...]:
