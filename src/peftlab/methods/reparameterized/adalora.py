@@ -35,6 +35,7 @@ from peftlab.core.injection import Injection, peft_state
 from peftlab.core.layers import AdapterLayer
 from peftlab.core.registry import MethodSpec, register
 from peftlab.core.targeting import find_modules, replace_module
+from peftlab.methods.reparameterized.lora import add_up_projection
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -103,8 +104,8 @@ class SVDLinear(AdapterLayer):
 
     def adapter_forward(self, x: torch.Tensor, base_output: torch.Tensor) -> torch.Tensor:
         x = self.dropout(x).to(self.svd_Q.dtype)
-        update = F.linear(F.linear(x, self.svd_Q) * self.singular_values(), self.svd_P)
-        return base_output + (update * self.scaling).to(base_output.dtype)
+        hidden = F.linear(x, self.svd_Q) * (self.singular_values() * self.scaling)  # scaled on the rank side
+        return add_up_projection(base_output, hidden, self.svd_P)
 
     def delta_weight(self) -> torch.Tensor:
         return (self.svd_P * self.singular_values()) @ self.svd_Q * self.scaling

@@ -57,6 +57,15 @@ class LoRAConfig(MethodConfig):
         return self.alpha / (math.sqrt(self.rank) if self.scaling_rule == "rslora" else self.rank)
 
 
+def add_up_projection(base_output: torch.Tensor, hidden: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """``base_output + hidden @ upᵀ``; in one dtype, one GEMM that accumulates onto the base output (no
+    ``(tokens, out)`` temporary)."""
+    if base_output.dtype != hidden.dtype:
+        return base_output + F.linear(hidden, up).to(base_output.dtype)
+    flat = torch.addmm(base_output.reshape(-1, up.shape[0]), hidden.reshape(-1, hidden.shape[-1]), up.T)
+    return flat.view(base_output.shape)
+
+
 class LoRALinear(AdapterLayer):
     """``y = base(x) + scaling * B A dropout(x)``."""
 
@@ -91,11 +100,7 @@ class LoRALinear(AdapterLayer):
     def adapter_forward(self, x: torch.Tensor, base_output: torch.Tensor) -> torch.Tensor:
         x = self.dropout(x).to(self.lora_A.dtype)
         hidden = F.linear(x, self.lora_A) * self.scaling  # scale the rank-r side, not the wide output
-        if base_output.dtype != hidden.dtype:
-            return base_output + F.linear(hidden, self.lora_B).to(base_output.dtype)
-        # one GEMM that accumulates onto the base output: no (tokens, out) temporary
-        flat = torch.addmm(base_output.reshape(-1, self.out_features), hidden.reshape(-1, hidden.shape[-1]), self.lora_B.T)
-        return flat.view(base_output.shape)
+        return add_up_projection(base_output, hidden, self.lora_B)
 
     def delta_weight(self) -> torch.Tensor:
         return (self.lora_B @ self.lora_A) * self.scaling
