@@ -26,7 +26,8 @@ above 1.00x (QLoRA's r=64 LoRA on all seven linears of every block), "vs own flo
 interleaved in alternating order (``measure.run_paired``); "vs own floor" is the median of the rounds' own
 ratios. Separate processes differ by a few percent from one to the next on a shared machine, as much as an
 adapter's own cost, so this is the reading of that cost; the training table's "vs own floor" divides medians
-of separate processes.
+of separate processes. "vs own floor per FLOP" divides it by "FLOPs vs own floor": what the step costs beyond
+the arithmetic the method adds, were that arithmetic as fast as the floor's (1.00x: nothing beyond it).
 
 Inference: the adapted model's forward (unmerged, then merged once as it is served) against the same model
 with every adapter wrapper swapped for the layer it wraps, so both sides read the very same weight tensors
@@ -237,34 +238,47 @@ def train_table(name: str, jobs: list[Job], results: dict[str, list[dict]]) -> l
 
 
 def paired_table(jobs: list[Job], results: dict[str, list[dict]]) -> list[str]:
-    lines = ["| model | method | step | floor s | step s | vs own floor | FLOPs vs own floor |",
-             "|---|---|---|---:|---:|---:|---:|"]
+    columns = ["model", "method", "step", "floor s", "step s", "vs own floor", "FLOPs vs own floor",
+               "vs own floor per FLOP"]
+    lines = header(columns, text=3)
     for job in jobs:
         outcomes = results[job.key]
         seconds, floor, paired = (median(outcomes, f) for f in ("step_s", "floor_step_s", "vs_floor"))
         if paired is None:
-            lines.append(f"| {job.workload} | {job.method} | {job.step} | error: {outcomes[0].get('error', '')[:80]} | | | |")
+            lines.append(error_row([job.workload, job.method, job.step], outcomes, len(columns)))
             continue
-        flops = (median(results.get(replace(side, kind="flops", step=eager(job.step)).key, []), "flops")
-                 for side in (job, own_floor(job)))
+        flops = [median(results.get(replace(side, kind="flops", step=eager(job.step)).key, []), "flops")
+                 for side in (job, own_floor(job))]
+        per_flop = f"{paired * flops[1] / flops[0]:.3f}x" if all(flops) else "n/a"
         lines.append(f"| {job.workload} | {job.method} | {job.step} | {floor:.3f} | {seconds:.3f} | {paired:.3f}x | "
-                     f"{ratio(*flops)} |")
+                     f"{ratio(*flops)} | {per_flop} |")
     return lines + [""]
 
 
 def infer_table(jobs: list[Job], results: dict[str, list[dict]]) -> list[str]:
-    lines = ["| model | method | library | base ms | unmerged ms | vs base | merged ms | vs base |",
-             "|---|---|---|---:|---:|---:|---:|---:|"]
+    columns = ["model", "method", "library", "base ms", "unmerged ms", "vs base", "merged ms", "vs base"]
+    lines = header(columns, text=3)
     for job in jobs:
         outcomes = results[job.key]
         base, unmerged, merged = (median(outcomes, f) for f in ("base_ms", "unmerged_ms", "merged_ms"))
         if base is None:
-            lines.append(f"| {job.workload} | {job.method} | {job.library} | error: {outcomes[0].get('error', '')[:80]} | | | | |")
+            lines.append(error_row([job.workload, job.method, job.library], outcomes, len(columns)))
             continue
         paired = {f: median(outcomes, f) for f in ("unmerged_vs_base", "merged_vs_base")}
         lines.append(f"| {job.workload} | {job.method} | {job.library} | {base:.1f} | {unmerged:.1f} | "
                      f"{paired['unmerged_vs_base']:.2f}x | {merged:.1f} | {paired['merged_vs_base']:.2f}x |")
     return lines + [""]
+
+
+def header(columns: list[str], text: int) -> list[str]:
+    """A Markdown table's header: the first ``text`` columns left-aligned, the numbers right-aligned."""
+    return ["| " + " | ".join(columns) + " |", "|" + "---|" * text + "---:|" * (len(columns) - text)]
+
+
+def error_row(cells: list[str], outcomes: list[dict], width: int) -> str:
+    """A row whose run failed: its identifying cells, the error, and empty cells to the table's width."""
+    error = outcomes[0].get("error", "") if outcomes else ""
+    return "| " + " | ".join(cells) + f" | error: {error[:80]} |" + " |" * (width - len(cells) - 1)
 
 
 def machine(args: argparse.Namespace) -> str:

@@ -152,6 +152,24 @@ def test_paired_jobs_count_the_flops_of_both_sides():
         compare_peft.parse(["--kinds", "train,speed"])
 
 
+def test_paired_table_reads_the_cost_per_added_flop_and_keeps_its_width_on_errors():
+    compare_peft = pytest.importorskip("compare_peft")
+    from dataclasses import replace
+
+    args = compare_peft.parse(["--models", "smollm2=lora+qlora", "--kinds", "paired"])
+    lora, qlora = compare_peft.paired_jobs(args)
+    flops = {side: value for side, value in ((lora, 110.0), (measure.own_floor(lora), 100.0))}
+    results = {replace(side, kind="flops", step=compare_peft.eager(side.step)).key: [{"flops": value}]
+               for side, value in flops.items()}
+    results[lora.key] = [{"step_s": 1.2, "floor_step_s": 1.0, "vs_floor": 1.21}]
+    results[qlora.key] = [{"error": "RuntimeError: out of memory"}]
+    header, rule, lora_row, qlora_row, _ = compare_peft.paired_table([lora, qlora], results)
+    widths = {line.count("|") for line in (header, rule, lora_row, qlora_row)}
+    assert len(widths) == 1
+    assert lora_row.split("|")[-3:-1] == [" 1.10x ", " 1.100x "]  # 1.21 / (110 / 100)
+    assert "error: RuntimeError: out of memory" in qlora_row
+
+
 @pytest.mark.slow
 def test_paired_measures_lora_against_the_floor_on_a_real_step():
     job = measure.Job(workload="llama", setting="quick", library="peftlab", method="lora", kind="paired",
