@@ -28,6 +28,8 @@ ratios. Separate processes differ by a few percent from one to the next on a sha
 adapter's own cost, so this is the reading of that cost; the training table's "vs own floor" divides medians
 of separate processes. "vs own floor per FLOP" divides it by "FLOPs vs own floor": what the step costs beyond
 the arithmetic the method adds, were that arithmetic as fast as the floor's (1.00x: nothing beyond it).
+"Versus" (``--kinds versus``) reads "vs peft" the same way: peftlab's step and peft's for one method, in one
+process, interleaved (``measure.run_versus``).
 
 Inference: the adapted model's forward (unmerged, then merged once as it is served) against the same model
 with every adapter wrapper swapped for the layer it wraps, so both sides read the very same weight tensors
@@ -102,6 +104,17 @@ def paired_jobs(args: argparse.Namespace) -> list[Job]:
     registered = peftlab_methods()
     return [Job(workload=name, setting=args.setting, library="peftlab", method=method, kind="paired",
                 step=step_for(WORKLOADS[name], args.peftlab_step), steps=args.steps, warmup=args.warmup,
+                threads=args.threads, device=args.device)
+            for name in args.models for method in args.model_methods.get(name, args.methods)
+            if METHODS[method].registered_name in registered]
+
+
+def versus_jobs(args: argparse.Namespace) -> list[Job]:
+    """Each method's peftlab step against peft's, in one process (``measure.run_versus``)."""
+    registered = peftlab_methods()
+    return [Job(workload=name, setting=args.setting, library="peftlab", method=method, kind="versus",
+                step=step_for(WORKLOADS[name], args.peftlab_step),
+                partner_step=step_for(WORKLOADS[name], args.peft_step), steps=args.steps, warmup=args.warmup,
                 threads=args.threads, device=args.device)
             for name in args.models for method in args.model_methods.get(name, args.methods)
             if METHODS[method].registered_name in registered]
@@ -255,6 +268,20 @@ def paired_table(jobs: list[Job], results: dict[str, list[dict]]) -> list[str]:
     return lines + [""]
 
 
+def versus_table(jobs: list[Job], results: dict[str, list[dict]]) -> list[str]:
+    columns = ["model", "method", "peft step", "peftlab step", "peft s", "peftlab s", "vs peft"]
+    lines = header(columns, text=4)
+    for job in jobs:
+        outcomes = results[job.key]
+        seconds, theirs, versus = (median(outcomes, f) for f in ("step_s", "peft_step_s", "vs_peft"))
+        if versus is None:
+            lines.append(error_row([job.workload, job.method, job.partner_step, job.step], outcomes, len(columns)))
+            continue
+        lines.append(f"| {job.workload} | {job.method} | {job.partner_step} | {job.step} | {theirs:.3f} | "
+                     f"{seconds:.3f} | {versus:.3f}x |")
+    return lines + [""]
+
+
 def infer_table(jobs: list[Job], results: dict[str, list[dict]]) -> list[str]:
     columns = ["model", "method", "library", "base ms", "unmerged ms", "vs base", "merged ms", "vs base"]
     lines = header(columns, text=3)
@@ -322,7 +349,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
                              "base and one of the adapted model each")
     parser.add_argument("--kinds", type=lambda s: s.split(","), default=["train", "infer"],
                         help="comma-separated: train (the training table), paired (each method against its own "
-                             "floor in one process), infer (inference latency)")
+                             "floor in one process), versus (peftlab against peft in one process), infer "
+                             "(inference latency)")
     parser.add_argument("--no-inference", action="store_true", help="the same as leaving infer out of --kinds")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -331,8 +359,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     args.model_methods = {m.split("=")[0]: m.split("=")[1].split("+") for m in args.models if "=" in m}
     args.models = [m.split("=")[0] for m in args.models]
     chosen = args.methods + [m for ms in args.model_methods.values() for m in ms]
-    if not set(args.kinds) <= {"train", "paired", "infer"}:
-        parser.error(f"--kinds {','.join(args.kinds)}: choose from train, paired, infer")
+    if not set(args.kinds) <= {"train", "paired", "versus", "infer"}:
+        parser.error(f"--kinds {','.join(args.kinds)}: choose from train, paired, versus, infer")
     unknown = [m for m in chosen if m not in METHODS] + [m for m in args.models if m not in WORKLOADS]
     if unknown:
         parser.error(f"unknown method/model {unknown}; methods: {sorted(METHODS)}, models: {sorted(WORKLOADS)}")
@@ -345,14 +373,17 @@ def main(argv: list[str]) -> None:
     load = os.getloadavg()[0]
     training = train_jobs(args) if "train" in args.kinds else []
     paired = paired_jobs(args) if "paired" in args.kinds else []
+    versus = versus_jobs(args) if "versus" in args.kinds else []
     inference = infer_jobs(args) if "infer" in args.kinds and not args.no_inference else []
 
     def write(results: dict[str, list[dict]], done: int) -> list[str]:
         command = "python benchmarks/compare_peft.py " + shlex.join(argv)
-        title = ("peftlab: each method against its own floor" if not training and not inference
-                 else "peftlab vs HF peft: training step and inference")
+        title = ("peftlab vs HF peft: training step and inference" if training or inference else
+                 "peftlab: each method against its own floor" if not versus else
+                 "peftlab vs HF peft, interleaved in one process" if not paired else
+                 "peftlab: each method against HF peft and against its own floor, interleaved in one process")
         timed = (f"{args.steps} steps" if training or inference else
-                 f"{args.steps} rounds (one step of the method and one of its floor)")
+                 f"{args.steps} rounds (one step of each side: the method and its floor, or peftlab and peft)")
         out = [f"# {title}", "",
                f"Command: `{command}`  ", f"Started {started}, finished {time.strftime('%H:%M UTC', time.gmtime())}; "
                f"load average at start {load:.1f}, at end {os.getloadavg()[0]:.1f}.  ",
@@ -367,6 +398,9 @@ def main(argv: list[str]) -> None:
         if paired:
             out += ["## Each method against its own floor, interleaved in one process", ""]
             out += paired_table(paired, results)
+        if versus:
+            out += ["## peftlab against HF peft, interleaved in one process", ""]
+            out += versus_table(versus, results)
         if inference:
             out += ["## Inference (forward, no grad): base vs adapter unmerged vs merged", ""]
             out += infer_table(inference, results)
@@ -375,7 +409,7 @@ def main(argv: list[str]) -> None:
         return out
 
     counts = {job.key: [run_job(job)] for job in flop_jobs(training, paired)}  # once: a count does not vary
-    results = {**counts, **run_all(training + paired + inference, args.repeats, lambda r, done: write({**counts, **r}, done))}
+    results = {**counts, **run_all(training + paired + versus + inference, args.repeats, lambda r, done: write({**counts, **r}, done))}
     print("\n".join(write(results, args.repeats)))
 
 

@@ -47,11 +47,13 @@ class Job:
     library: str  # "peftlab", "peft", "floor" (frozen base, one trainable scalar) or "full"
     method: str = ""  # for "floor": the method whose base the floor runs (its own floor), or "" for the plain base
     step: str = "plain"  # "plain" (model(**batch).loss) or "chunked" (peftlab lm_loss), then "+fused", "+ckpt", "+compile"
-    kind: str = "train"  # or "infer", "flops" (one eager step's matmul FLOPs), "paired" (against the own floor)
+    kind: str = "train"  # or "infer", "flops" (one eager step's matmul FLOPs), "paired" (against the own floor),
+    #                      "versus" (against HF peft's step, ``partner_step``, in the same process)
     steps: int = 3
     warmup: int = 1
     threads: int = 2
     device: str = "cpu"
+    partner_step: str = "plain"  # the peft side's step of a "versus" job
 
     @property
     def key(self) -> str:
@@ -238,18 +240,35 @@ def run_paired(job: Job) -> dict[str, Any]:
     stretch slows both sides of a round alike; "vs floor" is the median of the rounds' own ratios. Peak
     memory is not measured here: the process holds both models."""
     features = set(job.step.split("+"))
-    sides = {"floor": prepare(own_floor(job), features), "adapted": prepare(job, features)}
-    times: dict[str, list[float]] = {"floor": [], "adapted": []}
+    times = _interleaved(job, {"floor": prepare(own_floor(job), features), "adapted": prepare(job, features)})
+    return {"step_s": statistics.median(times["adapted"]), "floor_step_s": statistics.median(times["floor"]),
+            "vs_floor": statistics.median(a / b for a, b in zip(times["adapted"], times["floor"]))}
+
+
+def run_versus(job: Job) -> dict[str, Any]:
+    """peftlab's training step (``job.step``) against HF peft's (``job.partner_step``) for the same method,
+    model and batch, interleaved in one process as :func:`run_paired` does; "vs peft" is the median of the
+    rounds' own ratios."""
+    partner = replace(job, library="peft", step=job.partner_step)
+    times = _interleaved(job, {"peft": prepare(partner, set(partner.step.split("+"))),
+                               "peftlab": prepare(job, set(job.step.split("+")))})
+    return {"step_s": statistics.median(times["peftlab"]), "peft_step_s": statistics.median(times["peft"]),
+            "vs_peft": statistics.median(a / b for a, b in zip(times["peftlab"], times["peft"]))}
+
+
+def _interleaved(job: Job, sides: dict[str, Prepared]) -> dict[str, list[float]]:
+    """Each round one training step of every side, the order reversed every other round; the timed rounds'
+    seconds per side (the first ``job.warmup`` rounds are not timed)."""
+    times: dict[str, list[float]] = {side: [] for side in sides}
     for round_ in range(job.warmup + job.steps):
-        for side in ("floor", "adapted") if round_ % 2 == 0 else ("adapted", "floor"):
+        for side in sides if round_ % 2 == 0 else reversed(sides):
             _sync(job.device)
             start = time.perf_counter()
             train_step(sides[side], round_)
             _sync(job.device)
             if round_ >= job.warmup:
                 times[side].append(time.perf_counter() - start)
-    return {"step_s": statistics.median(times["adapted"]), "floor_step_s": statistics.median(times["floor"]),
-            "vs_floor": statistics.median(a / b for a, b in zip(times["adapted"], times["floor"]))}
+    return times
 
 
 def _forward_ms(model: nn.Module, batch: dict[str, torch.Tensor], device: str, repeats: int) -> float:
@@ -325,7 +344,8 @@ def run_infer(job: Job) -> dict[str, Any]:
 def main(argv: list[str]) -> None:
     job = Job(**json.loads(argv[0]))
     torch.set_num_threads(job.threads)
-    result = {"train": run_train, "infer": run_infer, "flops": run_flops, "paired": run_paired}[job.kind](job)
+    runs = {"train": run_train, "infer": run_infer, "flops": run_flops, "paired": run_paired, "versus": run_versus}
+    result = runs[job.kind](job)
     print(json.dumps({"job": asdict(job), **result}))
 
 

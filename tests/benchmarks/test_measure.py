@@ -139,6 +139,40 @@ def test_paired_rounds_alternate_sides_and_read_the_median_of_their_own_ratios(m
                                          method="lora")).method == ""
 
 
+def test_versus_runs_peft_and_peftlab_with_their_own_steps_interleaved(monkeypatch):
+    clock = {"now": 0.0}
+    seen = []
+    monkeypatch.setattr(measure.time, "perf_counter", lambda: clock["now"])
+    monkeypatch.setattr(measure, "prepare", lambda job, features: (job, frozenset(features)))
+
+    def fake_step(side, step):
+        job, features = side
+        seen.append((job.library, job.step, features))
+        clock["now"] += {"peft": 1.0, "peftlab": 0.8}[job.library] * (5 if step == 1 else 1)
+        return 0.0
+
+    monkeypatch.setattr(measure, "train_step", fake_step)
+    job = measure.Job(workload="smollm2", setting="quick", library="peftlab", method="lora", kind="versus",
+                      step="chunked+fused", partner_step="plain", steps=3, warmup=1)
+    result = measure.run_versus(job)
+    assert [library for library, _, _ in seen] == ["peft", "peftlab", "peftlab", "peft"] * 2
+    assert {(library, step) for library, step, _ in seen} == {("peft", "plain"), ("peftlab", "chunked+fused")}
+    assert {features for _, _, features in seen} == {frozenset({"plain"}), frozenset({"chunked", "fused"})}
+    assert result["vs_peft"] == pytest.approx(0.8)
+
+
+def test_versus_jobs_pair_each_shared_method_with_both_libraries_steps_and_keep_the_table_width():
+    compare_peft = pytest.importorskip("compare_peft")
+    args = compare_peft.parse(["--models", "roberta=ia3+prefix_tuning", "--kinds", "versus"])
+    ia3, prefix = compare_peft.versus_jobs(args)
+    assert (ia3.kind, ia3.step, ia3.partner_step) == ("versus", "plain", "plain")  # a classifier: its own loss
+    results = {ia3.key: [{"step_s": 0.5, "peft_step_s": 0.55, "vs_peft": 0.91}],
+               prefix.key: [{"error": "ValueError: Model does not support past key values"}]}
+    lines = compare_peft.versus_table([ia3, prefix], results)
+    assert len({line.count("|") for line in lines if line}) == 1
+    assert lines[2].endswith("| 0.550 | 0.500 | 0.910x |") and "error: ValueError" in lines[3]
+
+
 def test_paired_jobs_count_the_flops_of_both_sides():
     compare_peft = pytest.importorskip("compare_peft")
     args = compare_peft.parse(["--models", "smollm2=lora+qlora", "--kinds", "paired"])
@@ -177,3 +211,12 @@ def test_paired_measures_lora_against_the_floor_on_a_real_step():
     result = measure.run_paired(job)
     assert result["step_s"] > 0 and result["floor_step_s"] > 0
     assert 0.5 < result["vs_floor"] < 2.0
+
+
+@pytest.mark.slow
+def test_versus_measures_peftlab_against_peft_on_a_real_step():
+    job = measure.Job(workload="llama", setting="quick", library="peftlab", method="lora", kind="versus",
+                      step="chunked+fused", partner_step="plain", steps=2, warmup=1)
+    result = measure.run_versus(job)
+    assert result["step_s"] > 0 and result["peft_step_s"] > 0
+    assert 0.3 < result["vs_peft"] < 3.0
