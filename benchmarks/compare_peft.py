@@ -29,7 +29,11 @@ adapter's own cost, so this is the reading of that cost; the training table's "v
 of separate processes. "vs own floor per FLOP" divides it by "FLOPs vs own floor": what the step costs beyond
 the arithmetic the method adds, were that arithmetic as fast as the floor's (1.00x: nothing beyond it).
 "Versus" (``--kinds versus``) reads "vs peft" the same way: peftlab's step and peft's for one method, in one
-process, interleaved (``measure.run_versus``).
+process, interleaved (``measure.run_versus``). It is fair where both sides run alike (the classifiers, whose
+step is the model's own loss in both libraries); where they differ much, sharing the process slows one side:
+peft's SmolLM2 LoRA step (full-vocabulary logits) took 1.40 s alone and 1.53 s interleaved with peftlab's
+compiled chunked step, while LLaMA's (a smaller vocabulary) took 0.480 and 0.481 s. Read those models in the
+training table.
 
 Inference: the adapted model's forward (unmerged, then merged once as it is served) against the same model
 with every adapter wrapper swapped for the layer it wraps, so both sides read the very same weight tensors
