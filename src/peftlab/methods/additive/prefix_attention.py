@@ -12,7 +12,9 @@ config at call time):
 
 ``M`` is the model's attention mask and ``B`` T5's relative position bias; the prefix columns get
 zeros in both, so every query row (padding rows included) attends to the whole prefix. Token positions
-are untouched: rotary angles and learned position ids of the real tokens do not move.
+are untouched: rotary angles and learned position ids of the real tokens do not move. Under sdpa on CPU,
+a grouped-query model's prefixed attention calls SDPA itself with the heads grouped: transformers would
+repeat the keys and values per query head, as it does whenever a mask is given.
 
 Reuse (MAM, UniPELT's gated prefix, ProPETL's masked prefix): write a provider, a callable
 ``provider(index, query) -> (keys, values)`` returning tensors of shape ``(batch or 1, kv_heads, P,
