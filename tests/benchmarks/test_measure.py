@@ -188,13 +188,10 @@ def test_paired_jobs_count_the_flops_of_both_sides():
 
 def test_paired_table_reads_the_cost_per_added_flop_and_keeps_its_width_on_errors():
     compare_peft = pytest.importorskip("compare_peft")
-    from dataclasses import replace
-
     args = compare_peft.parse(["--models", "smollm2=lora+qlora", "--kinds", "paired"])
     lora, qlora = compare_peft.paired_jobs(args)
     flops = {side: value for side, value in ((lora, 110.0), (measure.own_floor(lora), 100.0))}
-    results = {replace(side, kind="flops", step=compare_peft.eager(side.step)).key: [{"flops": value}]
-               for side, value in flops.items()}
+    results = {compare_peft.flop_job(side).key: [{"flops": value}] for side, value in flops.items()}
     results[lora.key] = [{"step_s": 1.2, "floor_step_s": 1.0, "vs_floor": 1.21}]
     results[qlora.key] = [{"error": "RuntimeError: out of memory"}]
     header, rule, lora_row, qlora_row, _ = compare_peft.paired_table([lora, qlora], results)
