@@ -7,6 +7,7 @@ JSON, or ``{"error": ...}``); the numbers shown are medians over repeats.
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable
 from dataclasses import replace
 
 from measure import Job, own_floor
@@ -89,48 +90,52 @@ def train_table(name: str, jobs: list[Job], results: dict[str, list[dict]]) -> l
 
 
 def paired_table(jobs: list[Job], results: dict[str, list[dict]]) -> list[str]:
-    columns = ["model", "method", "step", "floor s", "step s", "vs own floor", "FLOPs vs own floor",
-               "vs own floor per FLOP"]
-    lines = header(columns, text=3)
-    for job in jobs:
-        outcomes = results[job.key]
+    def numbers(job: Job, outcomes: list[dict]) -> list[str] | None:
         seconds, floor, paired = (median(outcomes, f) for f in ("step_s", "floor_step_s", "vs_floor"))
         if paired is None:
-            lines.append(error_row([job.workload, job.method, job.step], outcomes, len(columns)))
-            continue
+            return None
         flops = [median(results.get(flop_job(side).key, []), "flops") for side in (job, own_floor(job))]
         per_flop = f"{paired * flops[1] / flops[0]:.3f}x" if all(flops) else "n/a"
-        lines.append(f"| {job.workload} | {job.method} | {job.step} | {floor:.3f} | {seconds:.3f} | {paired:.3f}x | "
-                     f"{ratio(*flops)} | {per_flop} |")
-    return lines + [""]
+        return [f"{floor:.3f}", f"{seconds:.3f}", f"{paired:.3f}x", ratio(*flops), per_flop]
+
+    columns = ["model", "method", "step", "floor s", "step s", "vs own floor", "FLOPs vs own floor",
+               "vs own floor per FLOP"]
+    return job_table(jobs, results, columns, lambda job: [job.workload, job.method, job.step], numbers)
 
 
 def versus_table(jobs: list[Job], results: dict[str, list[dict]]) -> list[str]:
-    columns = ["model", "method", "peft step", "peftlab step", "peft s", "peftlab s", "vs peft"]
-    lines = header(columns, text=4)
-    for job in jobs:
-        outcomes = results[job.key]
+    def numbers(job: Job, outcomes: list[dict]) -> list[str] | None:
         seconds, theirs, versus = (median(outcomes, f) for f in ("step_s", "peft_step_s", "vs_peft"))
-        if versus is None:
-            lines.append(error_row([job.workload, job.method, job.partner_step, job.step], outcomes, len(columns)))
-            continue
-        lines.append(f"| {job.workload} | {job.method} | {job.partner_step} | {job.step} | {theirs:.3f} | "
-                     f"{seconds:.3f} | {versus:.3f}x |")
-    return lines + [""]
+        return None if versus is None else [f"{theirs:.3f}", f"{seconds:.3f}", f"{versus:.3f}x"]
+
+    columns = ["model", "method", "peft step", "peftlab step", "peft s", "peftlab s", "vs peft"]
+    return job_table(jobs, results, columns,
+                     lambda job: [job.workload, job.method, job.partner_step, job.step], numbers)
 
 
 def infer_table(jobs: list[Job], results: dict[str, list[dict]]) -> list[str]:
-    columns = ["model", "method", "library", "base ms", "unmerged ms", "vs base", "merged ms", "vs base"]
-    lines = header(columns, text=3)
-    for job in jobs:
-        outcomes = results[job.key]
+    def numbers(job: Job, outcomes: list[dict]) -> list[str] | None:
         base, unmerged, merged = (median(outcomes, f) for f in ("base_ms", "unmerged_ms", "merged_ms"))
         if base is None:
-            lines.append(error_row([job.workload, job.method, job.library], outcomes, len(columns)))
-            continue
-        paired = {f: median(outcomes, f) for f in ("unmerged_vs_base", "merged_vs_base")}
-        lines.append(f"| {job.workload} | {job.method} | {job.library} | {base:.1f} | {unmerged:.1f} | "
-                     f"{paired['unmerged_vs_base']:.2f}x | {merged:.1f} | {paired['merged_vs_base']:.2f}x |")
+            return None
+        versus = {f: median(outcomes, f) for f in ("unmerged_vs_base", "merged_vs_base")}
+        return [f"{base:.1f}", f"{unmerged:.1f}", f"{versus['unmerged_vs_base']:.2f}x", f"{merged:.1f}",
+                f"{versus['merged_vs_base']:.2f}x"]
+
+    columns = ["model", "method", "library", "base ms", "unmerged ms", "vs base", "merged ms", "vs base"]
+    return job_table(jobs, results, columns, lambda job: [job.workload, job.method, job.library], numbers)
+
+
+def job_table(jobs: list[Job], results: dict[str, list[dict]], columns: list[str],
+              names: Callable[[Job], list[str]], numbers: Callable[[Job, list[dict]], list[str] | None]) -> list[str]:
+    """One row per job: ``names(job)`` fills the first, left-aligned columns, ``numbers(job, outcomes)`` the
+    rest, or is None when the run failed (the error then fills the row)."""
+    lines = header(columns, text=len(names(jobs[0])) if jobs else len(columns))
+    for job in jobs:
+        outcomes = results[job.key]
+        shown = numbers(job, outcomes)
+        lines.append(error_row(names(job), outcomes, len(columns)) if shown is None
+                     else "| " + " | ".join([*names(job), *shown]) + " |")
     return lines + [""]
 
 
