@@ -87,22 +87,31 @@ def test_masked_triplets_do_not_reach_the_output_or_the_merge(trained):
 def test_importance_is_the_smoothed_sensitivity_times_its_uncertainty():
     model = peftlab.apply(tiny_gpt2(), "adalora", total_steps=10, init_rank=3, target_rank=2, beta1=0.8, beta2=0.7)
     hooks = peftlab.training_hooks(model)
-    name, layer = svd_layers(model)[0]
-    grads = []
+    factors = {f"{name}.{factor}": getattr(layer, factor)
+               for name, layer in svd_layers(model) for factor in ("svd_P", "svd_lambda", "svd_Q")}
+    assert len({p.shape for p in factors.values()}) > 3  # several shape groups, each updated as one stack
+    history = []
     for step in range(2):
         model(**batch_for(model, seed=step)).loss.backward()
-        grads.append((layer.svd_P.detach().clone(), layer.svd_P.grad.clone()))
+        history.append({name: (p.detach().clone(), p.grad.clone()) for name, p in factors.items()})
         hooks.update_importance()
         model.zero_grad()
         with torch.no_grad():
-            layer.svd_P.mul_(1.1)
-    average, uncertainty = torch.zeros(()), torch.zeros(())
-    for weight, grad in grads:
-        sensitivity = (weight * grad).abs()
-        average = 0.8 * average + 0.2 * sensitivity
-        uncertainty = 0.7 * uncertainty + 0.3 * (sensitivity - average).abs()
-    torch.testing.assert_close(hooks.average[f"{name}.svd_P"], average)
-    torch.testing.assert_close(hooks.uncertainty[f"{name}.svd_P"], uncertainty)
+            for p in factors.values():
+                p.add_(0.1)
+    for name in factors:
+        average, uncertainty = torch.zeros(()), torch.zeros(())
+        for step in history:
+            weight, grad = step[name]
+            sensitivity = (weight * grad).abs()
+            average = 0.8 * average + 0.2 * sensitivity
+            uncertainty = 0.7 * uncertainty + 0.3 * (sensitivity - average).abs()
+        torch.testing.assert_close(hooks.average[name], average)
+        torch.testing.assert_close(hooks.uncertainty[name], uncertainty)
+    name, layer = svd_layers(model)[0]
+    score = {f: hooks.average[f"{name}.{f}"] * hooks.uncertainty[f"{name}.{f}"] for f in ("svd_P", "svd_lambda", "svd_Q")}
+    torch.testing.assert_close(hooks.triplet_importance()[0],
+                               score["svd_lambda"] + score["svd_P"].mean(0) + score["svd_Q"].mean(1))
 
 
 def test_the_orthogonality_term_decreases_in_training():
@@ -177,6 +186,13 @@ def test_importance_state_resumes_exactly(trained):
     resumed.load_state_dict(peftlab.training_hooks(model).state_dict())
     for name, tensor in peftlab.training_hooks(model).state_dict().items():
         assert torch.equal(resumed.state_dict()[name], tensor)
+
+
+def test_importance_state_from_another_model_is_refused_by_name(trained):
+    state = peftlab.training_hooks(trained[1]).state_dict()
+    other = peftlab.apply(tiny_llama(), "adalora", total_steps=10, init_rank=4, target_rank=2, target_modules=("q_proj",))
+    with pytest.raises(ValueError, match="no AdaLoRA factor"):
+        peftlab.training_hooks(other).load_state_dict(state)
 
 
 def test_config_needs_the_run_length():

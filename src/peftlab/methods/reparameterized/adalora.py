@@ -141,17 +141,29 @@ def report(model: nn.Module) -> dict[str, Any]:
     return {"rank_pattern": pattern, "total_rank": sum(pattern.values())}
 
 
+@dataclass
+class FactorStack:
+    """One factor (``svd_P``, ``svd_lambda`` or ``svd_Q``) of every layer in a same-shape group, with its two
+    moving averages stacked along a leading layer axis, so each update is a few ops, not a few per layer."""
+
+    names: list[str]
+    parameters: list[nn.Parameter]
+    average: torch.Tensor  # Ī, (layers, *factor shape), float32
+    uncertainty: torch.Tensor  # Ū, same shape
+
+
 class AdaLoRAHooks(TrainingHooks):
     """Importance tracking and budget allocation after each optimizer step; the orthogonality penalty."""
 
     def __init__(self, model: nn.Module, config: AdaLoRAConfig) -> None:
         self.config = config
         self.layers = svd_layers(model)
-        by_shape: dict[tuple[torch.Size, torch.Size], list[SVDLinear]] = {}
-        for _, layer in self.layers:
-            by_shape.setdefault((layer.svd_P.shape, layer.svd_Q.shape), []).append(layer)
-        self.same_shape_groups = list(by_shape.values())  # stacked by ``regularization``
-        self.average: dict[str, torch.Tensor] = {}
+        by_shape: dict[tuple[torch.Size, torch.Size], list[int]] = {}
+        for index, (_, layer) in enumerate(self.layers):
+            by_shape.setdefault((layer.svd_P.shape, layer.svd_Q.shape), []).append(index)
+        self.same_shape_groups = list(by_shape.values())  # indices into ``layers``; stacked by every step's work
+        self.stacks: dict[tuple[int, str], FactorStack] = {}  # (group, factor), built at the first update
+        self.average: dict[str, torch.Tensor] = {}  # by factor name: views into the stacks
         self.uncertainty: dict[str, torch.Tensor] = {}
 
     def regularization(self, model: nn.Module) -> torch.Tensor | float:
@@ -159,54 +171,55 @@ class AdaLoRAHooks(TrainingHooks):
         block, say) are stacked and computed in one batched product, not two small ones per layer."""
         if self.config.orth_reg_weight == 0:
             return 0.0
-        total = sum(stacked_orthogonality(torch.stack([layer.svd_P for layer in group]),
-                                           torch.stack([layer.svd_Q for layer in group]))
+        total = sum(stacked_orthogonality(torch.stack([self.layers[i][1].svd_P for i in group]),
+                                           torch.stack([self.layers[i][1].svd_Q for i in group]))
                     for group in self.same_shape_groups)
         return self.config.orth_reg_weight * total / len(self.layers)
 
-    def _named_factors(self) -> Iterator[tuple[str, nn.Parameter]]:
-        for name, layer in self.layers:
+    def _build_stacks(self) -> None:
+        for group_index, group in enumerate(self.same_shape_groups):
             for factor in ("svd_P", "svd_lambda", "svd_Q"):
-                yield f"{name}.{factor}", getattr(layer, factor)
+                names = [f"{self.layers[i][0]}.{factor}" for i in group]
+                parameters = [getattr(self.layers[i][1], factor) for i in group]
+                zeros = torch.zeros(len(group), *parameters[0].shape, device=parameters[0].device)
+                stack = FactorStack(names, parameters, zeros, zeros.clone())
+                self.stacks[group_index, factor] = stack
+                for position, name in enumerate(names):
+                    self.average[name], self.uncertainty[name] = stack.average[position], stack.uncertainty[position]
 
     @torch.no_grad()
     def update_importance(self) -> None:
-        """Both moving averages of every factor, as multi-tensor (``_foreach``) ops over all factors at once."""
+        """Both moving averages of every factor, on the stacks (``Ī``, ``Ū`` of Eq. 10's ``s``)."""
+        if not self.stacks:
+            self._build_stacks()
         beta1, beta2 = self.config.beta1, self.config.beta2
-        names, parameters = zip(*self._named_factors())
-        gradients = [p.grad if p.grad is not None else torch.zeros_like(p) for p in parameters]
-        sensitivity = [s.float() for s in torch._foreach_abs(torch._foreach_mul(parameters, gradients))]
-        for name, value in zip(names, sensitivity):
-            if name not in self.average:
-                self.average[name], self.uncertainty[name] = torch.zeros_like(value), torch.zeros_like(value)
-        average, uncertainty = [self.average[n] for n in names], [self.uncertainty[n] for n in names]
-        torch._foreach_mul_(average, beta1)
-        torch._foreach_add_(average, sensitivity, alpha=1 - beta1)
-        deviation = torch._foreach_sub(sensitivity, average)
-        torch._foreach_abs_(deviation)
-        torch._foreach_mul_(uncertainty, beta2)
-        torch._foreach_add_(uncertainty, deviation, alpha=1 - beta2)
+        for stack in self.stacks.values():
+            gradients = [p.grad if p.grad is not None else torch.zeros_like(p) for p in stack.parameters]
+            sensitivity = torch.stack(torch._foreach_mul(stack.parameters, gradients)).abs_().float()
+            stack.average.mul_(beta1).add_(sensitivity, alpha=1 - beta1)
+            stack.uncertainty.mul_(beta2).add_(sensitivity.sub_(stack.average).abs_(), alpha=1 - beta2)
 
     def triplet_importance(self) -> list[torch.Tensor]:
-        """``S_i`` for every layer's triplets (Eq. 10); needs at least one :meth:`update_importance`."""
-        def score(name: str) -> torch.Tensor:
-            return self.average[name] * self.uncertainty[name]
+        """``S_i`` for every layer's triplets (Eq. 10), in ``layers`` order; needs one :meth:`update_importance`."""
+        scores: list[torch.Tensor | None] = [None] * len(self.layers)
+        for group_index, group in enumerate(self.same_shape_groups):
+            def score(factor: str) -> torch.Tensor:
+                stack = self.stacks[group_index, factor]
+                return stack.average * stack.uncertainty
 
-        return [score(f"{name}.svd_lambda") + score(f"{name}.svd_P").mean(0) + score(f"{name}.svd_Q").mean(1)
-                for name, _ in self.layers]
+            per_layer = score("svd_lambda") + score("svd_P").mean(1) + score("svd_Q").mean(2)  # (layers, r0)
+            for index, row in zip(group, per_layer):
+                scores[index] = row
+        return scores  # type: ignore[return-value]
 
     @torch.no_grad()
     def allocate(self, budget: int) -> None:
         """Keep the ``budget`` triplets of highest importance across all layers; zero the others' λ."""
-        scores = self.triplet_importance()
-        flat = torch.cat([s.flatten().cpu() for s in scores])
+        flat = torch.cat(self.triplet_importance()).cpu()
         keep = torch.zeros(flat.numel(), dtype=torch.bool)
         keep[torch.topk(flat, budget).indices] = True
-        start = 0
-        for _, layer in self.layers:
-            rank = layer.rank_mask.numel()
-            layer.rank_mask.copy_(keep[start:start + rank])
-            start += rank
+        masks = [layer.rank_mask for _, layer in self.layers]
+        torch._foreach_copy_(masks, list(keep.split([mask.numel() for mask in masks])))
 
     @torch.no_grad()
     def after_optimizer_step(self, model: nn.Module, step: int) -> None:
@@ -226,9 +239,17 @@ class AdaLoRAHooks(TrainingHooks):
         return state
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        if not state:
+            return
+        if not self.stacks:
+            self._build_stacks()
         for key, tensor in state.items():
             kind, _, name = key.partition(".")
-            (self.average if kind == "average" else self.uncertainty)[name] = tensor.clone()
+            averages = self.average if kind == "average" else self.uncertainty
+            if name not in averages:
+                raise ValueError(f"AdaLoRA importance state names {name!r}, which this model has no AdaLoRA factor "
+                                 "for: resume with the model and adapter options the checkpoint was made with")
+            averages[name].copy_(tensor)
 
 
 def inject(model: nn.Module, config: AdaLoRAConfig) -> Injection:
