@@ -28,6 +28,8 @@ ratios. Separate processes differ by a few percent from one to the next on a sha
 adapter's own cost, so this is the reading of that cost; the training table's "vs own floor" divides medians
 of separate processes. "vs own floor per FLOP" divides it by "FLOPs vs own floor": what the step costs beyond
 the arithmetic the method adds, were that arithmetic as fast as the floor's (1.00x: nothing beyond it).
+"ms over own floor" is the median of the rounds' differences: the adapter's cost in time, which stays put
+when the machine's speed moves the floor and with it the ratio.
 "Versus" (``--kinds versus``) reads "vs peft" the same way: peftlab's step and peft's for one method, in one
 process, interleaved (``measure.run_versus``). It is fair where both sides run alike (the classifiers, whose
 step is the model's own loss in both libraries); where they differ much, sharing the process slows one side:

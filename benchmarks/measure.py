@@ -238,11 +238,14 @@ def run_paired(job: Job) -> dict[str, Any]:
     (where the allocator placed memory, what else ran meanwhile), which is as large as an adapter's own cost
     over the floor. Here a round runs one step of each model back to back, in alternating order, so a slow
     stretch slows both sides of a round alike; "vs floor" is the median of the rounds' own ratios. Peak
-    memory is not measured here: the process holds both models."""
+    memory is not measured here: the process holds both models. "over_floor_s", the median of the rounds'
+    differences, is the adapter's cost in seconds: it stays put when the machine's speed moves the ratio."""
     features = set(job.step.split("+"))
     times = _interleaved(job, {"floor": prepare(own_floor(job), features), "adapted": prepare(job, features)})
+    rounds = list(zip(times["adapted"], times["floor"]))
     return {"step_s": statistics.median(times["adapted"]), "floor_step_s": statistics.median(times["floor"]),
-            "vs_floor": statistics.median(a / b for a, b in zip(times["adapted"], times["floor"]))}
+            "vs_floor": statistics.median(a / b for a, b in rounds),
+            "over_floor_s": statistics.median(a - b for a, b in rounds)}
 
 
 def run_versus(job: Job) -> dict[str, Any]:

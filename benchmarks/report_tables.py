@@ -96,10 +96,12 @@ def paired_table(jobs: list[Job], results: dict[str, list[dict]]) -> list[str]:
             return None
         flops = [median(results.get(flop_job(side).key, []), "flops") for side in (job, own_floor(job))]
         per_flop = f"{paired * flops[1] / flops[0]:.3f}x" if all(flops) else "n/a"
-        return [f"{floor:.3f}", f"{seconds:.3f}", f"{paired:.3f}x", ratio(*flops), per_flop]
+        over = median(outcomes, "over_floor_s")  # absent from runs before it was measured
+        over_ms = "n/a" if over is None else f"{1000 * over:.0f}"
+        return [f"{floor:.3f}", f"{seconds:.3f}", f"{paired:.3f}x", over_ms, ratio(*flops), per_flop]
 
-    columns = ["model", "method", "step", "floor s", "step s", "vs own floor", "FLOPs vs own floor",
-               "vs own floor per FLOP"]
+    columns = ["model", "method", "step", "floor s", "step s", "vs own floor", "ms over own floor",
+               "FLOPs vs own floor", "vs own floor per FLOP"]
     return job_table(jobs, results, columns, lambda job: [job.workload, job.method, job.step], numbers)
 
 

@@ -134,6 +134,7 @@ def test_paired_rounds_alternate_sides_and_read_the_median_of_their_own_ratios(m
     result = measure.run_paired(job)
     assert order == ["floor", "peftlab", "peftlab", "floor"] * 2 + ["floor", "peftlab"]
     assert result["vs_floor"] == pytest.approx(1.1)  # the slow round slowed both of its sides alike
+    assert result["over_floor_s"] == pytest.approx(0.1)  # the median round's difference, not the slow one's 0.3
     assert measure.own_floor(job).method == "prompt_tuning"  # its base reads the virtual tokens too
     assert measure.own_floor(measure.Job(workload="llama", setting="quick", library="peftlab",
                                          method="lora")).method == ""
@@ -192,12 +193,12 @@ def test_paired_table_reads_the_cost_per_added_flop_and_keeps_its_width_on_error
     lora, qlora = compare_peft.paired_jobs(args)
     flops = {side: value for side, value in ((lora, 110.0), (measure.own_floor(lora), 100.0))}
     results = {compare_peft.flop_job(side).key: [{"flops": value}] for side, value in flops.items()}
-    results[lora.key] = [{"step_s": 1.2, "floor_step_s": 1.0, "vs_floor": 1.21}]
+    results[lora.key] = [{"step_s": 1.2, "floor_step_s": 1.0, "vs_floor": 1.21, "over_floor_s": 0.2}]
     results[qlora.key] = [{"error": "RuntimeError: out of memory"}]
     header, rule, lora_row, qlora_row, _ = compare_peft.paired_table([lora, qlora], results)
     widths = {line.count("|") for line in (header, rule, lora_row, qlora_row)}
     assert len(widths) == 1
-    assert lora_row.split("|")[-3:-1] == [" 1.10x ", " 1.100x "]  # 1.21 / (110 / 100)
+    assert lora_row.split("|")[-4:-1] == [" 200 ", " 1.10x ", " 1.100x "]  # ms over; 1.21 / (110 / 100)
     assert "error: RuntimeError: out of memory" in qlora_row
 
 
