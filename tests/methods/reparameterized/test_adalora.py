@@ -191,8 +191,13 @@ def test_importance_state_resumes_exactly(trained):
 def test_importance_state_from_another_model_is_refused_by_name(trained):
     state = peftlab.training_hooks(trained[1]).state_dict()
     other = peftlab.apply(tiny_llama(), "adalora", total_steps=10, init_rank=4, target_rank=2, target_modules=("q_proj",))
+    hooks = peftlab.training_hooks(other)
+    other(**batch_for(other, seed=0)).loss.backward()
+    hooks.update_importance()
+    before = hooks.state_dict()
     with pytest.raises(ValueError, match="no AdaLoRA factor"):
-        peftlab.training_hooks(other).load_state_dict(state)
+        hooks.load_state_dict(state)
+    assert all(torch.equal(tensor, before[name]) for name, tensor in hooks.state_dict().items())  # nothing half-loaded
 
 
 def test_config_needs_the_run_length():

@@ -199,18 +199,22 @@ class AdaLoRAHooks(TrainingHooks):
             stack.average.mul_(beta1).add_(sensitivity, alpha=1 - beta1)
             stack.uncertainty.mul_(beta2).add_(sensitivity.sub_(stack.average).abs_(), alpha=1 - beta2)
 
-    def triplet_importance(self) -> list[torch.Tensor]:
-        """``S_i`` for every layer's triplets (Eq. 10), in ``layers`` order; needs one :meth:`update_importance`."""
-        scores: list[torch.Tensor | None] = [None] * len(self.layers)
-        for group_index, group in enumerate(self.same_shape_groups):
-            def score(factor: str) -> torch.Tensor:
-                stack = self.stacks[group_index, factor]
-                return stack.average * stack.uncertainty
+    def _score(self, group_index: int, factor: str) -> torch.Tensor:
+        """``s = Ī · Ū`` of one factor across a shape group."""
+        stack = self.stacks[group_index, factor]
+        return stack.average * stack.uncertainty
 
-            per_layer = score("svd_lambda") + score("svd_P").mean(1) + score("svd_Q").mean(2)  # (layers, r0)
+    def triplet_importance(self) -> list[torch.Tensor]:
+        """``S_i`` for every layer's triplets (Eq. 10), in ``layers`` order (zeros before any update)."""
+        if not self.stacks:
+            self._build_stacks()
+        scores: list[torch.Tensor] = [torch.empty(0)] * len(self.layers)
+        for group_index, group in enumerate(self.same_shape_groups):
+            per_layer = (self._score(group_index, "svd_lambda") + self._score(group_index, "svd_P").mean(1)
+                         + self._score(group_index, "svd_Q").mean(2))  # (layers, r0)
             for index, row in zip(group, per_layer):
                 scores[index] = row
-        return scores  # type: ignore[return-value]
+        return scores
 
     @torch.no_grad()
     def allocate(self, budget: int) -> None:
@@ -243,13 +247,16 @@ class AdaLoRAHooks(TrainingHooks):
             return
         if not self.stacks:
             self._build_stacks()
-        for key, tensor in state.items():
+        targets = []
+        for key, tensor in state.items():  # every name checked before any average changes
             kind, _, name = key.partition(".")
             averages = self.average if kind == "average" else self.uncertainty
             if name not in averages:
                 raise ValueError(f"AdaLoRA importance state names {name!r}, which this model has no AdaLoRA factor "
                                  "for: resume with the model and adapter options the checkpoint was made with")
-            averages[name].copy_(tensor)
+            targets.append((averages[name], tensor))
+        for average, tensor in targets:
+            average.copy_(tensor)
 
 
 def inject(model: nn.Module, config: AdaLoRAConfig) -> Injection:
