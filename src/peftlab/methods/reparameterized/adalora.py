@@ -146,7 +146,6 @@ class FactorStack:
     """One factor (``svd_P``, ``svd_lambda`` or ``svd_Q``) of every layer in a same-shape group, with its two
     moving averages stacked along a leading layer axis, so each update is a few ops, not a few per layer."""
 
-    names: list[str]
     parameters: list[nn.Parameter]
     average: torch.Tensor  # Ī, (layers, *factor shape), float32
     uncertainty: torch.Tensor  # Ū, same shape
@@ -177,12 +176,15 @@ class AdaLoRAHooks(TrainingHooks):
         return self.config.orth_reg_weight * total / len(self.layers)
 
     def _build_stacks(self) -> None:
+        """The stacks, once, on the factors' device (the model may have moved since the hooks were made)."""
+        if self.stacks:
+            return
         for group_index, group in enumerate(self.same_shape_groups):
             for factor in ("svd_P", "svd_lambda", "svd_Q"):
                 names = [f"{self.layers[i][0]}.{factor}" for i in group]
                 parameters = [getattr(self.layers[i][1], factor) for i in group]
                 zeros = torch.zeros(len(group), *parameters[0].shape, device=parameters[0].device)
-                stack = FactorStack(names, parameters, zeros, zeros.clone())
+                stack = FactorStack(parameters, zeros, zeros.clone())
                 self.stacks[group_index, factor] = stack
                 for position, name in enumerate(names):
                     self.average[name], self.uncertainty[name] = stack.average[position], stack.uncertainty[position]
@@ -190,8 +192,7 @@ class AdaLoRAHooks(TrainingHooks):
     @torch.no_grad()
     def update_importance(self) -> None:
         """Both moving averages of every factor, on the stacks (``Ī``, ``Ū`` of Eq. 10's ``s``)."""
-        if not self.stacks:
-            self._build_stacks()
+        self._build_stacks()
         beta1, beta2 = self.config.beta1, self.config.beta2
         for stack in self.stacks.values():
             gradients = [p.grad if p.grad is not None else torch.zeros_like(p) for p in stack.parameters]
@@ -206,8 +207,7 @@ class AdaLoRAHooks(TrainingHooks):
 
     def triplet_importance(self) -> list[torch.Tensor]:
         """``S_i`` for every layer's triplets (Eq. 10), in ``layers`` order (zeros before any update)."""
-        if not self.stacks:
-            self._build_stacks()
+        self._build_stacks()
         scores: list[torch.Tensor] = [torch.empty(0)] * len(self.layers)
         for group_index, group in enumerate(self.same_shape_groups):
             per_layer = (self._score(group_index, "svd_lambda") + self._score(group_index, "svd_P").mean(1)
@@ -245,8 +245,7 @@ class AdaLoRAHooks(TrainingHooks):
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         if not state:
             return
-        if not self.stacks:
-            self._build_stacks()
+        self._build_stacks()
         targets = []
         for key, tensor in state.items():  # every name checked before any average changes
             kind, _, name = key.partition(".")
