@@ -12,7 +12,7 @@ import torch
 import peftlab
 from conftest import batch_for, tiny_gpt2, tiny_llama
 from peftlab.core.probe import probe_output
-from peftlab.methods.reparameterized.adalora import rank_pattern, svd_layers, total_rank
+from peftlab.methods.reparameterized.adalora import StackedOrthogonality, rank_pattern, svd_layers, total_rank
 
 OPTIONS = {"total_steps": 12, "init_rank": 4, "target_rank": 2, "t_init": 2, "t_final": 3}
 
@@ -139,6 +139,13 @@ def test_the_batched_orthogonality_term_has_the_per_layer_value_and_gradients():
     torch.testing.assert_close(batched, per_layer)
     for got, expected in zip(batched_grads, torch.autograd.grad(per_layer, factors)):
         torch.testing.assert_close(got, expected)
+
+
+def test_the_written_out_orthogonality_gradient_passes_gradcheck():
+    generator = torch.Generator().manual_seed(0)
+    P = [torch.randn(5, 3, dtype=torch.float64, generator=generator, requires_grad=True) for _ in range(2)]
+    Q = [torch.randn(3, 7, dtype=torch.float64, generator=generator, requires_grad=True) for _ in range(2)]
+    assert torch.autograd.gradcheck(StackedOrthogonality.apply, (*P, *Q))
 
 
 def test_importance_state_saved_is_a_snapshot_not_the_live_averages():

@@ -111,14 +111,29 @@ class SVDLinear(AdapterLayer):
         return (self.svd_P * self.singular_values()) @ self.svd_Q * self.scaling
 
     def orthogonality(self) -> torch.Tensor:
-        """``||Pᵀ P - I||²_F + ||Q Qᵀ - I||²_F``."""
-        return stacked_orthogonality(self.svd_P[None], self.svd_Q[None])
+        """``||Pᵀ P - I||²_F + ||Q Qᵀ - I||²_F``, through autograd (the hooks use :class:`StackedOrthogonality`)."""
+        eye = torch.eye(self.svd_Q.shape[0], dtype=self.svd_Q.dtype, device=self.svd_Q.device)
+        return (self.svd_P.T @ self.svd_P - eye).square().sum() + (self.svd_Q @ self.svd_Q.T - eye).square().sum()
 
 
-def stacked_orthogonality(P: torch.Tensor, Q: torch.Tensor) -> torch.Tensor:
-    """The sum over a stack of layers of ``||Pᵀ P - I||²_F + ||Q Qᵀ - I||²_F`` (``P``: (n, out, r), ``Q``: (n, r, in))."""
-    eye = torch.eye(Q.shape[1], dtype=Q.dtype, device=Q.device)
-    return (P.mT @ P - eye).square().sum() + (Q @ Q.mT - eye).square().sum()
+class StackedOrthogonality(torch.autograd.Function):
+    """The sum over a group of same-shape layers of ``||Pᵀ P - I||²_F + ||Q Qᵀ - I||²_F``, as one autograd node
+    with its gradient written out: ``∂/∂P = 4 P (Pᵀ P - I)``, ``∂/∂Q = 4 (Q Qᵀ - I) Q``. Traced through autograd,
+    the same sum records a dozen nodes per group, and their backward costs more than the arithmetic."""
+
+    @staticmethod
+    def forward(ctx: Any, *factors: torch.Tensor) -> torch.Tensor:  # P_1 .. P_n, then Q_1 .. Q_n
+        layers = len(factors) // 2
+        P, Q = torch.stack(factors[:layers]), torch.stack(factors[layers:])  # (n, out, r), (n, r, in)
+        eye = torch.eye(Q.shape[1], dtype=Q.dtype, device=Q.device)
+        gram_P, gram_Q = torch.baddbmm(-eye, P.mT, P), torch.baddbmm(-eye, Q, Q.mT)  # Pᵀ P - I, Q Qᵀ - I
+        ctx.save_for_backward(P, Q, gram_P, gram_Q)
+        return gram_P.square().sum() + gram_Q.square().sum()
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        P, Q, gram_P, gram_Q = ctx.saved_tensors
+        return (*torch.bmm(P, gram_P).mul_(4 * grad).unbind(0), *torch.bmm(gram_Q, Q).mul_(4 * grad).unbind(0))
 
 
 def svd_layers(model: nn.Module) -> list[tuple[str, SVDLinear]]:
@@ -170,8 +185,8 @@ class AdaLoRAHooks(TrainingHooks):
         block, say) are stacked and computed in one batched product, not two small ones per layer."""
         if self.config.orth_reg_weight == 0:
             return 0.0
-        total = sum(stacked_orthogonality(torch.stack([self.layers[i][1].svd_P for i in group]),
-                                           torch.stack([self.layers[i][1].svd_Q for i in group]))
+        total = sum(StackedOrthogonality.apply(*[self.layers[i][1].svd_P for i in group],
+                                               *[self.layers[i][1].svd_Q for i in group])
                     for group in self.same_shape_groups)
         return self.config.orth_reg_weight * total / len(self.layers)
 
@@ -196,9 +211,9 @@ class AdaLoRAHooks(TrainingHooks):
         beta1, beta2 = self.config.beta1, self.config.beta2
         for stack in self.stacks.values():
             gradients = [p.grad if p.grad is not None else torch.zeros_like(p) for p in stack.parameters]
-            sensitivity = torch.stack(torch._foreach_mul(stack.parameters, gradients)).abs_().float()
-            stack.average.mul_(beta1).add_(sensitivity, alpha=1 - beta1)
-            stack.uncertainty.mul_(beta2).add_(sensitivity.sub_(stack.average).abs_(), alpha=1 - beta2)
+            sensitivity = torch.stack(stack.parameters).mul_(torch.stack(gradients)).abs_().float()
+            stack.average.lerp_(sensitivity, 1 - beta1)  # β1 Ī + (1 - β1) I
+            stack.uncertainty.lerp_(sensitivity.sub_(stack.average).abs_(), 1 - beta2)
 
     def _score(self, group_index: int, factor: str) -> torch.Tensor:
         """``s = Ī · Ū`` of one factor across a shape group."""
@@ -234,8 +249,12 @@ class AdaLoRAHooks(TrainingHooks):
         reallocate = steps_done > config.t_init and ((steps_done - config.t_init) % config.delta_t == 0)
         if (steps_done < final and reallocate) or steps_done == final:
             self.allocate(config.budget(len(self.layers), steps_done))
-        for _, layer in self.layers:
-            layer.svd_lambda.masked_fill_(~layer.rank_mask, 0.0)
+        self.hold_masked_at_zero()
+
+    @torch.no_grad()
+    def hold_masked_at_zero(self) -> None:
+        """``λ <- m ⊙ λ`` for every layer."""
+        torch._foreach_mul_([layer.svd_lambda for _, layer in self.layers], [layer.rank_mask for _, layer in self.layers])
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         state = {f"average.{n}": t.clone() for n, t in self.average.items()}  # updated in place every step
