@@ -81,3 +81,21 @@ def test_fsdp_sharded_run_saves_the_full_trained_adapter(single, still_bert, dat
     assert_same_adapter(reference_dir, out, tolerance=1e-6)
     assert_same_adapter(reference_dir / "checkpoint-4" / "adapter", out / "checkpoint-4" / "adapter", tolerance=1e-6)
     assert metrics["scores"] == pytest.approx(reference["scores"])
+
+
+@pytest.mark.slow
+def test_fsdp_sharded_adalora_prunes_as_one_process_does(still_bert, data_root, tmp_path):
+    """AdaLoRA's per-step work (orthogonality, importance, budget) reads whole factors: under FSDP2 its
+    parameters are shards (DTensors) outside the forward, so a sharded run must gather them, not crash or rank
+    a shard's triplets alone."""
+    options = {"total_steps": 4, "init_rank": 4, "target_rank": 2, "t_final": 1}
+    single = tmp_path / "single"
+    launch(run_args(still_bert, data_root, single, method="adalora", batch_size=8, options=options), processes=1)
+    out = tmp_path / "fsdp"
+    metrics = launch(run_args(still_bert, data_root, out, method="adalora", batch_size=4, fsdp=True, options=options),
+                     processes=2)
+    assert metrics["world_size"] == 2
+    saved = load_file(out / WEIGHTS_NAME)
+    masks = [saved[n] for n in saved if n.endswith("rank_mask")]
+    assert masks and int(sum(mask.sum() for mask in masks)) == 2 * len(masks)  # pruned to the target budget
+    assert_same_adapter(single, out, tolerance=1e-5)

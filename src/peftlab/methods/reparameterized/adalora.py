@@ -28,6 +28,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.distributed.tensor import DTensor, distribute_tensor
 
 from peftlab.core.config import MethodConfig, option, require
 from peftlab.core.hooks import TrainingHooks
@@ -136,6 +137,13 @@ class StackedOrthogonality(torch.autograd.Function):
         return (*torch.bmm(P, gram_P).mul_(4 * grad).unbind(0), *torch.bmm(gram_Q, Q).mul_(4 * grad).unbind(0))
 
 
+def whole(tensor: torch.Tensor) -> torch.Tensor:
+    """The whole tensor on this rank: a parameter (or gradient) that FSDP2 shards, a ``DTensor`` outside the
+    forward, is gathered, differentiably; any other tensor is itself. The hooks' work needs every factor whole:
+    Eq. 10's means run across the rows FSDP splits, and the budget is ranked across all layers."""
+    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+
+
 def svd_layers(model: nn.Module) -> list[tuple[str, SVDLinear]]:
     return [(name, module) for name, module in model.named_modules() if isinstance(module, SVDLinear)]
 
@@ -185,8 +193,8 @@ class AdaLoRAHooks(TrainingHooks):
         block, say) are stacked and computed in one batched product, not two small ones per layer."""
         if self.config.orth_reg_weight == 0:
             return 0.0
-        total = sum(StackedOrthogonality.apply(*[self.layers[i][1].svd_P for i in group],
-                                               *[self.layers[i][1].svd_Q for i in group])
+        total = sum(StackedOrthogonality.apply(*[whole(self.layers[i][1].svd_P) for i in group],
+                                               *[whole(self.layers[i][1].svd_Q) for i in group])
                     for group in self.same_shape_groups)
         return self.config.orth_reg_weight * total / len(self.layers)
 
@@ -210,8 +218,9 @@ class AdaLoRAHooks(TrainingHooks):
         self._build_stacks()
         beta1, beta2 = self.config.beta1, self.config.beta2
         for stack in self.stacks.values():
-            gradients = [p.grad if p.grad is not None else torch.zeros_like(p) for p in stack.parameters]
-            sensitivity = torch.stack(stack.parameters).mul_(torch.stack(gradients)).abs_().float()
+            weights = [whole(p) for p in stack.parameters]
+            gradients = [whole(p.grad) if p.grad is not None else torch.zeros_like(w) for p, w in zip(stack.parameters, weights)]
+            sensitivity = torch.stack(weights).mul_(torch.stack(gradients)).abs_().float()
             stack.average.lerp_(sensitivity, 1 - beta1)  # β1 Ī + (1 - β1) I
             stack.uncertainty.lerp_(sensitivity.sub_(stack.average).abs_(), 1 - beta2)
 
@@ -253,8 +262,13 @@ class AdaLoRAHooks(TrainingHooks):
 
     @torch.no_grad()
     def hold_masked_at_zero(self) -> None:
-        """``λ <- m ⊙ λ`` for every layer."""
-        torch._foreach_mul_([layer.svd_lambda for _, layer in self.layers], [layer.rank_mask for _, layer in self.layers])
+        """``λ <- m ⊙ λ`` for every layer; an FSDP2-sharded ``λ`` by the slice of its (whole) mask it holds."""
+        lambdas = [layer.svd_lambda for _, layer in self.layers]
+        masks = [layer.rank_mask for _, layer in self.layers]
+        if lambdas and isinstance(lambdas[0], DTensor):
+            masks = [distribute_tensor(mask, value.device_mesh, value.placements, src_data_rank=None)
+                     for mask, value in zip(masks, lambdas)]
+        torch._foreach_mul_(lambdas, masks)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         state = {f"average.{n}": t.clone() for n, t in self.average.items()}  # updated in place every step
