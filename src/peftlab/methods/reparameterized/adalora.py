@@ -112,15 +112,15 @@ class SVDLinear(AdapterLayer):
         return (self.svd_P * self.singular_values()) @ self.svd_Q * self.scaling
 
     def orthogonality(self) -> torch.Tensor:
-        """``||Pᵀ P - I||²_F + ||Q Qᵀ - I||²_F``, through autograd (the hooks use :class:`StackedOrthogonality`)."""
+        """``||Pᵀ P - I||²_F + ||Q Qᵀ - I||²_F`` through autograd (the hooks use :class:`StackedOrthogonality`)."""
         eye = torch.eye(self.svd_Q.shape[0], dtype=self.svd_Q.dtype, device=self.svd_Q.device)
         return (self.svd_P.T @ self.svd_P - eye).square().sum() + (self.svd_Q @ self.svd_Q.T - eye).square().sum()
 
 
 class StackedOrthogonality(torch.autograd.Function):
     """The sum over a group of same-shape layers of ``||Pᵀ P - I||²_F + ||Q Qᵀ - I||²_F``, as one autograd node
-    with its gradient written out: ``∂/∂P = 4 P (Pᵀ P - I)``, ``∂/∂Q = 4 (Q Qᵀ - I) Q``. Traced through autograd,
-    the same sum records a dozen nodes per group, and their backward costs more than the arithmetic."""
+    with its gradient written out: ``∂/∂P = 4 P (Pᵀ P - I)``, ``∂/∂Q = 4 (Q Qᵀ - I) Q``. Traced through
+    autograd, the same sum records a dozen nodes per group, and their backward costs more than the arithmetic."""
 
     @staticmethod
     def forward(ctx: Any, *factors: torch.Tensor) -> torch.Tensor:  # P_1 .. P_n, then Q_1 .. Q_n
@@ -219,7 +219,8 @@ class AdaLoRAHooks(TrainingHooks):
         beta1, beta2 = self.config.beta1, self.config.beta2
         for stack in self.stacks.values():
             weights = [whole(p) for p in stack.parameters]
-            gradients = [whole(p.grad) if p.grad is not None else torch.zeros_like(w) for p, w in zip(stack.parameters, weights)]
+            gradients = [whole(p.grad) if p.grad is not None else torch.zeros_like(w)
+                         for p, w in zip(stack.parameters, weights)]
             sensitivity = torch.stack(weights).mul_(torch.stack(gradients)).abs_().float()
             stack.average.lerp_(sensitivity, 1 - beta1)  # β1 Ī + (1 - β1) I
             stack.uncertainty.lerp_(sensitivity.sub_(stack.average).abs_(), 1 - beta2)
