@@ -6,6 +6,8 @@ import json
 
 import pytest
 import torch
+
+import peftlab
 from safetensors.torch import load_file
 
 from peftlab.train import TrainArgs, run_training
@@ -136,3 +138,19 @@ def test_cli_turns_the_default_step_off(tiny_models):
     assert args.fused_ops is False and args.loss == "plain" and args.compile is False
     assert train_args(parser.parse_args(["train", "--model", "m", "--task", "sst2", "--compile"])).compile is True
     assert train_args(parser.parse_args(["train", "--model", "m", "--task", "sst2"])).fused_ops is True
+
+
+def test_prompt_tuning_leaves_its_virtual_tokens_room_in_the_models_positions(still_bert, data_root, tmp_path):
+    """Inputs are cut to the positions left after the virtual tokens: the 64-position BERT, given 20 of them,
+    reads at most 44 input tokens (uncut, SST-2's longest pushed BERT's position table past its end)."""
+    from peftlab.tasks import get_task
+    from peftlab.train.models import input_positions, load_model
+
+    loaded = load_model(str(still_bert), get_task("sst2"))
+    assert input_positions(loaded.model) == loaded.model.config.max_position_embeddings == 64
+    peftlab.apply(loaded.model, "prompt_tuning", num_virtual_tokens=20)
+    assert loaded.max_length(128) == 44 and loaded.max_length(30) == 30
+    metrics = run_training(TrainArgs(model=str(still_bert), task="sst2", method="prompt_tuning", data_dir=str(data_root),
+                                     output_dir=str(tmp_path / "run"), max_train_samples=48, max_eval_samples=16,
+                                     max_steps=2, batch_size=8, progress=False))
+    assert 0 <= metrics["scores"]["accuracy"] <= 1

@@ -114,3 +114,11 @@ def method_report(model: nn.Module) -> dict[str, Any]:
     state = peft_state(model)
     reporter = get_method(state.method).extra.get("report") if state else None
     return reporter(model) if reporter is not None else {}
+
+
+def prepended_positions(model: nn.Module) -> int:
+    """How many positions the applied method puts in front of every input (``extra["prepended_positions"]``;
+    prompt tuning: its virtual tokens), which a model with learned positions no longer has for the input."""
+    state = peft_state(model)
+    counter = get_method(state.method).extra.get("prepended_positions") if state else None
+    return counter(state.config) if counter is not None else 0

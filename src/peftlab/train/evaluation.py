@@ -13,7 +13,7 @@ from torch import nn
 from peftlab.tasks import Example, Task
 from peftlab.tasks.mmlu import LETTERS
 from peftlab.train.encoding import IGNORE, PromptCuts, collate, encode, encode_prompts
-from peftlab.train.models import position_limit
+from peftlab.train.models import input_positions
 
 UNSTATED_LENGTH = 10**9  # transformers' model_max_length when a tokenizer states none is far above this
 
@@ -48,9 +48,9 @@ def evaluate(model: nn.Module, tokenizer: Any, kind: str, task: Task, examples: 
 
 
 def prompt_limit(model: nn.Module, tokenizer: Any, max_length: int) -> int:
-    """The prompt tokens a model can read: its positions, else the tokenizer's ``model_max_length``
-    when it states one, else ``max_length`` (which only bounds training sequences)."""
-    limit = position_limit(model.config) or getattr(tokenizer, "model_max_length", None)
+    """The prompt tokens a model can read: the positions it has left for its input, else the tokenizer's
+    ``model_max_length`` when it states one, else ``max_length`` (which only bounds training sequences)."""
+    limit = input_positions(model) or getattr(tokenizer, "model_max_length", None)
     return limit if limit and limit < UNSTATED_LENGTH else max_length
 
 

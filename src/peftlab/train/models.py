@@ -17,6 +17,7 @@ from torch import nn
 
 from peftlab.core.architectures import ARCHITECTURES, MODEL_TYPES
 from peftlab.core.errors import UserError
+from peftlab.core.hooks import prepended_positions
 from peftlab.tasks import Task
 
 ModelKind = Literal["encoder", "encoder-decoder", "decoder"]
@@ -74,14 +75,27 @@ class LoadedModel:
     head: tuple[str, ...]  # the new head's module names ("" when the task uses the LM head)
 
     def max_length(self, wanted: int) -> int:
-        """``wanted``, capped by the model's learned or configured positions."""
-        limit = position_limit(self.model.config)
+        """``wanted``, capped by the positions the model has left for its input."""
+        limit = input_positions(self.model)
         return min(wanted, limit) if limit else wanted
 
 
 def position_limit(config: Any) -> int | None:
     """The model's learned or configured positions (None for relative positions, as in T5)."""
     return getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+
+
+def input_positions(model: nn.Module) -> int | None:
+    """The positions left for the input: the model's, less those the applied method puts in front (prompt
+    tuning's virtual tokens); None where positions are relative."""
+    limit = position_limit(model.config)
+    if not limit:
+        return None
+    left = limit - prepended_positions(model)
+    if left < 1:
+        raise ModelError(f"the method puts {limit - left} positions in front of the input, and the model has "
+                         f"{limit} positions: no room is left for the input; use fewer virtual tokens")
+    return left
 
 
 def resolve_model(name: str) -> ModelSource:
