@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import peftlab
+from peftlab.train.args import ArgumentError
 from safetensors.torch import load_file
 
 from peftlab.train import TrainArgs, run_training
@@ -154,3 +155,13 @@ def test_prompt_tuning_leaves_its_virtual_tokens_room_in_the_models_positions(st
                                      output_dir=str(tmp_path / "run"), max_train_samples=48, max_eval_samples=16,
                                      max_steps=2, batch_size=8, progress=False))
     assert 0 <= metrics["scores"]["accuracy"] <= 1
+
+
+@pytest.mark.parametrize("method", ["child_tuning", "prompt_tuning"])
+def test_fsdp_with_a_method_that_cannot_shard_yet_is_refused_before_the_output_folder(still_bert, data_root, tmp_path,
+                                                                                      method):
+    output = tmp_path / "run"
+    with pytest.raises(ArgumentError, match=f"--fsdp with {method} is not supported yet .*without --fsdp"):
+        run_training(TrainArgs(model=str(still_bert), task="sst2", method=method, data_dir=str(data_root),
+                               output_dir=str(output), max_steps=1, fsdp=True, progress=False))
+    assert not output.exists()

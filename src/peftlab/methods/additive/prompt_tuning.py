@@ -202,5 +202,6 @@ register(MethodSpec(
     inject=inject,
     paper="Lester et al. 2021, The Power of Scale for Parameter-Efficient Prompt Tuning (arXiv 2104.08691)",
     summary="Trainable virtual-token embeddings prepended to the input embeddings.",
-    extra={"prepended_positions": lambda config: config.num_virtual_tokens},
+    extra={"prepended_positions": lambda config: config.num_virtual_tokens,
+           "fsdp_unsupported": "its pre-forward hook embeds the input before FSDP has gathered the embedding"},
 ))

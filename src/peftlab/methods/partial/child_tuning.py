@@ -271,5 +271,6 @@ register(MethodSpec(
     paper="Xu et al. 2021, Raise a Child in Large Language Model (arXiv 2109.05687)",
     summary="Only a child network of the weights trains: a Bernoulli gradient mask (F) or a Fisher-chosen one (D).",
     mergeable=True,
-    extra={"training_hooks": make_hooks, "export_state": export_state, "import_state": import_state},
+    extra={"training_hooks": make_hooks, "export_state": export_state, "import_state": import_state,
+           "fsdp_unsupported": "its gradient masks and saved child values index whole weights, not FSDP's shards"},
 ))
