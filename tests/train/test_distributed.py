@@ -102,11 +102,12 @@ def test_fsdp_sharded_adalora_prunes_as_one_process_does(still_bert, data_root, 
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["ia3", "prefix_tuning", "dora", "vera", "propetl"])
+@pytest.mark.parametrize("method", ["ia3", "prefix_tuning", "prompt_tuning", "dora", "vera", "propetl"])
 def test_fsdp_sharded_run_trains_each_family_as_one_process_does(method, still_bert, data_root, tmp_path):
-    """Beyond LoRA: methods that add vectors, prefixes (through their MLP), magnitudes, shared frozen matrices
-    and learned masks. Within 1e-4: Adam turns the float-order noise of near-zero gradients into
-    learning-rate-sized steps (1e-5 relative on prefix-tuning's prefixes)."""
+    """Beyond LoRA: methods that add vectors, prefixes (through their MLP), a prompt (embedded in a hook, outside
+    the forward of BERT's embeddings, their own FSDP unit), magnitudes, shared frozen matrices and learned
+    masks. Within 1e-4: Adam turns the float-order noise of near-zero gradients into learning-rate-sized steps
+    (1e-5 relative on prefix-tuning's prefixes)."""
     launch(run_args(still_bert, data_root, tmp_path / "single", method=method, batch_size=8), processes=1)
     launch(run_args(still_bert, data_root, tmp_path / "fsdp", method=method, batch_size=4, fsdp=True), processes=2)
     assert_same_adapter(tmp_path / "single", tmp_path / "fsdp", tolerance=1e-4)

@@ -23,11 +23,15 @@ tokens, repeated to length ``P``: give ``init_text_ids``, or ``init_text`` and a
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 from torch import nn
+from torch.distributed.fsdp import FSDPModule
+from torch.distributed.tensor import DTensor
 
 from peftlab.core.architectures import model_kind
 from peftlab.core.config import ConfigError, MethodConfig, option, require
@@ -86,7 +90,9 @@ class PromptEmbedding(AdapterModule):
         if embeds is None:
             if ids is None:
                 raise PromptTuningError("prompt tuning needs input_ids or inputs_embeds")
-            embeds = module.get_input_embeddings()(ids)
+            embedding = module.get_input_embeddings()
+            with _gathered(module, embedding):
+                embeds = embedding(ids)
         batch, length = embeds.shape[:2]
         size, device = self.length, embeds.device
         kwargs["inputs_embeds"] = torch.cat([self.prompt.to(embeds.dtype).expand(batch, -1, -1), embeds], dim=1)
@@ -133,6 +139,22 @@ class PromptEmbedding(AdapterModule):
 
 class PromptTuningError(UserError, ValueError):
     pass
+
+
+@contextlib.contextmanager
+def _gathered(model: nn.Module, embedding: nn.Module) -> Iterator[None]:
+    """FSDP2 gathers a unit's weights when the unit's own forward runs; the prompt hook calls the input
+    embedding directly, outside its unit's forward (BERT's embeddings are a unit of their own), so while its
+    weight is still a shard, the unit that holds it is gathered for the call and released after it."""
+    if not isinstance(getattr(embedding, "weight", None), DTensor):
+        yield
+        return
+    owner = [m for m in model.modules() if isinstance(m, FSDPModule) and any(s is embedding for s in m.modules())][-1]
+    owner.unshard()
+    try:
+        yield
+    finally:
+        owner.reshard()
 
 
 def _lead(tensor: torch.Tensor, size: int, fill: int) -> torch.Tensor:
@@ -202,6 +224,5 @@ register(MethodSpec(
     inject=inject,
     paper="Lester et al. 2021, The Power of Scale for Parameter-Efficient Prompt Tuning (arXiv 2104.08691)",
     summary="Trainable virtual-token embeddings prepended to the input embeddings.",
-    extra={"prepended_positions": lambda config: config.num_virtual_tokens,
-           "fsdp_unsupported": "its pre-forward hook embeds the input before FSDP has gathered the embedding"},
+    extra={"prepended_positions": lambda config: config.num_virtual_tokens},
 ))
