@@ -152,8 +152,8 @@ def test_prompt_tuning_leaves_its_virtual_tokens_room_in_the_models_positions(st
     peftlab.apply(loaded.model, "prompt_tuning", num_virtual_tokens=20)
     assert loaded.max_length(128) == 44 and loaded.max_length(30) == 30
     metrics = run_training(TrainArgs(model=str(still_bert), task="sst2", method="prompt_tuning",
-                                     data_dir=str(data_root), output_dir=str(tmp_path / "run"), max_train_samples=48, max_eval_samples=16,
-                                     max_steps=2, batch_size=8, progress=False))
+                                     data_dir=str(data_root), output_dir=str(tmp_path / "run"), max_train_samples=48,
+                                     max_eval_samples=16, max_steps=2, batch_size=8, progress=False))
     assert 0 <= metrics["scores"]["accuracy"] <= 1
 
 
