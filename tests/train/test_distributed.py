@@ -102,12 +102,28 @@ def test_fsdp_sharded_adalora_prunes_as_one_process_does(still_bert, data_root, 
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["ia3", "prefix_tuning", "prompt_tuning", "dora", "vera", "propetl"])
+@pytest.mark.parametrize("method", ["ia3", "prefix_tuning", "prompt_tuning", "child_tuning", "dora", "vera", "propetl"])
 def test_fsdp_sharded_run_trains_each_family_as_one_process_does(method, still_bert, data_root, tmp_path):
     """Beyond LoRA: methods that add vectors, prefixes (through their MLP), a prompt (embedded in a hook, outside
-    the forward of BERT's embeddings, their own FSDP unit), magnitudes, shared frozen matrices and learned
-    masks. Within 1e-4: Adam turns the float-order noise of near-zero gradients into learning-rate-sized steps
-    (1e-5 relative on prefix-tuning's prefixes)."""
+    the forward of BERT's embeddings, their own FSDP unit), a Fisher-chosen child network (Child-Tuning D),
+    magnitudes, shared frozen matrices and learned masks. Within 1e-4: Adam turns the float-order noise of
+    near-zero gradients into learning-rate-sized steps (1e-5 relative on prefix-tuning's prefixes)."""
     launch(run_args(still_bert, data_root, tmp_path / "single", method=method, batch_size=8), processes=1)
     launch(run_args(still_bert, data_root, tmp_path / "fsdp", method=method, batch_size=4, fsdp=True), processes=2)
     assert_same_adapter(tmp_path / "single", tmp_path / "fsdp", tolerance=1e-4)
+
+
+@pytest.mark.slow
+def test_fsdp_child_tuning_f_masks_each_shard_as_one_process_masks_the_weight(still_bert, data_root, tmp_path):
+    """The Bernoulli masks cover whole weights; each rank applies the slice over its shard, to the parameters
+    FSDP swapped in after the hooks were made (masking the replaced ones trained every entry instead)."""
+    options = {"variant": "F"}
+    launch(run_args(still_bert, data_root, tmp_path / "single", method="child_tuning", batch_size=8, options=options),
+           processes=1)
+    launch(run_args(still_bert, data_root, tmp_path / "fsdp", method="child_tuning", batch_size=4, fsdp=True,
+                    options=options), processes=2)
+    single, sharded = load_file(tmp_path / "single" / WEIGHTS_NAME), load_file(tmp_path / "fsdp" / WEIGHTS_NAME)
+    assert single.keys() == sharded.keys()
+    for name in single:  # key biases: gradients of float noise around zero, which Adam makes lr-sized
+        if not name.endswith("key.bias"):
+            torch.testing.assert_close(single[name], sharded[name], atol=5e-4, rtol=0, msg=name)

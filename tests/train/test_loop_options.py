@@ -156,10 +156,3 @@ def test_prompt_tuning_leaves_its_virtual_tokens_room_in_the_models_positions(st
                                      max_eval_samples=16, max_steps=2, batch_size=8, progress=False))
     assert 0 <= metrics["scores"]["accuracy"] <= 1
 
-
-def test_fsdp_with_a_method_that_cannot_shard_yet_is_refused_before_the_output_folder(still_bert, data_root, tmp_path):
-    output = tmp_path / "run"
-    with pytest.raises(ArgumentError, match="--fsdp with child_tuning is not supported yet .*without --fsdp"):
-        run_training(TrainArgs(model=str(still_bert), task="sst2", method="child_tuning", data_dir=str(data_root),
-                               output_dir=str(output), max_steps=1, fsdp=True, progress=False))
-    assert not output.exists()

@@ -27,7 +27,6 @@ from peftlab.core.atomic import write_text_atomic
 from peftlab.core.compile import block_classes, compile_blocks
 from peftlab.core.faults import check_finite_loss, raise_out_of_memory
 from peftlab.core.fused_ops import fuse
-from peftlab.core.registry import get_method
 from peftlab.core.serialization import CONFIG_NAME, WEIGHTS_NAME, AdapterFileError, save_adapter
 from peftlab.train.args import ArgumentError, TrainArgs
 from peftlab.train.checkpoint import (Progress, full_parameters, latest_checkpoint, load_checkpoint,
@@ -51,10 +50,6 @@ def run_training(args: TrainArgs) -> dict[str, Any]:
     # cpu=True on machines without CUDA also makes accelerate see a torchrun launch (gloo).
     accelerator = Accelerator(mixed_precision=_precision(args.mixed_precision), cpu=not torch.cuda.is_available())
     plan = make_plan(args, world=accelerator.num_processes)
-    fsdp_gap = get_method(args.method).extra.get("fsdp_unsupported")
-    if args.fsdp and fsdp_gap:
-        raise ArgumentError(f"--fsdp with {args.method} is not supported yet ({fsdp_gap}): train it without --fsdp "
-                            "(under torchrun, DDP)")
     if args.fsdp and accelerator.num_processes < 2:
         raise ArgumentError("--fsdp shards across processes: launch with torchrun or accelerate launch (2+ processes)")
     if args.fsdp and args.resume:

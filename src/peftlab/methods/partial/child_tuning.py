@@ -26,6 +26,7 @@ from typing import Any, Literal
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor, distribute_tensor
 
 from peftlab.core.config import MethodConfig, option, require
 from peftlab.core.errors import UserError
@@ -61,27 +62,53 @@ class ChildTuningError(UserError, RuntimeError):
     pass
 
 
+def parent_owners(model: nn.Module, config: ChildTuningConfig) -> dict[str, tuple[nn.Module, str]]:
+    """The module and attribute name of every parent weight, by the weight's name in ``model``."""
+    return {f"{module_name}.{name}": (module, name)
+            for module_name, module in find_modules(model, config.target_modules)
+            for name, _ in module.named_parameters(recurse=False)}
+
+
 def parent_parameters(model: nn.Module, config: ChildTuningConfig) -> dict[str, nn.Parameter]:
     """The weights (and biases) of the target modules, by their names in ``model``."""
-    chosen: dict[str, nn.Parameter] = {}
-    for module_name, module in find_modules(model, config.target_modules):
-        for name, parameter in module.named_parameters(recurse=False):
-            chosen[f"{module_name}.{name}"] = parameter
-    return chosen
+    return {name: getattr(module, attribute) for name, (module, attribute) in parent_owners(model, config).items()}
 
 
 def child_size(parent_numel: int, reserve_p: float) -> int:
     return max(1, round(reserve_p * parent_numel))
 
 
+def whole(tensor: torch.Tensor) -> torch.Tensor:
+    """A tensor FSDP2 shards (a ``DTensor`` outside the forward) gathered whole; any other tensor is itself."""
+    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+
+
+def local(tensor: torch.Tensor) -> torch.Tensor:
+    """The part of a tensor this rank holds: an FSDP2 shard's local tensor (same storage); else the tensor."""
+    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
+
+
+def local_mask(mask: torch.Tensor, parameter: torch.Tensor) -> torch.Tensor:
+    """The slice of a whole-weight mask that lines up with this rank's shard of ``parameter``."""
+    if not isinstance(parameter, DTensor):
+        return mask
+    return distribute_tensor(mask, parameter.device_mesh, parameter.placements, src_data_rank=None).to_local()
+
+
 class _ChildTuningHooks(TrainingHooks):
-    """Shared masking: gradients masked before the step, entries outside the mask restored after it."""
+    """Shared masking: gradients masked before the step, entries outside the mask restored after it. Masks
+    cover whole weights; under FSDP2 each rank applies the slice that lines up with its shard."""
 
     def __init__(self, model: nn.Module, config: ChildTuningConfig) -> None:
         self.config = config
-        self.parameters = parent_parameters(model, config)
+        self._owners = parent_owners(model, config)
         self.masks: dict[str, torch.Tensor] | None = None
-        self._held: dict[str, torch.Tensor] = {}
+        self._held: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    @property
+    def parameters(self) -> dict[str, nn.Parameter]:
+        """The parent weights as the model holds them now (FSDP2 swaps in sharded ones after the hooks exist)."""
+        return {name: getattr(module, attribute) for name, (module, attribute) in self._owners.items()}
 
     def _step_masks(self) -> dict[str, torch.Tensor]:
         raise NotImplementedError
@@ -94,19 +121,21 @@ class _ChildTuningHooks(TrainingHooks):
         masks = self._step_masks()
         scale = self._gradient_scale()
         for name, parameter in self.parameters.items():
-            mask = masks[name]
+            mask = local_mask(masks[name], parameter)
             if parameter.grad is not None:
-                parameter.grad.mul_(mask).mul_(scale)
-            self._held[name] = parameter.detach()[~mask]
+                local(parameter.grad).mul_(mask).mul_(scale)
+            self._held[name] = (mask, local(parameter.detach())[~mask])
 
     @torch.no_grad()
     def after_optimizer_step(self, model: nn.Module, step: int) -> None:
         if not self._held:
             raise ChildTuningError(
-                "Child-Tuning's after_optimizer_step ran without before_optimizer_step; call both around optimizer.step()"
+                "Child-Tuning's after_optimizer_step ran without before_optimizer_step; "
+                "call both around optimizer.step()"
             )
         for name, parameter in self.parameters.items():
-            parameter.data[~self.masks[name]] = self._held.pop(name)
+            mask, held = self._held.pop(name)
+            local(parameter.detach())[~mask] = held
 
 
 class ChildTuningF(_ChildTuningHooks):
@@ -153,7 +182,7 @@ class ChildTuningD(_ChildTuningHooks):
                 model(**inputs).loss.backward()
                 for name, parameter in self.parameters.items():
                     if parameter.grad is not None:
-                        fisher[name] += parameter.grad.detach().float().square()
+                        fisher[name] += whole(parameter.grad).detach().float().square()
                 seen += 1
         model.zero_grad(set_to_none=True)
         if seen == 0:
@@ -173,7 +202,7 @@ class ChildTuningD(_ChildTuningHooks):
         self._outside_sums = self._outside_fingerprint()
 
     def _outside_fingerprint(self) -> dict[str, torch.Tensor]:
-        return {name: p.detach()[~self.masks[name]].double().sum() for name, p in self.parameters.items()}
+        return {name: whole(p).detach()[~self.masks[name]].double().sum() for name, p in self.parameters.items()}
 
     def check_outside_unchanged(self) -> None:
         moved = [name for name, value in self._outside_fingerprint().items()
@@ -271,6 +300,5 @@ register(MethodSpec(
     paper="Xu et al. 2021, Raise a Child in Large Language Model (arXiv 2109.05687)",
     summary="Only a child network of the weights trains: a Bernoulli gradient mask (F) or a Fisher-chosen one (D).",
     mergeable=True,
-    extra={"training_hooks": make_hooks, "export_state": export_state, "import_state": import_state,
-           "fsdp_unsupported": "its gradient masks and saved child values index whole weights, not FSDP's shards"},
+    extra={"training_hooks": make_hooks, "export_state": export_state, "import_state": import_state},
 ))
