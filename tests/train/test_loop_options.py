@@ -156,3 +156,18 @@ def test_prompt_tuning_leaves_its_virtual_tokens_room_in_the_models_positions(st
                                      max_eval_samples=16, max_steps=2, batch_size=8, progress=False))
     assert 0 <= metrics["scores"]["accuracy"] <= 1
 
+
+
+def test_gradient_accumulation_trains_what_one_batch_of_the_same_examples_trains(tiny_models, data_root, tmp_path):
+    """Each micro-batch's token mean is weighted by its share of the step's response tokens, so 2 x 4 examples
+    accumulated give the gradient of the 8 together (a mean of the two means would not)."""
+    common = {"model": str(tiny_models["llama"]), "task": "alpaca", "method": "lora", "data_dir": str(data_root),
+              "max_train_samples": 32, "max_eval_samples": 8, "max_steps": 3, "max_length": 48, "lr": 1e-2,
+              "progress": False, "seed": 3}
+    common = {("learning_rate" if k == "lr" else k): v for k, v in common.items()}
+    run_training(TrainArgs(**common, batch_size=8, output_dir=str(tmp_path / "one")))
+    run_training(TrainArgs(**common, batch_size=4, gradient_accumulation_steps=2, output_dir=str(tmp_path / "two")))
+    one, two = (load_file(tmp_path / run / "adapter_model.safetensors") for run in ("one", "two"))
+    assert one.keys() == two.keys()
+    for name in one:
+        torch.testing.assert_close(one[name], two[name], atol=1e-5, rtol=0, msg=name)

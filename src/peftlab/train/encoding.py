@@ -115,6 +115,15 @@ def collate(features: Sequence[Features], pad_id: int, left: bool = False) -> di
     return batch
 
 
+def loss_items(feature: Features, kind: str) -> int:
+    """How many terms one example adds to the mean its loss takes: 1 for a label per example; the labelled
+    tokens of a sequence, less the first for a decoder (its labels are shifted by one)."""
+    labels = feature["labels"]
+    if not isinstance(labels, list):
+        return 1
+    return sum(label != IGNORE for label in (labels[1:] if kind == "decoder" else labels))
+
+
 def count_tokens(batch: dict[str, torch.Tensor]) -> int:
     """Tokens a step processes: the non-pad inputs plus, for seq2seq, the target tokens."""
     tokens = int(batch["attention_mask"].sum())

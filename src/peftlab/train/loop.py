@@ -31,7 +31,7 @@ from peftlab.core.serialization import CONFIG_NAME, WEIGHTS_NAME, AdapterFileErr
 from peftlab.train.args import ArgumentError, TrainArgs
 from peftlab.train.checkpoint import (Progress, full_parameters, latest_checkpoint, load_checkpoint,
                                       recovered_checkpoints, save_checkpoint)
-from peftlab.train.encoding import collate, count_tokens, encode
+from peftlab.train.encoding import collate, count_tokens, encode, loss_items
 from peftlab.train.evaluation import evaluate
 from peftlab.train.loss import loss_function, resolve_loss
 from peftlab.train.plan import Plan, clear_output_dir, make_plan
@@ -75,6 +75,7 @@ class Trainer:
         self.world, self.rank = accelerator.num_processes, accelerator.process_index
         self.max_length = plan.loaded.max_length(self.args.max_length)
         self.features = encode(plan.task, plan.train_examples, self.tokenizer, self.kind, self.max_length)
+        self.loss_items = [loss_items(feature, self.kind) for feature in self.features]
         self.groups_per_epoch = len(self.epoch_groups(0))
         self.total_steps = self.args.max_steps or self.args.epochs * self.groups_per_epoch
         self.output = plan.output_dir
@@ -188,17 +189,24 @@ class Trainer:
         return self.finish(progress)
 
     def optimizer_step(self, group: list[list[int]], step: int) -> tuple[float, int]:
-        """Forward and backward over the group's micro-batches, then one optimizer step."""
+        """Forward and backward over the group's micro-batches, then one optimizer step. The gradient is that
+        of the loss's mean over every term (token or example) of the whole group, on all processes: each
+        micro-batch's mean is weighted by its share of the terms, so neither the number of processes nor
+        gradient accumulation changes what a step trains (a mean of means would weigh a short sequence's
+        tokens more)."""
         model, accelerator, losses, tokens = self.model, self.accelerator, [], 0
+        group_items = max(1, sum(self.loss_items[i] for indices in group for i in indices))  # every rank agrees
         for position, indices in enumerate(group):
             batch = self.local_batch(indices)
+            share = self.world * sum(self.loss_items[i] for i in indices[self.rank::self.world]) / group_items
             last = position == len(group) - 1
             with contextlib.nullcontext() if last else accelerator.no_sync(model), accelerator.autocast():
-                loss = self.compute_loss(model, batch) + self.hooks.regularization(self.base)
+                data_loss, regularization = self.compute_loss(model, batch), self.hooks.regularization(self.base)
+                loss = data_loss + regularization
                 if not torch.isfinite(loss.detach()).all():  # only then look for the checkpoint to name
                     check_finite_loss(loss, step + 1, learning_rate=self.scheduler.get_last_lr()[0],
                                       last_checkpoint=latest_checkpoint(self.output) if self.output else None)
-                accelerator.backward(loss / len(group))
+                accelerator.backward(data_loss * share + regularization / len(group))
             losses.append(float(loss.detach()))
             tokens += count_tokens(batch)
         if self.args.max_grad_norm is not None:
