@@ -18,7 +18,6 @@ import os
 import random
 import re
 import shutil
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ from torch import nn
 from peftlab.core.atomic import atomic_directory, recover_directory
 from peftlab.core.hooks import TrainingHooks
 from peftlab.core.serialization import load_adapter_state_dict, read_adapter_tensors, save_adapter
+from peftlab.core.sharding import unsharded, units, whole
 
 STATE_NAME = "trainer_state.json"
 PATTERN = re.compile(r"checkpoint-(\d+)")
@@ -76,23 +76,9 @@ def latest_checkpoint(output_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
-@contextlib.contextmanager
-def full_parameters(model: nn.Module) -> Iterator[None]:
+def full_parameters(model: nn.Module) -> contextlib.AbstractContextManager[None]:
     """Under FSDP2, gather every sharded parameter whole for the duration (a collective: all ranks call it)."""
-    from torch.distributed.fsdp import FSDPModule
-
-    sharded = [m for m in model.modules() if isinstance(m, FSDPModule)]
-    for module in sharded:
-        module.unshard()
-    try:
-        yield
-    finally:
-        for module in sharded:
-            module.reshard()
-
-
-def _full(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
+    return unsharded(units(model))
 
 
 def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -103,7 +89,7 @@ def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch
     for index, values in state["state"].items():
         for key, value in values.items():
             if isinstance(value, torch.Tensor):
-                tensors[f"{index}.{key}"] = _full(value).detach().to("cpu").contiguous().clone()
+                tensors[f"{index}.{key}"] = whole(value).detach().to("cpu").contiguous().clone()
             else:
                 scalars.setdefault(str(index), {})[key] = value
     return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
@@ -194,6 +180,4 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
 
 
 def _sharded(model: nn.Module) -> bool:
-    from torch.distributed.fsdp import FSDPModule
-
-    return any(isinstance(m, FSDPModule) for m in model.modules())
+    return bool(units(model))

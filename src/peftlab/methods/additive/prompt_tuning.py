@@ -24,13 +24,11 @@ tokens, repeated to length ``P``: give ``init_text_ids``, or ``init_text`` and a
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 from torch import nn
-from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor
 
 from peftlab.core.architectures import model_kind
@@ -39,6 +37,7 @@ from peftlab.core.errors import UserError
 from peftlab.core.injection import Injection
 from peftlab.core.layers import AdapterModule
 from peftlab.core.registry import MethodSpec, register
+from peftlab.core.sharding import unsharded, units
 
 PROMPT_NAME = "prompt_embedding"
 
@@ -141,20 +140,13 @@ class PromptTuningError(UserError, ValueError):
     pass
 
 
-@contextlib.contextmanager
-def _gathered(model: nn.Module, embedding: nn.Module) -> Iterator[None]:
+def _gathered(model: nn.Module, embedding: nn.Module) -> contextlib.AbstractContextManager[None]:
     """FSDP2 gathers a unit's weights when the unit's own forward runs; the prompt hook calls the input
     embedding directly, outside its unit's forward (BERT's embeddings are a unit of their own), so while its
-    weight is still a shard, the unit that holds it is gathered for the call and released after it."""
+    weight is still a shard, the innermost unit that holds it is gathered for the call and released after."""
     if not isinstance(getattr(embedding, "weight", None), DTensor):
-        yield
-        return
-    owner = [m for m in model.modules() if isinstance(m, FSDPModule) and any(s is embedding for s in m.modules())][-1]
-    owner.unshard()
-    try:
-        yield
-    finally:
-        owner.reshard()
+        return contextlib.nullcontext()
+    return unsharded([[unit for unit in units(model) if any(m is embedding for m in unit.modules())][-1]])
 
 
 def _lead(tensor: torch.Tensor, size: int, fill: int) -> torch.Tensor:

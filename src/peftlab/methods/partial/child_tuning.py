@@ -26,7 +26,6 @@ from typing import Any, Literal
 
 import torch
 from torch import nn
-from torch.distributed.tensor import DTensor, distribute_tensor
 
 from peftlab.core.config import MethodConfig, option, require
 from peftlab.core.errors import UserError
@@ -34,6 +33,7 @@ from peftlab.core.hooks import TrainingHooks, training_hooks
 from peftlab.core.injection import Injection, adapter_parameters, peft_state
 from peftlab.core.registry import MethodSpec, register
 from peftlab.core.serialization import AdapterFileError
+from peftlab.core.sharding import local, local_slice, whole
 from peftlab.core.targeting import find_modules
 
 MASK_SUFFIX = ".child_mask"
@@ -78,23 +78,6 @@ def child_size(parent_numel: int, reserve_p: float) -> int:
     return max(1, round(reserve_p * parent_numel))
 
 
-def whole(tensor: torch.Tensor) -> torch.Tensor:
-    """A tensor FSDP2 shards (a ``DTensor`` outside the forward) gathered whole; any other tensor is itself."""
-    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
-
-
-def local(tensor: torch.Tensor) -> torch.Tensor:
-    """The part of a tensor this rank holds: an FSDP2 shard's local tensor (same storage); else the tensor."""
-    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
-
-
-def local_mask(mask: torch.Tensor, parameter: torch.Tensor) -> torch.Tensor:
-    """The slice of a whole-weight mask that lines up with this rank's shard of ``parameter``."""
-    if not isinstance(parameter, DTensor):
-        return mask
-    return distribute_tensor(mask, parameter.device_mesh, parameter.placements, src_data_rank=None).to_local()
-
-
 class _ChildTuningHooks(TrainingHooks):
     """Shared masking: gradients masked before the step, entries outside the mask restored after it. Masks
     cover whole weights; under FSDP2 each rank applies the slice that lines up with its shard."""
@@ -121,7 +104,7 @@ class _ChildTuningHooks(TrainingHooks):
         masks = self._step_masks()
         scale = self._gradient_scale()
         for name, parameter in self.parameters.items():
-            mask = local_mask(masks[name], parameter)
+            mask = local_slice(masks[name], parameter)
             if parameter.grad is not None:
                 local(parameter.grad).mul_(mask).mul_(scale)
             self._held[name] = (mask, local(parameter.detach())[~mask])

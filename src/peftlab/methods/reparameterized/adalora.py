@@ -28,13 +28,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.distributed.tensor import DTensor, distribute_tensor
 
 from peftlab.core.config import MethodConfig, option, require
 from peftlab.core.hooks import TrainingHooks
 from peftlab.core.injection import Injection, peft_state
 from peftlab.core.layers import AdapterLayer
 from peftlab.core.registry import MethodSpec, register
+from peftlab.core.sharding import local, local_slice, whole
 from peftlab.core.targeting import find_modules, replace_module
 from peftlab.methods.reparameterized.lora import add_up_projection
 
@@ -135,13 +135,6 @@ class StackedOrthogonality(torch.autograd.Function):
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, ...]:
         P, Q, gram_P, gram_Q = ctx.saved_tensors
         return (*torch.bmm(P, gram_P).mul_(4 * grad).unbind(0), *torch.bmm(gram_Q, Q).mul_(4 * grad).unbind(0))
-
-
-def whole(tensor: torch.Tensor) -> torch.Tensor:
-    """The whole tensor on this rank: a parameter (or gradient) that FSDP2 shards, a ``DTensor`` outside the
-    forward, is gathered, differentiably; any other tensor is itself. The hooks' work needs every factor whole:
-    Eq. 10's means run across the rows FSDP splits, and the budget is ranked across all layers."""
-    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
 
 
 def svd_layers(model: nn.Module) -> list[tuple[str, SVDLinear]]:
@@ -265,11 +258,8 @@ class AdaLoRAHooks(TrainingHooks):
     def hold_masked_at_zero(self) -> None:
         """``λ <- m ⊙ λ`` for every layer; an FSDP2-sharded ``λ`` by the slice of its (whole) mask it holds."""
         lambdas = [layer.svd_lambda for _, layer in self.layers]
-        masks = [layer.rank_mask for _, layer in self.layers]
-        if lambdas and isinstance(lambdas[0], DTensor):
-            masks = [distribute_tensor(mask, value.device_mesh, value.placements, src_data_rank=None)
-                     for mask, value in zip(masks, lambdas)]
-        torch._foreach_mul_(lambdas, masks)
+        torch._foreach_mul_([local(value) for value in lambdas],
+                            [local_slice(layer.rank_mask, value) for (_, layer), value in zip(self.layers, lambdas)])
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         state = {f"average.{n}": t.clone() for n, t in self.average.items()}  # updated in place every step
