@@ -35,3 +35,43 @@ def test_merge_folds_the_scale_into_weight_and_bias():
     peftlab.merge(model)
     torch.testing.assert_close(layer.base_layer.weight, layer.ia3_l[:, None] * weight)
     torch.testing.assert_close(layer.base_layer.bias, layer.ia3_l * bias)
+
+
+def _down_proj_with_random_scale():
+    model = peftlab.apply(tiny_llama(), "ia3")
+    layer = model.model.layers[0].mlp.down_proj
+    with torch.no_grad():
+        layer.ia3_l.uniform_(0.5, 1.5)
+    return layer
+
+
+def test_training_folds_the_input_scale_into_the_weight_with_the_same_values_and_gradients():
+    layer = _down_proj_with_random_scale()
+    x = torch.randn(4, 16, 64, requires_grad=True)  # 64 tokens x 64 inputs >= the 32 x 64 weight
+    grad_output = torch.randn(4, 16, 32)
+
+    folded = layer(x)
+    assert type(folded.grad_fn).__name__ == "_InputScaledLinearBackward"
+    folded.backward(grad_output)
+    folded_grads = x.grad.clone(), layer.ia3_l.grad.clone()
+
+    x.grad, layer.ia3_l.grad = None, None
+    written = (layer.ia3_l * x) @ layer.base_layer.weight.T
+    written.backward(grad_output)
+
+    torch.testing.assert_close(folded, written)
+    torch.testing.assert_close(folded_grads[0], x.grad)
+    torch.testing.assert_close(folded_grads[1], layer.ia3_l.grad)
+
+
+def test_input_scale_is_not_folded_when_the_weight_is_larger_than_the_batch_or_trains():
+    layer = _down_proj_with_random_scale()
+    one_token = torch.randn(1, 1, 64, requires_grad=True)
+    assert type(layer(one_token).grad_fn).__name__ != "_InputScaledLinearBackward"
+
+    layer.base_layer.weight.requires_grad_(True)
+    batch = torch.randn(4, 16, 64, requires_grad=True)
+    output = layer(batch)
+    assert type(output.grad_fn).__name__ != "_InputScaledLinearBackward"
+    output.sum().backward()
+    assert layer.base_layer.weight.grad is not None
