@@ -48,6 +48,11 @@ memory the C allocator keeps after tensors are freed, which varies from run to r
 on a GPU. "step tensors MB" is the most tensor memory one training step holds beyond the resident model and
 optimizer state (activations, gradients, the loss's buffers), from one extra profiled step: the profiler's
 running allocation total on CPU, ``max_memory_allocated`` minus what was allocated before the step on a GPU.
+
+Host memory: on CPU every process, peft's and the floors' as well as peftlab's, keeps the blocks it frees
+for the next step (``--host-memory keep``, ``peftlab.core.host_memory``), as ``peftlab train`` does;
+without it glibc maps and zeroes each step's large tensors afresh, which costs a method that allocates
+more than its floor more than the floor. ``--host-memory system`` measures glibc's default.
 """
 
 from __future__ import annotations
@@ -61,7 +66,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import peft
@@ -195,7 +200,8 @@ def machine(args: argparse.Namespace) -> str:
         pass
     gpu = (f"GPU: {torch.cuda.get_device_name()} (timings synchronised, memory = max_memory_allocated)"
            if torch.cuda.is_available() else "no GPU was available for this run (memory = peak RSS of each process)")
-    return (f"{cpu}, {os.cpu_count()} logical CPUs, {args.threads} torch threads; torch {torch.__version__}, "
+    return (f"{cpu}, {os.cpu_count()} logical CPUs, {args.threads} torch threads, host memory {args.host_memory} "
+            f"(--host-memory); torch {torch.__version__}, "
             f"transformers {transformers.__version__}, peft {peft.__version__}; {gpu}")
 
 
@@ -231,6 +237,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
                              "(inference latency)")
     parser.add_argument("--no-inference", action="store_true", help="the same as leaving infer out of --kinds")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--host-memory", choices=("keep", "system"), default="keep",
+                        help="keep: every process's malloc keeps freed blocks for reuse, as peftlab train does on "
+                             "CPU (peftlab.core.host_memory); system: glibc's default, which returns them")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
     args = parser.parse_args(argv)
@@ -245,14 +254,19 @@ def parse(argv: list[str]) -> argparse.Namespace:
     return args
 
 
+def all_jobs(args: argparse.Namespace) -> tuple[list[Job], list[Job], list[Job], list[Job]]:
+    """The training, paired, versus and inference jobs ``--kinds`` asks for, each run with ``--host-memory``."""
+    kinds = {"train": train_jobs, "paired": paired_jobs, "versus": versus_jobs, "infer": infer_jobs}
+    chosen = set(args.kinds) - ({"infer"} if args.no_inference else set())
+    return tuple([replace(job, host_memory=args.host_memory) for job in (build(args) if kind in chosen else [])]
+                 for kind, build in kinds.items())  # type: ignore[return-value]
+
+
 def main(argv: list[str]) -> None:
     args = parse(argv)
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     load = os.getloadavg()[0]
-    training = train_jobs(args) if "train" in args.kinds else []
-    paired = paired_jobs(args) if "paired" in args.kinds else []
-    versus = versus_jobs(args) if "versus" in args.kinds else []
-    inference = infer_jobs(args) if "infer" in args.kinds and not args.no_inference else []
+    training, paired, versus, inference = all_jobs(args)
 
     def write(results: dict[str, list[dict]], done: int) -> list[str]:
         command = "python benchmarks/compare_peft.py " + shlex.join(argv)

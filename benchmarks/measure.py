@@ -32,6 +32,7 @@ import peftlab  # noqa: E402
 from peftlab.core.checkpointing import enable_activation_checkpointing  # noqa: E402
 from peftlab.core.compile import compile_blocks  # noqa: E402
 from peftlab.core.fused_ops import fuse  # noqa: E402
+from peftlab.core.host_memory import keep_freed_memory  # noqa: E402
 from peftlab.core.losses import lm_loss  # noqa: E402
 from peftlab.core.targeting import replace_module  # noqa: E402
 from workloads import METHODS, WORKLOADS, build_model, make_batch  # noqa: E402
@@ -54,6 +55,7 @@ class Job:
     threads: int = 2
     device: str = "cpu"
     partner_step: str = "plain"  # the peft side's step of a "versus" job
+    host_memory: str = "keep"  # "keep": malloc keeps freed blocks (peftlab.core.host_memory); "system": glibc's default
 
     @property
     def key(self) -> str:
@@ -347,6 +349,8 @@ def run_infer(job: Job) -> dict[str, Any]:
 def main(argv: list[str]) -> None:
     job = Job(**json.loads(argv[0]))
     torch.set_num_threads(job.threads)
+    if job.host_memory == "keep" and job.device == "cpu" and not keep_freed_memory():
+        raise SystemExit("--host-memory keep needs glibc's malloc; measure with --host-memory system here")
     runs = {"train": run_train, "infer": run_infer, "flops": run_flops, "paired": run_paired, "versus": run_versus}
     result = runs[job.kind](job)
     print(json.dumps({"job": asdict(job), **result}))

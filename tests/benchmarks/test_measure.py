@@ -218,3 +218,14 @@ def test_versus_measures_peftlab_against_peft_on_a_real_step():
     result = measure.run_versus(job)
     assert result["step_s"] > 0 and result["peft_step_s"] > 0
     assert 0.3 < result["vs_peft"] < 3.0
+
+
+def test_every_job_of_a_run_keeps_freed_host_memory_unless_told_otherwise():
+    compare_peft = pytest.importorskip("compare_peft")
+    for flag, expected in (([], "keep"), (["--host-memory", "system"], "system")):
+        args = compare_peft.parse(["--models", "llama=ia3+lora", "--kinds", "train,paired,versus,infer", *flag])
+        jobs = [job for kind in compare_peft.all_jobs(args) for job in kind]
+        assert {job.kind for job in jobs} == {"train", "paired", "versus", "infer"}
+        assert {job.host_memory for job in jobs} == {expected}
+    no_inference = compare_peft.parse(["--models", "llama=ia3", "--no-inference"])
+    assert compare_peft.all_jobs(no_inference)[3] == []

@@ -3,6 +3,7 @@ folder writes nothing and still reports its measurements; ``eval_steps`` scores 
 the best-scoring adapter in ``best/``."""
 
 import json
+import platform
 
 import pytest
 import torch
@@ -69,6 +70,7 @@ def test_default_step_chunked_loss_and_fused_ops_trains_as_the_plain_step(tiny_m
     fast = run_training(TrainArgs(**common, output_dir=str(tmp_path / "default")))
     plain = run_training(TrainArgs(**common, output_dir=str(tmp_path / "plain"), loss="plain", fused_ops=False))
     assert fast["loss"] == "chunked" and plain["loss"] == "plain"
+    assert fast["kept_freed_memory"] is (platform.libc_ver()[0] == "glibc")  # peftlab.core.host_memory, on CPU
     assert plain["fused_modules"] == 0 and fast["fused_modules"] > 0  # RMS norms (and LLaMA's SwiGLU MLPs)
     trained = load_file(tmp_path / "default" / "adapter_model.safetensors")
     reference = load_file(tmp_path / "plain" / "adapter_model.safetensors")
@@ -134,11 +136,14 @@ def test_cli_turns_the_default_step_off(tiny_models):
 
     parser = argparse.ArgumentParser()
     add_parser(parser.add_subparsers())
-    parsed = parser.parse_args(["train", "--model", "m", "--task", "sst2", "--no-fused-ops", "--loss", "plain"])
+    parsed = parser.parse_args(["train", "--model", "m", "--task", "sst2", "--no-fused-ops", "--loss", "plain",
+                                "--no-keep-freed-memory"])
     args = train_args(parsed)
     assert args.fused_ops is False and args.loss == "plain" and args.compile is False
+    assert args.keep_freed_memory is False
     assert train_args(parser.parse_args(["train", "--model", "m", "--task", "sst2", "--compile"])).compile is True
-    assert train_args(parser.parse_args(["train", "--model", "m", "--task", "sst2"])).fused_ops is True
+    defaults = train_args(parser.parse_args(["train", "--model", "m", "--task", "sst2"]))
+    assert defaults.fused_ops is True and defaults.keep_freed_memory is True
 
 
 def test_prompt_tuning_leaves_its_virtual_tokens_room_in_the_models_positions(still_bert, data_root, tmp_path):

@@ -21,7 +21,8 @@ from peftlab.cli import CommandError
 
 # Field -> flag where the short name reads better than the field's.
 FLAGS = {"output_dir": "output", "learning_rate": "lr", "gradient_accumulation_steps": "grad-accum",
-         "options": "set", "eval_tasks": "eval-task", "progress": "no-progress", "fused_ops": "no-fused-ops"}
+         "options": "set", "eval_tasks": "eval-task", "progress": "no-progress", "fused_ops": "no-fused-ops",
+         "keep_freed_memory": "no-keep-freed-memory"}
 HELP = {
     "model": "an alias (minilm-l6, smollm2-135m), a local model folder, or a hub name",
     "task": "a task name (see peftlab.tasks.task_names(): cola sst2 mrpc stsb rte qnli mnli qqp wmt16-en-ro mmlu mmlu-5shot alpaca)",
@@ -44,6 +45,8 @@ HELP = {
     "progress": "hide the progress bar",
     "loss": "auto: the chunked LM loss (no full-vocabulary logits) for text tasks where it applies; plain: model(**batch).loss",
     "fused_ops": "run RMSNorm and SwiGLU layers as the model's own eager ops (same values; slower, more memory)",
+    "keep_freed_memory": "on CPU, let malloc return freed blocks to the system between steps (slower steps; "
+                         "the process's memory can fall after its peak)",
     "compile": "torch.compile each transformer block (regional): the first steps compile, seconds per graph, "
                "then every step is faster (same function; needs a C++ compiler on CPU)",
 }

@@ -27,6 +27,7 @@ from peftlab.core.atomic import write_text_atomic
 from peftlab.core.compile import block_classes, compile_blocks
 from peftlab.core.faults import check_finite_loss, raise_out_of_memory
 from peftlab.core.fused_ops import fuse
+from peftlab.core.host_memory import keep_freed_memory
 from peftlab.core.serialization import CONFIG_NAME, WEIGHTS_NAME, AdapterFileError, save_adapter
 from peftlab.train.args import ArgumentError, TrainArgs
 from peftlab.train.checkpoint import (Progress, full_parameters, latest_checkpoint, load_checkpoint,
@@ -50,6 +51,7 @@ def run_training(args: TrainArgs) -> dict[str, Any]:
     # cpu=True on machines without CUDA also makes accelerate see a torchrun launch (gloo).
     accelerator = Accelerator(mixed_precision=_precision(args.mixed_precision), cpu=not torch.cuda.is_available())
     plan = make_plan(args, world=accelerator.num_processes)
+    kept_freed_memory = args.keep_freed_memory and accelerator.device.type == "cpu" and keep_freed_memory()
     if args.fsdp and accelerator.num_processes < 2:
         raise ArgumentError("--fsdp shards across processes: launch with torchrun or accelerate launch (2+ processes)")
     if args.fsdp and args.resume:
@@ -64,12 +66,13 @@ def run_training(args: TrainArgs) -> dict[str, Any]:
             clear_output_dir(plan.output_dir)
         plan.output_dir.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
-    return Trainer(plan, accelerator, loss_kind).train()
+    return Trainer(plan, accelerator, loss_kind, kept_freed_memory).train()
 
 
 class Trainer:
-    def __init__(self, plan: Plan, accelerator: Any, loss_kind: str) -> None:
+    def __init__(self, plan: Plan, accelerator: Any, loss_kind: str, kept_freed_memory: bool = False) -> None:
         self.loss_kind = loss_kind  # "chunked" or "plain", from resolve_loss
+        self.kept_freed_memory = kept_freed_memory  # peftlab.core.host_memory, on CPU
         self.plan, self.args, self.accelerator = plan, plan.args, accelerator
         self.tokenizer, self.kind = plan.loaded.tokenizer, plan.loaded.kind
         self.world, self.rank = accelerator.num_processes, accelerator.process_index
@@ -291,6 +294,7 @@ class Trainer:
             **peak_memory(self.accelerator.device),
             "device": str(self.accelerator.device), "mixed_precision": self.accelerator.mixed_precision,
             "loss": self.loss_kind, "fused_modules": self.fused_modules, "compiled_modules": self.compiled_modules,
+            "kept_freed_memory": self.kept_freed_memory,
             **peftlab.method_report(self.base),
         }
         if self.output is not None:
