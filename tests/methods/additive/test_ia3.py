@@ -64,13 +64,19 @@ def test_training_folds_the_input_scale_into_the_weight_with_the_same_values_and
     torch.testing.assert_close(folded_grads[1], layer.ia3_l.grad)
 
 
-def test_input_scale_is_not_folded_when_the_weight_is_larger_than_the_batch_or_trains():
+def test_input_scale_is_not_folded_for_one_token_under_autocast_or_when_the_weight_trains():
     layer = _down_proj_with_random_scale()
     one_token = torch.randn(1, 1, 64, requires_grad=True)
     assert type(layer(one_token).grad_fn).__name__ != "_InputScaledLinearBackward"
 
-    layer.base_layer.weight.requires_grad_(True)
     batch = torch.randn(4, 16, 64, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the product runs in bf16: the plain path, which trains
+        under_autocast = layer(batch)
+    assert type(under_autocast.grad_fn).__name__ != "_InputScaledLinearBackward"
+    under_autocast.float().sum().backward()
+    assert layer.ia3_l.grad is not None
+
+    layer.base_layer.weight.requires_grad_(True)
     output = layer(batch)
     assert type(output.grad_fn).__name__ != "_InputScaledLinearBackward"
     output.sum().backward()

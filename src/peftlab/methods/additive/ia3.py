@@ -62,14 +62,15 @@ class _InputScaledLinear(torch.autograd.Function):
 
 def _folds_into_weight(layer: nn.Module, x: torch.Tensor, scale: torch.Tensor) -> bool:
     """Whether :class:`_InputScaledLinear` computes what calling ``layer`` on ``l ⊙ x`` would (to float
-    rounding): a plain frozen ``nn.Linear`` with no hooks, everything in one dtype, and no compiler tracing
-    it; and whether it is cheaper: the weight is no larger than the activations (training batches, not
+    rounding): a plain frozen ``nn.Linear`` with no hooks, everything in one dtype, no autocast (it would run
+    the forward's product in another dtype than the backward's) and no compiler tracing it; and whether it is cheaper: the weight is no larger than the activations (training batches, not
     one-token decoding)."""
     return (type(layer) is nn.Linear and not layer.weight.requires_grad
             and (layer.bias is None or not layer.bias.requires_grad)
             and not layer._forward_hooks and not layer._forward_pre_hooks
             and x.dtype == scale.dtype == layer.weight.dtype and x.numel() >= layer.weight.numel()
-            and torch.is_grad_enabled() and not torch.compiler.is_compiling())
+            and torch.is_grad_enabled() and not torch.is_autocast_enabled(x.device.type)
+            and not torch.compiler.is_compiling())
 
 
 class IA3Linear(AdapterLayer):
