@@ -51,7 +51,6 @@ def run_training(args: TrainArgs) -> dict[str, Any]:
     # cpu=True on machines without CUDA also makes accelerate see a torchrun launch (gloo).
     accelerator = Accelerator(mixed_precision=_precision(args.mixed_precision), cpu=not torch.cuda.is_available())
     plan = make_plan(args, world=accelerator.num_processes)
-    kept_freed_memory = args.keep_freed_memory and accelerator.device.type == "cpu" and keep_freed_memory()
     if args.fsdp and accelerator.num_processes < 2:
         raise ArgumentError("--fsdp shards across processes: launch with torchrun or accelerate launch (2+ processes)")
     if args.fsdp and args.resume:
@@ -66,14 +65,15 @@ def run_training(args: TrainArgs) -> dict[str, Any]:
             clear_output_dir(plan.output_dir)
         plan.output_dir.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
-    return Trainer(plan, accelerator, loss_kind, kept_freed_memory).train()
+    return Trainer(plan, accelerator, loss_kind).train()
 
 
 class Trainer:
-    def __init__(self, plan: Plan, accelerator: Any, loss_kind: str, kept_freed_memory: bool = False) -> None:
+    def __init__(self, plan: Plan, accelerator: Any, loss_kind: str) -> None:
         self.loss_kind = loss_kind  # "chunked" or "plain", from resolve_loss
-        self.kept_freed_memory = kept_freed_memory  # peftlab.core.host_memory, on CPU
         self.plan, self.args, self.accelerator = plan, plan.args, accelerator
+        self.kept_freed_memory = (self.args.keep_freed_memory and accelerator.device.type == "cpu"
+                                  and keep_freed_memory())  # peftlab.core.host_memory
         self.tokenizer, self.kind = plan.loaded.tokenizer, plan.loaded.kind
         self.world, self.rank = accelerator.num_processes, accelerator.process_index
         self.max_length = plan.loaded.max_length(self.args.max_length)

@@ -69,9 +69,14 @@ def parent_owners(model: nn.Module, config: ChildTuningConfig) -> dict[str, tupl
             for name, _ in module.named_parameters(recurse=False)}
 
 
+def held_by(owners: dict[str, tuple[nn.Module, str]]) -> dict[str, nn.Parameter]:
+    """The parameters the owners hold now, by name."""
+    return {name: getattr(module, attribute) for name, (module, attribute) in owners.items()}
+
+
 def parent_parameters(model: nn.Module, config: ChildTuningConfig) -> dict[str, nn.Parameter]:
     """The weights (and biases) of the target modules, by their names in ``model``."""
-    return {name: getattr(module, attribute) for name, (module, attribute) in parent_owners(model, config).items()}
+    return held_by(parent_owners(model, config))
 
 
 def child_size(parent_numel: int, reserve_p: float) -> int:
@@ -91,7 +96,7 @@ class _ChildTuningHooks(TrainingHooks):
     @property
     def parameters(self) -> dict[str, nn.Parameter]:
         """The parent weights as the model holds them now (FSDP2 swaps in sharded ones after the hooks exist)."""
-        return {name: getattr(module, attribute) for name, (module, attribute) in self._owners.items()}
+        return held_by(self._owners)
 
     def _step_masks(self) -> dict[str, torch.Tensor]:
         raise NotImplementedError
