@@ -129,6 +129,19 @@ def test_chunked_loss_where_it_cannot_apply_is_an_error_and_auto_takes_the_plain
     assert run_training(TrainArgs(**common))["loss"] == "plain"
 
 
+def test_steps_run_in_training_mode(tiny_models, data_root, monkeypatch):
+    """from_pretrained gives a model in eval mode; the trainer's steps run it in training mode (dropout on)."""
+    from peftlab.train.loop import Trainer
+
+    modes: list[bool] = []
+    step = Trainer.optimizer_step
+    monkeypatch.setattr(Trainer, "optimizer_step", lambda self, *a: modes.append(self.base.training) or step(self, *a))
+    run_training(TrainArgs(model=str(tiny_models["bert"]), task="sst2", method="lora", data_dir=str(data_root),
+                           max_train_samples=8, max_eval_samples=4, batch_size=4, max_steps=2, eval_steps=1,
+                           progress=False))
+    assert modes == [True, True]  # the evaluation after step 1 puts training mode back
+
+
 def test_cli_turns_the_default_step_off(tiny_models):
     import argparse
 

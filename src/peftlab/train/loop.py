@@ -107,6 +107,7 @@ class Trainer:
     # -- setup --------------------------------------------------------------------------------------
     def build(self) -> None:
         args, model = self.args, self.plan.loaded.model
+        model.train()  # from_pretrained returns the model in eval mode: its dropout (and the adapters') would be off
         if args.gradient_checkpointing:
             model.config.use_cache = False
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
