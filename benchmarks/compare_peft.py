@@ -5,12 +5,14 @@
 
 Each measurement is its own process (``measure.py``); the job list is run ``--repeats`` times,
 alternating its order, and every number reported is the median over repeats. The peftlab rows use
-peftlab's training step as ``peftlab train --compile`` runs it (step ``chunked+fused+compile``): for language
-models the chunked cross-entropy (``peftlab.core.losses.lm_loss``), each transformer block compiled with
-``torch.compile`` (``peftlab.core.compile``) and fused RMSNorm/SwiGLU (``peftlab.core.fused_ops``) where no
-block is compiled; for classifiers the model's own loss. Models that train with dropout (RoBERTa, T5) are not
-compiled: on CPU their compiled step is slower than the eager one (``step_for`` has the numbers). Without ``--compile``,
-``peftlab train`` runs ``chunked+fused`` (``--extra-steps chunked+fused`` measures it too). The peft rows use
+peftlab's training step as ``peftlab train --compile`` runs it (step ``chunked+fused+compile+fastdrop``): for
+language models the chunked cross-entropy (``peftlab.core.losses.lm_loss``), each transformer block compiled
+with ``torch.compile`` (``peftlab.core.compile``) and fused RMSNorm/SwiGLU (``peftlab.core.fused_ops``) where
+no block is compiled; for classifiers the model's own loss. Models that train with dropout (RoBERTa, T5) are
+not compiled: on CPU their compiled step is slower than the eager one (``step_for`` has the numbers); they draw
+their dropout masks as ``peftlab train`` does on CPU (``peftlab.core.fast_dropout``: four masks per 64-bit
+random draw), their floors too. Without ``--compile``, ``peftlab train`` runs ``chunked+fused+fastdrop``
+(``--extra-steps chunked+fused+fastdrop`` measures it too). The peft rows use
 the plain ``model(**batch).loss`` (what peft gives; ``--peft-step plain+compile`` compiles peft's blocks the
 same way, for reference); the full row too. "vs floor" divides by the frozen-base floor measured with the row's
 own step, so it isolates the adapter's own cost. "vs own floor" divides by the floor of the base as the
@@ -134,13 +136,13 @@ def versus_jobs(args: argparse.Namespace) -> list[Job]:
 def step_for(workload: Workload, step: str) -> str:
     """``step`` as it applies to ``workload``: a classifier has no vocabulary to chunk (and BERT-style models no
     RMSNorm to fuse); a model that trains with dropout is not compiled (on CPU the compiled dropout's random
-    numbers cost more than the fusion saves: T5 LoRA 0.60 s against 0.49 s eager, RoBERTa 0.54 against 0.50)."""
+    numbers cost more than the fusion saves: T5 LoRA 0.60 s against 0.49 s eager, RoBERTa 0.54 against 0.50)
+    and only such a model has masks for fast dropout (``peftlab.core.fast_dropout``) to draw."""
     loss, *features = step.split("+")
     if workload.task == "classify":
         loss, features = "plain", [f for f in features if f != "fused"]
-    if workload.dropout:
-        features = [f for f in features if f != "compile"]
-    return "+".join([loss, *features])
+    drop = "compile" if workload.dropout else "fastdrop"
+    return "+".join([loss, *(f for f in features if f != drop)])
 
 
 def infer_jobs(args: argparse.Namespace) -> list[Job]:
@@ -207,8 +209,9 @@ def machine(args: argparse.Namespace) -> str:
 
 def _step(text: str) -> str:
     loss, *features = text.split("+")
-    if loss not in ("plain", "chunked") or not set(features) <= {"fused", "ckpt", "compile"}:
-        raise argparse.ArgumentTypeError(f"{text!r}: a step is plain or chunked, then any of +fused, +ckpt, +compile")
+    if loss not in ("plain", "chunked") or not set(features) <= {"fused", "ckpt", "compile", "fastdrop"}:
+        raise argparse.ArgumentTypeError(f"{text!r}: a step is plain or chunked, then any of +fused, +ckpt, +compile, "
+                                         "+fastdrop")
     return text
 
 
@@ -218,9 +221,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--models", type=lambda s: s.split(","), default=list(WORKLOADS),
                         help="comma-separated; 'name=m1+m2' measures only those methods on that model")
     parser.add_argument("--methods", type=lambda s: s.split(","), default=list(METHODS))
-    parser.add_argument("--peftlab-step", default="chunked+fused+compile", type=_step,
+    parser.add_argument("--peftlab-step", default="chunked+fused+compile+fastdrop", type=_step,
                         help="peftlab's step for LMs: plain or chunked loss, then +fused (RMSNorm, SwiGLU), +ckpt, "
-                             "+compile (torch.compile each block); classifiers keep only +compile")
+                             "+compile (torch.compile each block), +fastdrop (peftlab.core.fast_dropout); "
+                             "classifiers keep only +compile and +fastdrop (see step_for)")
     parser.add_argument("--peft-step", default="plain", type=_step,
                         help="the peft rows' step: plain (what peft gives), or plain+compile to compile peft's blocks too")
     parser.add_argument("--extra-steps", type=lambda s: [_step(x) for x in s.split(",") if x], default=[],

@@ -31,6 +31,7 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 import peftlab  # noqa: E402
 from peftlab.core.checkpointing import enable_activation_checkpointing  # noqa: E402
 from peftlab.core.compile import compile_blocks  # noqa: E402
+from peftlab.core.fast_dropout import fast_dropout  # noqa: E402
 from peftlab.core.fused_ops import fuse  # noqa: E402
 from peftlab.core.host_memory import keep_freed_memory  # noqa: E402
 from peftlab.core.losses import lm_loss  # noqa: E402
@@ -47,7 +48,7 @@ class Job:
     setting: str
     library: str  # "peftlab", "peft", "floor" (frozen base, one trainable scalar) or "full"
     method: str = ""  # for "floor": the method whose base the floor runs (its own floor), or "" for the plain base
-    step: str = "plain"  # "plain" (model(**batch).loss) or "chunked" (peftlab lm_loss), then "+fused", "+ckpt", "+compile"
+    step: str = "plain"  # "plain" (model(**batch).loss) or "chunked" (peftlab lm_loss), then "+fused", "+ckpt", "+compile", "+fastdrop"
     kind: str = "train"  # or "infer", "flops" (one eager step's matmul FLOPs), "paired" (against the own floor),
     #                      "versus" (against HF peft's step, ``partner_step``, in the same process)
     steps: int = 3
@@ -155,7 +156,7 @@ def prepare(job: Job, features: set[str]) -> Prepared:
     model, optimizer, after_step, trainable = _adapt(job, model)
     model.train()
     if "ckpt" in features:
-        enable_activation_checkpointing(model)
+        enable_activation_checkpointing(model, compiled_blocks="compile" in features)
     if "compile" in features:
         compile_blocks(model)  # before fuse, which leaves what the compiler fuses alone
     if "fused" in features:
@@ -164,7 +165,12 @@ def prepare(job: Job, features: set[str]) -> Prepared:
     batch = {name: value.to(job.device) for name, value in make_batch(workload, job.setting, lead_tokens=lead_tokens).items()}
     if "compile" in features and workload.task != "classify":
         batch["use_cache"] = False  # lm_loss does this itself; the plain loss needs telling
-    loss_only = (lambda: lm_loss(model, batch)) if "chunked" in features else (lambda: model(**batch).loss)
+    model_loss = (lambda: lm_loss(model, batch)) if "chunked" in features else (lambda: model(**batch).loss)
+
+    def loss_only() -> torch.Tensor:
+        with fast_dropout("fastdrop" in features):
+            return model_loss()
+
     hooks = peftlab.training_hooks(model) if job.library == "peftlab" else None
     compute_loss = loss_only if hooks is None else (lambda: loss_only() + hooks.regularization(model))
     return Prepared(model, optimizer, after_step, trainable, compute_loss, hooks)

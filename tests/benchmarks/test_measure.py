@@ -110,11 +110,24 @@ def test_every_step_a_row_runs_has_its_floor_so_no_ratio_reads_n_a():
     floors = {(job.workload, job.method, job.step) for job in jobs if job.library == "floor"}
     rows = [job for job in jobs if job.library == "peftlab"]
     assert {(job.workload, job.step) for job in rows} == {  # RoBERTa trains with dropout: eager, plain loss
-        ("smollm2", "chunked+fused+compile"), ("smollm2", "chunked+fused"), ("roberta", "plain")}
+        ("smollm2", "chunked+fused+compile"), ("smollm2", "chunked+fused"), ("roberta", "plain+fastdrop")}
     for job in rows:
         assert (job.workload, "", job.step) in floors
         if measure.METHODS[job.method].changes_the_base:
             assert (job.workload, job.method, job.step) in floors
+
+
+def test_the_fastdrop_step_draws_the_fast_masks_and_the_plain_step_does_not(monkeypatch):
+    from peftlab.core import fast_dropout
+
+    calls: list[int] = []
+    original = fast_dropout.dropout
+    monkeypatch.setattr(fast_dropout, "dropout", lambda x, p: calls.append(x.numel()) or original(x, p))
+    job = measure.Job(workload="roberta", setting="quick", library="floor")
+    measure.prepare(job, {"plain"}).compute_loss()
+    assert calls == []
+    measure.prepare(job, {"plain", "fastdrop"}).compute_loss()
+    assert calls  # every dropout of the model, the attention's too
 
 
 def test_paired_rounds_alternate_sides_and_read_the_median_of_their_own_ratios(monkeypatch):
@@ -166,7 +179,7 @@ def test_versus_jobs_pair_each_shared_method_with_both_libraries_steps_and_keep_
     compare_peft = pytest.importorskip("compare_peft")
     args = compare_peft.parse(["--models", "roberta=ia3+prefix_tuning", "--kinds", "versus"])
     ia3, prefix = compare_peft.versus_jobs(args)
-    assert (ia3.kind, ia3.step, ia3.partner_step) == ("versus", "plain", "plain")  # a classifier: its own loss
+    assert (ia3.kind, ia3.step, ia3.partner_step) == ("versus", "plain+fastdrop", "plain")  # a classifier: its own loss
     results = {ia3.key: [{"step_s": 0.5, "peft_step_s": 0.55, "vs_peft": 0.91}],
                prefix.key: [{"error": "ValueError: Model does not support past key values"}]}
     lines = compare_peft.versus_table([ia3, prefix], results)

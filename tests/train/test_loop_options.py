@@ -67,8 +67,10 @@ def test_default_step_chunked_loss_and_fused_ops_trains_as_the_plain_step(tiny_m
     common = dict(model=str(tiny_models[family]), task=task, train_split=split, method="lora", data_dir=str(data_root),
                   max_train_samples=8, max_eval_samples=2, batch_size=4, max_steps=2, progress=False,
                   learning_rate=1e-2, max_new_tokens=4, options={"target_modules": "all_linear"})
-    fast = run_training(TrainArgs(**common, output_dir=str(tmp_path / "default")))
-    plain = run_training(TrainArgs(**common, output_dir=str(tmp_path / "plain"), loss="plain", fused_ops=False))
+    # fast dropout off on both sides: it draws other masks (test_fast_dropout_is_the_default_on_cpu)
+    fast = run_training(TrainArgs(**common, output_dir=str(tmp_path / "default"), fast_dropout=False))
+    plain = run_training(TrainArgs(**common, output_dir=str(tmp_path / "plain"), loss="plain", fused_ops=False,
+                                   fast_dropout=False))
     assert fast["loss"] == "chunked" and plain["loss"] == "plain"
     assert fast["kept_freed_memory"] is (platform.libc_ver()[0] == "glibc")  # peftlab.core.host_memory, on CPU
     assert plain["fused_modules"] == 0 and fast["fused_modules"] > 0  # RMS norms (and LLaMA's SwiGLU MLPs)
@@ -129,6 +131,20 @@ def test_chunked_loss_where_it_cannot_apply_is_an_error_and_auto_takes_the_plain
     assert run_training(TrainArgs(**common))["loss"] == "plain"
 
 
+def test_fast_dropout_is_the_default_on_cpu(tiny_models, data_root, monkeypatch):
+    from peftlab.core import fast_dropout
+
+    calls: list[int] = []
+    original = fast_dropout.dropout
+    monkeypatch.setattr(fast_dropout, "dropout", lambda x, p: calls.append(x.numel()) or original(x, p))
+    common = dict(model=str(tiny_models["bert"]), task="sst2", method="lora", data_dir=str(data_root),
+                  max_train_samples=8, max_eval_samples=4, batch_size=4, max_steps=1, progress=False)
+    metrics = run_training(TrainArgs(**common))
+    assert metrics["fast_dropout"] is True and calls  # peftlab.core.fast_dropout drew the step's masks
+    calls.clear()
+    assert run_training(TrainArgs(**common, fast_dropout=False))["fast_dropout"] is False and not calls
+
+
 def test_steps_run_in_training_mode(tiny_models, data_root, monkeypatch):
     """from_pretrained gives a model in eval mode; the trainer's steps run it in training mode (dropout on)."""
     from peftlab.train.loop import Trainer
@@ -150,13 +166,13 @@ def test_cli_turns_the_default_step_off(tiny_models):
     parser = argparse.ArgumentParser()
     add_parser(parser.add_subparsers())
     parsed = parser.parse_args(["train", "--model", "m", "--task", "sst2", "--no-fused-ops", "--loss", "plain",
-                                "--no-keep-freed-memory"])
+                                "--no-keep-freed-memory", "--no-fast-dropout"])
     args = train_args(parsed)
     assert args.fused_ops is False and args.loss == "plain" and args.compile is False
-    assert args.keep_freed_memory is False
+    assert args.keep_freed_memory is False and args.fast_dropout is False
     assert train_args(parser.parse_args(["train", "--model", "m", "--task", "sst2", "--compile"])).compile is True
     defaults = train_args(parser.parse_args(["train", "--model", "m", "--task", "sst2"]))
-    assert defaults.fused_ops is True and defaults.keep_freed_memory is True
+    assert defaults.fused_ops is True and defaults.keep_freed_memory is True and defaults.fast_dropout is True
 
 
 def test_prompt_tuning_leaves_its_virtual_tokens_room_in_the_models_positions(still_bert, data_root, tmp_path):

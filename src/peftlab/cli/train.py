@@ -22,7 +22,7 @@ from peftlab.cli import CommandError
 # Field -> flag where the short name reads better than the field's.
 FLAGS = {"output_dir": "output", "learning_rate": "lr", "gradient_accumulation_steps": "grad-accum",
          "options": "set", "eval_tasks": "eval-task", "progress": "no-progress", "fused_ops": "no-fused-ops",
-         "keep_freed_memory": "no-keep-freed-memory"}
+         "keep_freed_memory": "no-keep-freed-memory", "fast_dropout": "no-fast-dropout"}
 HELP = {
     "model": "an alias (minilm-l6, smollm2-135m), a local model folder, or a hub name",
     "task": "a task name (see peftlab.tasks.task_names(): cola sst2 mrpc stsb rte qnli mnli qqp wmt16-en-ro mmlu mmlu-5shot alpaca)",
@@ -47,6 +47,8 @@ HELP = {
     "fused_ops": "run RMSNorm and SwiGLU layers as the model's own eager ops (same values; slower, more memory)",
     "keep_freed_memory": "on CPU, let malloc return freed blocks to the system between steps (slower steps; "
                          "the process's memory can fall after its peak)",
+    "fast_dropout": "on CPU, draw dropout masks with PyTorch's own dropout (one random float per element; slower) "
+                    "instead of four masks per 64-bit draw",
     "compile": "torch.compile each transformer block (regional): the first steps compile, seconds per graph, "
                "then every step is faster (same function; needs a C++ compiler on CPU)",
 }

@@ -12,21 +12,29 @@ from __future__ import annotations
 from torch import nn
 
 from peftlab.core.errors import UserError
+from peftlab.core.fast_dropout import checkpoint_contexts
 
 
 class CheckpointingError(UserError, ValueError):
     pass
 
 
-def enable_activation_checkpointing(model: nn.Module, *, reentrant: bool = False, every_n_layers: int = 1) -> None:
-    """Checkpoint every ``every_n_layers``-th transformer layer (1: all) while the model is in train mode."""
+def enable_activation_checkpointing(model: nn.Module, *, reentrant: bool = False, every_n_layers: int = 1,
+                                    compiled_blocks: bool = False) -> None:
+    """Checkpoint every ``every_n_layers``-th transformer layer (1: all) while the model is in train mode.
+
+    Non-reentrant, a recomputed layer draws the dropout masks its forward drew, also under
+    ``peftlab.core.fast_dropout``; pass ``compiled_blocks=True`` when the blocks will be compiled
+    (``peftlab.core.compile``): the compiler draws their masks itself and accepts no other recompute context."""
     if not getattr(model, "supports_gradient_checkpointing", False):
         raise CheckpointingError(
             f"{type(model).__name__} does not support activation checkpointing; train it without"
         )
     if every_n_layers < 1:
         raise CheckpointingError(f"every_n_layers must be at least 1, got {every_n_layers}")
-    kwargs = {"use_reentrant": reentrant}
+    kwargs: dict = {"use_reentrant": reentrant}
+    if not reentrant and not compiled_blocks:
+        kwargs["context_fn"] = checkpoint_contexts
     if hasattr(model, "activation_checkpointing_enable"):
         model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs, every_n_layers=every_n_layers)
     elif every_n_layers == 1:

@@ -49,6 +49,7 @@ class TrainArgs:
     loss: LossChoice = "auto"  # auto: the chunked LM loss (no full-vocabulary logits) where it applies, else plain
     fused_ops: bool = True  # fused RMSNorm and SwiGLU (same values and gradients, less time and memory)
     keep_freed_memory: bool = True  # on CPU: malloc keeps freed blocks for the next step (faster; RSS stays at its peak)
+    fast_dropout: bool = True  # on CPU: dropout masks from 16-bit slices of 64-bit draws (peftlab.core.fast_dropout)
     compile: bool = False  # torch.compile each transformer block: slower first steps (compiling), then faster ones
     mixed_precision: MixedPrecision = "auto"  # auto: bf16 on a GPU that has it, fp16 on other GPUs, off on CPU
     fsdp: bool = False  # shard each transformer block with FSDP2 (torch.distributed.fsdp.fully_shard)

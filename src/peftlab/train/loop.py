@@ -24,8 +24,10 @@ from tqdm.auto import tqdm
 
 import peftlab
 from peftlab.core.atomic import write_text_atomic
+from peftlab.core.checkpointing import enable_activation_checkpointing
 from peftlab.core.compile import block_classes, compile_blocks
 from peftlab.core.faults import check_finite_loss, raise_out_of_memory
+from peftlab.core.fast_dropout import fast_dropout
 from peftlab.core.fused_ops import fuse
 from peftlab.core.host_memory import keep_freed_memory
 from peftlab.core.serialization import CONFIG_NAME, WEIGHTS_NAME, AdapterFileError, save_adapter
@@ -74,6 +76,7 @@ class Trainer:
         self.plan, self.args, self.accelerator = plan, plan.args, accelerator
         self.kept_freed_memory = (self.args.keep_freed_memory and accelerator.device.type == "cpu"
                                   and keep_freed_memory())  # peftlab.core.host_memory
+        self.fast_dropout = self.args.fast_dropout and accelerator.device.type == "cpu"
         self.tokenizer, self.kind = plan.loaded.tokenizer, plan.loaded.kind
         self.world, self.rank = accelerator.num_processes, accelerator.process_index
         self.max_length = plan.loaded.max_length(self.args.max_length)
@@ -110,7 +113,7 @@ class Trainer:
         model.train()  # from_pretrained returns the model in eval mode: its dropout (and the adapters') would be off
         if args.gradient_checkpointing:
             model.config.use_cache = False
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            enable_activation_checkpointing(model, compiled_blocks=args.compile)  # non-reentrant
         self.base = model
         self.hooks = peftlab.training_hooks(model)
         self.compute_loss = loss_function(self.loss_kind, model)
@@ -205,7 +208,9 @@ class Trainer:
             share = self.world * sum(self.loss_items[i] for i in indices[self.rank::self.world]) / group_items
             last = position == len(group) - 1
             with contextlib.nullcontext() if last else accelerator.no_sync(model), accelerator.autocast():
-                data_loss, regularization = self.compute_loss(model, batch), self.hooks.regularization(self.base)
+                with fast_dropout(self.fast_dropout):
+                    data_loss = self.compute_loss(model, batch)
+                regularization = self.hooks.regularization(self.base)
                 loss = data_loss + regularization
                 if not torch.isfinite(loss.detach()).all():  # only then look for the checkpoint to name
                     check_finite_loss(loss, step + 1, learning_rate=self.scheduler.get_last_lr()[0],
@@ -295,7 +300,7 @@ class Trainer:
             **peak_memory(self.accelerator.device),
             "device": str(self.accelerator.device), "mixed_precision": self.accelerator.mixed_precision,
             "loss": self.loss_kind, "fused_modules": self.fused_modules, "compiled_modules": self.compiled_modules,
-            "kept_freed_memory": self.kept_freed_memory,
+            "kept_freed_memory": self.kept_freed_memory, "fast_dropout": self.fast_dropout,
             **peftlab.method_report(self.base),
         }
         if self.output is not None:
