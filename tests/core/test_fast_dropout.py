@@ -88,8 +88,9 @@ def test_attention_without_dropout_is_pytorchs_attention_in_value_and_gradients(
 
 
 def test_inside_the_context_dropout_and_dropping_attention_draw_the_fast_masks():
-    x = torch.randn(6, 40)
-    q, k, v = _attention_inputs()
+    x = torch.randn(64, fast.MIN_ELEMENTS // 64)
+    generator = torch.Generator().manual_seed(12)
+    q, k, v = (torch.randn(2, 4, 128, 8, generator=generator) for _ in range(3))  # 2 x 4 x 128 x 128 probabilities
     with fast.fast_dropout():
         torch.manual_seed(7)
         module_output = nn.Dropout(0.3)(x)
@@ -104,8 +105,8 @@ def test_inside_the_context_dropout_and_dropping_attention_draw_the_fast_masks()
     torch.testing.assert_close(plain, torch.ops.aten.native_dropout(x, 0.3, True)[0], rtol=0, atol=0)
 
 
-def test_eval_mode_in_place_and_disabled_run_the_plain_functions():
-    x = torch.randn(5, 8)
+def test_eval_mode_in_place_small_tensors_and_disabled_run_the_plain_functions():
+    x = torch.randn(64, fast.MIN_ELEMENTS // 64)
     with fast.fast_dropout():
         assert F.dropout(x, 0.5, training=False) is x
         target = x.clone()
@@ -118,9 +119,17 @@ def test_eval_mode_in_place_and_disabled_run_the_plain_functions():
         plain = F.dropout(x, 0.5)
     torch.manual_seed(10)
     torch.testing.assert_close(plain, torch.ops.aten.native_dropout(x, 0.5, True)[0], rtol=0, atol=0)
+    small = x[:, :-1]  # below MIN_ELEMENTS: PyTorch's dropout costs less per call
+    with fast.fast_dropout():
+        torch.manual_seed(13)
+        plain = F.dropout(small, 0.5)
+    torch.manual_seed(13)
+    torch.testing.assert_close(plain, torch.ops.aten.native_dropout(small, 0.5, True)[0], rtol=0, atol=0)
 
 
 def _counting(monkeypatch) -> list[int]:
+    """Calls of the fast dropout, with the size threshold off so that the tiny models' tensors take it."""
+    monkeypatch.setattr(fast, "MIN_ELEMENTS", 0)
     calls: list[int] = []
     original = fast.dropout
 
@@ -152,8 +161,9 @@ def test_a_model_trains_inside_the_context_and_evaluates_as_without_it(arch, mon
     assert calls == []
 
 
-def test_compiled_blocks_train_inside_the_context():
+def test_compiled_blocks_train_inside_the_context(monkeypatch):
     """The compiler draws its own masks in the blocks it compiles; the rest of the model draws the fast ones."""
+    _counting(monkeypatch)
     model = peftlab.apply(BUILDERS["bert"](), "lora")
     batch = batch_for(model)
     assert compile_blocks(model) > 0
@@ -167,7 +177,7 @@ def test_compiled_blocks_train_inside_the_context():
 
 
 @pytest.mark.parametrize("arch", ["bert", "t5"])
-def test_activation_checkpointing_draws_the_same_masks_again(arch):
+def test_activation_checkpointing_draws_the_same_masks_again(arch, monkeypatch):
     """Recomputed in backward (inside the context too), each block draws the masks its forward drew."""
     def gradients(checkpointed: bool) -> dict[str, torch.Tensor]:
         model = peftlab.apply(BUILDERS[arch](), "lora", dropout=0.2)
@@ -179,7 +189,9 @@ def test_activation_checkpointing_draws_the_same_masks_again(arch):
             model(**batch_for(model)).loss.backward()
         return {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
 
+    calls = _counting(monkeypatch)
     plain, checkpointed = gradients(False), gradients(True)
+    assert calls
     assert plain.keys() == checkpointed.keys() and plain
     for name in plain:
         torch.testing.assert_close(checkpointed[name], plain[name], atol=1e-6, rtol=1e-5, msg=name)

@@ -38,11 +38,11 @@ def test_run_without_output_folder_reports_measurements(tiny_models, data_root, 
     assert 0 < metrics["parameters"]["trainable_percent"] < 100
 
 
-def test_eval_steps_evaluate_every_n_steps_and_best_holds_the_best_scoring_adapter(tiny_models, data_root, tmp_path):
+def test_eval_steps_evaluate_every_n_steps_and_best_holds_the_best_scoring_adapter(still_bert, data_root, tmp_path):
     from peftlab.train import EvalArgs, evaluate_adapter
 
     out = tmp_path / "run"
-    metrics = run_training(TrainArgs(model=str(tiny_models["bert"]), task="stsb", method="lora", data_dir=str(data_root),
+    metrics = run_training(TrainArgs(model=str(still_bert), task="stsb", method="lora", data_dir=str(data_root),
                                      output_dir=str(out), max_train_samples=32, max_eval_samples=16, batch_size=4,
                                      max_steps=8, eval_steps=2, learning_rate=3e-2, seed=7, progress=False))
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
@@ -53,7 +53,7 @@ def test_eval_steps_evaluate_every_n_steps_and_best_holds_the_best_scoring_adapt
     assert (metrics["best_step"], metrics["best_score"]) == (best_step, scores[best_step])
 
     def pearson(adapter):
-        return evaluate_adapter(EvalArgs(model=str(tiny_models["bert"]), adapter=str(adapter), task="stsb",
+        return evaluate_adapter(EvalArgs(model=str(still_bert), adapter=str(adapter), task="stsb",
                                          data_dir=str(data_root), max_eval_samples=16, seed=7))["scores"]["pearson"]
 
     assert pearson(out / "best") == pytest.approx(scores[best_step], abs=1e-5)
@@ -137,12 +137,15 @@ def test_fast_dropout_is_the_default_on_cpu(tiny_models, data_root, monkeypatch)
     calls: list[int] = []
     original = fast_dropout.dropout
     monkeypatch.setattr(fast_dropout, "dropout", lambda x, p: calls.append(x.numel()) or original(x, p))
+    monkeypatch.setattr(fast_dropout, "MIN_ELEMENTS", 0)  # the tiny model's tensors take it too
     common = dict(model=str(tiny_models["bert"]), task="sst2", method="lora", data_dir=str(data_root),
                   max_train_samples=8, max_eval_samples=4, batch_size=4, max_steps=1, progress=False)
     metrics = run_training(TrainArgs(**common))
     assert metrics["fast_dropout"] is True and calls  # peftlab.core.fast_dropout drew the step's masks
     calls.clear()
     assert run_training(TrainArgs(**common, fast_dropout=False))["fast_dropout"] is False and not calls
+    llama = dict(common, model=str(tiny_models["llama"]), task="alpaca")  # no dropout layer: nothing to draw
+    assert run_training(TrainArgs(**llama))["fast_dropout"] is False
 
 
 def test_steps_run_in_training_mode(tiny_models, data_root, monkeypatch):

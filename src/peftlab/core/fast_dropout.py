@@ -9,7 +9,8 @@ random bits from torch's generator serves four elements: element ``i`` is kept w
 ``E[y] = x`` exactly. The masks follow ``torch.manual_seed``; they are not the masks ``nn.Dropout`` draws.
 
 Inside :func:`fast_dropout`, every ``F.dropout`` (``nn.Dropout`` calls it) and every
-``F.scaled_dot_product_attention`` with ``dropout_p > 0`` uses these masks. The attention is then computed
+``F.scaled_dot_product_attention`` with ``dropout_p > 0`` uses these masks, for tensors of at least
+``MIN_ELEMENTS`` (below that PyTorch's own dropout costs less per call). The attention is then computed
 as PyTorch's CPU math path computes it when dropout is on (``softmax(q kᵀ * scale + mask)``, dropout, ``@ v``);
 without dropout the call goes to PyTorch's own kernel. Eval mode, ``p = 0``, in-place dropout, no-grad
 forwards and code being compiled (``torch.compile`` draws its own masks) run the plain functions.
@@ -35,10 +36,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.overrides import TorchFunctionMode
 
 LANES = 4  # 16-bit slices per 64-bit draw
 LEVELS = 1 << 16
+MIN_ELEMENTS = 1 << 16  # below this PyTorch's own dropout is as fast (it costs less per call)
 
 
 def keep_mask(shape: torch.Size, p: float, device: torch.device) -> tuple[torch.Tensor, float]:
@@ -94,6 +97,16 @@ def attention_with_dropout(query: torch.Tensor, key: torch.Tensor, value: torch.
     return dropout(probabilities, dropout_p) @ value
 
 
+def _scores(query: torch.Tensor, key: torch.Tensor) -> int:
+    """How many attention probabilities ``query`` and ``key`` give (the tensor dropout draws masks for)."""
+    return query.shape[:-1].numel() * key.shape[-2]
+
+
+def draws_dropout(model: nn.Module) -> bool:
+    """Whether ``model`` holds a dropout layer with ``p > 0`` (transformers' models with dropout all do)."""
+    return any(isinstance(module, nn.Dropout) and module.p > 0 for module in model.modules())
+
+
 def _dropout_call(args: tuple, kwargs: dict[str, Any]) -> tuple[torch.Tensor, float, bool, bool]:
     bound = dict(zip(("input", "p", "training", "inplace"), args)) | kwargs
     return bound["input"], float(bound.get("p", 0.5)), bool(bound.get("training", True)), bool(bound.get("inplace"))
@@ -102,13 +115,15 @@ def _dropout_call(args: tuple, kwargs: dict[str, Any]) -> tuple[torch.Tensor, fl
 class _FastDropoutMode(TorchFunctionMode):
     def __torch_function__(self, func: Callable, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
+        if func is not F.dropout and func is not F.scaled_dot_product_attention:  # every other call: straight on
+            return func(*args, **kwargs)
         if not torch.is_grad_enabled() or torch.compiler.is_compiling():
             return func(*args, **kwargs)  # no backward to serve (a reentrant checkpoint's first pass), or compiled
         if func is F.dropout:
             x, p, training, inplace = _dropout_call(args, kwargs)
-            if training and not inplace:
+            if training and not inplace and x.numel() >= MIN_ELEMENTS:
                 return dropout(x, p)
-        elif func is F.scaled_dot_product_attention and kwargs.get("dropout_p", args[4] if len(args) > 4 else 0.0):
+        elif kwargs.get("dropout_p", args[4] if len(args) > 4 else 0.0) and _scores(*args[:2]) >= MIN_ELEMENTS:
             return attention_with_dropout(*args, **kwargs)
         return func(*args, **kwargs)
 

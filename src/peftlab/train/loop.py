@@ -27,7 +27,7 @@ from peftlab.core.atomic import write_text_atomic
 from peftlab.core.checkpointing import enable_activation_checkpointing
 from peftlab.core.compile import block_classes, compile_blocks
 from peftlab.core.faults import check_finite_loss, raise_out_of_memory
-from peftlab.core.fast_dropout import fast_dropout
+from peftlab.core.fast_dropout import draws_dropout, fast_dropout
 from peftlab.core.fused_ops import fuse
 from peftlab.core.host_memory import keep_freed_memory
 from peftlab.core.serialization import CONFIG_NAME, WEIGHTS_NAME, AdapterFileError, save_adapter
@@ -76,7 +76,8 @@ class Trainer:
         self.plan, self.args, self.accelerator = plan, plan.args, accelerator
         self.kept_freed_memory = (self.args.keep_freed_memory and accelerator.device.type == "cpu"
                                   and keep_freed_memory())  # peftlab.core.host_memory
-        self.fast_dropout = self.args.fast_dropout and accelerator.device.type == "cpu"
+        self.fast_dropout = (self.args.fast_dropout and accelerator.device.type == "cpu"
+                             and draws_dropout(plan.loaded.model))  # peftlab.core.fast_dropout
         self.tokenizer, self.kind = plan.loaded.tokenizer, plan.loaded.kind
         self.world, self.rank = accelerator.num_processes, accelerator.process_index
         self.max_length = plan.loaded.max_length(self.args.max_length)
