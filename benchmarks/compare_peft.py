@@ -98,7 +98,8 @@ def train_jobs(args: argparse.Namespace) -> list[Job]:
         ours, theirs = (step_for(WORKLOADS[name], args.peftlab_step), step_for(WORKLOADS[name], args.peft_step))
         common = {"workload": name, "setting": args.setting, "steps": args.steps, "warmup": args.warmup,
                   "threads": args.threads, "device": args.device}
-        extras = [extra for extra in args.extra_steps if extra != ours and task != "classify"]
+        extras = [step_for(WORKLOADS[name], extra) for extra in args.extra_steps if task != "classify"]
+        extras = [extra for extra in extras if extra != ours]
         steps = list(dict.fromkeys((theirs, ours, *extras)))  # every step a row runs: each gets its floor
         jobs += [Job(library="floor", **common), Job(library="full", **common)]
         jobs += [Job(library="floor", step=step, **common) for step in steps if step != "plain"]

@@ -105,12 +105,14 @@ def test_flop_counts_show_full_fine_tuning_at_one_and_a_half_floors_and_count_th
 
 def test_every_step_a_row_runs_has_its_floor_so_no_ratio_reads_n_a():
     compare_peft = pytest.importorskip("compare_peft")
-    args = compare_peft.parse(["--models", "smollm2=lora+qlora,roberta=lora", "--extra-steps", "chunked+fused"])
+    args = compare_peft.parse(["--models", "smollm2=lora+qlora,roberta=lora,t5=lora",
+                               "--extra-steps", "chunked+fused+fastdrop"])
     jobs = compare_peft.train_jobs(args)
     floors = {(job.workload, job.method, job.step) for job in jobs if job.library == "floor"}
     rows = [job for job in jobs if job.library == "peftlab"]
-    assert {(job.workload, job.step) for job in rows} == {  # RoBERTa trains with dropout: eager, plain loss
-        ("smollm2", "chunked+fused+compile"), ("smollm2", "chunked+fused"), ("roberta", "plain+fastdrop")}
+    assert {(job.workload, job.step) for job in rows} == {  # RoBERTa, T5 train with dropout: eager, fast masks
+        ("smollm2", "chunked+fused+compile"), ("smollm2", "chunked+fused"), ("roberta", "plain+fastdrop"),
+        ("t5", "chunked+fused+fastdrop")}
     for job in rows:
         assert (job.workload, "", job.step) in floors
         if measure.METHODS[job.method].changes_the_base:

@@ -95,9 +95,11 @@ def test_inside_the_context_dropout_and_dropping_attention_draw_the_fast_masks()
         torch.manual_seed(7)
         module_output = nn.Dropout(0.3)(x)
         attention_output = F.scaled_dot_product_attention(q, k, v, dropout_p=0.2)
+        keywords_output = F.scaled_dot_product_attention(query=q, key=k, value=v, dropout_p=0.2)
     torch.manual_seed(7)
     torch.testing.assert_close(module_output, fast.dropout(x, 0.3), rtol=0, atol=0)
     torch.testing.assert_close(attention_output, fast.attention_with_dropout(q, k, v, dropout_p=0.2))
+    torch.testing.assert_close(keywords_output, fast.attention_with_dropout(q, k, v, dropout_p=0.2))
 
     torch.manual_seed(8)  # outside the context: PyTorch's own dropout again
     plain = nn.Dropout(0.3)(x)

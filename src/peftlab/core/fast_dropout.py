@@ -97,9 +97,10 @@ def attention_with_dropout(query: torch.Tensor, key: torch.Tensor, value: torch.
     return dropout(probabilities, dropout_p) @ value
 
 
-def _scores(query: torch.Tensor, key: torch.Tensor) -> int:
-    """How many attention probabilities ``query`` and ``key`` give (the tensor dropout draws masks for)."""
-    return query.shape[:-1].numel() * key.shape[-2]
+def _attention_dropout(args: tuple, kwargs: dict[str, Any]) -> tuple[float, int]:
+    """An attention call's ``dropout_p`` and how many probabilities it drops from (``query`` x ``key`` rows)."""
+    bound = dict(zip(("query", "key", "value", "attn_mask", "dropout_p"), args)) | kwargs
+    return float(bound.get("dropout_p", 0.0)), bound["query"].shape[:-1].numel() * bound["key"].shape[-2]
 
 
 def draws_dropout(model: nn.Module) -> bool:
@@ -123,8 +124,10 @@ class _FastDropoutMode(TorchFunctionMode):
             x, p, training, inplace = _dropout_call(args, kwargs)
             if training and not inplace and x.numel() >= MIN_ELEMENTS:
                 return dropout(x, p)
-        elif kwargs.get("dropout_p", args[4] if len(args) > 4 else 0.0) and _scores(*args[:2]) >= MIN_ELEMENTS:
-            return attention_with_dropout(*args, **kwargs)
+        else:
+            p, probabilities = _attention_dropout(args, kwargs)
+            if p > 0 and probabilities >= MIN_ELEMENTS:
+                return attention_with_dropout(*args, **kwargs)
         return func(*args, **kwargs)
 
 
