@@ -148,6 +148,24 @@ def test_fast_dropout_is_the_default_on_cpu(tiny_models, data_root, monkeypatch)
     assert run_training(TrainArgs(**llama))["fast_dropout"] is False
 
 
+def test_gradient_checkpointing_redraws_the_fast_dropout_masks(tiny_models, data_root, tmp_path, monkeypatch):
+    """With dropout drawn by peftlab.core.fast_dropout, a checkpointed run trains the adapter the plain one does."""
+    from peftlab.core import fast_dropout
+
+    monkeypatch.setattr(fast_dropout, "MIN_ELEMENTS", 0)  # the tiny model's tensors take the fast masks
+    common = dict(model=str(tiny_models["bert"]), task="sst2", method="lora", data_dir=str(data_root),
+                  max_train_samples=8, max_eval_samples=4, batch_size=4, max_steps=2, progress=False,
+                  learning_rate=1e-2, options={"dropout": 0.2})
+    plain = run_training(TrainArgs(**common, output_dir=str(tmp_path / "plain")))
+    run_training(TrainArgs(**common, output_dir=str(tmp_path / "checkpointed"), gradient_checkpointing=True))
+    assert plain["fast_dropout"] is True
+    reference = load_file(tmp_path / "plain" / "adapter_model.safetensors")
+    checkpointed = load_file(tmp_path / "checkpointed" / "adapter_model.safetensors")
+    assert any(name.endswith("lora_B") and t.abs().sum() > 0 for name, t in reference.items())
+    for name in reference:
+        torch.testing.assert_close(checkpointed[name], reference[name], atol=1e-6, rtol=1e-5, msg=name)
+
+
 def test_steps_run_in_training_mode(tiny_models, data_root, monkeypatch):
     """from_pretrained gives a model in eval mode; the trainer's steps run it in training mode (dropout on)."""
     from peftlab.train.loop import Trainer
