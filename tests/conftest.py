@@ -112,3 +112,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(params=sorted(FAMILY_BUILDERS))
 def architecture(request) -> str:
     return request.param
+
+
+def count_fast_dropouts(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The sizes of the tensors ``peftlab.core.fast_dropout`` drops from, call by call, with its size threshold
+    off so that tiny models' tensors take it too."""
+    from peftlab.core import fast_dropout
+
+    calls: list[int] = []
+    original = fast_dropout.dropout
+
+    def counted(x: torch.Tensor, p: float) -> torch.Tensor:
+        calls.append(x.numel())
+        return original(x, p)
+
+    monkeypatch.setattr(fast_dropout, "dropout", counted)
+    monkeypatch.setattr(fast_dropout, "MIN_ELEMENTS", 0)
+    return calls

@@ -120,12 +120,9 @@ def test_every_step_a_row_runs_has_its_floor_so_no_ratio_reads_n_a():
 
 
 def test_the_fastdrop_step_draws_the_fast_masks_and_the_plain_step_does_not(monkeypatch):
-    from peftlab.core import fast_dropout
+    from conftest import count_fast_dropouts
 
-    calls: list[int] = []
-    original = fast_dropout.dropout
-    monkeypatch.setattr(fast_dropout, "dropout", lambda x, p: calls.append(x.numel()) or original(x, p))
-    monkeypatch.setattr(fast_dropout, "MIN_ELEMENTS", 0)  # the quick model's tensors take it too
+    calls = count_fast_dropouts(monkeypatch)
     job = measure.Job(workload="roberta", setting="quick", library="floor")
     measure.prepare(job, {"plain"}).compute_loss()
     assert calls == []

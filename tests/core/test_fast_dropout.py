@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import peftlab
-from conftest import BUILDERS, batch_for
+from conftest import BUILDERS, batch_for, count_fast_dropouts
 from peftlab.core import fast_dropout as fast
 from peftlab.core.checkpointing import enable_activation_checkpointing
 from peftlab.core.compile import compile_blocks
@@ -129,25 +129,11 @@ def test_eval_mode_in_place_small_tensors_and_disabled_run_the_plain_functions()
     torch.testing.assert_close(plain, torch.ops.aten.native_dropout(small, 0.5, True)[0], rtol=0, atol=0)
 
 
-def _counting(monkeypatch) -> list[int]:
-    """Calls of the fast dropout, with the size threshold off so that the tiny models' tensors take it."""
-    monkeypatch.setattr(fast, "MIN_ELEMENTS", 0)
-    calls: list[int] = []
-    original = fast.dropout
-
-    def counted(x: torch.Tensor, p: float) -> torch.Tensor:
-        calls.append(x.numel())
-        return original(x, p)
-
-    monkeypatch.setattr(fast, "dropout", counted)
-    return calls
-
-
 @pytest.mark.parametrize("arch", ["bert", "t5"])
 def test_a_model_trains_inside_the_context_and_evaluates_as_without_it(arch, monkeypatch):
     model = peftlab.apply(BUILDERS[arch](), "lora")
     batch = batch_for(model)
-    calls = _counting(monkeypatch)
+    calls = count_fast_dropouts(monkeypatch)
     model.train()
     with fast.fast_dropout():
         loss = model(**batch).loss
@@ -165,7 +151,7 @@ def test_a_model_trains_inside_the_context_and_evaluates_as_without_it(arch, mon
 
 def test_compiled_blocks_train_inside_the_context(monkeypatch):
     """The compiler draws its own masks in the blocks it compiles; the rest of the model draws the fast ones."""
-    _counting(monkeypatch)
+    count_fast_dropouts(monkeypatch)
     model = peftlab.apply(BUILDERS["bert"](), "lora")
     batch = batch_for(model)
     assert compile_blocks(model) > 0
@@ -191,7 +177,7 @@ def test_activation_checkpointing_draws_the_same_masks_again(arch, monkeypatch):
             model(**batch_for(model)).loss.backward()
         return {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
 
-    calls = _counting(monkeypatch)
+    calls = count_fast_dropouts(monkeypatch)
     plain, checkpointed = gradients(False), gradients(True)
     assert calls
     assert plain.keys() == checkpointed.keys() and plain

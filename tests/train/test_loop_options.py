@@ -4,6 +4,7 @@ the best-scoring adapter in ``best/``."""
 
 import json
 import platform
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,8 +12,18 @@ import torch
 import peftlab
 from peftlab.train.args import ArgumentError
 from safetensors.torch import load_file
+from conftest import count_fast_dropouts
 
 from peftlab.train import TrainArgs, run_training
+
+
+def assert_same_adapter(run: Path, reference: Path, *, atol: float, rtol: float) -> None:
+    """``run`` trained (a LoRA B moved off zero) and saved the adapter ``reference`` saved, tensor by tensor."""
+    trained, expected = (load_file(folder / "adapter_model.safetensors") for folder in (run, reference))
+    assert any(name.endswith("lora_B") and t.abs().sum() > 0 for name, t in trained.items())  # it trained
+    assert trained.keys() == expected.keys()
+    for name in expected:
+        torch.testing.assert_close(trained[name], expected[name], atol=atol, rtol=rtol, msg=f"{run.name}: {name}")
 
 
 def test_gradient_checkpointing_gives_the_same_adapter(tiny_models, data_root, tmp_path):
@@ -21,11 +32,7 @@ def test_gradient_checkpointing_gives_the_same_adapter(tiny_models, data_root, t
                   learning_rate=1e-2)
     run_training(TrainArgs(**common, output_dir=str(tmp_path / "plain")))
     run_training(TrainArgs(**common, output_dir=str(tmp_path / "checkpointed"), gradient_checkpointing=True))
-    plain = load_file(tmp_path / "plain" / "adapter_model.safetensors")
-    checkpointed = load_file(tmp_path / "checkpointed" / "adapter_model.safetensors")
-    assert any(name.endswith("lora_B") and t.abs().sum() > 0 for name, t in plain.items())  # it trained
-    for name in plain:
-        torch.testing.assert_close(plain[name], checkpointed[name], atol=1e-6, rtol=0, msg=name)
+    assert_same_adapter(tmp_path / "plain", tmp_path / "checkpointed", atol=1e-6, rtol=0)
 
 
 def test_run_without_output_folder_reports_measurements(tiny_models, data_root, tmp_path, monkeypatch):
@@ -74,11 +81,7 @@ def test_default_step_chunked_loss_and_fused_ops_trains_as_the_plain_step(tiny_m
     assert fast["loss"] == "chunked" and plain["loss"] == "plain"
     assert fast["kept_freed_memory"] is (platform.libc_ver()[0] == "glibc")  # peftlab.core.host_memory, on CPU
     assert plain["fused_modules"] == 0 and fast["fused_modules"] > 0  # RMS norms (and LLaMA's SwiGLU MLPs)
-    trained = load_file(tmp_path / "default" / "adapter_model.safetensors")
-    reference = load_file(tmp_path / "plain" / "adapter_model.safetensors")
-    assert any(name.endswith("lora_B") and t.abs().sum() > 0 for name, t in trained.items())
-    for name in reference:
-        torch.testing.assert_close(trained[name], reference[name], atol=1e-5, rtol=1e-4, msg=name)
+    assert_same_adapter(tmp_path / "default", tmp_path / "plain", atol=1e-5, rtol=1e-4)
 
 
 def test_compile_trains_the_adapter_the_eager_step_trains(tiny_models, data_root, tmp_path):
@@ -91,13 +94,8 @@ def test_compile_trains_the_adapter_the_eager_step_trains(tiny_models, data_root
     eager = run_training(TrainArgs(**common, output_dir=str(tmp_path / "eager")))
     assert compiled["compiled_modules"] == checkpointed["compiled_modules"] == 2 and eager["compiled_modules"] == 0
     assert compiled["fused_modules"] == 1  # the final norm; inside the compiled blocks the compiler fuses
-    reference = load_file(tmp_path / "eager" / "adapter_model.safetensors")
-    assert any(name.endswith("lora_B") and t.abs().sum() > 0 for name, t in reference.items())
     for run in ("compiled", "checkpointed"):
-        trained = load_file(tmp_path / run / "adapter_model.safetensors")
-        assert trained.keys() == reference.keys()
-        for name in reference:
-            torch.testing.assert_close(trained[name], reference[name], atol=1e-5, rtol=1e-4, msg=f"{run}: {name}")
+        assert_same_adapter(tmp_path / run, tmp_path / "eager", atol=1e-5, rtol=1e-4)
     assert compiled["scores"]["loss"] == pytest.approx(eager["scores"]["loss"], rel=1e-5)
 
 
@@ -132,12 +130,7 @@ def test_chunked_loss_where_it_cannot_apply_is_an_error_and_auto_takes_the_plain
 
 
 def test_fast_dropout_is_the_default_on_cpu(tiny_models, data_root, monkeypatch):
-    from peftlab.core import fast_dropout
-
-    calls: list[int] = []
-    original = fast_dropout.dropout
-    monkeypatch.setattr(fast_dropout, "dropout", lambda x, p: calls.append(x.numel()) or original(x, p))
-    monkeypatch.setattr(fast_dropout, "MIN_ELEMENTS", 0)  # the tiny model's tensors take it too
+    calls = count_fast_dropouts(monkeypatch)
     common = dict(model=str(tiny_models["bert"]), task="sst2", method="lora", data_dir=str(data_root),
                   max_train_samples=8, max_eval_samples=4, batch_size=4, max_steps=1, progress=False)
     metrics = run_training(TrainArgs(**common))
@@ -159,11 +152,7 @@ def test_gradient_checkpointing_redraws_the_fast_dropout_masks(tiny_models, data
     plain = run_training(TrainArgs(**common, output_dir=str(tmp_path / "plain")))
     run_training(TrainArgs(**common, output_dir=str(tmp_path / "checkpointed"), gradient_checkpointing=True))
     assert plain["fast_dropout"] is True
-    reference = load_file(tmp_path / "plain" / "adapter_model.safetensors")
-    checkpointed = load_file(tmp_path / "checkpointed" / "adapter_model.safetensors")
-    assert any(name.endswith("lora_B") and t.abs().sum() > 0 for name, t in reference.items())
-    for name in reference:
-        torch.testing.assert_close(checkpointed[name], reference[name], atol=1e-6, rtol=1e-5, msg=name)
+    assert_same_adapter(tmp_path / "plain", tmp_path / "checkpointed", atol=1e-6, rtol=1e-5)
 
 
 def test_steps_run_in_training_mode(tiny_models, data_root, monkeypatch):
