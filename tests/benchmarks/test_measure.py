@@ -71,6 +71,20 @@ def test_own_floor_runs_the_base_as_the_method_changes_it():
 
 
 @pytest.mark.slow
+def test_qlora_at_loras_size_trains_loras_factors_over_the_nf4_base_in_both_libraries():
+    pytest.importorskip("bitsandbytes")
+    common = {"workload": "llama", "setting": "quick", "steps": 1, "warmup": 0}
+    ours = measure.run_train(measure.Job(library="peftlab", method="qlora_qv", **common))
+    theirs = measure.run_train(measure.Job(library="peft", method="qlora_qv", **common))
+    lora = measure.run_train(measure.Job(library="peftlab", method="lora", **common))
+    nf4_floor = measure.run_train(measure.Job(library="floor", method="qlora_qv", **common))
+    assert ours["trainable"] == theirs["trainable"] == lora["trainable"]  # r=8 on q and v, as lora
+    assert ours["first_loss"] == nf4_floor["first_loss"]  # starts as its own (NF4) floor, bit for bit
+    assert theirs["first_loss"] == pytest.approx(ours["first_loss"], rel=1e-5)
+    assert measure.METHODS["qlora_qv"].changes_the_base
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("library", ["peft", "peftlab"])
 def test_bare_runs_the_base_on_the_adapted_models_tensors_and_puts_the_wrappers_back(library):
     workload = measure.WORKLOADS["llama"]
