@@ -98,6 +98,23 @@ def test_qdora_forward_uses_the_dequantized_weight_and_leaves_the_4bit_base_bit_
     assert torch.equal(layer.base_layer.weight.data, packed)
 
 
+def test_qdora_with_the_default_bfloat16_compute_runs_dora_and_trains_the_magnitude():
+    import bitsandbytes.functional as bnb_functional
+
+    model = peftlab.apply(tiny_llama(), "qdora", rank=4, alpha=8.0, dropout=0.0)  # compute_dtype: bfloat16
+    layer = randomised(model.model.layers[0].self_attn.q_proj)
+    dequantized = bnb_functional.dequantize_4bit(layer.base_layer.weight.data, layer.base_layer.weight.quant_state)
+    x = torch.randn(2, 3, 32)
+    reference = dora_reference(x, dequantized, None, layer)
+    output = layer(x)
+    torch.testing.assert_close(output, reference, atol=0.03, rtol=0.02)  # the base matmul runs in bfloat16
+    lora_only = layer.base_layer(x) + 2.0 * (x @ layer.lora_A.T) @ layer.lora_B.T
+    assert (output - lora_only).abs().max() > 10 * (output - reference).abs().max()  # the magnitude acts
+    model(**batch_for(model)).loss.backward()
+    magnitudes = [p for n, p in model.named_parameters() if n.endswith("lora_magnitude")]  # all 7 linears x 2
+    assert len(magnitudes) == 14 and all(p.grad is not None and p.grad.abs().sum() > 0 for p in magnitudes)
+
+
 def test_dora_over_an_already_quantized_model_merges_to_floats_and_unmerges_to_the_same_4bit_layers():
     from peftlab.methods.reparameterized.dora import QuantizedDoRALinear
     from peftlab.methods.reparameterized.qlora import QLoRAConfig, quantize_model

@@ -98,7 +98,11 @@ class DoRALinear(LoRALinear):
 
 class QuantizedDoRALinear(QuantizedLoRALinear, DoRALinear):
     """DoRA over a bitsandbytes base: ``merge`` swaps in the dequantized float base and merges DoRA into it;
-    ``unmerge`` puts the quantized layer itself back."""
+    ``unmerge`` puts the quantized layer itself back. The forward is DoRA's, in the factors' dtype, whatever
+    the base's compute dtype (QLoRA's bf16 LoRA path would leave out the magnitude)."""
+
+    forward = DoRALinear.forward
+    adapter_forward = DoRALinear.adapter_forward
 
 
 def dora_layer(base_layer: nn.Module, *args) -> DoRALinear:
