@@ -22,7 +22,9 @@ every other method it is "vs floor". Compiling happens in the warm-up steps, whi
 "FLOPs vs own floor" is the same division for the matrix-multiply FLOPs of one forward and backward, counted
 once per row with ``torch.utils.flop_counter`` on the eager step (``measure.run_flops``): the arithmetic the
 method adds, which no implementation can skip (full fine-tuning's weight gradients: 1.5x). Where it is well
-above 1.00x (QLoRA's r=64 LoRA on all seven linears of every block), "vs own floor" can only come close to it.
+above 1.00x (QLoRA's r=64 LoRA on all seven linears of every block), "vs own floor" can only come close to it;
+the ``qlora_qv`` rows run QLoRA at LoRA's size (r=8 on q and v, the same NF4 base), where it adds what LoRA
+adds, so they read the 4-bit adapter's own cost apart from that arithmetic.
 
 "Paired" (``--kinds paired``): the method's step and its own floor's, both models in one process, steps
 interleaved in alternating order (``measure.run_paired``); "vs own floor" is the median of the rounds' own

@@ -172,6 +172,55 @@ def test_lora_math_runs_in_the_compute_dtype_and_trains_float32_factors(compute)
     assert layer.lora_A.grad.abs().sum() > 0 and x.grad.abs().sum() > 0
 
 
+def plain_forward(layer, x):
+    """The layer's forward as autograd records it without the one-product path: the base, then the LoRA."""
+    return super(QuantizedLoRALinear, layer).forward(x)
+
+
+def _product_layer(bias: bool) -> QuantizedLoRALinear:
+    torch.manual_seed(0)
+    layer = QuantizedLoRALinear(quantize_linear(nn.Linear(64, 48, bias=bias), QLoRAConfig()), rank=8, scaling=2.0,
+                                dropout=0.0)
+    with torch.no_grad():
+        layer.lora_B.normal_()
+    return layer
+
+
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("input_grad", [True, False])
+def test_training_forward_as_one_product_gives_the_plain_paths_numbers_bit_for_bit(bias, input_grad):
+    layer = _product_layer(bias)
+    x = torch.randn(2, 5, 64, requires_grad=input_grad)
+    grad = torch.randn(2, 5, 48)
+    results = []
+    for forward in (layer, lambda inputs: plain_forward(layer, inputs)):
+        x.grad = layer.lora_A.grad = layer.lora_B.grad = None
+        output = forward(x)
+        output.backward(grad)
+        results.append((output.grad_fn.name(), output, x.grad, layer.lora_A.grad, layer.lora_B.grad))
+    (product_node, *product), (plain_node, *plain) = results
+    assert product_node == "_FourBitLoRAProductBackward" != plain_node
+    for got, expected in zip(product, plain):
+        if expected is None:
+            assert got is None
+        else:
+            assert got.dtype == expected.dtype and torch.equal(got, expected)
+
+
+def test_the_plain_path_runs_with_lora_dropout_without_grad_and_when_compute_is_float32():
+    layer = _product_layer(bias=False)
+    x = torch.randn(3, 64)
+    with torch.no_grad():
+        assert torch.equal(layer(x), plain_forward(layer, x))
+    layer.dropout = nn.Dropout(0.5)
+    assert layer(x).grad_fn.name() != "_FourBitLoRAProductBackward"  # training: the dropout draws a mask
+    assert layer.eval()(x).grad_fn.name() == "_FourBitLoRAProductBackward"  # eval: no dropout to draw
+    torch.manual_seed(0)
+    float_layer = QuantizedLoRALinear(quantize_linear(nn.Linear(64, 48), QLoRAConfig(compute_dtype="float32")),
+                                      rank=8, scaling=2.0, dropout=0.0)
+    assert float_layer(x).grad_fn.name() != "_FourBitLoRAProductBackward"
+
+
 def test_merge_under_bfloat16_compute_needs_a_bfloat16_tolerance():
     model = peftlab.apply(tiny_llama(), "qlora", **{**FP32, "compute_dtype": "bfloat16"})
     with torch.no_grad():
