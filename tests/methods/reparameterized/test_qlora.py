@@ -177,10 +177,10 @@ def plain_forward(layer, x):
     return super(QuantizedLoRALinear, layer).forward(x)
 
 
-def _product_layer(bias: bool) -> QuantizedLoRALinear:
+def bf16_qlora_layer(bias: bool, dropout: float = 0.0) -> QuantizedLoRALinear:
     torch.manual_seed(0)
     layer = QuantizedLoRALinear(quantize_linear(nn.Linear(64, 48, bias=bias), QLoRAConfig()), rank=8, scaling=2.0,
-                                dropout=0.0)
+                                dropout=dropout)
     with torch.no_grad():
         layer.lora_B.normal_()
     return layer
@@ -188,13 +188,15 @@ def _product_layer(bias: bool) -> QuantizedLoRALinear:
 
 @pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("input_grad", [True, False])
-def test_training_forward_as_one_product_gives_the_plain_paths_numbers_bit_for_bit(bias, input_grad):
-    layer = _product_layer(bias)
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_training_forward_as_one_product_gives_the_plain_paths_numbers_bit_for_bit(bias, input_grad, dropout):
+    layer = bf16_qlora_layer(bias, dropout)
     x = torch.randn(2, 5, 64, requires_grad=input_grad)
     grad = torch.randn(2, 5, 48)
     results = []
     for forward in (layer, lambda inputs: plain_forward(layer, inputs)):
         x.grad = layer.lora_A.grad = layer.lora_B.grad = None
+        torch.manual_seed(1)  # the same dropout mask on both paths
         output = forward(x)
         output.backward(grad)
         results.append((output.grad_fn.name(), output, x.grad, layer.lora_A.grad, layer.lora_B.grad))
@@ -205,16 +207,17 @@ def test_training_forward_as_one_product_gives_the_plain_paths_numbers_bit_for_b
             assert got is None
         else:
             assert got.dtype == expected.dtype and torch.equal(got, expected)
+    if dropout:  # the dropout acted: without it the output differs
+        with torch.no_grad():
+            assert not torch.equal(product[0], plain_forward(layer.eval(), x))
 
 
-def test_the_plain_path_runs_with_lora_dropout_without_grad_and_when_compute_is_float32():
-    layer = _product_layer(bias=False)
+def test_the_plain_path_runs_without_grad_and_when_compute_is_float32():
+    layer = bf16_qlora_layer(bias=False, dropout=0.3).eval()
     x = torch.randn(3, 64)
     with torch.no_grad():
         assert torch.equal(layer(x), plain_forward(layer, x))
-    layer.dropout = nn.Dropout(0.5)
-    assert layer(x).grad_fn.name() != "_FourBitLoRAProductBackward"  # training: the dropout draws a mask
-    assert layer.eval()(x).grad_fn.name() == "_FourBitLoRAProductBackward"  # eval: no dropout to draw
+    assert layer(x).grad_fn.name() == "_FourBitLoRAProductBackward"  # eval with grad: no dropout, one product
     torch.manual_seed(0)
     float_layer = QuantizedLoRALinear(quantize_linear(nn.Linear(64, 48), QLoRAConfig(compute_dtype="float32")),
                                       rank=8, scaling=2.0, dropout=0.0)

@@ -230,65 +230,72 @@ def dequantize_linear(layer: nn.Module, dtype: torch.dtype = torch.float32) -> n
 
 
 class _FourBitLoRAProduct(torch.autograd.Function):
-    """``y = base(x_c) + s (x_c A_cᵀ) B_cᵀ`` over a bitsandbytes 4-bit base, ``x_c``, ``A_c``, ``B_c`` in the
-    base's compute dtype and the sum in ``x``'s, with the backward written out:
-    ``g_c = g`` in the compute dtype, ``∂B = g_cᵀ h`` (``h = s x_c A_cᵀ``), ``g_h = s g_c B_c``,
-    ``∂A = g_hᵀ x_c``, ``∂x = g_c deq(W) + g_h A_c`` (the sum in ``x``'s dtype).
+    """``y = base(x_c) + s (d_c A_cᵀ) B_cᵀ`` over a bitsandbytes 4-bit base, with ``d = dropout(x)`` (``x``
+    itself without dropout) and ``x_c``, ``d_c``, ``A_c``, ``B_c`` in the base's compute dtype, the sum in
+    ``x``'s, and the backward written out: ``g_c = g`` in the compute dtype, ``∂B = g_cᵀ h`` (``h = s d_c A_cᵀ``),
+    ``g_h = s g_c B_c``, ``∂A = g_hᵀ d_c``, ``∂x = g_c deq(W)`` and ``∂d = g_h A_c`` (added to ``∂x`` in ``x``'s
+    dtype when ``d`` is ``x``).
 
     The very operations, in the same order, that autograd records for the plain forward (bitsandbytes' layer on
-    ``x``, then the LoRA path on ``x`` cast again), so outputs and gradients are bit-identical (tested), but
-    ``x`` and ``g`` are cast once instead of twice each and both sums take one pass instead of cast-then-add.
-    In an eager CPU step that is 13-17% of QLoRA's time over its NF4 floor (RoBERTa 145 -> 121 ms, T5 150 ->
-    127 ms, LLaMA 92 -> 80 ms; the benchmark's moderate models, in one process)."""
+    ``x``, then the LoRA path on ``d`` cast again), so outputs and gradients are bit-identical (tested), but
+    ``g`` (and, without dropout, ``x``) is cast once instead of twice and each sum takes one pass instead of
+    cast-then-add. In an eager CPU step without dropout that is 13-17% of QLoRA's time over its NF4 floor
+    (RoBERTa 145 -> 121 ms, T5 150 -> 127 ms, LLaMA 92 -> 80 ms; the benchmark's moderate models, in one
+    process)."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, lora_A: torch.Tensor, lora_B: torch.Tensor,  # type: ignore[override]
-                base: nn.Module, scaling: float) -> torch.Tensor:
+    def forward(ctx: Any, x: torch.Tensor, dropped: torch.Tensor | None,  # type: ignore[override]
+                lora_A: torch.Tensor, lora_B: torch.Tensor, base: nn.Module, scaling: float) -> torch.Tensor:
         compute = base.compute_dtype
         x_c, A_c, B_c = x.to(compute), lora_A.to(compute), lora_B.to(compute)
-        hidden = F.linear(x_c, A_c) * scaling
+        lora_input = x_c if dropped is None else dropped.to(compute)
+        hidden = F.linear(lora_input, A_c) * scaling
         output = base(x_c).to(x.dtype).add_(F.linear(hidden, B_c))
-        ctx.save_for_backward(x_c, hidden, A_c, B_c)
-        ctx.base, ctx.scaling = base, scaling
+        ctx.save_for_backward(lora_input, hidden, A_c, B_c)
+        ctx.base, ctx.scaling, ctx.reads_x = base, scaling, dropped is None
         return output
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
-        x_c, hidden, A_c, B_c = ctx.saved_tensors
-        grad_c = grad.to(x_c.dtype)
+        lora_input, hidden, A_c, B_c = ctx.saved_tensors
+        grad_c = grad.to(lora_input.dtype)
         grad_hidden = (grad_c @ B_c) * ctx.scaling
         grad_B = (grad_c.reshape(-1, grad_c.shape[-1]).T @ hidden.reshape(-1, hidden.shape[-1])).float()
-        grad_A = (grad_hidden.reshape(-1, grad_hidden.shape[-1]).T @ x_c.reshape(-1, x_c.shape[-1])).float()
-        grad_x = None
+        grad_A = (grad_hidden.reshape(-1, grad_hidden.shape[-1]).T
+                  @ lora_input.reshape(-1, lora_input.shape[-1])).float()
+        grad_x = grad_dropped = None
         if ctx.needs_input_grad[0]:
             weight = ctx.base.weight
             dequantized = bitsandbytes().functional.dequantize_4bit(weight.data, weight.quant_state)
-            grad_x = (grad_c @ dequantized.to(grad_c.dtype)).to(grad.dtype).add_(grad_hidden @ A_c)
-        return grad_x, grad_A, grad_B, None, None
+            grad_x = (grad_c @ dequantized.to(grad_c.dtype)).to(grad.dtype)
+            if ctx.reads_x:
+                grad_x.add_(grad_hidden @ A_c)
+        if ctx.needs_input_grad[1]:
+            grad_dropped = (grad_hidden @ A_c).to(grad.dtype)
+        return grad_x, grad_dropped, grad_A, grad_B, None, None
 
 
 class QuantizedLoRALinear(LoRALinear):
     """LoRA over a bitsandbytes base. Over a 4-bit base the LoRA matmuls run in the base's compute dtype, as
     in the paper's Eq. 5 (``X^BF16 L1^BF16 L2^BF16``); the factors, their gradients and the optimizer state
     stay float32. ``merge`` swaps in the dequantized base plus the delta; ``unmerge`` restores the quantized
-    layer itself (kept aside, not re-quantized, so it is bit-identical). Training steps without LoRA dropout
-    run through :class:`_FourBitLoRAProduct` (same numbers, fewer passes)."""
+    layer itself (kept aside, not re-quantized, so it is bit-identical). Training steps run through
+    :class:`_FourBitLoRAProduct` (same numbers, fewer passes)."""
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         if not args and not kwargs and self._runs_as_one_product(x):
-            return _FourBitLoRAProduct.apply(x, self.lora_A, self.lora_B, self.base_layer, self.scaling)
+            dropped = self.dropout(x) if self.training and not isinstance(self.dropout, nn.Identity) else None
+            return _FourBitLoRAProduct.apply(x, dropped, self.lora_A, self.lora_B, self.base_layer, self.scaling)
         return super().forward(x, *args, **kwargs)
 
     def _runs_as_one_product(self, x: torch.Tensor) -> bool:
         """A training forward over a plain 4-bit base (no hooks, frozen bias, weights in bitsandbytes' portable
-        layout) with trainable float32 factors and no LoRA dropout, outside the compiler (which fuses the
-        casts itself)."""
+        layout) with trainable float32 factors, outside the compiler (which fuses the casts itself)."""
         base = self.base_layer
         return (not torch.compiler.is_compiling() and torch.is_grad_enabled() and not self.merged
                 and is_4bit(base) and getattr(base, "compute_dtype", None) is not None and x.is_floating_point()
                 and base.compute_dtype != self.lora_A.dtype == self.lora_B.dtype == torch.float32
                 and self.lora_A.requires_grad and self.lora_B.requires_grad
-                and (isinstance(self.dropout, nn.Identity) or not self.training)
                 and (base.bias is None or not base.bias.requires_grad)
                 and not base._forward_hooks and not base._forward_pre_hooks
                 and not getattr(base.weight.quant_state, "packing_format_for_cpu", False))
