@@ -271,22 +271,6 @@ def _qlora_peft(model: nn.Module, workload: Workload) -> Any:
                       target_modules=module_names(model, "all_linear"), task_type=PEFT_TASK[workload.task])
 
 
-# QLoRA at LoRA's size (r=8 on q+v): the 4-bit wrapper's own cost, apart from the arithmetic that the paper's
-# r=64 on all seven linears adds (17-25% more matmul FLOPs than the NF4 floor).
-QLORA_QV = {**QLORA, "rank": 8}
-
-
-def _qlora_qv_peftlab(model: nn.Module, workload: Workload) -> dict[str, Any]:
-    return {**QLORA_QV, "target_modules": ("attention_qv",), "modules_to_save": _heads(workload)}
-
-
-def _qlora_qv_peft(model: nn.Module, workload: Workload) -> Any:
-    from peft import LoraConfig
-
-    return LoraConfig(r=QLORA_QV["rank"], lora_alpha=QLORA_QV["alpha"], lora_dropout=QLORA_QV["dropout"],
-                      target_modules=module_names(model, "attention_qv"), task_type=PEFT_TASK[workload.task])
-
-
 # The LoRA family (issue 11): the same r=8, alpha=16 on q+v as ``lora`` unless the method needs otherwise.
 def _family_peftlab(**options: Any) -> Callable[[nn.Module, Workload], dict[str, Any]]:
     def build(model: nn.Module, workload: Workload) -> dict[str, Any]:
@@ -328,8 +312,11 @@ METHODS: dict[str, MethodEntry] = {
                            notes="r 12 -> 8, q+v"),
     "qlora": MethodEntry("qlora", _qlora_peftlab, _qlora_peft, prepare_base=_quantize,
                          notes="NF4 base (bf16 compute), r=64, all linear"),
-    "qlora_qv": MethodEntry("qlora_qv", _qlora_qv_peftlab, _qlora_qv_peft, prepare_base=_quantize,
-                            notes="qlora at lora's size: NF4 base, r=8, q+v", peftlab_method="qlora"),
+    # QLoRA at LoRA's size: the 4-bit adapter's own cost, apart from the arithmetic the paper's r=64 on all
+    # seven linears adds (17-25% more matmul FLOPs than the NF4 floor)
+    "qlora_qv": MethodEntry("qlora_qv", _family_peftlab(**{**QLORA, **LORA}), _family_peft("LoraConfig", **PEFT_LORA),
+                            prepare_base=_quantize, notes="qlora at lora's size: NF4 base, r=8, q+v",
+                            peftlab_method="qlora"),
     "dora": MethodEntry("dora", _family_peftlab(**LORA), _family_peft("LoraConfig", use_dora=True, **PEFT_LORA),
                         mergeable=True, notes="r=8, q+v, magnitude vector"),
     "rslora": MethodEntry("rslora", _family_peftlab(**LORA, scaling_rule="rslora"),
