@@ -43,6 +43,12 @@ def enable_activation_checkpointing(model: nn.Module, *, reentrant: bool = False
         raise CheckpointingError("every_n_layers needs a transformers version with activation_checkpointing_enable")
 
 
+def checkpointing_enabled(model: nn.Module) -> bool:
+    """Whether transformers' activation checkpointing is on for ``model`` (the flag's name, by version)."""
+    flag = "is_activation_checkpointing" if hasattr(type(model), "is_activation_checkpointing") else "is_gradient_checkpointing"
+    return bool(getattr(model, flag, False))
+
+
 def disable_activation_checkpointing(model: nn.Module) -> None:
     if hasattr(model, "activation_checkpointing_disable"):
         model.activation_checkpointing_disable()

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from peftlab.core.checkpointing import checkpointing_enabled
 from peftlab.core.config import MethodConfig
 from peftlab.core.errors import UserError
 from peftlab.core.layers import OFFLOAD_ADVICE, AdapterLayer, AdapterModule, OffloadedWeightsError
@@ -189,13 +190,8 @@ def _keep_inputs_differentiable_under_checkpointing(model: nn.Module) -> torch.u
     the backward of every checkpointed layer; marking the embedding output fixes that."""
 
     def mark_requires_grad(_module: nn.Module, _inputs: tuple, output: torch.Tensor) -> None:
-        if torch.is_grad_enabled() and _checkpointing(model):
+        if torch.is_grad_enabled() and checkpointing_enabled(model):
             if isinstance(output, torch.Tensor) and not output.requires_grad:
                 output.requires_grad_(True)
 
     return model.get_input_embeddings().register_forward_hook(mark_requires_grad)
-
-
-def _checkpointing(model: nn.Module) -> bool:
-    flag = "is_activation_checkpointing" if hasattr(type(model), "is_activation_checkpointing") else "is_gradient_checkpointing"
-    return bool(getattr(model, flag, False))

@@ -229,6 +229,17 @@ def _prefixed_attention(module: nn.Module, slot: _Slot, query: torch.Tensor, key
         slot.seen = (key.shape[1], key.shape[-1], value.shape[-1])
         return base(module, query, key, value, attention_mask, **kwargs)
     prefix_keys, prefix_values = slot.provider(getattr(module, _INDEX) if slot.traceable else slot.index, query)
+    return attention_after_prefix(module, implementation, prefix_keys, prefix_values, query, key, value,
+                                  attention_mask, **kwargs)
+
+
+def attention_after_prefix(module: nn.Module, implementation: str, prefix_keys: torch.Tensor,
+                           prefix_values: torch.Tensor, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                           attention_mask: torch.Tensor | None, **kwargs):
+    """``implementation``'s attention (``eager`` or ``sdpa``) of ``query`` over ``[prefix; key]`` and
+    ``[prefix; value]``: the prefix is ``(1 or batch, kv_heads, P, head_dim)``, every query row attends to
+    all of it, and the model's ``attention_mask`` (or causal order, when it is None) applies to the rest."""
+    base = _base_function(module, implementation)
     batch, length = key.shape[0], key.shape[2]
     prefix_keys = prefix_keys.to(key.dtype).expand(batch, -1, -1, -1)  # (B, kv_heads, P, head_dim)
     prefix_values = prefix_values.to(value.dtype).expand(batch, -1, -1, -1)

@@ -11,6 +11,10 @@ The attention mask gets ``P`` leading ones, token-level labels ``P`` leading ``-
 zeros; given ``position_ids`` become ``[0..P-1, position_ids + P]`` (the prompt sits before the text, as
 if it were text). Token-level logits come back aligned with the input (the prompt's rows dropped).
 
+On decoder-only models (LLaMA, GPT-2 families) a training-shaped forward does not repeat the prompt per
+example: the batch runs packed behind one copy of it (``shared_prompt``, :mod:`shared_prompt`), which
+computes the same function with ``(B - 1) * P`` fewer rows per layer.
+
 With a KV cache, the prompt is prepended only on the first (prefill) step: on later steps the cache
 already holds it, so only the attention mask is extended and ``position_ids`` shifted. An
 encoder-decoder's cross-attention mask is extended on the decoder side.
@@ -31,13 +35,14 @@ import torch
 from torch import nn
 from torch.distributed.tensor import DTensor
 
-from peftlab.core.architectures import model_kind
+from peftlab.core.architectures import architecture_of, model_kind
 from peftlab.core.config import ConfigError, MethodConfig, option, require
 from peftlab.core.errors import UserError
 from peftlab.core.injection import Injection
 from peftlab.core.layers import AdapterModule
 from peftlab.core.registry import MethodSpec, register
 from peftlab.core.sharding import unsharded, units
+from peftlab.methods.additive.shared_prompt import SHARED_FAMILIES, SharedPrompt
 
 PROMPT_NAME = "prompt_embedding"
 
@@ -54,6 +59,10 @@ class PromptTuningConfig(MethodConfig):
     init_text_ids: tuple[int, ...] = option((), "init=text: the token ids of the initial text (repeated to P).")
     init_text: str = option("", "init=text without init_text_ids: the text, tokenized with `tokenizer`.")
     tokenizer: str = option("", "init=text: local path of the tokenizer for init_text (nothing is downloaded).")
+    shared_prompt: bool = option(
+        True, "Decoder-only models: compute the prompt's positions once per batch, packed in front of every "
+              "example (same result, (B-1)*P fewer rows per layer); false prepends the prompt to every example."
+    )
 
     def validate(self) -> None:
         require(self.num_virtual_tokens > 0, self, "num_virtual_tokens", "must be positive")
@@ -66,9 +75,10 @@ class PromptTuningConfig(MethodConfig):
 class PromptEmbedding(AdapterModule):
     """The ``(P, hidden)`` prompt and the hooks that prepend it."""
 
-    def __init__(self, initial: torch.Tensor) -> None:
+    def __init__(self, initial: torch.Tensor, shared: SharedPrompt | None = None) -> None:
         super().__init__()
         self.prompt = nn.Parameter(initial.detach().clone().float())
+        self.shared = shared  # decoder-only: the prompt's rows once per batch, when that applies
         self._prepended: int | None = None  # input length while a prefill forward is under way
 
     @property
@@ -81,6 +91,8 @@ class PromptEmbedding(AdapterModule):
             if len(args) > 1:
                 raise PromptTuningError("pass the model's inputs as keywords (input_ids=..., attention_mask=...)")
             kwargs = {"input_ids": args[0], **kwargs}
+        if self.shared is not None:
+            self.shared.release()  # a forward that raised may have left the last one packed
         cache = kwargs.get("cache", kwargs.get("past_key_values"))
         past = cache.get_seq_length() if cache is not None else 0
         if past > 0:
@@ -94,15 +106,18 @@ class PromptEmbedding(AdapterModule):
                 embeds = embedding(ids)
         batch, length = embeds.shape[:2]
         size, device = self.length, embeds.device
-        kwargs["inputs_embeds"] = torch.cat([self.prompt.to(embeds.dtype).expand(batch, -1, -1), embeds], dim=1)
-        if kwargs.get("attention_mask") is not None:
-            kwargs["attention_mask"] = _lead(kwargs["attention_mask"], size, 1)
-        if kwargs.get("token_type_ids") is not None:
-            kwargs["token_type_ids"] = _lead(kwargs["token_type_ids"], size, 0)
-        if kwargs.get("position_ids") is not None:
-            positions = kwargs["position_ids"]
-            start = torch.arange(size, device=device, dtype=positions.dtype).expand(positions.shape[0], -1)
-            kwargs["position_ids"] = torch.cat([start, positions + size], dim=1)
+        if self.shared is not None and self.shared.applies(module, kwargs, batch):
+            kwargs = self.shared.pack(self.prompt.to(embeds.dtype), embeds, kwargs)
+        else:
+            kwargs["inputs_embeds"] = torch.cat([self.prompt.to(embeds.dtype).expand(batch, -1, -1), embeds], dim=1)
+            if kwargs.get("attention_mask") is not None:
+                kwargs["attention_mask"] = _lead(kwargs["attention_mask"], size, 1)
+            if kwargs.get("position_ids") is not None:
+                positions = kwargs["position_ids"]
+                start = torch.arange(size, device=device, dtype=positions.dtype).expand(positions.shape[0], -1)
+                kwargs["position_ids"] = torch.cat([start, positions + size], dim=1)
+            if kwargs.get("token_type_ids") is not None:
+                kwargs["token_type_ids"] = _lead(kwargs["token_type_ids"], size, 0)
         labels = kwargs.get("labels")
         if labels is not None and labels.dim() >= 2 and labels.shape[1] == length:
             kwargs["labels"] = _lead(labels, size, -100)
@@ -123,6 +138,8 @@ class PromptEmbedding(AdapterModule):
     def trim(self, module: nn.Module, args: tuple, output: Any) -> Any:
         """Forward hook: drop the prompt's rows from token-level logits."""
         length, self._prepended = self._prepended, None
+        if self.shared is not None:
+            self.shared.release()
         logits = getattr(output, "logits", None)
         if length is not None and logits is not None and logits.dim() == 3 and logits.shape[1] == length + self.length:
             output.logits = logits[:, self.length:]
@@ -188,13 +205,19 @@ class _Detach:
         self.model = model
 
     def remove(self) -> None:
-        if PROMPT_NAME in self.model._modules:
+        prompt = self.model._modules.get(PROMPT_NAME)
+        if prompt is not None:
+            if prompt.shared is not None:
+                prompt.shared.detach()
             delattr(self.model, PROMPT_NAME)
 
 
 def inject(model: nn.Module, config: PromptTuningConfig) -> Injection:
     embedding = model.get_input_embeddings()
-    prompt = PromptEmbedding(initial_prompt(embedding, config))
+    architecture = architecture_of(model)
+    shares = config.shared_prompt and architecture is not None and architecture.name in SHARED_FAMILIES
+    shared = SharedPrompt(model) if shares else None
+    prompt = PromptEmbedding(initial_prompt(embedding, config), shared)
     model.add_module(PROMPT_NAME, prompt)
     if model_kind(model) == "encoder-decoder":
         hooks = [
@@ -206,6 +229,8 @@ def inject(model: nn.Module, config: PromptTuningConfig) -> Injection:
             model.register_forward_pre_hook(prompt.prepend, with_kwargs=True),
             model.register_forward_hook(prompt.trim),
         ]
+        if shared is not None:
+            hooks.append(model.base_model.register_forward_hook(shared.unpack_hidden))
     return Injection(hooks=[*hooks, _Detach(model)])
 
 
