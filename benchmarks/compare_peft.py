@@ -18,7 +18,10 @@ same way, for reference); the full row too. "vs floor" divides by the frozen-bas
 own step, so it isolates the adapter's own cost. "vs own floor" divides by the floor of the base as the
 method runs it, where the method changes what the base computes: prompt tuning's base reads 20 more input
 tokens, QLoRA's holds NF4 weights (``MethodEntry.changes_the_base``; those floors have their own rows); for
-every other method it is "vs floor". Compiling happens in the warm-up steps, which are not timed.
+every other method it is "vs floor". On the decoder-only models peftlab's prompt tuning runs each batch
+packed behind one copy of the prompt (``shared_prompt``), so it computes less than that floor, which prepends
+the prompt to every example as peft does: "FLOPs vs own floor" shows how much less, and "vs own floor" can read
+below 1.00x. Compiling happens in the warm-up steps, which are not timed.
 "FLOPs vs own floor" is the same division for the matrix-multiply FLOPs of one forward and backward, counted
 once per row with ``torch.utils.flop_counter`` on the eager step (``measure.run_flops``): the arithmetic the
 method adds, which no implementation can skip (full fine-tuning's weight gradients: 1.5x). Where it is well
