@@ -18,8 +18,8 @@ It computes the same function as prepending (tests compare logits, loss and grad
 that holds and nothing else needs the unpacked layout: no KV cache kept (training, or
 ``use_cache=False``), batch above 1, sdpa attention, no dropout active (one set of prompt rows would draw
 one mask for every example), no sliding-window attention, no activation checkpointing, unsharded
-parameters, no per-layer outputs asked for, no ``token_type_ids``. Otherwise the prompt is prepended to
-every example.
+parameters, no per-layer outputs asked for, no ``token_type_ids``, a 2-D attention mask or none.
+Otherwise the prompt is prepended to every example.
 """
 
 from __future__ import annotations
@@ -63,12 +63,14 @@ class SharedPrompt:
         self._configs: list[Any] = []  # the attention modules' own configs while a packed forward runs
 
     def applies(self, model: nn.Module, kwargs: dict[str, Any], batch: int) -> bool:
+        """Whether this forward may run packed (the conditions of the module docstring)."""
         config = model.config
         keeps_cache = kwargs.get("use_cache", getattr(config, "use_cache", False)) and not model.training
         asks_per_layer = any(kwargs.get(name, getattr(config, name, False))
                              for name in ("output_hidden_states", "output_attentions"))
         return (batch > 1 and not keeps_cache and not asks_per_layer and not kwargs.get("logits_to_keep")
                 and kwargs.get("token_type_ids") is None  # GPT-2 would add type 0's embedding to the prompt
+                and (kwargs.get("attention_mask") is None or kwargs["attention_mask"].dim() == 2)
                 and config._attn_implementation == "sdpa"
                 and all(module.config._attn_implementation == "sdpa" for module in self.attention)
                 and not getattr(config, "sliding_window", None)
