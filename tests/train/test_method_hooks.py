@@ -47,5 +47,5 @@ def test_child_tuning_d_trains_only_its_child_network(tiny_models, data_root, tm
 def test_planned_steps_match_the_loop(examples, batch, world, accumulate):
     args = TrainArgs(model="m", task="sst2", batch_size=batch, gradient_accumulation_steps=accumulate, epochs=2)
     trainer = Trainer.__new__(Trainer)
-    trainer.args, trainer.world, trainer.features = args, world, [{}] * examples
+    trainer.args, trainer.world, trainer.features, trainer.lengths = args, world, [{}] * examples, [1] * examples
     assert optimizer_steps(args, examples, world) == 2 * len(trainer.epoch_groups(0))

@@ -18,11 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from peftlab.cli import CommandError
+from peftlab.train.args import FLAGS
 
-# Field -> flag where the short name reads better than the field's.
-FLAGS = {"output_dir": "output", "learning_rate": "lr", "gradient_accumulation_steps": "grad-accum",
-         "options": "set", "eval_tasks": "eval-task", "progress": "no-progress", "fused_ops": "no-fused-ops",
-         "keep_freed_memory": "no-keep-freed-memory", "fast_dropout": "no-fast-dropout"}
 HELP = {
     "model": "an alias (minilm-l6, smollm2-135m), a local model folder, or a hub name",
     "task": "a task name (see peftlab.tasks.task_names(): cola sst2 mrpc stsb rte qnli mnli qqp wmt16-en-ro mmlu mmlu-5shot alpaca)",
@@ -35,6 +32,8 @@ HELP = {
     "eval_tasks": "also score this task at the end (repeatable; e.g. --task alpaca --eval-task mmlu)",
     "max_steps": "optimizer steps (overrides --epochs)",
     "batch_size": "examples per process per micro-step",
+    "holdout": "hold out N training examples (the same draw for every run) and score on them instead of the "
+               "dev set: choose hyperparameters without the dev set that the tables report",
     "eval_steps": "evaluate every N steps (default: at each epoch end)",
     "save_steps": "write checkpoint-<step>/ every N steps (also at each epoch end)",
     "save_total_limit": "how many checkpoints to keep",
@@ -49,6 +48,7 @@ HELP = {
                          "the process's memory can fall after its peak)",
     "fast_dropout": "on CPU, draw dropout masks with PyTorch's own dropout (one random float per element; slower) "
                     "instead of four masks per 64-bit draw",
+    "group_by_length": "draw batches at random, not grouped by length (every batch pads to its longest example)",
     "compile": "torch.compile each transformer block (regional): the first steps compile, seconds per graph, "
                "then every step is faster (same function; needs a C++ compiler on CPU)",
 }

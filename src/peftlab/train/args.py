@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -10,6 +11,13 @@ from peftlab.core.errors import UserError
 
 MixedPrecision = Literal["auto", "no", "fp16", "bf16"]
 LossChoice = Literal["auto", "chunked", "plain"]
+
+
+# Field -> command-line flag where the short name reads better than the field's (``peftlab train``).
+FLAGS = {"output_dir": "output", "learning_rate": "lr", "gradient_accumulation_steps": "grad-accum",
+         "options": "set", "eval_tasks": "eval-task", "progress": "no-progress", "fused_ops": "no-fused-ops",
+         "keep_freed_memory": "no-keep-freed-memory", "fast_dropout": "no-fast-dropout",
+         "group_by_length": "no-group-by-length"}
 
 
 class ArgumentError(UserError, ValueError):
@@ -39,8 +47,10 @@ class TrainArgs:
     warmup_ratio: float = 0.06
     max_grad_norm: float | None = 1.0
     max_length: int = 128  # training sequences; multiple-choice eval prompts use all the model's positions
+    group_by_length: bool = True  # batches of similar lengths (random within megabatches): far less padding
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
+    holdout: int | None = None  # score on this many training examples held out (fixed draw) instead of dev
     eval_steps: int | None = None  # None: evaluate at the end of each epoch
     save_steps: int | None = None  # a checkpoint every N optimizer steps (and at each epoch end)
     save_total_limit: int = 2
@@ -65,7 +75,7 @@ class TrainArgs:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ArgumentError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(self, name)})")
-        for name in ("max_steps", "max_train_samples", "max_eval_samples", "eval_steps", "save_steps"):
+        for name in ("max_steps", "max_train_samples", "max_eval_samples", "holdout", "eval_steps", "save_steps"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ArgumentError(f"--{name.replace('_', '-')} must be at least 1 (got {value})")
@@ -82,6 +92,37 @@ class TrainArgs:
     @classmethod
     def field_names(cls) -> list[str]:
         return [f.name for f in dataclasses.fields(cls)]
+
+    def command_line(self) -> list[str]:
+        """The ``peftlab train`` arguments that make this run: model, task, method and seed, then every
+        setting that differs from its default."""
+        words = ["peftlab", "train"]
+        for item in dataclasses.fields(self):
+            value, flag = getattr(self, item.name), "--" + FLAGS.get(item.name, item.name.replace("_", "-"))
+            if item.name not in ("model", "task", "method", "seed") and value == _default(item):
+                continue
+            if isinstance(value, bool):
+                words.append(flag)  # a flag given flips its default
+            elif item.name == "options":
+                words += [word for key, option in sorted(value.items()) for word in ("--set", f"{key}={_text(option)}")]
+            elif item.name == "eval_tasks":
+                words += [word for task in value for word in (flag, task)]
+            else:
+                words += [flag, str(value)]
+        return words
+
+
+def _default(item: dataclasses.Field) -> Any:
+    return item.default_factory() if item.default_factory is not dataclasses.MISSING else item.default
+
+
+def _text(option: Any) -> str:
+    """An option as ``--set`` reads it back: lists comma-separated, a hybrid's part as JSON."""
+    if isinstance(option, (list, tuple)):
+        return ",".join(map(str, option))
+    if isinstance(option, dict):
+        return json.dumps(option, sort_keys=True)
+    return "none" if option is None else str(option)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -124,6 +124,12 @@ def loss_items(feature: Features, kind: str) -> int:
     return sum(label != IGNORE for label in (labels[1:] if kind == "decoder" else labels))
 
 
+def sequence_length(feature: Features, kind: str) -> int:
+    """The positions an example takes in a padded batch: its input, plus a seq2seq target's."""
+    labels = feature["labels"]
+    return len(feature["input_ids"]) + (len(labels) if kind == "encoder-decoder" and isinstance(labels, list) else 0)
+
+
 def count_tokens(batch: dict[str, torch.Tensor]) -> int:
     """Tokens a step processes: the non-pad inputs plus, for seq2seq, the target tokens."""
     tokens = int(batch["attention_mask"].sum())

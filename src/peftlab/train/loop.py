@@ -34,7 +34,8 @@ from peftlab.core.serialization import CONFIG_NAME, WEIGHTS_NAME, AdapterFileErr
 from peftlab.train.args import ArgumentError, TrainArgs
 from peftlab.train.checkpoint import (Progress, full_parameters, latest_checkpoint, load_checkpoint,
                                       recovered_checkpoints, save_checkpoint)
-from peftlab.train.encoding import collate, count_tokens, encode, loss_items
+from peftlab.train.batching import epoch_order, padded_fraction
+from peftlab.train.encoding import collate, count_tokens, encode, loss_items, sequence_length
 from peftlab.train.evaluation import evaluate
 from peftlab.train.loss import loss_function, resolve_loss
 from peftlab.train.plan import Plan, clear_output_dir, make_plan
@@ -83,24 +84,27 @@ class Trainer:
         self.max_length = plan.loaded.max_length(self.args.max_length)
         self.features = encode(plan.task, plan.train_examples, self.tokenizer, self.kind, self.max_length)
         self.loss_items = [loss_items(feature, self.kind) for feature in self.features]
+        self.lengths = [sequence_length(feature, self.kind) for feature in self.features]
         self.groups_per_epoch = len(self.epoch_groups(0))
         self.total_steps = self.args.max_steps or self.args.epochs * self.groups_per_epoch
         self.output = plan.output_dir
         self.is_main = accelerator.is_main_process
+        self.eval_history: list[dict[str, float]] = []  # this process's evaluations (a resumed run's since resuming)
 
     # -- data -------------------------------------------------------------------------------------
     def epoch_groups(self, epoch: int) -> list[list[list[int]]]:
-        """Accumulation groups of global micro-batches (example indices) for ``epoch``."""
-        generator = torch.Generator().manual_seed(self.args.seed * 1_000_003 + epoch)
-        order = torch.randperm(len(self.features), generator=generator).tolist()
-        size = self.args.batch_size * self.world
-        micro = [order[i:i + size] for i in range(0, len(order), size)]
-        if len(micro[-1]) < self.world:  # every process needs at least one example
-            micro.pop()
-        if not micro:
-            raise ArgumentError(f"{len(order)} training examples cannot feed {self.world} processes")
-        accumulate = self.args.gradient_accumulation_steps
-        return [micro[i:i + accumulate] for i in range(0, len(micro), accumulate)]
+        """Accumulation groups of global micro-batches (example indices) for ``epoch``: each optimizer step's
+        examples (train.batching), cut into micro-batches of ``batch_size`` per process."""
+        size, accumulate = self.args.batch_size * self.world, self.args.gradient_accumulation_steps
+        steps = epoch_order(self.lengths, size * accumulate, self.args.seed, epoch, self.args.group_by_length)
+        groups = [[step[i:i + size] for i in range(0, len(step), size)] for step in steps]
+        if len(groups[-1][-1]) < self.world:  # every process needs at least one example
+            groups[-1].pop()
+            if not groups[-1]:
+                groups.pop()
+        if not groups:
+            raise ArgumentError(f"{len(self.features)} training examples cannot feed {self.world} processes")
+        return groups
 
     def local_batch(self, indices: list[int], everyone: bool = False) -> dict[str, torch.Tensor]:
         """This process's share of a global micro-batch (or all of it, so every process sees the same)."""
@@ -263,6 +267,7 @@ class Trainer:
                                   device=self.accelerator.device)
                 scores.update({item.prefix + item.task.score_name(item.split, k): v for k, v in result.items()})
         progress.last_eval, progress.last_eval_step = scores, progress.step
+        self.eval_history.append({"step": progress.step, **scores})
         self.log({"type": "eval", "step": progress.step, "epoch": progress.epoch, **scores})
         task = self.plan.task
         score = scores[task.main_metric]
@@ -293,9 +298,11 @@ class Trainer:
             "options": {k: v if isinstance(v, (int, float, str, bool)) else list(v) for k, v in self.args.options.items()},
             "seed": self.args.seed, "scores": progress.last_eval,
             "main_metric": self.plan.task.main_metric, "best_score": progress.best_score, "best_step": progress.best_step,
+            "eval_history": self.eval_history,
             "parameters": report.as_dict(),
             "steps": progress.step, "epochs": progress.epoch, "world_size": self.world,
-            "train_examples": len(self.plan.train_examples),
+            "train_examples": len(self.plan.train_examples), "group_by_length": self.args.group_by_length,
+            "padding_fraction": padded_fraction(self.lengths, [b for g in self.epoch_groups(0) for b in g]),
             "train_time_s": progress.train_time_s, "train_tokens": tokens,
             "train_tokens_per_s": tokens / progress.train_time_s if progress.train_time_s else 0.0,
             **peak_memory(self.accelerator.device),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import random
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from peftlab.train.models import LoadedModel, ModelError, load_model
 
 HEAD_TASK_KINDS = ("classification", "regression")
 RUN_FILES = ("log.jsonl", "metrics.json", "adapter_config.json")
+HOLDOUT_SEED = 20231219  # one held-out draw for every run of a task (the survey's arXiv date)
 
 
 @dataclass
@@ -63,6 +65,20 @@ def eval_sets_for(task: Task, args: TrainArgs, prefix: str = "") -> list[EvalSet
             for split in task.eval_splits]
 
 
+def split_holdout(examples: list[Example], args: TrainArgs) -> tuple[list[Example], list[Example] | None]:
+    """``(training examples, held-out examples)``: with ``--holdout N``, N examples of the training split
+    set aside to score on instead of the dev set, so hyperparameters are chosen without seeing the dev set
+    that the tables report. The draw is the same for every seed and method (``HOLDOUT_SEED``), and the
+    held-out examples are scored under the dev set's metric names."""
+    if args.holdout is None:
+        return examples, None
+    if args.holdout >= len(examples):
+        raise ArgumentError(f"--holdout {args.holdout} leaves nothing to train on: the training split has "
+                            f"{len(examples)} examples; hold out fewer")
+    held = set(random.Random(HOLDOUT_SEED).sample(range(len(examples)), args.holdout))
+    return ([e for i, e in enumerate(examples) if i not in held], [e for i, e in enumerate(examples) if i in held])
+
+
 def optimizer_steps(args: TrainArgs, examples: int, world: int) -> int:
     """The run's optimizer steps (the loop's accumulation groups, summed over its epochs)."""
     micro, rest = divmod(examples, args.batch_size * world)
@@ -93,11 +109,12 @@ def make_plan(args: TrainArgs, world: int = 1) -> Plan:
         if (other.kind in HEAD_TASK_KINDS) != (task.kind in HEAD_TASK_KINDS):
             raise ArgumentError(f"--eval-task {other.name} needs a {'classification head' if other.kind in HEAD_TASK_KINDS else 'language-model head'}, "
                                 f"but {task.name} trains the other kind")
-    train_examples = subsample(task.load(args.train_split or task.train_split, args.data_dir),
-                               args.max_train_samples, args.seed)
+    train_examples, heldout = split_holdout(task.load(args.train_split or task.train_split, args.data_dir), args)
+    train_examples = subsample(train_examples, args.max_train_samples, args.seed)
     if not train_examples:
         raise ArgumentError(f"task {task.name}: the training split is empty")
-    eval_sets = eval_sets_for(task, args)
+    eval_sets = eval_sets_for(task, args) if heldout is None else [
+        EvalSet(task, task.eval_splits[0], subsample(heldout, args.max_eval_samples, args.seed), "")]
     for other in extra:
         eval_sets += eval_sets_for(other, args, prefix=f"{other.name}/")
 
