@@ -74,8 +74,8 @@ def test_bad_shard_is_rejected(text):
     ({"tasks": ["sst2", "no_such_task"]}, "unknown task 'no_such_task'"),
     ({"methods": [{"lora": {"options": {"rank": 0}}}]}, "rank"),
     ({"methods": [{"lora": {"options": {"nope": 1}}}]}, "no option 'nope'"),
-    ({"methods": [{"adalora": {"steps_option": "nope"}}]}, "no option 'nope'"),
-    ({"methods": ["adalora"]}, "total_steps"),
+    ({"methods": [{"adalora": {"steps_option": "total_steps"}}]}, "unknown key"),  # train sets total_steps itself
+    ({"methods": [{"method": "lora", "grid": {"learning_rat": [1.0]}}]}, "unknown training setting"),
     ({"training": {"learning_rat": 1.0}}, "unknown training setting"),
     ({"training": {"epochs": 0}}, "epochs"),
     ({"methods": ["lora", {"method": "lora"}]}, "runs repeat"),
@@ -119,3 +119,13 @@ def test_cli_lists_a_shard(tmp_path, capsys):
     listed = capsys.readouterr().out.split()
     runs = load_suite_checked(path).runs()
     assert listed == [run.run_id for run in Shard(2, 3).select(runs)]
+
+
+def test_a_grid_over_a_training_setting_sets_it_per_run(tmp_path):
+    path = write(tmp_path, {**SUITE, "methods": [{"method": "lora", "options": {"rank": 4},
+                                                  "grid": {"learning_rate": [1.0e-4, 1.0e-3], "rank": [2]}}]})
+    runs = load_suite_checked(path).runs()
+    first = [r for r in runs if (r.model, r.task, r.seed) == (runs[0].model, runs[0].task, runs[0].seed)]
+    assert [(r.training["learning_rate"], r.options) for r in first] == [
+        (1.0e-4, {"rank": 2}), (1.0e-3, {"rank": 2})]
+    assert all("learning_rate" not in r.options for r in runs)

@@ -102,3 +102,23 @@ def test_a_sweep_whose_data_is_missing_fails_before_any_run(tiny_suite, tmp_path
     with pytest.raises(TaskError, match=r"1 task\(s\).*nothing was run:\n  task 'rte': .*RTE/train.tsv not found"):
         run_sweep(runs, output, echo=lambda line: None)
     assert read_records(output) == []
+
+
+def test_every_record_carries_the_command_that_reproduces_its_score(tiny_suite, tmp_path):
+    """The record's ``reproduce`` command, run as written, trains the same run again: identical scores."""
+    suite = tiny_suite([{"lora": {"options": {"rank": 2, "target_modules": ["attention_qv"]}}},
+                        {"method": "ia3", "grid": {"learning_rate": [3.0e-3]}}], seeds=(1,))
+    output = tmp_path / "out"
+    run_sweep(load_suite_checked(suite).runs(), output, echo=lambda line: None)
+    records = read_records(output)
+    assert [r["status"] for r in records] == ["ok", "ok"]
+    for record in records:
+        words = record["reproduce"].split()
+        assert words[:2] == ["peftlab", "train"] and "--seed" in words and "--set" in words or record["spec"]["method"] == "ia3"
+        assert record["spec"]["method"] != "ia3" or words[words.index("--lr") + 1] == "0.003"
+        environment = {**os.environ, "PYTHONPATH": SRC}
+        subprocess.run([sys.executable, "-m", "peftlab.cli", *words[1:]], cwd=tmp_path, env=environment,
+                       check=True, stdout=subprocess.DEVNULL)
+        metrics = json.loads((tmp_path / "reproduce" / record["run_id"] / "metrics.json").read_text())
+        assert metrics["scores"] == record["scores"]
+        assert metrics["parameters"] == record["parameters"]

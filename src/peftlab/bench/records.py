@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import os
 import platform
 import subprocess
 from pathlib import Path
@@ -68,7 +69,8 @@ def provenance(device: str) -> dict[str, Any]:
 
         versions["peftlab"] = peftlab.__version__
     return {"git_commit": git_commit(), "git_dirty": git_dirty(), "packages": versions, "device": device,
-            "python": platform.python_version(), "platform": platform.platform(), "host": platform.node()}
+            "python": platform.python_version(), "platform": platform.platform(), "host": platform.node(),
+            "cpu_count": os.cpu_count(), "load_average": list(os.getloadavg())}  # shared CPU: times are not clean
 
 
 def _git(*arguments: str) -> str | None:

@@ -57,11 +57,12 @@ class SweepResult:
     failed: list[str]
 
 
-def worker_command(spec_path: Path, record: Path, launch: str | None = None) -> list[str]:
+def worker_command(spec_path: Path, record: Path, launch: str | None = None, breakdown: bool = True) -> list[str]:
     """The worker's command line; ``launch`` (``torchrun --nproc-per-node 4``, ``accelerate launch ...``)
     spreads the one run over several processes."""
     prefix = shlex.split(launch) if launch else [sys.executable]
-    return [*prefix, "-m", "peftlab.bench.worker", str(spec_path), "--record", str(record)]
+    return [*prefix, "-m", "peftlab.bench.worker", str(spec_path), "--record", str(record),
+            *([] if breakdown else ["--no-memory-breakdown"])]
 
 
 def _worker_environment() -> dict[str, str]:
@@ -77,6 +78,7 @@ def run_sweep(
     timeout: float | None = None,
     echo: Callable[[str], None] = print,
     launch: str | None = None,
+    breakdown: bool = True,
 ) -> SweepResult:
     """Run this shard's unfinished runs one after another; returns what ran, was skipped, failed."""
     output = Path(output)
@@ -96,7 +98,7 @@ def run_sweep(
             echo(f"[{position}/{len(todo)}] {run.run_id}: finished meanwhile by another sweep, skipped")
             continue
         echo(f"[{position}/{len(todo)}] {run.run_id} ...")
-        ok, seconds, summary = run_one(run, output, timeout, launch)
+        ok, seconds, summary = run_one(run, output, timeout, launch, breakdown)
         (result.ran if ok else result.failed).append(run.run_id)
         left = len(todo) - position
         eta = (time.monotonic() - started) / position * left
@@ -120,7 +122,7 @@ def data_problems(runs: Sequence[RunSpec]) -> list[str]:
 
 
 def run_one(run: RunSpec, output: Path, timeout: float | None = None,
-            launch: str | None = None) -> tuple[bool, float, str]:
+            launch: str | None = None, breakdown: bool = True) -> tuple[bool, float, str]:
     """Run one spec in a worker process; returns (succeeded, seconds, one-line summary)."""
     spec_path = output / SPECS_FOLDER / f"{run.run_id}.json"
     record = record_path(output, run)
@@ -132,7 +134,7 @@ def run_one(run: RunSpec, output: Path, timeout: float | None = None,
     started = time.monotonic()
     with open(log_path, "w", encoding="utf-8") as log:
         try:
-            code = subprocess.run(worker_command(spec_path, record, launch), stdout=log, stderr=subprocess.STDOUT,
+            code = subprocess.run(worker_command(spec_path, record, launch, breakdown), stdout=log, stderr=subprocess.STDOUT,
                                   env=_worker_environment(), timeout=timeout, check=False).returncode
         except subprocess.TimeoutExpired:
             code = None

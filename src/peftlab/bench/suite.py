@@ -10,7 +10,8 @@
       - lora: {options: {rank: 8}}                     # method options (peftlab methods --options lora)
       - method: lora                                   # a grid: one entry per combination, each value a knob
         grid: {rank: [1, 4, 16, 64], target_modules: [attention_qv, all_linear]}
-      - adalora: {steps_option: total_steps}           # this option gets the run's optimizer step count
+      - method: lora                                   # a grid over training settings too
+        grid: {learning_rate: [1.0e-4, 1.0e-3]}
 
 A suite whose models need different tasks (the ``paper`` suite) lists ``experiments:``, each a
 mapping of the same keys that inherits what it leaves out. Training settings merge in this order,
@@ -23,7 +24,7 @@ import itertools
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +65,6 @@ class MethodEntry:
     options: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
     knobs: dict[str, Any] = field(default_factory=dict)
-    steps_option: str | None = None  # a method option set to the run's number of optimizer steps
 
 
 @dataclass(frozen=True)
@@ -85,7 +85,6 @@ class RunSpec:
     knobs: dict[str, Any] = field(default_factory=dict)
     random_init: dict[str, Any] | None = None
     tokenizer: str | None = None
-    steps_option: str | None = None
 
     @property
     def run_id(self) -> str:
@@ -118,7 +117,6 @@ class Experiment:
                 task_name=task.task, label=method.label, method=method.method,
                 family=get_method(method.method).family, options=dict(method.options), training=training,
                 seed=seed, knobs=dict(method.knobs), random_init=model.random_init, tokenizer=model.tokenizer,
-                steps_option=method.steps_option,
             ))
         return runs
 
@@ -227,10 +225,10 @@ def _check(suite: Suite, where: str, known_tasks: Iterable[str] | None,
             if known is not None and task.task not in known:
                 raise SuiteError(f"{where}: unknown task {task.task!r}; known tasks: {', '.join(sorted(known))}")
         for method in experiment.methods:
-            # The step count is only known at run time; any large count stands in for it here.
-            stand_in = {method.steps_option: 10**6} if method.steps_option else {}
-            try:
-                get_method(method.method).config_class.from_options({**method.options, **stand_in})
+            config_class = get_method(method.method).config_class
+            run_length = {"total_steps": 10**6} if "total_steps" in {f.name for f in fields(config_class)} else {}
+            try:  # a schedule's total_steps is the run's step count, which train fills in; any count stands in
+                config_class.from_options({**run_length, **method.options})
             except UserError as error:
                 raise SuiteError(f"{where}: method entry {method.label!r}: {error}") from None
     counts = Counter(run.run_id for run in suite.runs())
@@ -296,10 +294,9 @@ def _task(entry: Any, where: str) -> TaskEntry:
 def _methods(entry: Any, where: str) -> list[MethodEntry]:
     entry = _single_key_form(entry, "method", f"{where}: methods")
     name = str(entry["method"])
-    _only_keys(entry, f"{where}: method {name!r}", {"method", "label", "options", "training", "grid", "knobs",
-                                                             "steps_option"})
+    _only_keys(entry, f"{where}: method {name!r}", {"method", "label", "options", "training", "grid", "knobs"})
     try:
-        get_method(name)
+        spec = get_method(name)
     except UserError as error:
         raise SuiteError(f"{where}: {error}") from None
     options = _mapping(entry.get("options", {}), f"{where}: {name} options")
@@ -307,14 +304,17 @@ def _methods(entry: Any, where: str) -> list[MethodEntry]:
     knobs = _mapping(entry.get("knobs", {}), f"{where}: {name} knobs")
     grid = _mapping(entry.get("grid", {}), f"{where}: {name} grid")
     base_label = str(entry.get("label", name))
-    steps_option = entry.get("steps_option")
     if not grid:
-        return [MethodEntry(base_label, name, options, training, knobs, steps_option)]
+        return [MethodEntry(base_label, name, options, training, knobs)]
     if not all(isinstance(values, list) and values for values in grid.values()):
         raise SuiteError(f"{where}: method {name!r}: every grid value must be a non-empty list")
+    method_fields = {f.name for f in fields(spec.config_class)}  # a grid key that is not an option is a training key
     expanded = []
     for values in itertools.product(*grid.values()):
         point = dict(zip(grid, values, strict=True))
         label = f"{base_label}[{','.join(f'{k}={v}' for k, v in point.items())}]"
-        expanded.append(MethodEntry(label, name, {**options, **point}, training, {**knobs, **point}, steps_option))
+        chosen_options = {k: v for k, v in point.items() if k in method_fields}
+        chosen_training = {k: v for k, v in point.items() if k not in method_fields}  # e.g. learning_rate
+        expanded.append(MethodEntry(label, name, {**options, **chosen_options}, {**training, **chosen_training},
+                                    {**knobs, **point}))
     return expanded

@@ -8,10 +8,9 @@ atomically: ``ok`` with everything, or ``failed`` with the error. Exit status 0 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
-import math
 import os
+import shlex
 import sys
 import time
 import traceback
@@ -37,16 +36,15 @@ def device_name() -> str:
     return f"cpu: {torch.get_num_threads()} threads"
 
 
-def execute(spec: RunSpec, output: Path) -> dict[str, Any]:
-    """Train and score ``spec``; returns the record's measured fields."""
+def execute(spec: RunSpec, output: Path, breakdown: bool = True) -> dict[str, Any]:
+    """Train and score ``spec``; returns the record's measured fields (``breakdown``: also the memory split,
+    measured on one more step of a freshly loaded model)."""
     from peftlab.tasks import get_task
     from peftlab.train import TrainArgs, run_training
 
     model_name, note = model_for_run(spec, output)
     args = TrainArgs(model=model_name, task=spec.task_name, method=spec.method, options=dict(spec.options),
                      seed=spec.seed, output_dir=None, **spec.training)
-    if spec.steps_option:
-        args = dataclasses.replace(args, options={**args.options, spec.steps_option: optimizer_steps(args)})
     baseline_rss = memory.current_rss_bytes()
     metrics = run_training(args)
     if not is_main_process():
@@ -56,6 +54,7 @@ def execute(spec: RunSpec, output: Path) -> dict[str, Any]:
     score = metrics["scores"].get(primary)
     return {
         "scores": metrics["scores"],
+        "eval_history": metrics["eval_history"],
         "primary_metric": primary,
         "greater_is_better": scored.greater_is_better,
         "score": None if score is None else display_score(primary, float(score)),
@@ -65,22 +64,18 @@ def execute(spec: RunSpec, output: Path) -> dict[str, Any]:
         "train_examples": metrics["train_examples"],
         "steps": metrics["steps"],
         "memory": {"peak_bytes": metrics["peak_memory_bytes"], "peak_source": metrics["peak_memory_kind"],
-                   "baseline_rss_bytes": baseline_rss, "breakdown": memory_breakdown(args)},
+                   "baseline_rss_bytes": baseline_rss, "breakdown": memory_breakdown(args) if breakdown else None},
         "model_note": note,
         "model_used": model_name,
+        "reproduce": reproduce_command(args, spec),
     }
 
 
-def optimizer_steps(args: Any) -> int:
-    """The optimizer steps the training loop will take (its schedule, computed ahead)."""
-    from peftlab.tasks import get_task, subsample
-
-    task = get_task(args.task)
-    examples = subsample(task.load(args.train_split or task.train_split, args.data_dir), args.max_train_samples,
-                         args.seed)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    per_epoch = math.ceil(math.ceil(len(examples) / (args.batch_size * world)) / args.gradient_accumulation_steps)
-    return args.max_steps or args.epochs * per_epoch
+def reproduce_command(args: Any, spec: RunSpec) -> str:
+    """The one command that reruns this run alone (with ``PEFTLAB_DATA`` set as for the sweep) and writes
+    its scores to ``metrics.json``; on the same kind of machine it gives the same score."""
+    words = [*args.command_line(), "--no-progress" if args.progress else "", "--output", f"reproduce/{spec.run_id}"]
+    return " ".join(shlex.quote(word) for word in words if word)
 
 
 def is_main_process() -> bool:
@@ -118,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m peftlab.bench.worker", description=__doc__)
     parser.add_argument("spec", type=Path, help="the run's spec (JSON, written by the sweep)")
     parser.add_argument("--record", type=Path, required=True, help="where to write the run record")
+    parser.add_argument("--no-memory-breakdown", action="store_true", help="skip the memory split's extra step")
     arguments = parser.parse_args(argv)
     spec = RunSpec.from_dict(json.loads(arguments.spec.read_text(encoding="utf-8")))
     output = arguments.record.resolve().parent.parent
@@ -125,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
             "started_at": datetime.now(UTC).isoformat(timespec="seconds")}
     started = time.perf_counter()
     try:
-        measured = execute(spec, output)
+        measured = execute(spec, output, breakdown=not arguments.no_memory_breakdown)
     except Exception as error:  # noqa: BLE001  (any failure becomes this run's failed record)
         traceback.print_exc()
         if not is_main_process():

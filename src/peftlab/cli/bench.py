@@ -29,6 +29,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                              "or 'accelerate launch --num-processes 4' (default: one python process)")
     parser.add_argument("--list", action="store_true", help="validate the suite and list its runs, run nothing")
     parser.add_argument("--no-report", action="store_true", help="skip writing the report at the end")
+    parser.add_argument("--no-memory-breakdown", action="store_true",
+                        help="skip each run's memory split by component (one more step on a fresh model)")
     parser.set_defaults(handler=run)
 
 
@@ -42,7 +44,8 @@ def run(arguments: argparse.Namespace) -> int:
         return 0
     if arguments.data_dir is not None:
         os.environ[DATA_ENV] = str(arguments.data_dir.resolve())
-    result = run_sweep(runs, arguments.output, shard, timeout=arguments.timeout, launch=arguments.launch)
+    result = run_sweep(runs, arguments.output, shard, timeout=arguments.timeout, launch=arguments.launch,
+                       breakdown=not arguments.no_memory_breakdown)
     if not arguments.no_report:
         written = write_report(arguments.output)
         print(f"report: {', '.join(str(path) for path in written if path.suffix in ('.md', '.html'))}")
