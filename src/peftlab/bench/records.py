@@ -83,7 +83,8 @@ def _git(*arguments: str) -> str | None:
 
 
 def git_commit() -> str | None:
-    return _git("rev-parse", "HEAD")
+    """HEAD's hash; where the code runs from a copy without .git (a lent machine), ``$PEFTLAB_GIT_COMMIT``."""
+    return _git("rev-parse", "HEAD") or os.environ.get("PEFTLAB_GIT_COMMIT")
 
 
 def git_dirty() -> bool | None:

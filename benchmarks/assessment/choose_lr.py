@@ -1,0 +1,79 @@
+"""Write E1's suite from the learning-rate sweep: each method's rate is the one that scored best on the
+examples held out from the training data (never the dev set that E1 reports).
+
+    python benchmarks/assessment/choose_lr.py SWEEP_DIR --out benchmarks/assessment/suites/e1-glue.yaml
+
+SST-2's sweep chooses for the single-sentence tasks (SST-2, CoLA), MRPC's for the sentence pairs (MRPC,
+STS-B). Ties go to the smaller rate. Prints the table of held-out scores it chose from.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from peftlab.bench.records import read_records
+
+METHODS = ("full", "adapter", "prompt_tuning", "prefix_tuning", "ia3", "bitfit", "child_tuning", "lora", "adalora",
+           "qlora", "mam", "propetl")  # the survey's eleven and its baseline, in its order
+CHOOSER = {"sst2": "sst2", "cola": "sst2", "mrpc": "mrpc", "stsb": "mrpc"}  # E1 task -> sweep task
+# E1's budget per task: where full fine-tuning's and LoRA's dev scores plateau (see README.md, learning curves).
+BUDGETS: dict[str, dict[str, Any]] = {
+    "sst2": {"max_train_samples": 20000, "epochs": 2, "eval_steps": 125},
+    "cola": {"epochs": 4},
+    "mrpc": {"epochs": 8},
+    "stsb": {"epochs": 6},
+}
+TRAINING = {"batch_size": 32, "eval_batch_size": 256, "max_length": 128, "warmup_ratio": 0.06, "progress": False}
+
+
+def sweep_scores(sweep: Path) -> dict[tuple[str, str], dict[float, float]]:
+    """(task, method) -> {learning rate: held-out score} from the sweep's ok records."""
+    scores: dict[tuple[str, str], dict[float, float]] = defaultdict(dict)
+    for record in read_records(sweep):
+        if record["status"] == "ok" and record.get("score") is not None:
+            spec = record["spec"]
+            scores[(spec["task"], spec["method"])][float(spec["training"]["learning_rate"])] = record["score"]
+    return scores
+
+
+def best_rate(by_rate: dict[float, float]) -> float:
+    return max(sorted(by_rate), key=lambda rate: by_rate[rate])  # max keeps the first (smallest) of equals
+
+
+def e1_suite(scores: dict[tuple[str, str], dict[float, float]], methods: list[str]) -> dict[str, Any]:
+    experiments = []
+    for task, chooser in CHOOSER.items():
+        missing = [m for m in methods if (chooser, m) not in scores]
+        if missing:
+            raise SystemExit(f"the sweep has no ok run on {chooser} for: {', '.join(missing)}")
+        experiments.append({
+            "tasks": [{"task": task, "training": BUDGETS[task]}],
+            "methods": [{m: {"training": {"learning_rate": best_rate(scores[(chooser, m)])}}} for m in methods],
+        })
+    return {"name": "e1-glue",
+            "description": "E1: the survey's eleven methods and full fine-tuning on the offline MiniLM, four GLUE "
+                           "tasks, three seeds, at the converged budget; learning rates from lr-sweep (held-out "
+                           "split), written by benchmarks/assessment/choose_lr.py.",
+            "seeds": [0, 1, 2], "models": ["minilm-l6"], "training": TRAINING, "experiments": experiments}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("sweep", type=Path, help="the lr-sweep output folder (its runs/ records)")
+    parser.add_argument("--out", type=Path, required=True, help="the E1 suite to write")
+    arguments = parser.parse_args()
+    scores = sweep_scores(arguments.sweep)
+    for (task, method), by_rate in sorted(scores.items()):
+        cells = "  ".join(f"{rate:g}: {score:6.2f}" for rate, score in sorted(by_rate.items()))
+        print(f"{task:5} {method:14} {cells}  -> {best_rate(by_rate):g}")
+    header = "# Written by benchmarks/assessment/choose_lr.py from the lr-sweep records; do not edit by hand.\n"
+    arguments.out.write_text(header + yaml.safe_dump(e1_suite(scores, list(METHODS)), sort_keys=False))
+
+
+if __name__ == "__main__":
+    main()
