@@ -21,9 +21,13 @@ from peftlab.bench.memory import COMPONENTS
 from peftlab.bench.records import read_records, runs_dir
 from peftlab.bench.suite import slug
 from peftlab.core.atomic import write_bytes_atomic, write_text_atomic
-from peftlab.core.errors import UserError
+from peftlab.core.errors import UserError, few
+from peftlab.core.outputs import OutputError, OutputKind, claim_output
 
 
+REPORT_FILES = ("report.md", "results.csv", "results.tex", "report.html", "score_vs_trainable-*.png", "memory-*.png",
+                "ablation-*.png")
+REPORT_OUTPUT = OutputKind(command="peftlab report", flag="DIR", owns=REPORT_FILES)
 SCORES_NOTE = "Scores: fractions (accuracy, F1, correlations) ×100, BLEU and losses as they are (mean ± std over seeds)"
 
 
@@ -54,19 +58,26 @@ def build_report(output: str | Path) -> Report:
     return report
 
 
-def write_report(output: str | Path) -> list[Path]:
-    """Write every report file into ``output``; returns their paths."""
+def write_report(output: str | Path, overwrite: bool = True) -> list[Path]:
+    """Write every report file into ``output`` (each atomically); returns their paths. Without
+    ``overwrite``, report files already there are refused before anything is written."""
     output = Path(output)
+    if output.exists():
+        claim_output(output, REPORT_OUTPUT, resume=True)  # the run records' folder: a file, or not writable
     report = build_report(output)
+    contents: dict[str, bytes | str] = {name: png for figures in report.figures.values() for name, png in figures.items()}
+    contents.update({"report.md": markdown(report), "results.csv": csv_text(report.tables),
+                     "results.tex": latex(report.tables), "report.html": html_page(report)})
+    existing = [name for name in contents if (output / name).exists()]
+    if existing and not overwrite:
+        raise OutputError(f"peftlab report: {output} already holds a report ({few(existing)}); pass --overwrite "
+                          f"to replace it")
     written = []
-    for figures in report.figures.values():
-        for name, png in figures.items():
-            write_bytes_atomic(output / name, png)
-            written.append(output / name)
-    files = {"report.md": markdown(report), "results.csv": csv_text(report.tables),
-             "results.tex": latex(report.tables), "report.html": html_page(report)}
-    for name, text in files.items():
-        write_text_atomic(output / name, text)
+    for name, content in contents.items():
+        if isinstance(content, bytes):
+            write_bytes_atomic(output / name, content)
+        else:
+            write_text_atomic(output / name, content)
         written.append(output / name)
     return written
 

@@ -100,3 +100,4 @@ class EvalArgs:
     max_new_tokens: int = 64
     seed: int = 42
     output: str | None = None  # a JSON file for the scores
+    overwrite: bool = False  # replace an existing output file
