@@ -26,11 +26,33 @@ def _fsync_directory(path: Path) -> None:
             os.close(fd)
 
 
+def process_umask() -> int:
+    """The process's umask. Linux shows it in ``/proc``; elsewhere ``os.umask`` must set it to read it."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _follow_umask(path: str | os.PathLike, descriptor: int | None = None) -> None:
+    """``tempfile`` makes private files (0600) and folders (0700); what we put in place is created as
+    ``open``/``mkdir`` would create it, so colleagues sharing a folder can read it as they read its neighbours."""
+    mode = (0o666 if descriptor is not None else 0o777) & ~process_umask()
+    if descriptor is not None and hasattr(os, "fchmod"):
+        os.fchmod(descriptor, mode)
+    else:
+        os.chmod(path, mode)
+
+
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        _follow_umask(temporary, fd)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
@@ -121,6 +143,7 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
             shutil.rmtree(stale, ignore_errors=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent))
     try:
+        _follow_umask(staging)
         yield staging
         _fsync_tree(staging)
         with _swap_lock(path.parent):
