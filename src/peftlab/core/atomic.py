@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import tempfile
@@ -15,6 +16,34 @@ from peftlab.core.errors import UserError
 
 class UnsafePathError(UserError, ValueError):
     """A name taken from data would put a file outside the folder it belongs in."""
+
+
+class OutOfSpaceError(UserError, OSError):
+    """The disk (or the user's quota) filled up while a file was written; what was there before is intact."""
+
+
+OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _out_of_space(error: BaseException) -> bool:
+    if isinstance(error, OSError):
+        return error.errno in OUT_OF_SPACE
+    text = str(error)  # safetensors' writer reports the OS error inside its own message
+    return type(error).__name__ == "SafetensorError" and ("No space left" in text or "StorageFull" in text
+                                                          or "Disk quota" in text)
+
+
+@contextlib.contextmanager
+def out_of_space_as_user_error(path: Path, replaced: bool = True) -> Iterator[None]:
+    """Turn a full disk or quota while writing ``path`` into a :class:`OutOfSpaceError` that says so."""
+    try:
+        yield
+    except BaseException as error:
+        if not _out_of_space(error) or isinstance(error, OutOfSpaceError):
+            raise
+        kept = f"; nothing was replaced: the previous {path.name}, if any, is intact" if replaced else ""
+        raise OutOfSpaceError(f"no space left on the device (or the quota) while writing {path}{kept}. Free "
+                              f"some space, or write to another disk") from error
 
 
 def _fsync_directory(path: Path) -> None:
@@ -53,7 +82,7 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
     fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         _follow_umask(temporary, fd)
-        with os.fdopen(fd, "wb") as handle:
+        with out_of_space_as_user_error(path), os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
@@ -136,6 +165,9 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     model folder) leave each other's staging alone, and the last to finish wins whole.
     """
     path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{path} is a file, not a folder: not replacing it with a folder; remove it or choose "
+                        f"another path")
     path.parent.mkdir(parents=True, exist_ok=True)
     recover_directory(path)
     for stale in path.parent.glob(f".{path.name}.*.tmp"):
@@ -144,8 +176,9 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent))
     try:
         _follow_umask(staging)
-        yield staging
-        _fsync_tree(staging)
+        with out_of_space_as_user_error(path):
+            yield staging
+            _fsync_tree(staging)
         with _swap_lock(path.parent):
             _swap_in(staging, path)
         _fsync_directory(path.parent)
