@@ -37,6 +37,7 @@ HELP = {
     "batch_size": "examples per process per micro-step",
     "eval_steps": "evaluate every N steps (default: at each epoch end)",
     "save_steps": "write checkpoint-<step>/ every N steps (also at each epoch end)",
+    "save_minutes": "also write a checkpoint when this many minutes have passed since the last one (long epochs)",
     "save_total_limit": "how many checkpoints to keep",
     "mixed_precision": "auto: bf16 (or fp16) on a GPU, off on CPU",
     "fsdp": "shard the model with FSDP2 across the launched processes",

@@ -43,6 +43,7 @@ class TrainArgs:
     max_eval_samples: int | None = None
     eval_steps: int | None = None  # None: evaluate at the end of each epoch
     save_steps: int | None = None  # a checkpoint every N optimizer steps (and at each epoch end)
+    save_minutes: float | None = None  # also a checkpoint when this many minutes have passed since the last one
     save_total_limit: int = 2
     logging_steps: int = 10
     gradient_checkpointing: bool = False
@@ -69,6 +70,8 @@ class TrainArgs:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ArgumentError(f"--{name.replace('_', '-')} must be at least 1 (got {value})")
+        if self.save_minutes is not None and not self.save_minutes > 0:
+            raise ArgumentError(f"--save-minutes must be positive (got {self.save_minutes})")
         if self.compile and self.fsdp:
             raise ArgumentError("--compile with --fsdp is not supported yet: drop one of them")
         if self.learning_rate <= 0:

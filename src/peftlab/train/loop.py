@@ -36,6 +36,7 @@ from peftlab.train.checkpoint import (Progress, full_parameters, latest_checkpoi
                                       recovered_checkpoints, save_checkpoint)
 from peftlab.train.encoding import collate, count_tokens, encode, loss_items
 from peftlab.train.evaluation import evaluate
+from peftlab.train.interrupt import SaveClock, StopRequest
 from peftlab.train.loss import loss_function, resolve_loss
 from peftlab.train.plan import Plan, clear_output_dir, make_plan
 from peftlab.train.resources import peak_memory, write_log_line, trim_log
@@ -67,7 +68,9 @@ def run_training(args: TrainArgs) -> dict[str, Any]:
             clear_output_dir(plan.output_dir)
         plan.output_dir.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
-    return Trainer(plan, accelerator, loss_kind).train()
+    trainer = Trainer(plan, accelerator, loss_kind)
+    with trainer.stop.installed():  # SIGINT/SIGTERM: save after the step in progress, then exit 130/143
+        return trainer.train()
 
 
 class Trainer:
@@ -87,6 +90,7 @@ class Trainer:
         self.total_steps = self.args.max_steps or self.args.epochs * self.groups_per_epoch
         self.output = plan.output_dir
         self.is_main = accelerator.is_main_process
+        self.stop, self.save_clock, self.saved_step = StopRequest(), SaveClock(self.args.save_minutes), None
 
     # -- data -------------------------------------------------------------------------------------
     def epoch_groups(self, epoch: int) -> list[list[list[int]]]:
@@ -191,6 +195,8 @@ class Trainer:
                 bar.set_postfix(loss=f"{loss:.4f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}",
                                 tok_s=f"{progress.train_tokens / max(progress.train_time_s, 1e-9):.0f}")
                 self.after_step(progress, epoch_end=index + 1 == len(groups))
+                if self.stop.requested(self.accelerator):
+                    self.stop.stop(progress.step, self.total_steps, self.output, lambda: self.checkpoint(progress))
                 if progress.step >= self.total_steps:
                     break
         bar.close()
@@ -245,9 +251,18 @@ class Trainer:
             self.evaluate(progress)
         if epoch_end:
             progress.epoch, progress.groups_done = progress.epoch + 1, 0
-        if self.output is not None and (epoch_end or (args.save_steps and step % args.save_steps == 0)):
+        if self.output is not None and (epoch_end or (args.save_steps and step % args.save_steps == 0)
+                                        or self.save_clock.due(self.accelerator)):
+            self.checkpoint(progress)
+
+    def checkpoint(self, progress: Progress) -> Path:
+        """Write ``checkpoint-<step>`` (all ranks call this), once per step: a signal may follow an epoch end's."""
+        if self.saved_step != progress.step:
             save_checkpoint(self.output, self.base, self.optimizer, self.scheduler, self.hooks, progress,
-                            is_main=self.is_main, keep=args.save_total_limit)
+                            is_main=self.is_main, keep=self.args.save_total_limit)
+            self.saved_step = progress.step
+            self.save_clock.saved()
+        return self.output / f"checkpoint-{progress.step}"
 
     # -- evaluation and results ---------------------------------------------------------------------
     def evaluate(self, progress: Progress) -> None:
