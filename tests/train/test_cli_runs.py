@@ -127,3 +127,26 @@ def test_on_cuda_a_run_trains_in_bf16_reports_gpu_memory_and_its_adapter_loads_o
     loaded = peftlab.load_adapter(base, out).eval()
     assert next(loaded.parameters()).device.type == "cpu"
     assert not torch.allclose(probe_output(loaded), before)  # trained on the GPU, changes the model here
+
+
+def test_without_output_it_says_nothing_is_written(tiny_models, data_root, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code = main(["train", "--model", str(tiny_models["bert"]), "--task", "rte", "--max-steps", "1",
+                 "--data-dir", str(data_root), *SMALL])
+    captured = capsys.readouterr()
+    assert code == 0 and "no --output, so nothing is written" in captured.err and "--output DIR" in captured.err
+    assert json.loads(captured.out)["task"] == "rte" and not list(tmp_path.iterdir())
+
+
+def test_resume_says_where_it_starts(tiny_models, data_root, tmp_path, capsys):
+    argv = ["--max-steps", "2", "--save-steps", "1", "--data-dir", str(data_root)]
+    out = tmp_path / "run"
+    out.mkdir()
+    train(capsys, tiny_models["bert"], "rte", out, "--resume", *argv)  # an empty folder: nothing to resume yet
+    code = main(["train", "--model", str(tiny_models["bert"]), "--task", "rte", "--output", str(tmp_path / "fresh"),
+                 "--resume", *SMALL, *argv])
+    assert code == 0 and "--resume: no checkpoint in" in capsys.readouterr().err
+    (out / "metrics.json").unlink()
+    code = main(["train", "--model", str(tiny_models["bert"]), "--task", "rte", "--output", str(out), "--resume",
+                 *SMALL, *argv])
+    assert code == 0 and f"resuming from {out / 'checkpoint-2'} (step 2 of 2)" in capsys.readouterr().err

@@ -57,7 +57,7 @@ def test_a_signal_saves_a_checkpoint_and_resume_continues_exactly(tiny_models, d
     assert signal.getsignal(number) is not None and signal.getsignal(number) != signal.SIG_IGN
 
     assert main(argv(tiny_models["bert"], data_root, stopped, "--resume")) == 0
-    assert "resuming from" in capsys.readouterr().out
+    assert "resuming from" in capsys.readouterr().err
     a, b = (load_file(folder / "adapter_model.safetensors") for folder in (straight, stopped))
     assert a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
 

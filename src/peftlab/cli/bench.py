@@ -10,6 +10,7 @@ from peftlab.bench import load_suite_checked
 from peftlab.bench.report import write_report
 from peftlab.bench.runner import BENCH_OUTPUT, Shard, is_sweep_folder, run_sweep
 from peftlab.bench.suite import available_suites
+from peftlab.cli.report import warn_unreadable
 from peftlab.core.outputs import claim_output, remove_owned
 from peftlab.tasks import DATA_ENV
 
@@ -54,5 +55,6 @@ def run(arguments: argparse.Namespace) -> int:
     if not arguments.no_report:
         written = write_report(arguments.output)
         print(f"report: {', '.join(str(path) for path in written if path.suffix in ('.md', '.html'))}")
+        warn_unreadable(arguments.output)
     print(f"done: {len(result.ran)} ran, {len(result.skipped)} skipped (finished), {len(result.failed)} failed")
     return 1 if result.failed else 0

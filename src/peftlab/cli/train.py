@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 import types
 import typing
 from pathlib import Path
@@ -134,7 +135,11 @@ def _read_config(path: str) -> dict[str, Any]:
 def run(arguments: argparse.Namespace) -> int:
     from peftlab.train import run_training
 
-    metrics = run_training(train_args(arguments))
+    args = train_args(arguments)
+    if args.output_dir is None:
+        print("peftlab train: no --output, so nothing is written (no adapter, metrics or checkpoints); the scores "
+              "are printed at the end. Add --output DIR to keep the run", file=sys.stderr)
+    metrics = run_training(args)
     summary = {k: metrics[k] for k in ("task", "method", "scores", "parameters", "train_time_s",
                                        "train_tokens_per_s", "peak_memory_bytes")}
     print(json.dumps(summary, indent=2))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -144,10 +145,12 @@ class Trainer:
             checkpoint, progress = resumed
             if self.is_main:
                 trim_log(self.output / "log.jsonl", progress.step)
-                print(f"resuming from {checkpoint} (step {progress.step} of {self.total_steps})")
+                print(f"resuming from {checkpoint} (step {progress.step} of {self.total_steps})", file=sys.stderr)
             return progress
         if self.args.resume and self.is_main:  # nothing to resume from: start clean, without the killed run's lines
             trim_log(self.output / "log.jsonl", 0)
+            print(f"--resume: no checkpoint in {self.output} yet; starting from step 0 of {self.total_steps}",
+                  file=sys.stderr)
         if self.hooks.needs_prepare():  # the same first batches on every process, so all agree (e.g. on masks)
             first = [indices for group in self.epoch_groups(0) for indices in group][:PREPARE_BATCHES]
             self.hooks.prepare(self.base, [self.local_batch(indices, everyone=True) for indices in first])
