@@ -150,3 +150,16 @@ def test_resume_says_where_it_starts(tiny_models, data_root, tmp_path, capsys):
     code = main(["train", "--model", str(tiny_models["bert"]), "--task", "rte", "--output", str(out), "--resume",
                  *SMALL, *argv])
     assert code == 0 and f"resuming from {out / 'checkpoint-2'} (step 2 of 2)" in capsys.readouterr().err
+
+
+def test_resume_refuses_changed_settings_and_lists_each(tiny_models, data_root, tmp_path, capsys):
+    base = ["train", "--model", str(tiny_models["bert"]), "--task", "rte", "--output", str(tmp_path / "run"),
+            "--max-steps", "2", "--save-steps", "1", "--data-dir", str(data_root), *SMALL]
+    assert main([*base, "--set", "rank=4", "--lr", "5e-3"]) == 0
+    capsys.readouterr()
+    assert main([*base, "--resume", "--set", "rank=8", "--lr", "1e-3"]) == 2
+    err = capsys.readouterr().err
+    assert "checkpoint-2 was written by a run with other settings" in err, err
+    assert "options: {'rank': '4'} -> {'rank': '8'}" in err and "learning_rate: 0.005 -> 0.001" in err
+    assert "another shape" not in err
+    assert main([*base, "--resume", "--set", "rank=4", "--lr", "5e-3", "--eval-steps", "1"]) == 0  # evaluation may change

@@ -16,6 +16,12 @@ class ArgumentError(UserError, ValueError):
     """A run argument is missing or out of range."""
 
 
+# What a run trains: a resumed run must have the same (the rest, e.g. evaluation and saving, may change).
+RESUME_SETTINGS = ("model", "task", "method", "options", "seed", "train_split", "max_train_samples", "epochs",
+                   "max_steps", "batch_size", "gradient_accumulation_steps", "learning_rate", "weight_decay",
+                   "warmup_ratio", "max_grad_norm", "max_length", "loss", "mixed_precision")
+
+
 @dataclass(frozen=True, kw_only=True)
 class TrainArgs:
     """One fine-tuning run: a model, a task, a method with its options, and the loop's settings."""
@@ -85,6 +91,13 @@ class TrainArgs:
     @classmethod
     def field_names(cls) -> list[str]:
         return [f.name for f in dataclasses.fields(cls)]
+
+    def resume_settings(self) -> dict[str, Any]:
+        """The settings a checkpoint records and ``--resume`` compares (JSON values; options as text, so
+        ``rank=8`` from ``--set`` equals ``rank: 8`` from a config file)."""
+        settings = {name: getattr(self, name) for name in RESUME_SETTINGS}
+        settings["options"] = {key: str(value) for key, value in sorted(self.options.items())}
+        return settings
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -33,8 +33,8 @@ from peftlab.core.fused_ops import fuse
 from peftlab.core.host_memory import keep_freed_memory
 from peftlab.core.serialization import CONFIG_NAME, WEIGHTS_NAME, AdapterFileError, save_adapter
 from peftlab.train.args import ArgumentError, TrainArgs
-from peftlab.train.checkpoint import (Progress, full_parameters, latest_checkpoint, load_checkpoint,
-                                      recovered_checkpoints, save_checkpoint)
+from peftlab.train.checkpoint import (Progress, changed_settings, full_parameters, latest_checkpoint,
+                                      load_checkpoint, recovered_checkpoints, save_checkpoint)
 from peftlab.train.encoding import collate, count_tokens, encode, loss_items
 from peftlab.train.evaluation import evaluate
 from peftlab.train.interrupt import SaveClock, StopRequest
@@ -165,10 +165,16 @@ class Trainer:
         problems = []
         for checkpoint in reversed(found):
             try:
-                progress = load_checkpoint(checkpoint, self.base, self.optimizer, self.scheduler, self.hooks)
+                changes = changed_settings(checkpoint, self.args.resume_settings())
+                progress = None if changes else load_checkpoint(checkpoint, self.base, self.optimizer,
+                                                                self.scheduler, self.hooks)
             except UNREADABLE as error:  # every part is loaded again from the next one tried
                 problems.append(f"{checkpoint.name} ({type(error).__name__}: {str(error).splitlines()[0]})")
                 continue
+            if changes:
+                raise ArgumentError(f"--resume: {checkpoint} was written by a run with other settings "
+                                    f"({'; '.join(changes)}); resume with the same settings, or start a new run "
+                                    f"(another --output, or --overwrite without --resume)")
             if problems:
                 warnings.warn(f"--resume: skipped unreadable checkpoint(s) {', '.join(problems)}; resuming from "
                               f"{checkpoint.name}. The skipped folders are left as they are.", stacklevel=2)
@@ -262,7 +268,8 @@ class Trainer:
         """Write ``checkpoint-<step>`` (all ranks call this), once per step: a signal may follow an epoch end's."""
         if self.saved_step != progress.step:
             save_checkpoint(self.output, self.base, self.optimizer, self.scheduler, self.hooks, progress,
-                            is_main=self.is_main, keep=self.args.save_total_limit)
+                            is_main=self.is_main, keep=self.args.save_total_limit,
+                            settings=self.args.resume_settings())
             self.saved_step = progress.step
             self.save_clock.saved()
         return self.output / f"checkpoint-{progress.step}"
