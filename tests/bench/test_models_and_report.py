@@ -91,7 +91,7 @@ def test_report_counts_and_names_unreadable_records(tmp_path, capsys):
     (runs / "notes.json").write_text('{"mine": true}')
     assert main(["report", str(tmp_path)]) == 0
     err = capsys.readouterr().err
-    assert ("warning: 2 run record(s)" in err and "lora[rank=64].json (not valid JSON: Unterminated string" in err
+    assert ("warning: 2 run record(s)" in err and "lora[rank=64].json (not valid JSON, line 1: Unterminated string" in err
             and "notes.json (not a peftlab-run/1 record (format: None))" in err), err
     summary = (tmp_path / "report.md").read_text()
-    assert "runs: 3 ok, 0 failed, 2 unreadable record(s) left out: lora[rank=64].json (not valid JSON" in summary
+    assert "runs: 3 ok, 0 failed, 2 unreadable record(s) left out: lora[rank=64].json (not valid JSON, line 1" in summary

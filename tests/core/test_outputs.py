@@ -26,7 +26,7 @@ def test_a_folder_with_files_needs_overwrite_and_then_only_the_commands_own(tmp_
     out = tmp_path / "out"
     out.mkdir()
     (out / "adapter_config.json").write_text("{}")
-    with pytest.raises(OutputError, match=r"DST .*out already holds 1 entries \(adapter_config.json\); pass --overwrite"):
+    with pytest.raises(OutputError, match=r"DST .*out already holds 1 entry \(adapter_config.json\); pass --overwrite"):
         claim_output(out, ADAPTER)
     assert claim_output(out, ADAPTER, overwrite=True) == out.resolve()
     (out / "notes.txt").write_text("mine")

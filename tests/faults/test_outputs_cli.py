@@ -40,6 +40,7 @@ def refused(capsys, argv: list[str], match: str) -> str:
     err = capsys.readouterr().err
     assert code == 2, err
     assert match in err and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1].startswith(f"peftlab {argv[0]}: error: ") and ": error: peftlab" not in err, err
     return err
 
 

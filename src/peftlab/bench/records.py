@@ -47,7 +47,7 @@ def _load(path: Path) -> tuple[dict[str, Any] | None, str | None]:
     except FileNotFoundError:
         return None, "missing"
     except json.JSONDecodeError as error:
-        return None, f"not valid JSON: {error.msg} at line {error.lineno}"
+        return None, f"not valid JSON, line {error.lineno}: {error.msg}"
     except UnicodeDecodeError:
         return None, "not UTF-8 text"
     except OSError as error:

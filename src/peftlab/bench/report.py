@@ -73,7 +73,7 @@ def write_report(output: str | Path, overwrite: bool = True) -> list[Path]:
                      "results.tex": latex(report.tables), "report.html": html_page(report)})
     existing = [name for name in contents if (output / name).exists()]
     if existing and not overwrite:
-        raise OutputError(f"peftlab report: {output} already holds a report ({few(existing)}); pass --overwrite "
+        raise OutputError(f"{output} already holds a report ({few(existing)}); pass --overwrite "
                           f"to replace it")
     written = []
     for name, content in contents.items():

@@ -60,7 +60,7 @@ def claim_output(path: str | os.PathLike, kind: OutputKind, *, overwrite: bool =
     """
     given = Path(path).expanduser()
     target = given.resolve()
-    where = f"{kind.command}: {kind.flag} {given}"
+    where = f"{kind.flag} {given}"
     if target.parent == target:
         raise OutputError(f"{where} is the filesystem root; give a folder of its own")
     _refuse_overlap(given, target, kind, inputs or {})
@@ -83,7 +83,8 @@ def _check_existing_folder(target: Path, kind: OutputKind, where: str, *, overwr
         return
     if not overwrite:
         resume_hint = "--resume to continue the run there, " if kind.resumable else ""
-        raise OutputError(f"{where} already holds {len(entries)} entries ({few(entries)}); pass {resume_hint}"
+        count = f"{len(entries)} entr{'y' if len(entries) == 1 else 'ies'}"
+        raise OutputError(f"{where} already holds {count} ({few(entries)}); pass {resume_hint}"
                           f"--overwrite to replace what {kind.command} wrote there, or choose a new or empty folder")
     foreign = [name for name in entries if not kind.owned(name)]
     if foreign:
@@ -105,7 +106,7 @@ def _refuse_overlap(given: Path, target: Path, kind: OutputKind,
             relation = "holds"
         else:
             continue
-        raise OutputError(f"{kind.command}: {kind.flag} {given} {relation} the input {flag} {value}; writing it "
+        raise OutputError(f"{kind.flag} {given} {relation} the input {flag} {value}; writing it "
                           f"would destroy what is being read. Choose an output outside the input")
 
 
