@@ -77,3 +77,21 @@ def test_html_page_has_the_memory_table_of_the_markdown():
             "<td>5.0 / –</td></tr>") in page
     assert "<code>vera</code></td><td>3.0" not in page
     assert "| `lora` | 3.0 / 3.0 | 0.5 / 0.2 | 2.0 / 0.5 | 5.0 / – |" in markdown(report)  # the same numbers
+
+
+def test_report_counts_and_names_unreadable_records(tmp_path, capsys):
+    from peftlab.cli import main
+
+    runs = runs_dir(tmp_path)
+    runs.mkdir(parents=True)
+    for rank in (1, 4, 16):
+        label = f"lora[rank={rank}]"
+        (runs / f"{label}.json").write_text(json.dumps(record(label, {"rank": rank}, 80 + rank)))
+    (runs / "lora[rank=64].json").write_text('{"format": "peftlab-run/1", "status": "o')  # cut short by a full disk
+    (runs / "notes.json").write_text('{"mine": true}')
+    assert main(["report", str(tmp_path)]) == 0
+    err = capsys.readouterr().err
+    assert ("warning: 2 run record(s)" in err and "lora[rank=64].json (not valid JSON, line 1: Unterminated string" in err
+            and "notes.json (not a peftlab-run/1 record (format: None))" in err), err
+    summary = (tmp_path / "report.md").read_text()
+    assert "runs: 3 ok, 0 failed, 2 unreadable record(s) left out: lora[rank=64].json (not valid JSON, line 1" in summary

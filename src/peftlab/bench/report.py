@@ -18,12 +18,16 @@ from typing import Any
 from peftlab.bench import plots
 from peftlab.bench.aggregate import Table, build_tables, format_cell
 from peftlab.bench.memory import COMPONENTS
-from peftlab.bench.records import read_records, runs_dir
+from peftlab.bench.records import read_records, runs_dir, unreadable_records
 from peftlab.bench.suite import slug
 from peftlab.core.atomic import write_bytes_atomic, write_text_atomic
-from peftlab.core.errors import UserError
+from peftlab.core.errors import UserError, few
+from peftlab.core.outputs import OutputError, OutputKind, claim_output
 
 
+REPORT_FILES = ("report.md", "results.csv", "results.tex", "report.html", "score_vs_trainable-*.png", "memory-*.png",
+                "ablation-*.png")
+REPORT_OUTPUT = OutputKind(command="peftlab report", flag="DIR", owns=REPORT_FILES)
 SCORES_NOTE = "Scores: fractions (accuracy, F1, correlations) ×100, BLEU and losses as they are (mean ± std over seeds)"
 
 
@@ -36,14 +40,17 @@ class Report:
     tables: list[Table]
     records: list[dict[str, Any]]
     figures: dict[str, dict[str, bytes]] = field(default_factory=dict)  # model -> file name -> PNG
+    unreadable: dict[str, str] = field(default_factory=dict)  # record file -> why it was left out
 
 
 def build_report(output: str | Path) -> Report:
-    records = read_records(output)
+    records, unreadable = read_records(output), unreadable_records(output)
     if not records:
-        raise ReportError(f"no run records in {runs_dir(output)}; run `peftlab bench --suite NAME --output {output}`")
+        left_out = f" ({len(unreadable)} unreadable: {unreadable_text(unreadable)})" if unreadable else ""
+        raise ReportError(f"no run records in {runs_dir(output)}{left_out}; run `peftlab bench --suite NAME "
+                          f"--output {output}`")
     tables = build_tables(records)
-    report = Report(tables, records)
+    report = Report(tables, records, unreadable=unreadable)
     for table in tables:
         name = slug(table.model)
         figures = {f"score_vs_trainable-{name}.png": plots.score_vs_trainable(table),
@@ -54,19 +61,26 @@ def build_report(output: str | Path) -> Report:
     return report
 
 
-def write_report(output: str | Path) -> list[Path]:
-    """Write every report file into ``output``; returns their paths."""
+def write_report(output: str | Path, overwrite: bool = True) -> list[Path]:
+    """Write every report file into ``output`` (each atomically); returns their paths. Without
+    ``overwrite``, report files already there are refused before anything is written."""
     output = Path(output)
+    if output.exists():
+        claim_output(output, REPORT_OUTPUT, resume=True)  # the run records' folder: a file, or not writable
     report = build_report(output)
+    contents: dict[str, bytes | str] = {name: png for figures in report.figures.values() for name, png in figures.items()}
+    contents.update({"report.md": markdown(report), "results.csv": csv_text(report.tables),
+                     "results.tex": latex(report.tables), "report.html": html_page(report)})
+    existing = [name for name in contents if (output / name).exists()]
+    if existing and not overwrite:
+        raise OutputError(f"{output} already holds a report ({few(existing)}); pass --overwrite "
+                          f"to replace it")
     written = []
-    for figures in report.figures.values():
-        for name, png in figures.items():
-            write_bytes_atomic(output / name, png)
-            written.append(output / name)
-    files = {"report.md": markdown(report), "results.csv": csv_text(report.tables),
-             "results.tex": latex(report.tables), "report.html": html_page(report)}
-    for name, text in files.items():
-        write_text_atomic(output / name, text)
+    for name, content in contents.items():
+        if isinstance(content, bytes):
+            write_bytes_atomic(output / name, content)
+        else:
+            write_text_atomic(output / name, content)
         written.append(output / name)
     return written
 
@@ -88,20 +102,25 @@ def _bold(text: str, best: bool, template: str) -> str:
     return template.format(text) if best and text != "–" else text
 
 
-def summary(records: list[dict[str, Any]]) -> str:
-    """Which suites, devices and commits the records come from, and how many runs succeeded."""
+def unreadable_text(unreadable: dict[str, str]) -> str:
+    return few([f"{name} ({why})" for name, why in unreadable.items()], limit=3)
+
+
+def summary(records: list[dict[str, Any]], unreadable: dict[str, str] | None = None) -> str:
+    """Which suites, devices and commits the records come from, how many runs succeeded, which were unreadable."""
     def values(pick) -> str:
         found = sorted({str(pick(r)) for r in records if pick(r)})
         return ", ".join(found[:3]) + (f" (+{len(found) - 3} more)" if len(found) > 3 else "") if found else "–"
 
     ok = sum(record["status"] == "ok" for record in records)
-    return (f"Suite: {values(lambda r: r['spec'].get('suite'))} · runs: {ok} ok, {len(records) - ok} failed · "
+    lost = f", {len(unreadable)} unreadable record(s) left out: {unreadable_text(unreadable)}" if unreadable else ""
+    return (f"Suite: {values(lambda r: r['spec'].get('suite'))} · runs: {ok} ok, {len(records) - ok} failed{lost} · "
             f"device: {values(lambda r: r.get('provenance', {}).get('device'))} · "
             f"commit: {values(lambda r: (r.get('provenance', {}).get('git_commit') or '')[:10])}")
 
 
 def markdown(report: Report) -> str:
-    parts = ["# peftlab assessment", "", summary(report.records), "",
+    parts = ["# peftlab assessment", "", summary(report.records, report.unreadable), "",
              f"{SCORES_NOTE}; best per column in bold (highest score, lowest for losses; lowest trainable % "
              "and peak memory). Peak memory: CUDA max allocated on GPU, peak RSS of the run's process on CPU."]
     for table in report.tables:
@@ -217,7 +236,7 @@ def html_memory_table(table: Table, records: list[dict[str, Any]]) -> str:
 
 
 def html_page(report: Report) -> str:
-    body = ["<h1>peftlab assessment</h1>", f"<p>{html.escape(summary(report.records))}</p>",
+    body = ["<h1>peftlab assessment</h1>", f"<p>{html.escape(summary(report.records, report.unreadable))}</p>",
             f"<p>{SCORES_NOTE}; best per column in bold (highest score, lowest for losses).</p>"]
     for table in report.tables:
         body.append(f"<h2>{html.escape(table.model)}</h2>")

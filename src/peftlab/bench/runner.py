@@ -19,13 +19,23 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import peftlab
-from peftlab.bench.records import is_finished, record_path, runs_dir, write_record
+from peftlab.bench.models import MODELS_FOLDER
+from peftlab.bench.records import RUNS_FOLDER, is_finished, record_path, runs_dir, write_record
+from peftlab.bench.report import REPORT_FILES
 from peftlab.bench.suite import RunSpec, SuiteError
 from peftlab.core.atomic import write_text_atomic
+from peftlab.core.outputs import OutputKind
 from peftlab.tasks import TaskError, get_task
 
 SPECS_FOLDER = "specs"
 LOGS_FOLDER = "logs"
+BENCH_OUTPUT = OutputKind(command="peftlab bench", flag="--output",
+                          owns=(RUNS_FOLDER, SPECS_FOLDER, LOGS_FOLDER, MODELS_FOLDER, *REPORT_FILES))
+
+
+def is_sweep_folder(output: Path) -> bool:
+    """Whether ``output`` holds a sweep's own folders (rerunning the sweep there resumes it)."""
+    return any((output / name).is_dir() for name in (RUNS_FOLDER, SPECS_FOLDER))
 
 
 @dataclass(frozen=True)

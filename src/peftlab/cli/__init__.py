@@ -12,7 +12,7 @@ import pkgutil
 import sys
 from collections.abc import Sequence
 
-from peftlab.core.errors import UserError
+from peftlab.core.errors import Interrupted, UserError
 
 
 class CommandError(UserError):
@@ -37,6 +37,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as error:
         print(f"peftlab {arguments.command}: error: {error}", file=sys.stderr)
         return 2
+    except Interrupted as stop:  # the work is saved; the message says where and how to continue
+        print(f"peftlab {arguments.command}: {stop}", file=sys.stderr)
+        return stop.exit_code
+    except KeyboardInterrupt:  # before any work worth saving started (or a command that saves as it goes)
+        print(f"peftlab {arguments.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

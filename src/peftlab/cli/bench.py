@@ -8,8 +8,10 @@ from pathlib import Path
 
 from peftlab.bench import load_suite_checked
 from peftlab.bench.report import write_report
-from peftlab.bench.runner import Shard, run_sweep
+from peftlab.bench.runner import BENCH_OUTPUT, Shard, is_sweep_folder, run_sweep
 from peftlab.bench.suite import available_suites
+from peftlab.cli.report import warn_unreadable
+from peftlab.core.outputs import claim_output, remove_owned
 from peftlab.tasks import DATA_ENV
 
 
@@ -19,7 +21,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Run a suite; finished runs are skipped, so rerunning the command resumes.")
     parser.add_argument("--suite", required=True,
                         help=f"built-in suite ({', '.join(available_suites())}) or a suite YAML file")
-    parser.add_argument("--output", required=True, type=Path, help="folder for run records and the report")
+    parser.add_argument("--output", required=True, type=Path,
+                        help="folder for run records and the report: new, empty, or an earlier sweep's (resumed)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start over: remove the earlier sweep's records, logs and report in --output first")
     parser.add_argument("--shard", default="1/1", metavar="K/N",
                         help="run only the K-th of N disjoint parts (e.g. one per SLURM array task)")
     parser.add_argument("--data-dir", type=Path, help=f"data root for the tasks (default: ${DATA_ENV})")
@@ -42,6 +47,10 @@ def run(arguments: argparse.Namespace) -> int:
         for spec in shard.select(runs):
             print(spec.run_id)
         return 0
+    resume = is_sweep_folder(arguments.output) and not arguments.overwrite
+    claim_output(arguments.output, BENCH_OUTPUT, overwrite=arguments.overwrite, resume=resume)
+    if arguments.overwrite and arguments.output.is_dir():
+        remove_owned(arguments.output, BENCH_OUTPUT)
     if arguments.data_dir is not None:
         os.environ[DATA_ENV] = str(arguments.data_dir.resolve())
     result = run_sweep(runs, arguments.output, shard, timeout=arguments.timeout, launch=arguments.launch,
@@ -49,5 +58,6 @@ def run(arguments: argparse.Namespace) -> int:
     if not arguments.no_report:
         written = write_report(arguments.output)
         print(f"report: {', '.join(str(path) for path in written if path.suffix in ('.md', '.html'))}")
+        warn_unreadable(arguments.output)
     print(f"done: {len(result.ran)} ran, {len(result.skipped)} skipped (finished), {len(result.failed)} failed")
     return 1 if result.failed else 0

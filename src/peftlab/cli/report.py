@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from peftlab.bench.report import write_report
@@ -11,10 +12,24 @@ from peftlab.bench.report import write_report
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("report", help="write the assessment report from the run records in DIR")
     parser.add_argument("output", type=Path, metavar="DIR", help="a `peftlab bench --output` folder")
+    parser.add_argument("--overwrite", action="store_true", help="replace the report files already in DIR")
     parser.set_defaults(handler=run)
 
 
 def run(arguments: argparse.Namespace) -> int:
-    for path in write_report(arguments.output):
+    for path in write_report(arguments.output, overwrite=arguments.overwrite):
         print(path)
+    warn_unreadable(arguments.output)
     return 0
+
+
+def warn_unreadable(output: Path) -> None:
+    """Name the run records the report had to leave out (corrupt, truncated, not a run record)."""
+    from peftlab.bench.records import runs_dir, unreadable_records
+    from peftlab.bench.report import unreadable_text
+
+    unreadable = unreadable_records(output)
+    if unreadable:
+        print(f"peftlab report: warning: {len(unreadable)} run record(s) in {runs_dir(output)} could not be read "
+              f"and are left out of the report: {unreadable_text(unreadable)}; rerun `peftlab bench` on the "
+              f"same --output to run them again", file=sys.stderr)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 import types
 import typing
 from pathlib import Path
@@ -36,6 +37,7 @@ HELP = {
                "dev set: choose hyperparameters without the dev set that the tables report",
     "eval_steps": "evaluate every N steps (default: at each epoch end)",
     "save_steps": "write checkpoint-<step>/ every N steps (also at each epoch end)",
+    "save_minutes": "also write a checkpoint when this many minutes have passed since the last one (long epochs)",
     "save_total_limit": "how many checkpoints to keep",
     "mixed_precision": "auto: bf16 (or fp16) on a GPU, off on CPU",
     "fsdp": "shard the model with FSDP2 across the launched processes",
@@ -133,7 +135,11 @@ def _read_config(path: str) -> dict[str, Any]:
 def run(arguments: argparse.Namespace) -> int:
     from peftlab.train import run_training
 
-    metrics = run_training(train_args(arguments))
+    args = train_args(arguments)
+    if args.output_dir is None:
+        print("peftlab train: no --output, so nothing is written (no adapter, metrics or checkpoints); the scores "
+              "are printed at the end. Add --output DIR to keep the run", file=sys.stderr)
+    metrics = run_training(args)
     summary = {k: metrics[k] for k in ("task", "method", "scores", "parameters", "train_time_s",
                                        "train_tokens_per_s", "peak_memory_bytes")}
     print(json.dumps(summary, indent=2))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import tempfile
@@ -17,6 +18,34 @@ class UnsafePathError(UserError, ValueError):
     """A name taken from data would put a file outside the folder it belongs in."""
 
 
+class OutOfSpaceError(UserError, OSError):
+    """The disk (or the user's quota) filled up while a file was written; what was there before is intact."""
+
+
+OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _out_of_space(error: BaseException) -> bool:
+    if isinstance(error, OSError):
+        return error.errno in OUT_OF_SPACE
+    text = str(error)  # safetensors' writer reports the OS error inside its own message
+    return type(error).__name__ == "SafetensorError" and ("No space left" in text or "StorageFull" in text
+                                                          or "Disk quota" in text)
+
+
+@contextlib.contextmanager
+def out_of_space_as_user_error(path: Path, replaced: bool = True) -> Iterator[None]:
+    """Turn a full disk or quota while writing ``path`` into a :class:`OutOfSpaceError` that says so."""
+    try:
+        yield
+    except BaseException as error:
+        if not _out_of_space(error) or isinstance(error, OutOfSpaceError):
+            raise
+        kept = f"; nothing was replaced: the previous {path.name}, if any, is intact" if replaced else ""
+        raise OutOfSpaceError(f"no space left on the device (or the quota) while writing {path}{kept}. Free "
+                              f"some space, or write to another disk") from error
+
+
 def _fsync_directory(path: Path) -> None:
     with contextlib.suppress(OSError):
         fd = os.open(path, os.O_RDONLY)
@@ -26,12 +55,34 @@ def _fsync_directory(path: Path) -> None:
             os.close(fd)
 
 
+def process_umask() -> int:
+    """The process's umask. Linux shows it in ``/proc``; elsewhere ``os.umask`` must set it to read it."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _follow_umask(path: str | os.PathLike, descriptor: int | None = None) -> None:
+    """``tempfile`` makes private files (0600) and folders (0700); what we put in place is created as
+    ``open``/``mkdir`` would create it, so colleagues sharing a folder can read it as they read its neighbours."""
+    mode = (0o666 if descriptor is not None else 0o777) & ~process_umask()
+    if descriptor is not None and hasattr(os, "fchmod"):
+        os.fchmod(descriptor, mode)
+    else:
+        os.chmod(path, mode)
+
+
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as handle:
+        _follow_umask(temporary, fd)
+        with out_of_space_as_user_error(path), os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
@@ -114,6 +165,9 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     model folder) leave each other's staging alone, and the last to finish wins whole.
     """
     path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{path} is a file, not a folder: not replacing it with a folder; remove it or choose "
+                        f"another path")
     path.parent.mkdir(parents=True, exist_ok=True)
     recover_directory(path)
     for stale in path.parent.glob(f".{path.name}.*.tmp"):
@@ -121,8 +175,10 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
             shutil.rmtree(stale, ignore_errors=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent))
     try:
-        yield staging
-        _fsync_tree(staging)
+        _follow_umask(staging)
+        with out_of_space_as_user_error(path):
+            yield staging
+            _fsync_tree(staging)
         with _swap_lock(path.parent):
             _swap_in(staging, path)
         _fsync_directory(path.parent)

@@ -18,12 +18,15 @@ from torch import nn
 
 from peftlab.core.atomic import atomic_directory
 from peftlab.core.merging import MergeError, merge, unload
+from peftlab.core.outputs import OutputKind, claim_output
 from peftlab.core.probe import probe_inputs, probe_output
 from peftlab.core.registry import get_method
 from peftlab.core.serialization import AdapterFileError, StoredAdapter, load_adapter, read_adapter
 from peftlab.interop.peft_format import TOKENIZER_FILES
 
 HEAD_WEIGHTS = ("classifier.weight", "classifier.out_proj.weight", "score.weight")
+MERGE_OUTPUT = OutputKind(command="peftlab merge", flag="--output", owns=(
+    "config.json", "generation_config.json", "model*.safetensors", "model.safetensors.index.json", *TOKENIZER_FILES))
 
 
 @dataclass(frozen=True)
@@ -72,8 +75,14 @@ def load_base_model(stored: StoredAdapter, model_path: str | os.PathLike, gguf_f
 
 def merge_to_folder(model_path: str | os.PathLike, adapter_path: str | os.PathLike, output: str | os.PathLike, *,
                     gguf_file: str | None = None, dtype: torch.dtype | None = None,
-                    tolerance: float = 1e-4, verify: bool = True) -> MergedModel:
-    """Load the base, apply and merge the adapter, write a plain model folder at ``output`` (atomically)."""
+                    tolerance: float = 1e-4, verify: bool = True, overwrite: bool = True) -> MergedModel:
+    """Load the base, apply and merge the adapter, write a plain model folder at ``output`` (atomically).
+
+    ``output`` is checked first by the output policy (:mod:`peftlab.core.outputs`): never an input, and an
+    existing model folder is replaced only with ``overwrite`` (the Python default; the CLI's is off)."""
+    model_input = model_path if Path(model_path).exists() else None  # a hub name is no local input
+    output = claim_output(output, MERGE_OUTPUT, overwrite=overwrite,
+                          inputs={"--adapter": adapter_path, "--model": model_input})
     stored = read_adapter(adapter_path)
     spec = get_method(stored.config.method)
     if not spec.mergeable:
@@ -88,7 +97,6 @@ def merge_to_folder(model_path: str | os.PathLike, adapter_path: str | os.PathLi
     adapted = probe_output(model, inputs)
     report = merge(model, tolerance=tolerance)
     unload(model, merge_first=False)
-    output = Path(output)
     difference = (probe_output(model, inputs) - adapted).abs().max().item()
     with atomic_directory(output) as staging:
         model.save_pretrained(str(staging))

@@ -26,6 +26,7 @@ from peftlab.core.atomic import atomic_directory
 from peftlab.core.base_identity import base_model_info
 from peftlab.core.config import MethodConfig
 from peftlab.core.injection import peft_state
+from peftlab.core.outputs import OutputKind, claim_output
 from peftlab.core.serialization import (
     CONFIG_NAME,
     WEIGHTS_NAME,
@@ -50,6 +51,9 @@ TOKENIZER_FILES = (
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
     "vocab.txt", "vocab.json", "merges.txt", "tokenizer.model", "spiece.model", "chat_template.jinja",
 )
+ADAPTER_FILES = (WEIGHTS_NAME, CONFIG_NAME, *TOKENIZER_FILES)  # what export and import write
+EXPORT_OUTPUT = OutputKind(command="peftlab export", flag="DST", owns=ADAPTER_FILES)
+IMPORT_OUTPUT = OutputKind(command="peftlab import", flag="DST", owns=ADAPTER_FILES)
 # Task types for which peft wraps the classification head in modules_to_save.
 HEAD_TASKS = ("SEQ_CLS", "TOKEN_CLS", "QUESTION_ANS")
 
@@ -188,18 +192,23 @@ def _stored(source: str | os.PathLike | nn.Module) -> StoredAdapter:
 
 
 def export_peft(
-    source: str | os.PathLike | nn.Module, destination: str | os.PathLike, *, lora_only: bool = False
+    source: str | os.PathLike | nn.Module, destination: str | os.PathLike, *, lora_only: bool = False,
+    overwrite: bool = True,
 ) -> Path:
     """Write a peftlab adapter (a folder or an adapted model) as a peft adapter folder, atomically.
+
+    ``destination`` is checked first by the output policy (:mod:`peftlab.core.outputs`): never the source,
+    and an existing adapter folder is replaced only with ``overwrite`` (the Python default; the CLI's is off).
 
     ``lora_only`` drops the ``modules_to_save`` weights (trained heads, embeddings), which servers
     such as vLLM refuse; the exported adapter then no longer reproduces them.
     """
+    inputs = {"SRC": None if isinstance(source, nn.Module) else source}
+    destination = claim_output(destination, EXPORT_OUTPUT, overwrite=overwrite, inputs=inputs)
     stored = _stored(source)
     document, tensors = to_peft(stored, lora_only=lora_only)
     metadata = {"format": "pt", "peftlab_method": stored.config.method,
                 "peftlab_base_model": json.dumps(stored.base_model, sort_keys=True)}
-    destination = Path(destination)
     with atomic_directory(destination) as staging:
         save_file({n: t.contiguous() for n, t in tensors.items()}, str(staging / WEIGHTS_NAME), metadata=metadata)
         (staging / CONFIG_NAME).write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
@@ -207,11 +216,12 @@ def export_peft(
     return destination
 
 
-def import_peft(source: str | os.PathLike, destination: str | os.PathLike) -> Path:
-    """Convert a peft adapter folder to a peftlab one (config with ``method``, tensors named as in the model)."""
+def import_peft(source: str | os.PathLike, destination: str | os.PathLike, *, overwrite: bool = True) -> Path:
+    """Convert a peft adapter folder to a peftlab one (config with ``method``, tensors named as in the model),
+    with ``destination`` checked as in :func:`export_peft`."""
+    destination = claim_output(destination, IMPORT_OUTPUT, overwrite=overwrite, inputs={"SRC": source})
     stored = read_peft_folder(Path(source))
     document = {**stored.config.to_dict(), "base_model": {**stored.base_model, "imported_from": "peft"}}
-    destination = Path(destination)
     with atomic_directory(destination) as staging:
         save_file(stored.tensors, str(staging / WEIGHTS_NAME), metadata={"format": "pt", "method": stored.config.method})
         (staging / CONFIG_NAME).write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")

@@ -10,6 +10,7 @@ the others accuracy (MNLI on the matched and mismatched dev sets).
 from __future__ import annotations
 
 import csv
+import math
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ class GlueSpec:
     text_pair: Column | None = None
     label_names: tuple[str, ...] = ()  # string labels in class-index order; empty: the file holds numbers
     header: bool = True
+    fields: int | None = None  # the columns of a file without a header (with one: the header's)
     hub_columns: tuple[str, ...] = ("sentence",)
 
 
@@ -69,22 +71,36 @@ class GlueTask(Task):
 
         text, label = column(self.spec.text), column(self.spec.label)
         pair = column(self.spec.text_pair) if self.spec.text_pair is not None else None
-        needed = max(c for c in (text, label, pair) if c is not None)
+        expected = len(header) if header else self.spec.fields
+        needed = max(c for c in (text, label, pair) if c is not None) + 1
         examples = []
         for line, row in enumerate(rows, start=2 if header else 1):
-            if len(row) <= needed:
-                raise TaskError(f"{path} line {line}: {len(row)} fields, expected at least {needed + 1}")
+            if len(row) < needed or (expected is not None and len(row) != expected):
+                raise TaskError(f"{path} line {line}: {len(row)} fields, expected {expected or needed} (tab-separated: "
+                                f"a tab inside a sentence, or a row cut short?); fix or remove that line")
             examples.append(Example(text=row[text], text_pair=row[pair] if pair is not None else None,
                                     label=self._label(row[label], path, line)))
         return examples
 
     def _label(self, value: str, path: Path, line: int) -> int | float:
+        """The row's label, checked: a class of this task (name or number), or a finite score."""
+        where = f"{path} line {line}: label {value!r}"
         if self.kind == "regression":
-            return float(value)
+            try:
+                score = float(value)
+            except ValueError:
+                score = math.nan
+            if not math.isfinite(score):
+                raise TaskError(f"{where} is not a finite number, as {self.name} scores are; fix or remove that line")
+            return score
         if self.spec.label_names:
             if value not in self.spec.label_names:
-                raise TaskError(f"{path} line {line}: label {value!r} is not one of {self.spec.label_names}")
+                raise TaskError(f"{where} is not one of {self.spec.label_names}; fix or remove that line")
             return self.spec.label_names.index(value)
+        classes = range(self.num_labels)
+        if not value.strip().isdigit() or int(value) not in classes:
+            raise TaskError(f"{where} is not a class of {self.name} (the numbers {classes.start} to "
+                            f"{classes.stop - 1}); fix or remove that line")
         return int(value)
 
     def read_hub(self, split: str) -> list[Example]:
@@ -111,7 +127,7 @@ class GlueTask(Task):
 
 NLI = ("entailment", "not_entailment")
 
-register_task(GlueTask(GlueSpec("cola", "CoLA", text=3, label=1, header=False), "classification", 2,
+register_task(GlueTask(GlueSpec("cola", "CoLA", text=3, label=1, header=False, fields=4), "classification", 2,
                        "matthews_correlation"))
 register_task(GlueTask(GlueSpec("sst2", "SST-2", text="sentence", label="label"), "classification", 2, "accuracy"))
 register_task(GlueTask(GlueSpec("mrpc", "MRPC", text="#1 String", text_pair="#2 String", label="Quality",

@@ -24,6 +24,12 @@ class ArgumentError(UserError, ValueError):
     """A run argument is missing or out of range."""
 
 
+# What a run trains: a resumed run must have the same (the rest, e.g. evaluation and saving, may change).
+RESUME_SETTINGS = ("model", "task", "method", "options", "seed", "train_split", "max_train_samples", "epochs",
+                   "max_steps", "batch_size", "gradient_accumulation_steps", "learning_rate", "weight_decay",
+                   "warmup_ratio", "max_grad_norm", "max_length", "loss", "mixed_precision", "group_by_length", "holdout")
+
+
 @dataclass(frozen=True, kw_only=True)
 class TrainArgs:
     """One fine-tuning run: a model, a task, a method with its options, and the loop's settings."""
@@ -53,6 +59,7 @@ class TrainArgs:
     holdout: int | None = None  # score on this many training examples held out (fixed draw) instead of dev
     eval_steps: int | None = None  # None: evaluate at the end of each epoch
     save_steps: int | None = None  # a checkpoint every N optimizer steps (and at each epoch end)
+    save_minutes: float | None = None  # also a checkpoint when this many minutes have passed since the last one
     save_total_limit: int = 2
     logging_steps: int = 10
     gradient_checkpointing: bool = False
@@ -79,6 +86,8 @@ class TrainArgs:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ArgumentError(f"--{name.replace('_', '-')} must be at least 1 (got {value})")
+        if self.save_minutes is not None and not self.save_minutes > 0:
+            raise ArgumentError(f"--save-minutes must be positive (got {self.save_minutes})")
         if self.compile and self.fsdp:
             raise ArgumentError("--compile with --fsdp is not supported yet: drop one of them")
         if self.learning_rate <= 0:
@@ -112,6 +121,14 @@ class TrainArgs:
         return words
 
 
+    def resume_settings(self) -> dict[str, Any]:
+        """The settings a checkpoint records and ``--resume`` compares (JSON values; options as text, so
+        ``rank=8`` from ``--set`` equals ``rank: 8`` from a config file)."""
+        settings = {name: getattr(self, name) for name in RESUME_SETTINGS}
+        settings["options"] = {key: str(value) for key, value in sorted(self.options.items())}
+        return settings
+
+
 def _default(item: dataclasses.Field) -> Any:
     return item.default_factory() if item.default_factory is not dataclasses.MISSING else item.default
 
@@ -141,3 +158,4 @@ class EvalArgs:
     max_new_tokens: int = 64
     seed: int = 42
     output: str | None = None  # a JSON file for the scores
+    overwrite: bool = False  # replace an existing output file

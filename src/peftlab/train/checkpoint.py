@@ -131,8 +131,9 @@ def restore_rng(tensors: dict[str, torch.Tensor], document: dict[str, Any]) -> N
 
 def save_checkpoint(output_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
                     scheduler: torch.optim.lr_scheduler.LRScheduler, hooks: TrainingHooks, progress: Progress,
-                    *, is_main: bool, keep: int) -> Path:
-    """Write ``checkpoint-<step>`` (all ranks call this; only the main one writes) and drop old ones."""
+                    *, is_main: bool, keep: int, settings: dict[str, Any] | None = None) -> Path:
+    """Write ``checkpoint-<step>`` (all ranks call this; only the main one writes) and drop old ones.
+    ``settings``: what the run trains (``TrainArgs.resume_settings``), for :func:`changed_settings`."""
     path = output_dir / f"checkpoint-{progress.step}"
     optimizer_state, optimizer_document = optimizer_tensors(optimizer)
     if not is_main:
@@ -148,7 +149,8 @@ def save_checkpoint(output_dir: Path, model: nn.Module, optimizer: torch.optim.O
         (staging / "optimizer.json").write_text(json.dumps(optimizer_document))
         save_file(rng_state, str(staging / "rng.safetensors"))
         save_file(hook_state, str(staging / "hooks.safetensors"))
-        document = {"progress": asdict(progress), "scheduler": scheduler.state_dict(), "rng": rng_document}
+        document = {"progress": asdict(progress), "scheduler": scheduler.state_dict(), "rng": rng_document,
+                    "settings": settings}
         (staging / STATE_NAME).write_text(json.dumps(document, indent=1))
     prune_checkpoints(output_dir, keep)
     return path
@@ -164,6 +166,14 @@ def prune_checkpoints(output_dir: Path, keep: int) -> None:
         os.replace(old, retired)
     for retired in output_dir.glob(f".checkpoint-*{PRUNED_SUFFIX}"):
         shutil.rmtree(retired, ignore_errors=True)
+
+
+def changed_settings(path: Path, settings: dict[str, Any]) -> list[str]:
+    """Each setting that differs between the checkpoint at ``path`` and ``settings``, as ``name: then -> now``
+    (none for a checkpoint written before settings were recorded)."""
+    saved = json.loads((path / STATE_NAME).read_text()).get("settings") or {}
+    return [f"{name}: {saved[name]!r} -> {value!r}" for name, value in settings.items()
+            if name in saved and saved[name] != value]
 
 
 def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,

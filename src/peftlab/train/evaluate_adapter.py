@@ -9,14 +9,19 @@ import torch
 
 import peftlab
 from peftlab.core.atomic import write_text_atomic
+from peftlab.core.outputs import OutputKind, claim_output
 from peftlab.tasks import get_task, subsample
 from peftlab.train.args import EvalArgs
 from peftlab.train.evaluation import evaluate
 from peftlab.train.models import load_model
 
+EVAL_OUTPUT = OutputKind(command="peftlab eval", flag="--output", folder=False)
+
 
 def evaluate_adapter(args: EvalArgs) -> dict[str, Any]:
     """The task's scores for ``args.model`` with ``args.adapter`` loaded (or none)."""
+    if args.output:  # before any work: an existing file is replaced only with overwrite
+        claim_output(args.output, EVAL_OUTPUT, overwrite=args.overwrite, inputs={"--adapter": args.adapter})
     task = get_task(args.task)
     splits = (args.split,) if args.split else task.eval_splits
     sets = {split: subsample(task.load(split, args.data_dir), args.max_eval_samples, args.seed) for split in splits}

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -32,11 +33,12 @@ from peftlab.core.fused_ops import fuse
 from peftlab.core.host_memory import keep_freed_memory
 from peftlab.core.serialization import CONFIG_NAME, WEIGHTS_NAME, AdapterFileError, save_adapter
 from peftlab.train.args import ArgumentError, TrainArgs
-from peftlab.train.checkpoint import (Progress, full_parameters, latest_checkpoint, load_checkpoint,
-                                      recovered_checkpoints, save_checkpoint)
 from peftlab.train.batching import epoch_order, padded_fraction
+from peftlab.train.checkpoint import (Progress, changed_settings, full_parameters, latest_checkpoint,
+                                      load_checkpoint, recovered_checkpoints, save_checkpoint)
 from peftlab.train.encoding import collate, count_tokens, encode, loss_items, sequence_length
 from peftlab.train.evaluation import evaluate
+from peftlab.train.interrupt import SaveClock, StopRequest
 from peftlab.train.loss import loss_function, resolve_loss
 from peftlab.train.plan import Plan, clear_output_dir, make_plan
 from peftlab.train.resources import peak_memory, write_log_line, trim_log
@@ -68,7 +70,9 @@ def run_training(args: TrainArgs) -> dict[str, Any]:
             clear_output_dir(plan.output_dir)
         plan.output_dir.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
-    return Trainer(plan, accelerator, loss_kind).train()
+    trainer = Trainer(plan, accelerator, loss_kind)
+    with trainer.stop.installed():  # SIGINT/SIGTERM: save after the step in progress, then exit 130/143
+        return trainer.train()
 
 
 class Trainer:
@@ -90,6 +94,7 @@ class Trainer:
         self.output = plan.output_dir
         self.is_main = accelerator.is_main_process
         self.eval_history: list[dict[str, float]] = []  # this process's evaluations (a resumed run's since resuming)
+        self.stop, self.save_clock, self.saved_step = StopRequest(), SaveClock(self.args.save_minutes), None
 
     # -- data -------------------------------------------------------------------------------------
     def epoch_groups(self, epoch: int) -> list[list[list[int]]]:
@@ -144,10 +149,12 @@ class Trainer:
             checkpoint, progress = resumed
             if self.is_main:
                 trim_log(self.output / "log.jsonl", progress.step)
-                print(f"resuming from {checkpoint} (step {progress.step} of {self.total_steps})")
+                print(f"resuming from {checkpoint} (step {progress.step} of {self.total_steps})", file=sys.stderr)
             return progress
         if self.args.resume and self.is_main:  # nothing to resume from: start clean, without the killed run's lines
             trim_log(self.output / "log.jsonl", 0)
+            print(f"--resume: no checkpoint in {self.output} yet; starting from step 0 of {self.total_steps}",
+                  file=sys.stderr)
         if self.hooks.needs_prepare():  # the same first batches on every process, so all agree (e.g. on masks)
             first = [indices for group in self.epoch_groups(0) for indices in group][:PREPARE_BATCHES]
             self.hooks.prepare(self.base, [self.local_batch(indices, everyone=True) for indices in first])
@@ -162,10 +169,16 @@ class Trainer:
         problems = []
         for checkpoint in reversed(found):
             try:
-                progress = load_checkpoint(checkpoint, self.base, self.optimizer, self.scheduler, self.hooks)
+                changes = changed_settings(checkpoint, self.args.resume_settings())
+                progress = None if changes else load_checkpoint(checkpoint, self.base, self.optimizer,
+                                                                self.scheduler, self.hooks)
             except UNREADABLE as error:  # every part is loaded again from the next one tried
                 problems.append(f"{checkpoint.name} ({type(error).__name__}: {str(error).splitlines()[0]})")
                 continue
+            if changes:
+                raise ArgumentError(f"--resume: {checkpoint} was written by a run with other settings "
+                                    f"({'; '.join(changes)}); resume with the same settings, or start a new run "
+                                    f"(another --output, or --overwrite without --resume)")
             if problems:
                 warnings.warn(f"--resume: skipped unreadable checkpoint(s) {', '.join(problems)}; resuming from "
                               f"{checkpoint.name}. The skipped folders are left as they are.", stacklevel=2)
@@ -195,6 +208,8 @@ class Trainer:
                 bar.set_postfix(loss=f"{loss:.4f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}",
                                 tok_s=f"{progress.train_tokens / max(progress.train_time_s, 1e-9):.0f}")
                 self.after_step(progress, epoch_end=index + 1 == len(groups))
+                if self.stop.requested(self.accelerator):
+                    self.stop.stop(progress.step, self.total_steps, self.output, lambda: self.checkpoint(progress))
                 if progress.step >= self.total_steps:
                     break
         bar.close()
@@ -249,9 +264,19 @@ class Trainer:
             self.evaluate(progress)
         if epoch_end:
             progress.epoch, progress.groups_done = progress.epoch + 1, 0
-        if self.output is not None and (epoch_end or (args.save_steps and step % args.save_steps == 0)):
+        if self.output is not None and (epoch_end or (args.save_steps and step % args.save_steps == 0)
+                                        or self.save_clock.due(self.accelerator)):
+            self.checkpoint(progress)
+
+    def checkpoint(self, progress: Progress) -> Path:
+        """Write ``checkpoint-<step>`` (all ranks call this), once per step: a signal may follow an epoch end's."""
+        if self.saved_step != progress.step:
             save_checkpoint(self.output, self.base, self.optimizer, self.scheduler, self.hooks, progress,
-                            is_main=self.is_main, keep=args.save_total_limit)
+                            is_main=self.is_main, keep=self.args.save_total_limit,
+                            settings=self.args.resume_settings())
+            self.saved_step = progress.step
+            self.save_clock.saved()
+        return self.output / f"checkpoint-{progress.step}"
 
     # -- evaluation and results ---------------------------------------------------------------------
     def evaluate(self, progress: Progress) -> None:

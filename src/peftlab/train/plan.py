@@ -6,21 +6,23 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import peftlab
 from peftlab.core.architectures import architecture_of
+from peftlab.core.outputs import OutputKind, claim_output, remove_owned
 from peftlab.core.registry import get_method
 from peftlab.tasks import Example, Task, get_task, subsample
 from peftlab.train.args import ArgumentError, TrainArgs
 from peftlab.train.models import LoadedModel, ModelError, load_model
 
 HEAD_TASK_KINDS = ("classification", "regression")
-RUN_FILES = ("log.jsonl", "metrics.json", "adapter_config.json")
 HOLDOUT_SEED = 20231219  # one held-out draw for every run of a task (the survey's arXiv date)
+TRAIN_OUTPUT = OutputKind(command="peftlab train", flag="--output", resumable=True, owns=(
+    "log.jsonl", "metrics.json", "adapter_config.json", "adapter_model.safetensors", "best", "checkpoint-*",
+    ".final-adapter"))
 
 
 @dataclass
@@ -42,22 +44,19 @@ class Plan:
 
 
 def check_output_dir(args: TrainArgs) -> Path | None:
+    """The run folder, checked by the output policy (:mod:`peftlab.core.outputs`) before anything loads."""
     if args.output_dir is None:
         return None
-    path = Path(args.output_dir)
-    if not path.exists() or args.resume or not any(path.iterdir()):
-        return path
-    if not args.overwrite:
-        raise ArgumentError(f"{path} already holds files: pass --resume to continue the run there, "
-                            f"--overwrite to replace it, or another --output")
-    if not any((path / name).exists() for name in RUN_FILES) and not list(path.glob("checkpoint-*")):
-        raise ArgumentError(f"{path} holds files that are not a peftlab run; --overwrite only replaces a run folder")
-    return path
+    model = args.model if Path(args.model).exists() else None  # an alias or hub name is no local input
+    claim_output(args.output_dir, TRAIN_OUTPUT, overwrite=args.overwrite, resume=args.resume,
+                 inputs={"--model": model})
+    return Path(args.output_dir)
 
 
 def clear_output_dir(path: Path) -> None:
-    """For --overwrite: remove the previous run (called only once the new one has loaded fine)."""
-    shutil.rmtree(path)
+    """For --overwrite: remove the previous run's own files (once the new run has loaded fine); anything
+    else in the folder was refused before (:func:`check_output_dir`)."""
+    remove_owned(path, TRAIN_OUTPUT)
 
 
 def eval_sets_for(task: Task, args: TrainArgs, prefix: str = "") -> list[EvalSet]:

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from peftlab.core.atomic import write_text_atomic
+from peftlab.core.atomic import out_of_space_as_user_error, write_text_atomic
 
 
 def peak_memory(device: torch.device) -> dict[str, Any]:
@@ -22,7 +22,7 @@ def peak_memory(device: torch.device) -> dict[str, Any]:
 
 
 def write_log_line(path: Path, record: dict[str, Any]) -> None:
-    with open(path, "a", encoding="utf-8") as handle:
+    with out_of_space_as_user_error(path, replaced=False), open(path, "a", encoding="utf-8") as handle:
         handle.write(json.dumps(record) + "\n")
 
 
