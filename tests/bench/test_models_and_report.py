@@ -95,3 +95,20 @@ def test_report_counts_and_names_unreadable_records(tmp_path, capsys):
             and "notes.json (not a peftlab-run/1 record (format: None))" in err), err
     summary = (tmp_path / "report.md").read_text()
     assert "runs: 3 ok, 0 failed, 2 unreadable record(s) left out: lora[rank=64].json (not valid JSON, line 1" in summary
+
+
+def test_report_of_a_folder_of_sweeps_writes_each_its_own(tmp_path, capsys):
+    from peftlab.cli import main
+
+    for suite, ranks in (("e1", (1, 4)), ("sweep", (16,))):
+        runs = runs_dir(tmp_path / "records" / suite)
+        runs.mkdir(parents=True)
+        for rank in ranks:
+            label = f"lora[rank={rank}]"
+            (runs / f"{label}.json").write_text(json.dumps(record(label, {"rank": rank}, 80 + rank)))
+    assert main(["report", str(tmp_path)]) == 0
+    e1, sweep = ((tmp_path / "records" / suite / "report.md").read_text() for suite in ("e1", "sweep"))
+    assert "lora[rank=4]" in e1 and "lora[rank=16]" not in e1 and "lora[rank=16]" in sweep
+    assert not (tmp_path / "report.md").exists()
+    assert main(["report", str(tmp_path)]) == 2  # the reports are there now: replacing them takes --overwrite
+    assert main(["report", str(tmp_path), "--overwrite"]) == 0

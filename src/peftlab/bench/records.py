@@ -110,8 +110,9 @@ def _git(*arguments: str) -> str | None:
 
 
 def git_commit() -> str | None:
-    """HEAD's hash; where the code runs from a copy without .git (a lent machine), ``$PEFTLAB_GIT_COMMIT``."""
-    return _git("rev-parse", "HEAD") or os.environ.get("PEFTLAB_GIT_COMMIT")
+    """HEAD's hash, or ``$PEFTLAB_GIT_COMMIT`` where it is set: the code sent to a lent machine is a copy
+    whose .git (if any) is not the commit it holds."""
+    return os.environ.get("PEFTLAB_GIT_COMMIT") or _git("rev-parse", "HEAD")
 
 
 def git_dirty() -> bool | None:
