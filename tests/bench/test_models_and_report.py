@@ -112,3 +112,23 @@ def test_report_of_a_folder_of_sweeps_writes_each_its_own(tmp_path, capsys):
     assert not (tmp_path / "report.md").exists()
     assert main(["report", str(tmp_path)]) == 2  # the reports are there now: replacing them takes --overwrite
     assert main(["report", str(tmp_path), "--overwrite"]) == 0
+
+
+def test_quick_scores_are_shown_beside_their_converged_references(tmp_path, monkeypatch):
+    from peftlab.bench import references, report
+
+    e1 = [{**record("lora", {"rank": 8}, score), "spec": {**record("lora", {"rank": 8}, 0)["spec"], "seed": seed}}
+          for seed, score in enumerate((90.0, 92.0))]
+    e1 += [record("full", {"rank": 1}, 91.0)]
+    monkeypatch.setattr(references, "REFERENCES_FILE", tmp_path / "references.json")
+    (tmp_path / "references.json").write_text(json.dumps(references.references_from(e1, source="E1")))
+    monkeypatch.setattr(report, "load_references", lambda: references.load_references(tmp_path / "references.json"))
+    runs = runs_dir(tmp_path / "quick")
+    runs.mkdir(parents=True)
+    for label, score in (("lora", 89.0), ("full", 70.0), ("ia3", 60.0)):
+        (runs / f"{label}.json").write_text(json.dumps(record(label, {"rank": 1}, score)))
+    write_report(tmp_path / "quick")
+    text = (tmp_path / "quick" / "report.md").read_text().split("### sst2: beside the converged reference (E1)")[1]
+    assert "| `lora` | 89.0 | 91.0 ± 1.4 (n=2) |  |" in text
+    assert "| `full` | 70.0 | 91.0 (n=1) | far below (> 5 points) |" in text
+    assert "`ia3`" not in text.split("###")[0]  # no reference, no row

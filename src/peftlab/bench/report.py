@@ -19,6 +19,7 @@ from peftlab.bench import plots
 from peftlab.bench.aggregate import Table, build_tables, format_cell
 from peftlab.bench.memory import COMPONENTS
 from peftlab.bench.records import read_records, runs_dir, unreadable_records
+from peftlab.bench.references import load_references, reference_rows
 from peftlab.bench.suite import slug
 from peftlab.core.atomic import write_bytes_atomic, write_text_atomic
 from peftlab.core.errors import UserError, few
@@ -125,6 +126,7 @@ def markdown(report: Report) -> str:
              "and peak memory). Peak memory: CUDA max allocated on GPU, peak RSS of the run's process on CPU."]
     for table in report.tables:
         parts += ["", f"## {table.model}", "", *[f"> {note}" for note in table.notes], "", markdown_table(table)]
+        parts += reference_section(table)
         figures = list(report.figures.get(table.model, {}))
         parts += [f"\n![{fig}]({fig})" for fig in figures if fig.startswith("score_vs_trainable-")]
         parts += ["", "### Memory by component (one training step, MiB): measured / predicted", "",
@@ -132,6 +134,19 @@ def markdown(report: Report) -> str:
         parts += [f"\n![{fig}]({fig})" for fig in figures if not fig.startswith("score_vs_trainable-")]
     parts += ["", "## Runs", "", runs_table(report.records)]
     return "\n".join(parts) + "\n"
+
+
+def reference_section(table: Table) -> list[str]:
+    """Per task, each method's score here beside its converged reference (bench/references.py), if any."""
+    references, parts = load_references(), []
+    for task in table.tasks:
+        here = {row.label: row.cells[task].mean for row in table.rows if row.cells[task].mean is not None}
+        rows = reference_rows(table.model, task, here, references)
+        if rows:
+            parts += ["", f"### {task}: beside the converged reference ({references['source']})", "",
+                      "| method | here | converged | |", "|---|---:|---:|---|",
+                      *["| " + " | ".join([f"`{rows_[0]}`", *rows_[1:]]) + " |" for rows_ in rows]]
+    return parts
 
 
 def memory_rows(table: Table, records: list[dict[str, Any]]) -> list[tuple[str, list[str]]]:
