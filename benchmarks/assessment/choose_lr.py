@@ -31,26 +31,31 @@ BUDGETS: dict[str, dict[str, Any]] = {
 TRAINING = {"batch_size": 32, "eval_batch_size": 256, "max_length": 128, "warmup_ratio": 0.06, "progress": False}
 
 
-def sweep_scores(sweep: Path) -> dict[tuple[str, str], dict[float, float]]:
-    """(task, method) -> {learning rate: held-out score} from the sweep's ok records."""
+def sweep_scores(sweep: Path) -> tuple[dict[tuple[str, str], dict[float, float]], dict[str, dict[str, Any]]]:
+    """(task, method) -> {learning rate: held-out score} from the sweep's ok records, and each method's
+    options as the sweep ran it (E1 runs it the same way)."""
     scores: dict[tuple[str, str], dict[float, float]] = defaultdict(dict)
+    options: dict[str, dict[str, Any]] = {}
     for record in read_records(sweep):
         if record["status"] == "ok" and record.get("score") is not None:
             spec = record["spec"]
             scores[(spec["task"], spec["method"])][float(spec["training"]["learning_rate"])] = record["score"]
-    return scores
+            options[spec["method"]] = spec["options"]
+    return scores, options
 
 
 def best_rate(by_rate: dict[float, float]) -> float:
     return max(sorted(by_rate), key=lambda rate: by_rate[rate])  # max keeps the first (smallest) of equals
 
 
-def e1_suite(scores: dict[tuple[str, str], dict[float, float]], methods: list[str]) -> dict[str, Any]:
+def e1_suite(scores: dict[tuple[str, str], dict[float, float]], options: dict[str, dict[str, Any]],
+             methods: list[str]) -> dict[str, Any]:
     experiments = []
     for task, chooser in CHOOSER.items():
         experiments.append({
             "tasks": [{"task": task, "training": BUDGETS[task]}],
-            "methods": [{m: {"training": {"learning_rate": best_rate(scores[(chooser, m)])}}} for m in methods],
+            "methods": [{m: {**({"options": options[m]} if options[m] else {}),
+                             "training": {"learning_rate": best_rate(scores[(chooser, m)])}}} for m in methods],
         })
     return {"name": "e1-glue",
             "description": "E1: the survey's eleven methods and full fine-tuning on the offline MiniLM, four GLUE "
@@ -64,7 +69,7 @@ def main() -> None:
     parser.add_argument("sweep", type=Path, help="the lr-sweep output folder (its runs/ records)")
     parser.add_argument("--out", type=Path, required=True, help="the E1 suite to write")
     arguments = parser.parse_args()
-    scores = sweep_scores(arguments.sweep)
+    scores, options = sweep_scores(arguments.sweep)
     for (task, method), by_rate in sorted(scores.items()):
         cells = "  ".join(f"{rate:g}: {score:6.2f}" for rate, score in sorted(by_rate.items()))
         print(f"{task:5} {method:14} {cells}  -> {best_rate(by_rate):g}")
@@ -74,7 +79,7 @@ def main() -> None:
         raise SystemExit(f"{arguments.sweep}: no method has an ok sweep run on every choosing task")
     if len(ready) < len(METHODS):  # a later call, with the rest swept, writes the whole suite (finished runs stay)
         print(f"not swept yet, left out of E1 for now: {', '.join(m for m in METHODS if m not in ready)}")
-    arguments.out.write_text(header + yaml.safe_dump(e1_suite(scores, ready), sort_keys=False))
+    arguments.out.write_text(header + yaml.safe_dump(e1_suite(scores, options, ready), sort_keys=False))
 
 
 if __name__ == "__main__":
