@@ -36,10 +36,11 @@ from peftlab.train.args import ArgumentError, TrainArgs
 from peftlab.train.batching import epoch_order, padded_fraction
 from peftlab.train.checkpoint import (Progress, changed_settings, full_parameters, latest_checkpoint,
                                       load_checkpoint, recovered_checkpoints, save_checkpoint)
-from peftlab.train.encoding import collate, count_tokens, encode, loss_items, sequence_length
+from peftlab.train.encoding import collate, encode, loss_items, sequence_length
 from peftlab.train.evaluation import evaluate
 from peftlab.train.interrupt import SaveClock, StopRequest
 from peftlab.train.loss import loss_function, resolve_loss
+from peftlab.train.packing import collate_packed, packing_problem
 from peftlab.train.plan import Plan, clear_output_dir, make_plan
 from peftlab.train.resources import peak_memory, write_log_line, trim_log
 
@@ -114,7 +115,9 @@ class Trainer:
     def local_batch(self, indices: list[int], everyone: bool = False) -> dict[str, torch.Tensor]:
         """This process's share of a global micro-batch (or all of it, so every process sees the same)."""
         chosen = indices if everyone else indices[self.rank::self.world]
-        batch = collate([self.features[i] for i in chosen], self.tokenizer.pad_token_id)
+        features = [self.features[i] for i in chosen]
+        pad = self.tokenizer.pad_token_id
+        batch = collate_packed(features, pad) if self.not_packed is None else collate(features, pad)
         return {key: value.to(self.accelerator.device) for key, value in batch.items()}
 
     # -- setup --------------------------------------------------------------------------------------
@@ -126,6 +129,10 @@ class Trainer:
             enable_activation_checkpointing(model, compiled_blocks=args.compile)  # non-reentrant
         self.base = model
         self.hooks = peftlab.training_hooks(model)
+        writes_text = self.plan.task.kind not in ("classification", "regression")
+        self.not_packed = packing_problem(model, self.kind, writes_text) if args.pack else "--no-pack"
+        if self.not_packed is None:
+            model.config.use_cache = False  # with a KV cache transformers would not see the packed examples
         self.compute_loss = loss_function(self.loss_kind, model)
         if args.compile and hasattr(model.config, "use_cache"):
             model.config.use_cache = False  # a cache object in the blocks' inputs would specialise each compiled block
@@ -237,7 +244,7 @@ class Trainer:
                                       last_checkpoint=latest_checkpoint(self.output) if self.output else None)
                 accelerator.backward(data_loss * share + regularization / len(group))
             losses.append(float(loss.detach()))
-            tokens += count_tokens(batch)
+            tokens += sum(self.lengths[i] for i in indices[self.rank::self.world])  # non-pad tokens
         if self.args.max_grad_norm is not None:
             accelerator.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], self.args.max_grad_norm)
         self.hooks.before_optimizer_step(self.base, step)
@@ -328,6 +335,7 @@ class Trainer:
             "steps": progress.step, "epochs": progress.epoch, "world_size": self.world,
             "train_examples": len(self.plan.train_examples), "group_by_length": self.args.group_by_length,
             "padding_fraction": padded_fraction(self.lengths, [b for g in self.epoch_groups(0) for b in g]),
+            "packed": self.not_packed is None, "not_packed": self.not_packed,
             "train_time_s": progress.train_time_s, "train_tokens": tokens,
             "train_tokens_per_s": tokens / progress.train_time_s if progress.train_time_s else 0.0,
             **peak_memory(self.accelerator.device),
