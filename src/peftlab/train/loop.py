@@ -36,8 +36,9 @@ from peftlab.train.args import ArgumentError, TrainArgs
 from peftlab.train.batching import epoch_order, padded_fraction
 from peftlab.train.checkpoint import (Progress, changed_settings, full_parameters, latest_checkpoint,
                                       load_checkpoint, recovered_checkpoints, save_checkpoint)
-from peftlab.train.encoding import collate, encode, loss_items, sequence_length
+from peftlab.train.encoding import collate, loss_items, sequence_length
 from peftlab.train.evaluation import evaluate
+from peftlab.train.feature_cache import encode_cached
 from peftlab.train.interrupt import SaveClock, StopRequest
 from peftlab.train.loss import loss_function, resolve_loss
 from peftlab.train.packing import collate_packed, packing_problem
@@ -87,7 +88,8 @@ class Trainer:
         self.tokenizer, self.kind = plan.loaded.tokenizer, plan.loaded.kind
         self.world, self.rank = accelerator.num_processes, accelerator.process_index
         self.max_length = plan.loaded.max_length(self.args.max_length)
-        self.features = encode(plan.task, plan.train_examples, self.tokenizer, self.kind, self.max_length)
+        self.features, self.tokenized = encode_cached(plan.task, plan.train_examples, self.tokenizer, self.kind,
+                                                      self.max_length)  # {tokenize_s, features_cached}
         self.loss_items = [loss_items(feature, self.kind) for feature in self.features]
         self.lengths = [sequence_length(feature, self.kind) for feature in self.features]
         self.groups_per_epoch = len(self.epoch_groups(0))
@@ -335,7 +337,7 @@ class Trainer:
             "steps": progress.step, "epochs": progress.epoch, "world_size": self.world,
             "train_examples": len(self.plan.train_examples), "group_by_length": self.args.group_by_length,
             "padding_fraction": padded_fraction(self.lengths, [b for g in self.epoch_groups(0) for b in g]),
-            "packed": self.not_packed is None, "not_packed": self.not_packed,
+            **self.tokenized, "packed": self.not_packed is None, "not_packed": self.not_packed,
             "train_time_s": progress.train_time_s, "train_tokens": tokens,
             "train_tokens_per_s": tokens / progress.train_time_s if progress.train_time_s else 0.0,
             **peak_memory(self.accelerator.device),
