@@ -57,7 +57,9 @@ def run_training(args: TrainArgs) -> dict[str, Any]:
 
     # cpu=True on machines without CUDA also makes accelerate see a torchrun launch (gloo).
     accelerator = Accelerator(mixed_precision=_precision(args.mixed_precision), cpu=not torch.cuda.is_available())
-    plan = make_plan(args, world=accelerator.num_processes)
+    started = time.perf_counter()
+    plan = make_plan(args, world=accelerator.num_processes)  # data, model and method: the load phase
+    load_s = time.perf_counter() - started
     if args.fsdp and accelerator.num_processes < 2:
         raise ArgumentError("--fsdp shards across processes: launch with torchrun or accelerate launch (2+ processes)")
     if args.fsdp and args.resume:
@@ -73,6 +75,7 @@ def run_training(args: TrainArgs) -> dict[str, Any]:
         plan.output_dir.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
     trainer = Trainer(plan, accelerator, loss_kind)
+    trainer.load_time_s = load_s
     with trainer.stop.installed():  # SIGINT/SIGTERM: save after the step in progress, then exit 130/143
         return trainer.train()
 
@@ -98,6 +101,7 @@ class Trainer:
         self.is_main = accelerator.is_main_process
         self.eval_history: list[dict[str, float]] = []  # this process's evaluations (a resumed run's since resuming)
         self.stop, self.save_clock, self.saved_step = StopRequest(), SaveClock(self.args.save_minutes), None
+        self.load_time_s, self.eval_time_s = 0.0, 0.0  # make_plan's time (run_training sets it); evaluations'
 
     # -- data -------------------------------------------------------------------------------------
     def epoch_groups(self, epoch: int) -> list[list[list[int]]]:
@@ -291,6 +295,7 @@ class Trainer:
     def evaluate(self, progress: Progress) -> None:
         """Score every eval set (on every process: FSDP needs them all), log, keep the best adapter."""
         scores: dict[str, float] = {}
+        started = time.perf_counter()
         with self.accelerator.autocast():
             for item in self.plan.eval_sets:
                 if item.prefix and progress.step < self.total_steps:
@@ -301,6 +306,7 @@ class Trainer:
                                   device=self.accelerator.device)
                 scores.update({item.prefix + item.task.score_name(item.split, k): v for k, v in result.items()})
         progress.last_eval, progress.last_eval_step = scores, progress.step
+        self.eval_time_s += time.perf_counter() - started
         self.eval_history.append({"step": progress.step, **scores})
         self.log({"type": "eval", "step": progress.step, "epoch": progress.epoch, **scores})
         task = self.plan.task
@@ -339,6 +345,7 @@ class Trainer:
             "padding_fraction": padded_fraction(self.lengths, [b for g in self.epoch_groups(0) for b in g]),
             **self.tokenized, "packed": self.not_packed is None, "not_packed": self.not_packed,
             "train_time_s": progress.train_time_s, "train_tokens": tokens,
+            "load_time_s": self.load_time_s, "eval_time_s": self.eval_time_s,  # this process's, since it started
             "train_tokens_per_s": tokens / progress.train_time_s if progress.train_time_s else 0.0,
             **peak_memory(self.accelerator.device),
             "device": str(self.accelerator.device), "mixed_precision": self.accelerator.mixed_precision,
