@@ -129,3 +129,9 @@ def count_fast_dropouts(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     monkeypatch.setattr(fast_dropout, "dropout", counted)
     monkeypatch.setattr(fast_dropout, "MIN_ELEMENTS", 0)
     return calls
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory, monkeypatch):
+    """peftlab's cache (tokenised data, converted weights) in a folder of the session's, never the user's."""
+    monkeypatch.setenv("PEFTLAB_CACHE", str(tmp_path_factory.getbasetemp() / "peftlab-cache"))

@@ -51,6 +51,8 @@ HELP = {
     "fast_dropout": "on CPU, draw dropout masks with PyTorch's own dropout (one random float per element; slower) "
                     "instead of four masks per 64-bit draw",
     "group_by_length": "draw batches at random, not grouped by length (every batch pads to its longest example)",
+    "pack": "pad each decoder example to the batch's longest instead of packing several into one row (packing "
+            "is on where it trains the same: decoder-only models on text tasks, methods that keep examples apart)",
     "compile": "torch.compile each transformer block (regional): the first steps compile, seconds per graph, "
                "then every step is faster (same function; needs a C++ compiler on CPU)",
 }

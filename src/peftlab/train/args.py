@@ -17,7 +17,7 @@ LossChoice = Literal["auto", "chunked", "plain"]
 FLAGS = {"output_dir": "output", "learning_rate": "lr", "gradient_accumulation_steps": "grad-accum",
          "options": "set", "eval_tasks": "eval-task", "progress": "no-progress", "fused_ops": "no-fused-ops",
          "keep_freed_memory": "no-keep-freed-memory", "fast_dropout": "no-fast-dropout",
-         "group_by_length": "no-group-by-length"}
+         "group_by_length": "no-group-by-length", "pack": "no-pack"}
 
 
 class ArgumentError(UserError, ValueError):
@@ -54,6 +54,7 @@ class TrainArgs:
     max_grad_norm: float | None = 1.0
     max_length: int = 128  # training sequences; multiple-choice eval prompts use all the model's positions
     group_by_length: bool = True  # batches of similar lengths (random within megabatches): far less padding
+    pack: bool = True  # decoder text tasks: a micro-batch's examples packed into fewer rows where safe (train.packing)
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
     holdout: int | None = None  # score on this many training examples held out (fixed draw) instead of dev

@@ -36,10 +36,12 @@ from peftlab.train.args import ArgumentError, TrainArgs
 from peftlab.train.batching import epoch_order, padded_fraction
 from peftlab.train.checkpoint import (Progress, changed_settings, full_parameters, latest_checkpoint,
                                       load_checkpoint, recovered_checkpoints, save_checkpoint)
-from peftlab.train.encoding import collate, count_tokens, encode, loss_items, sequence_length
+from peftlab.train.encoding import collate, loss_items, sequence_length
 from peftlab.train.evaluation import evaluate
+from peftlab.train.feature_cache import encode_cached
 from peftlab.train.interrupt import SaveClock, StopRequest
 from peftlab.train.loss import loss_function, resolve_loss
+from peftlab.train.packing import collate_packed, packing_problem
 from peftlab.train.plan import Plan, clear_output_dir, make_plan
 from peftlab.train.resources import peak_memory, write_log_line, trim_log
 
@@ -55,7 +57,9 @@ def run_training(args: TrainArgs) -> dict[str, Any]:
 
     # cpu=True on machines without CUDA also makes accelerate see a torchrun launch (gloo).
     accelerator = Accelerator(mixed_precision=_precision(args.mixed_precision), cpu=not torch.cuda.is_available())
-    plan = make_plan(args, world=accelerator.num_processes)
+    started = time.perf_counter()
+    plan = make_plan(args, world=accelerator.num_processes)  # data, model and method: the load phase
+    load_s = time.perf_counter() - started
     if args.fsdp and accelerator.num_processes < 2:
         raise ArgumentError("--fsdp shards across processes: launch with torchrun or accelerate launch (2+ processes)")
     if args.fsdp and args.resume:
@@ -71,6 +75,7 @@ def run_training(args: TrainArgs) -> dict[str, Any]:
         plan.output_dir.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
     trainer = Trainer(plan, accelerator, loss_kind)
+    trainer.load_time_s = load_s
     with trainer.stop.installed():  # SIGINT/SIGTERM: save after the step in progress, then exit 130/143
         return trainer.train()
 
@@ -86,7 +91,8 @@ class Trainer:
         self.tokenizer, self.kind = plan.loaded.tokenizer, plan.loaded.kind
         self.world, self.rank = accelerator.num_processes, accelerator.process_index
         self.max_length = plan.loaded.max_length(self.args.max_length)
-        self.features = encode(plan.task, plan.train_examples, self.tokenizer, self.kind, self.max_length)
+        self.features, self.tokenized = encode_cached(plan.task, plan.train_examples, self.tokenizer, self.kind,
+                                                      self.max_length)  # {tokenize_s, features_cached}
         self.loss_items = [loss_items(feature, self.kind) for feature in self.features]
         self.lengths = [sequence_length(feature, self.kind) for feature in self.features]
         self.groups_per_epoch = len(self.epoch_groups(0))
@@ -95,6 +101,7 @@ class Trainer:
         self.is_main = accelerator.is_main_process
         self.eval_history: list[dict[str, float]] = []  # this process's evaluations (a resumed run's since resuming)
         self.stop, self.save_clock, self.saved_step = StopRequest(), SaveClock(self.args.save_minutes), None
+        self.load_time_s, self.eval_time_s = 0.0, 0.0  # make_plan's time (run_training sets it); evaluations'
 
     # -- data -------------------------------------------------------------------------------------
     def epoch_groups(self, epoch: int) -> list[list[list[int]]]:
@@ -114,7 +121,9 @@ class Trainer:
     def local_batch(self, indices: list[int], everyone: bool = False) -> dict[str, torch.Tensor]:
         """This process's share of a global micro-batch (or all of it, so every process sees the same)."""
         chosen = indices if everyone else indices[self.rank::self.world]
-        batch = collate([self.features[i] for i in chosen], self.tokenizer.pad_token_id)
+        features = [self.features[i] for i in chosen]
+        pad = self.tokenizer.pad_token_id
+        batch = collate_packed(features, pad) if self.not_packed is None else collate(features, pad)
         return {key: value.to(self.accelerator.device) for key, value in batch.items()}
 
     # -- setup --------------------------------------------------------------------------------------
@@ -126,6 +135,10 @@ class Trainer:
             enable_activation_checkpointing(model, compiled_blocks=args.compile)  # non-reentrant
         self.base = model
         self.hooks = peftlab.training_hooks(model)
+        writes_text = self.plan.task.kind not in ("classification", "regression")
+        self.not_packed = packing_problem(model, self.kind, writes_text) if args.pack else "--no-pack"
+        if self.not_packed is None:
+            model.config.use_cache = False  # with a KV cache transformers would not see the packed examples
         self.compute_loss = loss_function(self.loss_kind, model)
         if args.compile and hasattr(model.config, "use_cache"):
             model.config.use_cache = False  # a cache object in the blocks' inputs would specialise each compiled block
@@ -237,7 +250,7 @@ class Trainer:
                                       last_checkpoint=latest_checkpoint(self.output) if self.output else None)
                 accelerator.backward(data_loss * share + regularization / len(group))
             losses.append(float(loss.detach()))
-            tokens += count_tokens(batch)
+            tokens += sum(self.lengths[i] for i in indices[self.rank::self.world])  # non-pad tokens
         if self.args.max_grad_norm is not None:
             accelerator.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], self.args.max_grad_norm)
         self.hooks.before_optimizer_step(self.base, step)
@@ -282,6 +295,7 @@ class Trainer:
     def evaluate(self, progress: Progress) -> None:
         """Score every eval set (on every process: FSDP needs them all), log, keep the best adapter."""
         scores: dict[str, float] = {}
+        started = time.perf_counter()
         with self.accelerator.autocast():
             for item in self.plan.eval_sets:
                 if item.prefix and progress.step < self.total_steps:
@@ -292,6 +306,7 @@ class Trainer:
                                   device=self.accelerator.device)
                 scores.update({item.prefix + item.task.score_name(item.split, k): v for k, v in result.items()})
         progress.last_eval, progress.last_eval_step = scores, progress.step
+        self.eval_time_s += time.perf_counter() - started
         self.eval_history.append({"step": progress.step, **scores})
         self.log({"type": "eval", "step": progress.step, "epoch": progress.epoch, **scores})
         task = self.plan.task
@@ -328,7 +343,9 @@ class Trainer:
             "steps": progress.step, "epochs": progress.epoch, "world_size": self.world,
             "train_examples": len(self.plan.train_examples), "group_by_length": self.args.group_by_length,
             "padding_fraction": padded_fraction(self.lengths, [b for g in self.epoch_groups(0) for b in g]),
+            **self.tokenized, "packed": self.not_packed is None, "not_packed": self.not_packed,
             "train_time_s": progress.train_time_s, "train_tokens": tokens,
+            "load_time_s": self.load_time_s, "eval_time_s": self.eval_time_s,  # this process's, since it started
             "train_tokens_per_s": tokens / progress.train_time_s if progress.train_time_s else 0.0,
             **peak_memory(self.accelerator.device),
             "device": str(self.accelerator.device), "mixed_precision": self.accelerator.mixed_precision,

@@ -115,6 +115,17 @@ def resolve_model(name: str) -> ModelSource:
     return ModelSource(str(folder), alias.gguf_file)
 
 
+def cached_conversion(source: ModelSource) -> ModelSource:
+    """A GGUF source becomes its converted folder in peftlab's cache (:mod:`peftlab.train.weights_cache`),
+    converted on first use; other sources, and GGUF ones when caching is off, are returned as they are."""
+    if not source.gguf_file:
+        return source
+    from peftlab.train.weights_cache import converted_folder
+
+    folder = converted_folder(Path(source.path) / source.gguf_file)
+    return source if folder is None else ModelSource(str(folder))
+
+
 def kind_of(config: Any) -> ModelKind:
     family = MODEL_TYPES.get(getattr(config, "model_type", "") or "")
     if family is not None:
@@ -132,6 +143,7 @@ def load_model(name: str, task: Task, dtype: torch.dtype | None = None) -> Loade
 
     source = resolve_model(name)
     try:
+        source = cached_conversion(source)
         config = AutoConfig.from_pretrained(source.path, **source.kwargs())
         tokenizer = AutoTokenizer.from_pretrained(source.path, **source.kwargs())
     except (OSError, ValueError) as error:
