@@ -6,6 +6,7 @@ import contextlib
 import errno
 import os
 import shutil
+import stat
 import tempfile
 import time
 from collections.abc import Iterator
@@ -165,7 +166,7 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     model folder) leave each other's staging alone, and the last to finish wins whole.
     """
     path = Path(path)
-    if path.exists() and not path.is_dir():
+    if _is_non_folder(path):
         raise UserError(f"{path} is a file, not a folder: not replacing it with a folder; remove it or choose "
                         f"another path")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -232,3 +233,12 @@ def _swap_in(staging: Path, path: Path, attempts: int = 5) -> None:
             if attempt == attempts - 1 or not path.exists():
                 raise
     shutil.rmtree(retired, ignore_errors=True)
+
+
+def _is_non_folder(path: Path) -> bool:
+    """Whether something other than a folder is at ``path``, from one ``stat``: another writer may be
+    swapping a folder in at that moment, and ``exists()`` then ``is_dir()`` could see it gone in between."""
+    try:
+        return not stat.S_ISDIR(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return False
