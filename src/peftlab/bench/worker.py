@@ -54,6 +54,8 @@ def execute(spec: RunSpec, output: Path, breakdown: bool = True) -> dict[str, An
     score = metrics["scores"].get(primary)
     return {
         "scores": metrics["scores"],
+        "scores_before_training": metrics.get("scores_before_training", {}),
+        "task_scores": task_scores(args, spec, metrics["scores"]),
         "eval_history": metrics["eval_history"],
         "primary_metric": primary,
         "greater_is_better": scored.greater_is_better,
@@ -69,6 +71,21 @@ def execute(spec: RunSpec, output: Path, breakdown: bool = True) -> dict[str, An
         "model_used": model_name,
         "reproduce": reproduce_command(args, spec),
     }
+
+
+def task_scores(args: Any, spec: RunSpec, scores: dict[str, float]) -> dict[str, dict[str, Any]]:
+    """Per scored task (the extra eval tasks, else the trained one): its main metric, display score and
+    direction; the report gives each its own column when a run scores several."""
+    from peftlab.tasks import get_task
+
+    found = {}
+    for name in args.eval_tasks or (spec.task_name,):
+        task = get_task(name)
+        metric = f"{task.name}/{task.main_metric}" if args.eval_tasks else task.main_metric
+        value = scores.get(metric)
+        found[task.name] = {"metric": metric, "score": None if value is None else display_score(metric, float(value)),
+                            "greater_is_better": task.greater_is_better}
+    return found
 
 
 def reproduce_command(args: Any, spec: RunSpec) -> str:

@@ -40,7 +40,7 @@ from peftlab.train.encoding import collate, count_tokens, encode, loss_items, se
 from peftlab.train.evaluation import evaluate
 from peftlab.train.interrupt import SaveClock, StopRequest
 from peftlab.train.loss import loss_function, resolve_loss
-from peftlab.train.plan import Plan, clear_output_dir, make_plan
+from peftlab.train.plan import EvalSet, Plan, clear_output_dir, make_plan
 from peftlab.train.resources import peak_memory, write_log_line, trim_log
 
 
@@ -190,6 +190,8 @@ class Trainer:
     def train(self) -> dict[str, Any]:
         self.build()
         progress = self.start()
+        if progress.step == 0 and self.total_steps:
+            progress.before_training = self.score([i for i in self.plan.eval_sets if i.task.scored_before_training])
         bar = tqdm(total=self.total_steps, initial=progress.step, unit="step", dynamic_ncols=True,
                    desc=f"{self.args.method} {self.args.task}", disable=not (self.is_main and self.args.progress))
         while progress.step < self.total_steps:
@@ -281,16 +283,8 @@ class Trainer:
     # -- evaluation and results ---------------------------------------------------------------------
     def evaluate(self, progress: Progress) -> None:
         """Score every eval set (on every process: FSDP needs them all), log, keep the best adapter."""
-        scores: dict[str, float] = {}
-        with self.accelerator.autocast():
-            for item in self.plan.eval_sets:
-                if item.prefix and progress.step < self.total_steps:
-                    continue  # the extra tasks are scored once, at the end
-                result = evaluate(self.base, self.tokenizer, self.kind, item.task, item.examples,
-                                  batch_size=self.args.eval_batch_size, max_length=self.max_length,
-                                  num_beams=self.args.num_beams, max_new_tokens=self.args.max_new_tokens,
-                                  device=self.accelerator.device)
-                scores.update({item.prefix + item.task.score_name(item.split, k): v for k, v in result.items()})
+        ending = progress.step >= self.total_steps  # the extra tasks are scored once, at the end
+        scores = self.score([item for item in self.plan.eval_sets if ending or not item.prefix])
         progress.last_eval, progress.last_eval_step = scores, progress.step
         self.eval_history.append({"step": progress.step, **scores})
         self.log({"type": "eval", "step": progress.step, "epoch": progress.epoch, **scores})
@@ -302,6 +296,18 @@ class Trainer:
             progress.best_score, progress.best_step = score, progress.step
             if self.output is not None:
                 self.save_adapter_to(self.output / "best")
+
+    def score(self, sets: list[EvalSet]) -> dict[str, float]:
+        """The scores of ``sets``, each named ``<prefix><split-qualified metric>``."""
+        scores: dict[str, float] = {}
+        with self.accelerator.autocast():
+            for item in sets:
+                result = evaluate(self.base, self.tokenizer, self.kind, item.task, item.examples,
+                                  batch_size=self.args.eval_batch_size, max_length=self.max_length,
+                                  num_beams=self.args.num_beams, max_new_tokens=self.args.max_new_tokens,
+                                  device=self.accelerator.device)
+                scores.update({item.prefix + item.task.score_name(item.split, k): v for k, v in result.items()})
+        return scores
 
     def save_adapter_to(self, path: Path) -> None:
         with full_parameters(self.model) if self.args.fsdp else contextlib.nullcontext():
@@ -321,7 +327,7 @@ class Trainer:
         metrics = {
             "model": self.args.model, "task": self.args.task, "method": self.args.method,
             "options": {k: v if isinstance(v, (int, float, str, bool)) else list(v) for k, v in self.args.options.items()},
-            "seed": self.args.seed, "scores": progress.last_eval,
+            "seed": self.args.seed, "scores": progress.last_eval, "scores_before_training": progress.before_training,
             "main_metric": self.plan.task.main_metric, "best_score": progress.best_score, "best_step": progress.best_step,
             "eval_history": self.eval_history,
             "parameters": report.as_dict(),
