@@ -84,3 +84,17 @@ def test_a_run_scored_on_mmlu_and_the_forgetting_loss_records_both_with_their_di
         "english-lm": {"metric": "english-lm/loss", "score": 3.25, "greater_is_better": False}}
     assert record["scores_before_training"] == {"english-lm/loss": 3.0}
     assert (record["primary_metric"], record["greater_is_better"]) == ("english-lm/loss", False)
+
+
+def test_an_untuned_run_measures_no_training_step(monkeypatch, tmp_path):
+    metrics = {"scores": {"loss": 1.5}, "eval_history": [], "parameters": {"trainable": 0, "trainable_percent": 0.0},
+               "train_tokens_per_s": 0.0, "train_time_s": 0.0, "train_examples": 8, "steps": 0,
+               "peak_memory_bytes": 2**20, "peak_memory_kind": "cpu_peak_rss"}
+    monkeypatch.setattr(worker, "model_for_run", lambda spec, output: ("m", None))
+    monkeypatch.setattr(worker, "memory_breakdown", lambda args: pytest.fail("an untuned run takes no step"))
+    monkeypatch.setattr(peftlab.train, "run_training", lambda args: metrics)
+    spec = RunSpec(suite="s", model="m", model_source="m", task="alpaca", task_name="alpaca", label="untuned",
+                   method="untuned", family="baseline", options={}, training={}, seed=0)
+    record = worker.execute(spec, tmp_path)
+    assert record["memory"]["breakdown"] is None and record["parameters"]["trainable"] == 0
+    assert "--method untuned" in record["reproduce"]

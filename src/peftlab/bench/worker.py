@@ -23,7 +23,7 @@ import torch
 from peftlab.bench import memory
 from peftlab.bench.models import model_for_run
 from peftlab.bench.records import provenance, write_record
-from peftlab.bench.suite import RunSpec
+from peftlab.bench.suite import UNTUNED, RunSpec
 
 
 # Metrics in [0, 1] (or [-1, 1] for correlations), by name as the tasks report them.
@@ -66,7 +66,8 @@ def execute(spec: RunSpec, output: Path, breakdown: bool = True) -> dict[str, An
         "train_examples": metrics["train_examples"],
         "steps": metrics["steps"],
         "memory": {"peak_bytes": metrics["peak_memory_bytes"], "peak_source": metrics["peak_memory_kind"],
-                   "baseline_rss_bytes": baseline_rss, "breakdown": memory_breakdown(args) if breakdown else None},
+                   "baseline_rss_bytes": baseline_rss,
+                   "breakdown": memory_breakdown(args) if breakdown and spec.method != UNTUNED else None},
         "model_note": note,
         "model_used": model_name,
         "reproduce": reproduce_command(args, spec),

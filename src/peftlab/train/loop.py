@@ -32,7 +32,7 @@ from peftlab.core.fast_dropout import draws_dropout, fast_dropout
 from peftlab.core.fused_ops import fuse
 from peftlab.core.host_memory import keep_freed_memory
 from peftlab.core.serialization import CONFIG_NAME, WEIGHTS_NAME, AdapterFileError, save_adapter
-from peftlab.train.args import ArgumentError, TrainArgs
+from peftlab.train.args import UNTUNED, ArgumentError, TrainArgs
 from peftlab.train.batching import epoch_order, padded_fraction
 from peftlab.train.checkpoint import (Progress, changed_settings, full_parameters, latest_checkpoint,
                                       load_checkpoint, recovered_checkpoints, save_checkpoint)
@@ -90,7 +90,8 @@ class Trainer:
         self.loss_items = [loss_items(feature, self.kind) for feature in self.features]
         self.lengths = [sequence_length(feature, self.kind) for feature in self.features]
         self.groups_per_epoch = len(self.epoch_groups(0))
-        self.total_steps = self.args.max_steps or self.args.epochs * self.groups_per_epoch
+        self.untuned = self.args.method == UNTUNED  # scored as loaded: no optimizer, no step, no adapter
+        self.total_steps = 0 if self.untuned else self.args.max_steps or self.args.epochs * self.groups_per_epoch
         self.output = plan.output_dir
         self.is_main = accelerator.is_main_process
         self.eval_history: list[dict[str, float]] = []  # this process's evaluations (a resumed run's since resuming)
@@ -136,6 +137,11 @@ class Trainer:
         else:
             model = self.accelerator.prepare_model(model)
         self.model = model
+        if self.untuned:
+            return
+        if not any(parameter.requires_grad for parameter in self.base.parameters()):
+            raise ArgumentError(f"method {args.method!r} left no parameter of {args.model} to train; check its "
+                                f"options (or use --method {UNTUNED} to score the base model as it is)")
         optimizer = peftlab.make_optimizer(self.base, args.learning_rate, args.weight_decay)  # paged AdamW for QLoRA on CUDA
         self.optimizer = self.accelerator.prepare_optimizer(optimizer)
         warmup = math.ceil(args.warmup_ratio * self.total_steps)
@@ -294,7 +300,7 @@ class Trainer:
                                                  else score < progress.best_score)
         if better and not math.isnan(score):
             progress.best_score, progress.best_step = score, progress.step
-            if self.output is not None:
+            if self.output is not None and not self.untuned:
                 self.save_adapter_to(self.output / "best")
 
     def score(self, sets: list[EvalSet]) -> dict[str, float]:
@@ -349,12 +355,14 @@ class Trainer:
 
     def save_final(self, metrics: dict[str, Any]) -> None:
         """The adapter files beside metrics.json in the output folder; metrics.json last marks the run done."""
-        staging = self.output / ".final-adapter"
-        self.save_adapter_to(staging)
+        if not self.untuned:  # an untuned run has no adapter: metrics.json alone
+            staging = self.output / ".final-adapter"
+            self.save_adapter_to(staging)
+            if self.is_main:
+                for name in (WEIGHTS_NAME, CONFIG_NAME):
+                    (staging / name).replace(self.output / name)
+                staging.rmdir()
         if self.is_main:
-            for name in (WEIGHTS_NAME, CONFIG_NAME):
-                (staging / name).replace(self.output / name)
-            staging.rmdir()
             write_text_atomic(self.output / "metrics.json", json.dumps(metrics, indent=2) + "\n")
 
 
