@@ -88,3 +88,21 @@ def test_how_a_method_counts_its_parameters_is_noted_under_the_table():
                         "parameters": {"trainable_percent": 0.3, "note": "masks counted at 1 bit per entry"}}]
     (table,) = build_tables(noted)
     assert table.notes == ["`propetl` trainable %: masks counted at 1 bit per entry"]
+
+
+def test_a_run_scored_on_mmlu_and_the_forgetting_loss_gives_each_its_column_and_direction():
+    def scored(label, seed, accuracy, loss):
+        entry = record(label, label, "baseline" if label != "lora" else "reparameterized", "alpaca", seed, loss, 1.0, 500)
+        entry["task_scores"] = {
+            "mmlu-subset": {"metric": "mmlu-subset/accuracy", "score": accuracy, "greater_is_better": True},
+            "english-lm": {"metric": "english-lm/loss", "score": loss, "greater_is_better": False}}
+        return entry
+
+    (table,) = build_tables([scored("full", 0, 30.0, 3.4), scored("lora", 0, 28.0, 3.1), scored("lora", 1, 29.0, 3.3)])
+    assert table.tasks == ["alpaca english-lm", "alpaca mmlu-subset"]
+    assert table.metric_names["alpaca english-lm"] == "english-lm/loss"
+    full, lora = table.rows
+    assert lora.cells["alpaca english-lm"].mean == pytest.approx(3.2) and lora.cells["alpaca mmlu-subset"].n == 2
+    assert lora.cells["alpaca english-lm"].best and not full.cells["alpaca english-lm"].best  # lower loss wins
+    assert full.cells["alpaca mmlu-subset"].best  # higher accuracy wins
+    assert full.cells[AVERAGE].mean is None  # an accuracy and a loss are not averaged

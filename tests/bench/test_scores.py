@@ -65,3 +65,36 @@ def test_the_record_carries_the_direction_and_the_unscaled_loss(monkeypatch, tmp
                    method="lora", family="reparameterized", options={}, training={}, seed=0)
     record = worker.execute(spec, tmp_path)
     assert (record["primary_metric"], record["score"], record["greater_is_better"]) == ("loss", 1.75, False)
+
+
+def test_a_run_scored_on_mmlu_and_the_forgetting_loss_records_both_with_their_directions(monkeypatch, tmp_path):
+    metrics = {"scores": {"loss": 1.5, "mmlu-subset/accuracy": 0.25, "english-lm/loss": 3.25},
+               "scores_before_training": {"english-lm/loss": 3.0}, "eval_history": [],
+               "parameters": {"trainable_percent": 1.0}, "train_tokens_per_s": 1.0, "train_time_s": 1.0,
+               "train_examples": 8, "steps": 2, "peak_memory_bytes": 2**20, "peak_memory_kind": "cpu_peak_rss"}
+    monkeypatch.setattr(worker, "model_for_run", lambda spec, output: ("m", None))
+    monkeypatch.setattr(worker, "memory_breakdown", lambda args: {})
+    monkeypatch.setattr(peftlab.train, "run_training", lambda args: metrics)
+    spec = RunSpec(suite="s", model="m", model_source="m", task="alpaca", task_name="alpaca", label="lora",
+                   method="lora", family="reparameterized", options={},
+                   training={"eval_tasks": ["mmlu-subset", "english-lm"]}, seed=0)
+    record = worker.execute(spec, tmp_path)
+    assert record["task_scores"] == {
+        "mmlu-subset": {"metric": "mmlu-subset/accuracy", "score": 25.0, "greater_is_better": True},
+        "english-lm": {"metric": "english-lm/loss", "score": 3.25, "greater_is_better": False}}
+    assert record["scores_before_training"] == {"english-lm/loss": 3.0}
+    assert (record["primary_metric"], record["greater_is_better"]) == ("english-lm/loss", False)
+
+
+def test_an_untuned_run_measures_no_training_step(monkeypatch, tmp_path):
+    metrics = {"scores": {"loss": 1.5}, "eval_history": [], "parameters": {"trainable": 0, "trainable_percent": 0.0},
+               "train_tokens_per_s": 0.0, "train_time_s": 0.0, "train_examples": 8, "steps": 0,
+               "peak_memory_bytes": 2**20, "peak_memory_kind": "cpu_peak_rss"}
+    monkeypatch.setattr(worker, "model_for_run", lambda spec, output: ("m", None))
+    monkeypatch.setattr(worker, "memory_breakdown", lambda args: pytest.fail("an untuned run takes no step"))
+    monkeypatch.setattr(peftlab.train, "run_training", lambda args: metrics)
+    spec = RunSpec(suite="s", model="m", model_source="m", task="alpaca", task_name="alpaca", label="untuned",
+                   method="untuned", family="baseline", options={}, training={}, seed=0)
+    record = worker.execute(spec, tmp_path)
+    assert record["memory"]["breakdown"] is None and record["parameters"]["trainable"] == 0
+    assert "--method untuned" in record["reproduce"]

@@ -129,3 +129,18 @@ def test_a_grid_over_a_training_setting_sets_it_per_run(tmp_path):
     assert [(r.training["learning_rate"], r.options) for r in first] == [
         (1.0e-4, {"rank": 2}), (1.0e-3, {"rank": 2})]
     assert all("learning_rate" not in r.options for r in runs)
+
+
+def test_an_untuned_entry_is_the_base_model_row_and_takes_no_options(tmp_path):
+    from peftlab.bench.suite import UNTUNED
+    from peftlab.train.args import UNTUNED as TRAIN_UNTUNED
+
+    assert UNTUNED == TRAIN_UNTUNED
+    data = {**SUITE, "tasks": ["sst2"], "seeds": [0],
+            "methods": ["untuned", {"untuned": {"label": "base-5shot", "training": {"eval_tasks": ["mmlu"]}}}, "lora"]}
+    runs = load_suite_checked(write(tmp_path, data)).runs()
+    untuned = [r for r in runs if r.method == "untuned"]
+    assert {r.label for r in untuned} == {"untuned", "base-5shot"} and {r.family for r in untuned} == {"baseline"}
+    assert next(r for r in untuned if r.label == "base-5shot").training["eval_tasks"] == ["mmlu"]
+    with pytest.raises(SuiteError, match="unknown key.*options"):
+        load_suite(write(tmp_path, {**data, "methods": [{"untuned": {"options": {"rank": 4}}}]}))

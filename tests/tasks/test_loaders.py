@@ -159,6 +159,7 @@ def test_unknown_task_lists_the_known_ones():
     with pytest.raises(TaskError, match="unknown task 'glue-sst2'; known tasks: alpaca, cola"):
         get_task("glue-sst2")
     assert {"cola", "sst2", "mrpc", "stsb", "rte", "qnli", "mnli", "qqp", "wmt16-en-ro", "mmlu", "mmlu-5shot",
+            "mmlu-subset", "mmlu-subset-5shot", "english-lm",
             "alpaca"} == set(task_names())
 
 

@@ -163,3 +163,13 @@ def test_resume_refuses_changed_settings_and_lists_each(tiny_models, data_root, 
     assert "options: {'rank': '4'} -> {'rank': '8'}" in err and "learning_rate: 0.005 -> 0.001" in err
     assert "another shape" not in err
     assert main([*base, "--resume", "--set", "rank=4", "--lr", "5e-3", "--eval-steps", "1"]) == 0  # evaluation may change
+
+
+def test_the_forgetting_metric_is_scored_before_and_after_tuning(tiny_models, data_root, tmp_path, capsys):
+    metrics = train(capsys, tiny_models["llama"], "alpaca", tmp_path / "run", "--method", "lora", "--lr", "5e-2",
+                    "--eval-task", "mmlu-subset", "--eval-task", "english-lm", "--max-steps", "3",
+                    "--data-dir", str(data_root))
+    before, after = metrics["scores_before_training"], metrics["scores"]
+    assert set(before) == {"english-lm/loss", "english-lm/perplexity"}  # only the forgetting task, not MMLU
+    assert before["english-lm/loss"] > 0 and after["english-lm/loss"] != before["english-lm/loss"]
+    assert 0 <= after["mmlu-subset/accuracy"] <= 1

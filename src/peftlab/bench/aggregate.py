@@ -5,7 +5,8 @@ tasks within each seed that has every task, then takes mean ± std over those se
 column is the mean over the row's runs, the peak memory column the largest peak among them. The best
 cell of each column is marked (ties all marked): the highest score, or the lowest where the task's metric
 is lower-is-better (a loss; the records say which); the lowest trainable % and peak memory. The average
-column is marked only when its tasks agree on the direction.
+column is left empty where its tasks disagree on the direction. A run that scores several tasks (an
+instruction-tuning run scored on MMLU and on a forgetting loss) gives each its own column.
 """
 
 from __future__ import annotations
@@ -74,10 +75,23 @@ def build_tables(records: list[dict[str, Any]]) -> list[Table]:
     return [build_table(model, by_model[model]) for model in sorted(by_model)]
 
 
+def record_columns(record: dict[str, Any]) -> list[tuple[str, str, float | None, bool]]:
+    """``(column, metric, score, greater_is_better)`` of a record: one column per scored task where the run
+    scores several (``task_scores``: e.g. MMLU and the forgetting loss after Alpaca, ``alpaca mmlu-subset``),
+    else one for its task."""
+    task, several = record["spec"]["task"], record.get("task_scores") or {}
+    if len(several) > 1:
+        return [(f"{task} {name}", info["metric"], info["score"], bool(info["greater_is_better"]))
+                for name, info in several.items()]
+    return [(task, record.get("primary_metric", "score"), record.get("score"), bool(record.get("greater_is_better", True)))]
+
+
 def build_table(model: str, records: list[dict[str, Any]]) -> Table:
-    tasks = sorted({record["spec"]["task"] for record in records})
-    metric_names = {record["spec"]["task"]: record.get("primary_metric", "score") for record in records}
-    directions = {record["spec"]["task"]: bool(record.get("greater_is_better", True)) for record in records}
+    columns = {column: (metric, direction) for record in records
+               for column, metric, _, direction in record_columns(record)}
+    tasks = sorted(columns)
+    metric_names = {column: metric for column, (metric, _) in columns.items()}
+    directions = {column: direction for column, (_, direction) in columns.items()}
     by_row: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for record in records:
         by_row[record["spec"]["label"]].append(record)
@@ -87,6 +101,9 @@ def build_table(model: str, records: list[dict[str, Any]]) -> Table:
     notes += sorted({f"`{record['spec']['label']}` trainable %: {record['parameters']['note']}" for record in records
                      if (record.get("parameters") or {}).get("note")})
     table = Table(model, metric_names, tasks, rows, notes, directions)
+    if greater_is_better(table, AVERAGE) is None:  # accuracy and a loss: their mean means nothing
+        for row in rows:
+            row.cells[AVERAGE] = Cell(None)
     mark_best(table)
     return table
 
@@ -102,8 +119,9 @@ def _row(label: str, records: list[dict[str, Any]], tasks: list[str]) -> Row:
     for task in tasks:
         scores = {}
         for record in records:
-            if record["spec"]["task"] == task and record.get("score") is not None:
-                scores[record["spec"]["seed"]] = float(record["score"])
+            for column, _, score, _ in record_columns(record):
+                if column == task and score is not None:
+                    scores[record["spec"]["seed"]] = float(score)
         for seed, score in scores.items():
             per_seed[seed][task] = score
         row.cells[task] = Cell.of(list(scores.values()))

@@ -12,6 +12,7 @@
         grid: {rank: [1, 4, 16, 64], target_modules: [attention_qv, all_linear]}
       - method: lora                                   # a grid over training settings too
         grid: {learning_rate: [1.0e-4, 1.0e-3]}
+      - untuned                                        # the base model scored as it is (no method, no step)
 
 A suite whose models need different tasks (the ``paper`` suite) lists ``experiments:``, each a
 mapping of the same keys that inherits what it leaves out. Training settings merge in this order,
@@ -32,6 +33,8 @@ import yaml
 
 from peftlab.core.errors import UserError
 from peftlab.core.registry import get_method
+
+UNTUNED = "untuned"  # peftlab.train.args.UNTUNED (bench reads no train module at import)
 
 SUITES_DIR = Path(__file__).parent / "suites"
 
@@ -115,7 +118,7 @@ class Experiment:
             runs.append(RunSpec(
                 suite=suite, model=model.name, model_source=model.source, task=task.name,
                 task_name=task.task, label=method.label, method=method.method,
-                family=get_method(method.method).family, options=dict(method.options), training=training,
+                family="baseline" if method.method == UNTUNED else get_method(method.method).family, options=dict(method.options), training=training,
                 seed=seed, knobs=dict(method.knobs), random_init=model.random_init, tokenizer=model.tokenizer,
             ))
         return runs
@@ -225,6 +228,8 @@ def _check(suite: Suite, where: str, known_tasks: Iterable[str] | None,
             if known is not None and task.task not in known:
                 raise SuiteError(f"{where}: unknown task {task.task!r}; known tasks: {', '.join(sorted(known))}")
         for method in experiment.methods:
+            if method.method == UNTUNED:
+                continue
             config_class = get_method(method.method).config_class
             run_length = {"total_steps": 10**6} if "total_steps" in {f.name for f in fields(config_class)} else {}
             try:  # a schedule's total_steps is the run's step count, which train fills in; any count stands in
@@ -295,6 +300,11 @@ def _methods(entry: Any, where: str) -> list[MethodEntry]:
     entry = _single_key_form(entry, "method", f"{where}: methods")
     name = str(entry["method"])
     _only_keys(entry, f"{where}: method {name!r}", {"method", "label", "options", "training", "grid", "knobs"})
+    if name == UNTUNED:  # no method: no options, nothing to sweep; training settings still say what is scored
+        _only_keys(entry, f"{where}: method {name!r} (the base model, scored without training)",
+                   {"method", "label", "training"})
+        return [MethodEntry(str(entry.get("label", name)), name,
+                            training=_mapping(entry.get("training", {}), f"{where}: {name} training"))]
     try:
         spec = get_method(name)
     except UserError as error:

@@ -23,7 +23,7 @@ import torch
 from peftlab.bench import memory
 from peftlab.bench.models import model_for_run
 from peftlab.bench.records import provenance, write_record
-from peftlab.bench.suite import RunSpec
+from peftlab.bench.suite import UNTUNED, RunSpec
 
 
 # Metrics in [0, 1] (or [-1, 1] for correlations), by name as the tasks report them.
@@ -54,6 +54,8 @@ def execute(spec: RunSpec, output: Path, breakdown: bool = True) -> dict[str, An
     score = metrics["scores"].get(primary)
     return {
         "scores": metrics["scores"],
+        "scores_before_training": metrics.get("scores_before_training", {}),
+        "task_scores": task_scores(args, spec, metrics["scores"]),
         "eval_history": metrics["eval_history"],
         "primary_metric": primary,
         "greater_is_better": scored.greater_is_better,
@@ -64,11 +66,27 @@ def execute(spec: RunSpec, output: Path, breakdown: bool = True) -> dict[str, An
         "train_examples": metrics["train_examples"],
         "steps": metrics["steps"],
         "memory": {"peak_bytes": metrics["peak_memory_bytes"], "peak_source": metrics["peak_memory_kind"],
-                   "baseline_rss_bytes": baseline_rss, "breakdown": memory_breakdown(args) if breakdown else None},
+                   "baseline_rss_bytes": baseline_rss,
+                   "breakdown": memory_breakdown(args) if breakdown and spec.method != UNTUNED else None},
         "model_note": note,
         "model_used": model_name,
         "reproduce": reproduce_command(args, spec),
     }
+
+
+def task_scores(args: Any, spec: RunSpec, scores: dict[str, float]) -> dict[str, dict[str, Any]]:
+    """Per scored task (the extra eval tasks, else the trained one): its main metric, display score and
+    direction; the report gives each its own column when a run scores several."""
+    from peftlab.tasks import get_task
+
+    found = {}
+    for name in args.eval_tasks or (spec.task_name,):
+        task = get_task(name)
+        metric = f"{task.name}/{task.main_metric}" if args.eval_tasks else task.main_metric
+        value = scores.get(metric)
+        found[task.name] = {"metric": metric, "score": None if value is None else display_score(metric, float(value)),
+                            "greater_is_better": task.greater_is_better}
+    return found
 
 
 def reproduce_command(args: Any, spec: RunSpec) -> str:

@@ -23,8 +23,8 @@ from peftlab.train.args import FLAGS
 
 HELP = {
     "model": "an alias (minilm-l6, smollm2-135m), a local model folder, or a hub name",
-    "task": "a task name (see peftlab.tasks.task_names(): cola sst2 mrpc stsb rte qnli mnli qqp wmt16-en-ro mmlu mmlu-5shot alpaca)",
-    "method": "a registered method (see `peftlab methods`)",
+    "task": "a task name (see peftlab.tasks.task_names(): cola sst2 mrpc stsb rte qnli mnli qqp wmt16-en-ro mmlu mmlu-5shot mmlu-subset mmlu-subset-5shot alpaca english-lm)",
+    "method": "a registered method (see `peftlab methods`), or untuned: score the base model as it is",
     "options": "a method option, KEY=VALUE (repeatable; see `peftlab methods --options NAME`)",
     "output_dir": "the run folder: adapter files, metrics.json, log.jsonl, checkpoint-<step>/",
     "data_dir": "the data root (glue/, mmlu/, wmt16_en_ro/, alpaca/); default $PEFTLAB_DATA; a task whose files "

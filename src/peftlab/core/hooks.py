@@ -122,3 +122,11 @@ def prepended_positions(model: nn.Module) -> int:
     state = peft_state(model)
     counter = get_method(state.method).extra.get("prepended_positions") if state else None
     return counter(state.config) if counter is not None else 0
+
+
+def reuses_kv_cache(model: nn.Module) -> bool:
+    """Whether a KV cache of a prompt's start, read once, can be reused under several continuations: False
+    where the applied method declares ``extra["reuses_kv_cache"] = False`` (a forward pass that could not
+    continue from a cache; none of today's methods, prompt and prefix tuning included)."""
+    state = peft_state(model)
+    return bool(get_method(state.method).extra.get("reuses_kv_cache", True)) if state else True

@@ -10,10 +10,10 @@ run adds with ``--eval-task mmlu``.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Sequence
 from pathlib import Path
 
+from peftlab.tasks import metrics
 from peftlab.tasks.base import Example, Task, TaskError, register_task
 
 HELD_OUT_EVERY = 50
@@ -71,10 +71,7 @@ class Alpaca(Task):
 
     def metrics(self, predictions: Sequence[tuple[float, int]], examples: Sequence[Example]) -> dict[str, float]:
         """``predictions``: per example, the summed loss over its response tokens and their count."""
-        total = sum(loss for loss, _ in predictions)
-        tokens = sum(count for _, count in predictions)
-        loss = total / tokens if tokens else float("nan")
-        return {"loss": loss, "perplexity": math.exp(loss) if tokens else float("nan")}
+        return metrics.token_loss(predictions)
 
 
 register_task(Alpaca())

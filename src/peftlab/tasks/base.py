@@ -63,6 +63,7 @@ class Task:
     num_labels: int = 0  # classes for classification, 1 for regression, 0 otherwise
     main_metric: str = ""  # the score used to keep the best checkpoint
     greater_is_better: bool = True  # False for losses: the lowest main_metric is the best
+    scored_before_training: bool = False  # as an extra eval task, also scored before the first step (forgetting)
     train_split: str = "train"
     eval_splits: tuple[str, ...] = ("dev",)
     separator: str = " "  # joins prompt and target when a decoder reads them as one sequence

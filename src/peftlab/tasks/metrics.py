@@ -35,3 +35,13 @@ def sacrebleu_score(hypotheses: Sequence[str], references: Sequence[str]) -> flo
     import sacrebleu
 
     return float(sacrebleu.corpus_bleu(list(hypotheses), [list(references)]).score)
+
+
+def token_loss(predictions: Sequence[tuple[float, int]]) -> dict[str, float]:
+    """Mean cross-entropy per token (nats) and its perplexity, from per-sequence (summed loss, token count)."""
+    import math
+
+    total = sum(loss for loss, _ in predictions)
+    tokens = sum(count for _, count in predictions)
+    loss = total / tokens if tokens else float("nan")
+    return {"loss": loss, "perplexity": math.exp(loss) if tokens else float("nan")}

@@ -7,11 +7,18 @@ own script does). The model answers with the option letter it finds most likely 
 (compared over the four letters only), as in the benchmark's own evaluation. Scores: accuracy over
 all questions, the mean of the per-subject accuracies, and each subject's accuracy.
 MMLU has no training split: fine-tuning on it uses the ``val`` questions; ``test`` is scored.
+
+``mmlu-subset`` and ``mmlu-subset-5shot`` score a fixed stratified subset: from every subject, the same
+``SUBSET_PER_SUBJECT`` (25) questions (all of a subject's, where it has fewer), 1,425 of the 14,042 test
+questions. They are drawn with a seed made from the subject's name alone (``SUBSET_SEED``), so every run,
+seed and method scores the same questions, and kept in file order; the 0-shot and 5-shot subsets hold the
+same questions. The scores are those of the full test set's, over the subset.
 """
 
 from __future__ import annotations
 
 import csv
+import random
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,6 +27,8 @@ from peftlab.tasks import metrics
 from peftlab.tasks.base import Example, Task, TaskError, register_task
 
 LETTERS = ("A", "B", "C", "D")
+SUBSET_PER_SUBJECT = 25
+SUBSET_SEED = "mmlu-subset"  # with the subject's name: one draw per subject, whatever the run
 
 
 def format_subject(subject: str) -> str:
@@ -39,9 +48,12 @@ class Mmlu(Task):
     eval_splits = ("test",)
     description = "MMLU"
 
-    def __init__(self, name: str, shots: int) -> None:
+    def __init__(self, name: str, shots: int, per_subject: int | None = None) -> None:
         self.name = name
         self.shots = shots
+        self.per_subject = per_subject  # None: every question; else the fixed subset (module docstring)
+        if per_subject is not None:
+            self.description = f"MMLU (a fixed {per_subject} questions per subject)"
 
     def local_files(self, root: Path, split: str) -> list[Path]:
         folders = [root / "mmlu" / split]
@@ -56,7 +68,7 @@ class Mmlu(Task):
         for path in files:
             subject = path.name.removesuffix(f"_{split}.csv")
             shots = _rows(root / "mmlu" / "dev" / f"{subject}_dev.csv")[: self.shots] if self.shots else []
-            examples.extend(self._example(subject, row, shots) for row in _rows(path))
+            examples.extend(self._example(subject, row, shots) for row in self._chosen(subject, _rows(path)))
         return examples
 
     def read_hub(self, split: str) -> list[Example]:
@@ -70,7 +82,18 @@ class Mmlu(Task):
         for subject, row in rows("dev") if self.shots else []:
             dev[subject].append(row)
         hub_split = {"val": "validation"}.get(split, split)
-        return [self._example(subject, row, dev[subject][: self.shots]) for subject, row in rows(hub_split)]
+        by_subject: dict[str, list[list[str]]] = defaultdict(list)
+        for subject, row in rows(hub_split):
+            by_subject[subject].append(row)
+        return [self._example(subject, row, dev[subject][: self.shots])
+                for subject in sorted(by_subject) for row in self._chosen(subject, by_subject[subject])]
+
+    def _chosen(self, subject: str, rows: list[list[str]]) -> list[list[str]]:
+        """The subject's questions this task scores: all, or the fixed subset, in file order."""
+        if self.per_subject is None or len(rows) <= self.per_subject:
+            return rows
+        draw = random.Random(f"{SUBSET_SEED}/{subject}")  # str seeds are hashed by SHA-512: stable across runs
+        return [rows[i] for i in sorted(draw.sample(range(len(rows)), self.per_subject))]
 
     def _example(self, subject: str, row: list[str], shots: list[list[str]]) -> Example:
         header = f"The following are multiple choice questions (with answers) about {format_subject(subject)}.\n\n"
@@ -102,3 +125,5 @@ def _rows(path: Path) -> list[list[str]]:
 
 register_task(Mmlu("mmlu", shots=0))
 register_task(Mmlu("mmlu-5shot", shots=5))
+register_task(Mmlu("mmlu-subset", shots=0, per_subject=SUBSET_PER_SUBJECT))
+register_task(Mmlu("mmlu-subset-5shot", shots=5, per_subject=SUBSET_PER_SUBJECT))

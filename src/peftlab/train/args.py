@@ -20,6 +20,9 @@ FLAGS = {"output_dir": "output", "learning_rate": "lr", "gradient_accumulation_s
          "group_by_length": "no-group-by-length", "pack": "no-pack"}
 
 
+UNTUNED = "untuned"  # as a method: no method, no step; the plain base model scored (a table's reference row)
+
+
 class ArgumentError(UserError, ValueError):
     """A run argument is missing or out of range."""
 
@@ -36,7 +39,7 @@ class TrainArgs:
 
     model: str  # an alias (minilm-l6, smollm2-135m), a local folder, or a hub name
     task: str
-    method: str = "lora"
+    method: str = "lora"  # or "untuned": score the base model as it is (no method applied, nothing trains)
     options: dict[str, Any] = field(default_factory=dict)  # the method's options (--set key=value)
     output_dir: str | None = None  # None: train and evaluate, write nothing
     data_dir: str | None = None  # None: $PEFTLAB_DATA; files missing there: the HuggingFace hub (with `datasets`)
@@ -95,6 +98,9 @@ class TrainArgs:
             raise ArgumentError(f"--lr must be positive (got {self.learning_rate})")
         if not 0 <= self.warmup_ratio < 1:
             raise ArgumentError(f"--warmup-ratio must be in [0, 1) (got {self.warmup_ratio})")
+        if self.method == UNTUNED and self.options:
+            raise ArgumentError(f"--method {UNTUNED} applies no method, so it takes no --set options "
+                                f"(got {', '.join(sorted(self.options))})")
         if self.resume and self.output_dir is None:
             raise ArgumentError("--resume needs --output: the folder that holds the checkpoints")
         object.__setattr__(self, "eval_tasks", tuple(self.eval_tasks))

@@ -50,6 +50,7 @@ class Progress:
     best_step: int | None = None
     last_eval: dict[str, float] = field(default_factory=dict)
     last_eval_step: int | None = None
+    before_training: dict[str, float] = field(default_factory=dict)  # forgetting tasks, scored before step 1
     loss_sum: float = 0.0  # loss accumulated since the last log line
     loss_count: int = 0
 

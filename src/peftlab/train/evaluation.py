@@ -14,6 +14,7 @@ from peftlab.tasks import Example, Task
 from peftlab.tasks.mmlu import LETTERS
 from peftlab.train.encoding import IGNORE, PromptCuts, collate, encode, encode_prompts
 from peftlab.train.models import input_positions
+from peftlab.train.shared_prefix import letter_logprobs, reuses_prefix_cache
 
 UNSTATED_LENGTH = 10**9  # transformers' model_max_length when a tokenizer states none is far above this
 
@@ -30,10 +31,16 @@ def evaluate(model: nn.Module, tokenizer: Any, kind: str, task: Task, examples: 
                "multiple_choice": _choose, "language_modeling": _response_loss}[task.kind]
     predictions: list = []
     cuts = PromptCuts()
-    for start in range(0, len(examples), batch_size):
-        chunk = examples[start:start + batch_size]
-        predictions.extend(predict(model, tokenizer, kind, task, chunk, device=device, max_length=max_length,
-                                   num_beams=num_beams, max_new_tokens=max_new_tokens, cuts=cuts))
+    if task.kind == "multiple_choice" and any(e.shots for e in examples) and reuses_prefix_cache(model, kind):
+        # Few-shot prompts share each subject's examples: read them once per subject (train.shared_prefix).
+        predictions = letter_logprobs(model, tokenizer, examples, letter_ids(tokenizer, kind),
+                                      limit=prompt_limit(model, tokenizer, max_length), batch_size=batch_size,
+                                      device=device, cuts=cuts).argmax(-1).tolist()
+    else:
+        for start in range(0, len(examples), batch_size):
+            chunk = examples[start:start + batch_size]
+            predictions.extend(predict(model, tokenizer, kind, task, chunk, device=device, max_length=max_length,
+                                       num_beams=num_beams, max_new_tokens=max_new_tokens, cuts=cuts))
     model.train(was_training)
     scores = task.metrics(predictions, examples)
     if task.kind == "multiple_choice":
@@ -90,7 +97,14 @@ def letter_ids(tokenizer: Any, kind: str) -> list[int]:
 
 def _choose(model, tokenizer, kind, task, examples, *, device, max_length, cuts, **_) -> list[int]:
     """The likeliest option letter after each whole prompt (as long as the model takes, not ``max_length``)."""
-    features, batch_cuts = encode_prompts(examples, tokenizer, prompt_limit(model, tokenizer, max_length))
+    limit = prompt_limit(model, tokenizer, max_length)
+    return full_prompt_letter_logprobs(model, tokenizer, kind, examples, limit, device, cuts).argmax(-1).tolist()
+
+
+def full_prompt_letter_logprobs(model: nn.Module, tokenizer: Any, kind: str, examples: Sequence[Example], limit: int,
+                                device: torch.device, cuts: PromptCuts) -> torch.Tensor:
+    """``(len(examples), 4)``: each option letter's log-probability after each whole prompt, read in one batch."""
+    features, batch_cuts = encode_prompts(examples, tokenizer, limit)
     cuts.add(batch_cuts)
     inputs = _inputs(features, tokenizer, device, left=kind == "decoder")
     if kind == "encoder-decoder":
@@ -99,7 +113,7 @@ def _choose(model, tokenizer, kind, task, examples, *, device, max_length, cuts,
     else:  # left-padded: positions count from each prompt's first real token
         positions = (inputs["attention_mask"].cumsum(-1) - 1).clamp(min=0)
         logits = model(**inputs, position_ids=positions).logits[:, -1]
-    return logits[:, letter_ids(tokenizer, kind)].argmax(-1).tolist()
+    return F.log_softmax(logits.float(), dim=-1)[:, letter_ids(tokenizer, kind)]
 
 
 def _response_loss(model, tokenizer, kind, task, examples, *, device, max_length, **_) -> list[tuple[float, int]]:

@@ -32,7 +32,7 @@ from peftlab.core.fast_dropout import draws_dropout, fast_dropout
 from peftlab.core.fused_ops import fuse
 from peftlab.core.host_memory import keep_freed_memory
 from peftlab.core.serialization import CONFIG_NAME, WEIGHTS_NAME, AdapterFileError, save_adapter
-from peftlab.train.args import ArgumentError, TrainArgs
+from peftlab.train.args import UNTUNED, ArgumentError, TrainArgs
 from peftlab.train.batching import epoch_order, padded_fraction
 from peftlab.train.checkpoint import (Progress, changed_settings, full_parameters, latest_checkpoint,
                                       load_checkpoint, recovered_checkpoints, save_checkpoint)
@@ -42,7 +42,7 @@ from peftlab.train.feature_cache import encode_cached
 from peftlab.train.interrupt import SaveClock, StopRequest
 from peftlab.train.loss import loss_function, resolve_loss
 from peftlab.train.packing import collate_packed, packing_problem
-from peftlab.train.plan import Plan, clear_output_dir, make_plan
+from peftlab.train.plan import EvalSet, Plan, clear_output_dir, make_plan
 from peftlab.train.resources import peak_memory, write_log_line, trim_log
 
 
@@ -96,7 +96,8 @@ class Trainer:
         self.loss_items = [loss_items(feature, self.kind) for feature in self.features]
         self.lengths = [sequence_length(feature, self.kind) for feature in self.features]
         self.groups_per_epoch = len(self.epoch_groups(0))
-        self.total_steps = self.args.max_steps or self.args.epochs * self.groups_per_epoch
+        self.untuned = self.args.method == UNTUNED  # scored as loaded: no optimizer, no step, no adapter
+        self.total_steps = 0 if self.untuned else self.args.max_steps or self.args.epochs * self.groups_per_epoch
         self.output = plan.output_dir
         self.is_main = accelerator.is_main_process
         self.eval_history: list[dict[str, float]] = []  # this process's evaluations (a resumed run's since resuming)
@@ -149,6 +150,11 @@ class Trainer:
         else:
             model = self.accelerator.prepare_model(model)
         self.model = model
+        if self.untuned:
+            return
+        if not any(parameter.requires_grad for parameter in self.base.parameters()):
+            raise ArgumentError(f"method {args.method!r} left no parameter of {args.model} to train; check its "
+                                f"options (or use --method {UNTUNED} to score the base model as it is)")
         optimizer = peftlab.make_optimizer(self.base, args.learning_rate, args.weight_decay)  # paged AdamW for QLoRA on CUDA
         self.optimizer = self.accelerator.prepare_optimizer(optimizer)
         warmup = math.ceil(args.warmup_ratio * self.total_steps)
@@ -203,6 +209,8 @@ class Trainer:
     def train(self) -> dict[str, Any]:
         self.build()
         progress = self.start()
+        if progress.step == 0 and self.total_steps:
+            progress.before_training = self.score([i for i in self.plan.eval_sets if i.task.scored_before_training])
         bar = tqdm(total=self.total_steps, initial=progress.step, unit="step", dynamic_ncols=True,
                    desc=f"{self.args.method} {self.args.task}", disable=not (self.is_main and self.args.progress))
         while progress.step < self.total_steps:
@@ -294,17 +302,9 @@ class Trainer:
     # -- evaluation and results ---------------------------------------------------------------------
     def evaluate(self, progress: Progress) -> None:
         """Score every eval set (on every process: FSDP needs them all), log, keep the best adapter."""
-        scores: dict[str, float] = {}
         started = time.perf_counter()
-        with self.accelerator.autocast():
-            for item in self.plan.eval_sets:
-                if item.prefix and progress.step < self.total_steps:
-                    continue  # the extra tasks are scored once, at the end
-                result = evaluate(self.base, self.tokenizer, self.kind, item.task, item.examples,
-                                  batch_size=self.args.eval_batch_size, max_length=self.max_length,
-                                  num_beams=self.args.num_beams, max_new_tokens=self.args.max_new_tokens,
-                                  device=self.accelerator.device)
-                scores.update({item.prefix + item.task.score_name(item.split, k): v for k, v in result.items()})
+        ending = progress.step >= self.total_steps  # the extra tasks are scored once, at the end
+        scores = self.score([item for item in self.plan.eval_sets if ending or not item.prefix])
         progress.last_eval, progress.last_eval_step = scores, progress.step
         self.eval_time_s += time.perf_counter() - started
         self.eval_history.append({"step": progress.step, **scores})
@@ -315,8 +315,20 @@ class Trainer:
                                                  else score < progress.best_score)
         if better and not math.isnan(score):
             progress.best_score, progress.best_step = score, progress.step
-            if self.output is not None:
+            if self.output is not None and not self.untuned:
                 self.save_adapter_to(self.output / "best")
+
+    def score(self, sets: list[EvalSet]) -> dict[str, float]:
+        """The scores of ``sets``, each named ``<prefix><split-qualified metric>``."""
+        scores: dict[str, float] = {}
+        with self.accelerator.autocast():
+            for item in sets:
+                result = evaluate(self.base, self.tokenizer, self.kind, item.task, item.examples,
+                                  batch_size=self.args.eval_batch_size, max_length=self.max_length,
+                                  num_beams=self.args.num_beams, max_new_tokens=self.args.max_new_tokens,
+                                  device=self.accelerator.device)
+                scores.update({item.prefix + item.task.score_name(item.split, k): v for k, v in result.items()})
+        return scores
 
     def save_adapter_to(self, path: Path) -> None:
         with full_parameters(self.model) if self.args.fsdp else contextlib.nullcontext():
@@ -336,7 +348,7 @@ class Trainer:
         metrics = {
             "model": self.args.model, "task": self.args.task, "method": self.args.method,
             "options": {k: v if isinstance(v, (int, float, str, bool)) else list(v) for k, v in self.args.options.items()},
-            "seed": self.args.seed, "scores": progress.last_eval,
+            "seed": self.args.seed, "scores": progress.last_eval, "scores_before_training": progress.before_training,
             "main_metric": self.plan.task.main_metric, "best_score": progress.best_score, "best_step": progress.best_step,
             "eval_history": self.eval_history,
             "parameters": report.as_dict(),
@@ -360,12 +372,14 @@ class Trainer:
 
     def save_final(self, metrics: dict[str, Any]) -> None:
         """The adapter files beside metrics.json in the output folder; metrics.json last marks the run done."""
-        staging = self.output / ".final-adapter"
-        self.save_adapter_to(staging)
+        if not self.untuned:  # an untuned run has no adapter: metrics.json alone
+            staging = self.output / ".final-adapter"
+            self.save_adapter_to(staging)
+            if self.is_main:
+                for name in (WEIGHTS_NAME, CONFIG_NAME):
+                    (staging / name).replace(self.output / name)
+                staging.rmdir()
         if self.is_main:
-            for name in (WEIGHTS_NAME, CONFIG_NAME):
-                (staging / name).replace(self.output / name)
-            staging.rmdir()
             write_text_atomic(self.output / "metrics.json", json.dumps(metrics, indent=2) + "\n")
 
 

@@ -15,7 +15,7 @@ from peftlab.core.architectures import architecture_of
 from peftlab.core.outputs import OutputKind, claim_output, remove_owned
 from peftlab.core.registry import get_method
 from peftlab.tasks import Example, Task, get_task, subsample
-from peftlab.train.args import ArgumentError, TrainArgs
+from peftlab.train.args import UNTUNED, ArgumentError, TrainArgs
 from peftlab.train.models import LoadedModel, ModelError, load_model
 
 HEAD_TASK_KINDS = ("classification", "regression")
@@ -102,7 +102,7 @@ def method_options(args: TrainArgs, head: tuple[str, ...], total_steps: int) -> 
 def make_plan(args: TrainArgs, world: int = 1) -> Plan:
     output_dir = check_output_dir(args)
     task = get_task(args.task)
-    spec = get_method(args.method)
+    spec = None if args.method == UNTUNED else get_method(args.method)
     extra = [get_task(name) for name in args.eval_tasks]
     for other in extra:
         if (other.kind in HEAD_TASK_KINDS) != (task.kind in HEAD_TASK_KINDS):
@@ -119,6 +119,12 @@ def make_plan(args: TrainArgs, world: int = 1) -> Plan:
 
     peftlab_seed(args.seed)
     loaded = load_model(args.model, task)
+    if spec is None:  # untuned: the base model as loaded, with nothing to train
+        if task.kind in HEAD_TASK_KINDS:
+            raise ArgumentError(f"--method {UNTUNED} scores the base model as it is, but {task.name} needs a new, "
+                                "untrained classification head: score an untuned model on a text task")
+        loaded.model.requires_grad_(False)
+        return Plan(args, task, train_examples, eval_sets, loaded, output_dir)
     architecture = architecture_of(loaded.model)
     if architecture is not None and architecture.name not in spec.architectures:
         raise ModelError(f"method {spec.name!r} supports {', '.join(spec.architectures)} models; "
