@@ -20,6 +20,7 @@ from peftlab.core.atomic import write_text_atomic
 
 RECORD_FORMAT = "peftlab-run/1"
 RUNS_FOLDER = "runs"
+CHECKPOINTS_FOLDER = "checkpoints"  # a run in progress trains into checkpoints/RUN_ID/; removed once it is recorded
 PACKAGES = ("peftlab", "torch", "transformers", "accelerate", "bitsandbytes", "numpy")
 
 
@@ -29,6 +30,10 @@ def runs_dir(output: str | Path) -> Path:
 
 def record_path(output: str | Path, spec: RunSpec) -> Path:
     return runs_dir(output) / f"{spec.run_id}.json"
+
+
+def checkpoints_path(output: str | Path, spec: RunSpec) -> Path:
+    return Path(output) / CHECKPOINTS_FOLDER / spec.run_id
 
 
 def write_record(path: str | Path, record: dict[str, Any]) -> None:

@@ -3,7 +3,8 @@
 Each run is ``python -m peftlab.bench.worker SPEC --record RECORD`` in a fresh process, so its peak
 RSS is its own and a crash (or a kill of the sweep) loses only the run in progress. The worker writes
 the record atomically; if it dies without one, the sweep writes a ``failed`` record naming the exit
-status and the end of its output. Rerunning the same command resumes.
+status and the end of its output. Rerunning the same command resumes: finished runs are skipped, and a run
+stopped by SIGINT or SIGTERM continues from the checkpoint it saved (``bench.supervisor``).
 """
 
 from __future__ import annotations
@@ -20,17 +21,20 @@ from pathlib import Path
 
 import peftlab
 from peftlab.bench.models import MODELS_FOLDER
-from peftlab.bench.records import RUNS_FOLDER, is_finished, record_path, runs_dir, write_record
+from peftlab.bench.records import CHECKPOINTS_FOLDER, RUNS_FOLDER, is_finished, record_path, runs_dir, write_record
 from peftlab.bench.report import REPORT_FILES
 from peftlab.bench.suite import RunSpec, SuiteError
+from peftlab.bench.supervisor import SweepStop
 from peftlab.core.atomic import write_text_atomic
+from peftlab.core.errors import Interrupted
 from peftlab.core.outputs import OutputKind
 from peftlab.tasks import TaskError, get_task
 
 SPECS_FOLDER = "specs"
 LOGS_FOLDER = "logs"
 BENCH_OUTPUT = OutputKind(command="peftlab bench", flag="--output",
-                          owns=(RUNS_FOLDER, SPECS_FOLDER, LOGS_FOLDER, MODELS_FOLDER, *REPORT_FILES))
+                          owns=(RUNS_FOLDER, SPECS_FOLDER, LOGS_FOLDER, MODELS_FOLDER, CHECKPOINTS_FOLDER,
+                                *REPORT_FILES))
 
 
 def is_sweep_folder(output: Path) -> bool:
@@ -102,17 +106,25 @@ def run_sweep(
         raise TaskError(f"{len(problems)} task(s) of this sweep have no data; nothing was run:\n  " + "\n  ".join(problems))
     result = SweepResult([], skipped, [])
     started = time.monotonic()
-    for position, run in enumerate(todo, 1):
-        if is_finished(output, run):  # another sweep on the same folder finished it meanwhile
-            result.skipped.append(run.run_id)
-            echo(f"[{position}/{len(todo)}] {run.run_id}: finished meanwhile by another sweep, skipped")
-            continue
-        echo(f"[{position}/{len(todo)}] {run.run_id} ...")
-        ok, seconds, summary = run_one(run, output, timeout, launch, breakdown)
-        (result.ran if ok else result.failed).append(run.run_id)
-        left = len(todo) - position
-        eta = (time.monotonic() - started) / position * left
-        echo(f"[{position}/{len(todo)}] {run.run_id}: {summary} in {seconds:.0f}s | {left} left, ETA {_clock(eta)}")
+    stop = SweepStop()
+    with stop.installed():
+        for position, run in enumerate(todo, 1):
+            if stop.requested:
+                raise Interrupted(stop.stopped_message(position - 1, len(todo)), exit_code=128 + stop.signal_number)
+            if is_finished(output, run):  # another sweep on the same folder finished it meanwhile
+                result.skipped.append(run.run_id)
+                echo(f"[{position}/{len(todo)}] {run.run_id}: finished meanwhile by another sweep, skipped")
+                continue
+            echo(f"[{position}/{len(todo)}] {run.run_id} ...")
+            ok, seconds, summary = run_one(run, output, timeout, launch, breakdown, stop)
+            if not ok and stop.requested:  # stopped, not failed: no record, so the rerun continues it
+                raise Interrupted(stop.stopped_message(position - 1, len(todo), run.run_id,
+                                                       output / CHECKPOINTS_FOLDER / run.run_id),
+                                  exit_code=128 + stop.signal_number)
+            (result.ran if ok else result.failed).append(run.run_id)
+            left = len(todo) - position
+            eta = (time.monotonic() - started) / position * left
+            echo(f"[{position}/{len(todo)}] {run.run_id}: {summary} in {seconds:.0f}s | {left} left, ETA {_clock(eta)}")
     return result
 
 
@@ -131,9 +143,11 @@ def data_problems(runs: Sequence[RunSpec]) -> list[str]:
     return list(problems.values())
 
 
-def run_one(run: RunSpec, output: Path, timeout: float | None = None,
-            launch: str | None = None, breakdown: bool = True) -> tuple[bool, float, str]:
-    """Run one spec in a worker process; returns (succeeded, seconds, one-line summary)."""
+def run_one(run: RunSpec, output: Path, timeout: float | None = None, launch: str | None = None,
+            breakdown: bool = True, stop: SweepStop | None = None) -> tuple[bool, float, str]:
+    """Run one spec in a worker process; returns (succeeded, seconds, one-line summary). When ``stop`` was
+    signalled and the worker did not finish, nothing is recorded: the run is not failed, it is to continue."""
+    stop = stop or SweepStop()
     spec_path = output / SPECS_FOLDER / f"{run.run_id}.json"
     record = record_path(output, run)
     log_path = output / LOGS_FOLDER / f"{run.run_id}.log"
@@ -142,17 +156,15 @@ def run_one(run: RunSpec, output: Path, timeout: float | None = None,
     log_path.parent.mkdir(parents=True, exist_ok=True)
     record.unlink(missing_ok=True)  # an old failure, or a result for a changed spec
     started = time.monotonic()
-    with open(log_path, "w", encoding="utf-8") as log:
-        try:
-            code = subprocess.run(worker_command(spec_path, record, launch, breakdown), stdout=log, stderr=subprocess.STDOUT,
-                                  env=_worker_environment(), timeout=timeout, check=False).returncode
-        except subprocess.TimeoutExpired:
-            code = None
+    with open(log_path, "a", encoding="utf-8") as log:  # a continued run's log goes on after the stopped one's
+        code = stop.run(worker_command(spec_path, record, launch, breakdown), log, _worker_environment(), timeout)
     seconds = time.monotonic() - started
     if is_finished(output, run):
         data = json.loads(record.read_text(encoding="utf-8"))
         score = data.get("score")
         return True, seconds, f"{data.get('primary_metric', 'score')} {score:.2f}" if score is not None else "ok"
+    if stop.requested:
+        return False, seconds, "stopped"
     if not record.exists():
         reason = f"timed out after {timeout:.0f}s" if code is None else f"worker exited with status {code}"
         tail = log_path.read_text(encoding="utf-8", errors="replace")[-2000:]

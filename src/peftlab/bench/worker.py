@@ -8,9 +8,11 @@ atomically: ``ok`` with everything, or ``failed`` with the error. Exit status 0 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shlex
+import shutil
 import sys
 import time
 import traceback
@@ -22,8 +24,10 @@ import torch
 
 from peftlab.bench import memory
 from peftlab.bench.models import model_for_run
-from peftlab.bench.records import provenance, write_record
+from peftlab.bench.records import checkpoints_path, provenance, write_record
 from peftlab.bench.suite import UNTUNED, RunSpec
+from peftlab.core.atomic import write_text_atomic
+from peftlab.core.errors import Interrupted
 
 
 # Metrics in [0, 1] (or [-1, 1] for correlations), by name as the tasks report them.
@@ -43,12 +47,16 @@ def execute(spec: RunSpec, output: Path, breakdown: bool = True) -> dict[str, An
     from peftlab.train import TrainArgs, run_training
 
     model_name, note = model_for_run(spec, output)
+    checkpoints = checkpoints_path(output, spec)
+    resume = continues(checkpoints, spec)
     args = TrainArgs(model=model_name, task=spec.task_name, method=spec.method, options=dict(spec.options),
-                     seed=spec.seed, output_dir=None, **spec.training)
+                     seed=spec.seed, output_dir=str(checkpoints), resume=resume, overwrite=not resume,
+                     **spec.training)
     baseline_rss = memory.current_rss_bytes()
     metrics = run_training(args)
     if not is_main_process():
         return {}
+    args = dataclasses.replace(args, output_dir=None, resume=False, overwrite=False)  # as a user reruns it alone
     scored = get_task(args.eval_tasks[-1]) if args.eval_tasks else get_task(spec.task_name)
     primary = f"{scored.name}/{scored.main_metric}" if args.eval_tasks else scored.main_metric
     score = metrics["scores"].get(primary)
@@ -68,10 +76,30 @@ def execute(spec: RunSpec, output: Path, breakdown: bool = True) -> dict[str, An
         "memory": {"peak_bytes": metrics["peak_memory_bytes"], "peak_source": metrics["peak_memory_kind"],
                    "baseline_rss_bytes": baseline_rss,
                    "breakdown": memory_breakdown(args) if breakdown and spec.method != UNTUNED else None},
+        "continued_from_checkpoint": resume,  # then wall and train seconds count the last attempt only
         "model_note": note,
         "model_used": model_name,
         "reproduce": reproduce_command(args, spec),
     }
+
+
+def continues(checkpoints: Path, spec: RunSpec) -> bool:
+    """Whether the run continues from a checkpoint that an interrupted attempt saved in ``checkpoints``; a
+    folder left by an attempt at another spec (the suite changed) is removed and the run starts over."""
+    spec_file = checkpoints.with_name(checkpoints.name + ".spec.json")
+    wanted = json.dumps(spec.to_dict(), indent=2, sort_keys=True)
+    same = spec_file.is_file() and spec_file.read_text(encoding="utf-8") == wanted
+    if same and any(checkpoints.glob("checkpoint-*")):
+        return True
+    if is_main_process():
+        shutil.rmtree(checkpoints, ignore_errors=True)
+        write_text_atomic(spec_file, wanted)
+    return False
+
+
+def remove_checkpoints(checkpoints: Path) -> None:
+    shutil.rmtree(checkpoints, ignore_errors=True)
+    checkpoints.with_name(checkpoints.name + ".spec.json").unlink(missing_ok=True)
 
 
 def task_scores(args: Any, spec: RunSpec, scores: dict[str, float]) -> dict[str, dict[str, Any]]:
@@ -140,8 +168,12 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     try:
         measured = execute(spec, output, breakdown=not arguments.no_memory_breakdown)
+    except Interrupted as stop:  # its checkpoint is saved: no record, so the sweep's rerun continues the run
+        print(f"peftlab bench worker: {stop}", file=sys.stderr)
+        return stop.exit_code
     except Exception as error:  # noqa: BLE001  (any failure becomes this run's failed record)
         traceback.print_exc()
+        remove_checkpoints(checkpoints_path(output, spec))  # a rerun starts over rather than meet the error again
         if not is_main_process():
             return 1
         write_record(arguments.record, {**base, "status": "failed", "error": f"{type(error).__name__}: {error}",
@@ -154,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
                                     "wall_seconds": time.perf_counter() - started,
                                     "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
                                     "provenance": provenance(device_name())})
+    remove_checkpoints(checkpoints_path(output, spec))
     return 0
 
 

@@ -36,24 +36,30 @@ def agreed(flags: list[bool], accelerator: Any) -> list[bool]:
     return [bool(vote) for vote in accelerator.reduce(votes, reduction="sum").tolist()]
 
 
+@contextlib.contextmanager
+def handling(numbers: tuple[int, ...], handler: Callable[[int, Any], None]) -> Iterator[None]:
+    """``handler`` for the signals ``numbers`` for the duration, then the handlers from before; only the main
+    thread may set handlers, so elsewhere this is a no-op."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {number: signal.signal(number, handler) for number in numbers}
+    try:
+        yield
+    finally:
+        for number, earlier in previous.items():
+            signal.signal(number, earlier)
+
+
 class StopRequest:
     """Catches SIGINT and SIGTERM while :meth:`installed`; the loop asks :attr:`signal_number` after each step."""
 
     def __init__(self) -> None:
         self.signal_number: int | None = None
 
-    @contextlib.contextmanager
-    def installed(self) -> Iterator[StopRequest]:
+    def installed(self) -> contextlib.AbstractContextManager[None]:
         """Handle the stop signals for the duration (from the main thread only; elsewhere a no-op)."""
-        if threading.current_thread() is not threading.main_thread():
-            yield self
-            return
-        previous = {number: signal.signal(number, self._handle) for number in STOP_SIGNALS}
-        try:
-            yield self
-        finally:
-            for number, handler in previous.items():
-                signal.signal(number, handler)
+        return handling(STOP_SIGNALS, self._handle)
 
     def _handle(self, number: int, frame: Any) -> None:
         name = signal.Signals(number).name

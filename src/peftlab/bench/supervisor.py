@@ -1,0 +1,74 @@
+"""SIGINT and SIGTERM during a sweep: the run in progress saves a checkpoint and stops, the sweep stops.
+
+The worker runs in its own session, so a Ctrl-C at the terminal reaches the sweep alone and the sweep passes
+each signal on exactly once (SIGTERM from SLURM or Kubernetes reaches the sweep alone anyway). The first one
+makes the worker finish its step, write a checkpoint and exit 128 + the signal's number; the sweep then
+raises :class:`~peftlab.core.errors.Interrupted`, which says where the checkpoint is and that rerunning the
+same command continues from it. A second signal stops the worker at once (every file it writes is atomic,
+so the previous checkpoint stays whole).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+from pathlib import Path
+from typing import IO, Any
+
+from peftlab.train.interrupt import STOP_SIGNALS, handling
+
+
+class SweepStop:
+    """The stop signals the sweep received while :meth:`installed`, passed on to the worker running then."""
+
+    def __init__(self) -> None:
+        self.signal_number: int | None = None
+        self.count = 0
+        self.worker: subprocess.Popen[bytes] | None = None
+
+    def installed(self) -> contextlib.AbstractContextManager[None]:
+        return handling(STOP_SIGNALS, self._handle)
+
+    def _handle(self, number: int, frame: Any) -> None:
+        self.count += 1
+        self.signal_number = self.signal_number or number
+        name = signal.Signals(number).name
+        if self.worker is not None and self.worker.poll() is None:
+            what = ("the run in progress finishes its step, saves a checkpoint and stops (send it again to stop "
+                    "at once)" if self.count == 1 else "stopping the run in progress at once")
+            os.write(2, f"\npeftlab bench: {name}: {what}\n".encode())
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.worker.pid, number)
+        else:
+            os.write(2, f"\npeftlab bench: {name}: stopping before the next run\n".encode())
+
+    @property
+    def requested(self) -> bool:
+        return self.signal_number is not None
+
+    def run(self, command: list[str], log: IO[str], env: dict[str, str], timeout: float | None) -> int | None:
+        """Run the worker to its end; its exit status, or None when it ran past ``timeout`` (then it is killed)."""
+        self.worker = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        try:
+            return self.worker.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.worker.pid, signal.SIGKILL)
+            self.worker.wait()
+            return None
+        finally:
+            if self.worker.poll() is None:  # an exception in the sweep itself: the worker must not outlive it
+                os.killpg(self.worker.pid, signal.SIGKILL)
+                self.worker.wait()
+            self.worker = None
+
+    def stopped_message(self, done: int, total: int, run_id: str | None = None, checkpoints: Path | None = None) -> str:
+        """The line the sweep ends with: what finished, where the run in progress (if any) left its work."""
+        name = signal.Signals(self.signal_number or signal.SIGINT).name
+        saved = ""
+        if run_id is not None and checkpoints is not None:
+            saved = (f"; run {run_id} saved its progress in {checkpoints}" if any(checkpoints.glob("checkpoint-*"))
+                     else f"; run {run_id} had no checkpoint yet and will start over")
+        return (f"stopped by {name} after {done} of {total} run(s){saved}. Rerun the same command to continue "
+                f"(finished runs are kept)")
