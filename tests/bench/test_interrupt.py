@@ -91,3 +91,22 @@ def test_a_second_signal_stops_the_run_at_once(long_suite, tmp_path):
     assert "Traceback" not in err and "stopped by SIGTERM after 0 of 1 run(s)" in err, err
     assert not (output / "runs" / f"{RUN_ID}.json").exists()
     assert subprocess.run(["pgrep", "-f", str(output / "specs")], capture_output=True).returncode == 1  # no worker left
+
+
+@pytest.mark.slow
+def test_a_killed_sweep_stops_its_worker_which_saves_and_the_rerun_continues(long_suite, tmp_path):
+    output = tmp_path / "sweep"
+    process = bench(long_suite, output)
+    wait_for_training(process, output / "checkpoints" / RUN_ID / "log.jsonl")
+    process.kill()  # SIGKILL: the sweep cannot pass anything on; the kernel tells the worker (PR_SET_PDEATHSIG)
+    process.communicate(timeout=60)
+    deadline = time.monotonic() + 60
+    while subprocess.run(["pgrep", "-f", str(output / "specs")], capture_output=True).returncode == 0:
+        assert time.monotonic() < deadline, "the worker outlived its sweep"
+        time.sleep(0.1)
+    assert any((output / "checkpoints" / RUN_ID).glob("checkpoint-*"))
+    assert not (output / "runs" / f"{RUN_ID}.json").exists()
+    rerun = bench(long_suite, output)
+    _, err = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, err
+    assert record(output)["continued_from_checkpoint"] and record(output)["steps"] == 400

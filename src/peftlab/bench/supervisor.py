@@ -5,19 +5,27 @@ each signal on exactly once (SIGTERM from SLURM or Kubernetes reaches the sweep 
 makes the worker finish its step, write a checkpoint and exit 128 + the signal's number; the sweep then
 raises :class:`~peftlab.core.errors.Interrupted`, which says where the checkpoint is and that rerunning the
 same command continues from it. A second signal stops the worker at once (every file it writes is atomic,
-so the previous checkpoint stays whole).
+so the previous checkpoint stays whole). A sweep killed outright (SIGKILL) sends its worker SIGTERM on Linux.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import subprocess
+import sys
 from pathlib import Path
 from typing import IO, Any
 
 from peftlab.train.interrupt import STOP_SIGNALS, handling
+
+
+def _stop_when_the_sweep_dies() -> None:
+    """In the worker, before it starts (Linux): SIGTERM when the sweep dies, even by SIGKILL, so the run saves a
+    checkpoint and stops instead of training on unwatched (prctl PR_SET_PDEATHSIG)."""
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
 
 
 class SweepStop:
@@ -50,7 +58,8 @@ class SweepStop:
 
     def run(self, command: list[str], log: IO[str], env: dict[str, str], timeout: float | None) -> int | None:
         """Run the worker to its end; its exit status, or None when it ran past ``timeout`` (then it is killed)."""
-        self.worker = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        self.worker = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                                       preexec_fn=_stop_when_the_sweep_dies if sys.platform == "linux" else None)
         try:
             return self.worker.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
