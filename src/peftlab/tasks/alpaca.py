@@ -63,8 +63,13 @@ class Alpaca(Task):
     def _split(self, items: list, split: str, source: str) -> list[Example]:
         if split not in ("train", "eval"):
             raise TaskError(f"alpaca has the splits 'train' and 'eval' (every {HELD_OUT_EVERY}th item), not {split!r}")
-        if not isinstance(items, list) or not all(isinstance(i, dict) and {"instruction", "output"} <= set(i) for i in items):
-            raise TaskError(f"{source} must be a JSON list of objects with 'instruction', 'input', 'output'")
+        if not isinstance(items, list):
+            raise TaskError(f"{source} must be a JSON list of objects with 'instruction', 'input', 'output' "
+                            f"(it holds a {type(items).__name__})")
+        for index, item in enumerate(items):
+            problem = _item_problem(item)
+            if problem is not None:
+                raise TaskError(f"{source} item {index} (counting from 0): {problem}; fix or remove that item")
         held_out = split == "eval"
         return [Example(text=alpaca_prompt(item["instruction"], item.get("input", "")), target=item["output"])
                 for index, item in enumerate(items) if (index % HELD_OUT_EVERY == 0) == held_out]
@@ -75,3 +80,21 @@ class Alpaca(Task):
 
 
 register_task(Alpaca())
+
+
+def _item_problem(item: object) -> str | None:
+    """What is wrong with one Alpaca item, or None: an object with text 'instruction' and 'output' (and 'input')."""
+    if not isinstance(item, dict):
+        return f"{_short(item)} is not an object with 'instruction', 'input', 'output'"
+    for key in ("instruction", "output"):
+        if key not in item:
+            return f"no {key!r} (it has {', '.join(map(repr, item)) or 'no keys'})"
+    for key in ("instruction", "input", "output"):
+        if key in item and not isinstance(item[key], str):
+            return f"{key!r} is {_short(item[key])}, not text"
+    return None
+
+
+def _short(value: object) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."

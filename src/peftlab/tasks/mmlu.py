@@ -115,11 +115,19 @@ class Mmlu(Task):
 
 
 def _rows(path: Path) -> list[list[str]]:
+    """A subject's rows (question, four options, answer letter), each checked with its file and line."""
+    rows = []
     with open(path, encoding="utf-8", newline="") as handle:
-        rows = list(csv.reader(handle))
-    for line, row in enumerate(rows, start=1):
-        if len(row) != 6 or row[5] not in LETTERS:
-            raise TaskError(f"{path} line {line}: expected question, four options and an answer letter A-D")
+        reader = csv.reader(handle)
+        for row in reader:
+            where = f"{path} line {reader.line_num}"
+            if len(row) != 6:
+                raise TaskError(f"{where}: {len(row)} fields, expected 6 (question, four options, answer letter "
+                                f"A-D; a field with a comma needs quotes); fix or remove that line")
+            if row[5] not in LETTERS:
+                raise TaskError(f"{where}: the answer {row[5]!r} is not one of {', '.join(LETTERS)}; fix or remove "
+                                f"that line")
+            rows.append(row)
     return rows
 
 
