@@ -27,6 +27,8 @@ def run_child(argv: list[str], log_path: str) -> None:
     code = 1
     try:
         code = peftlab.cli.main(argv)
+    except KeyboardInterrupt:  # SIGINT before the command set its handlers, as Python exits on it
+        code = 130
     finally:
         sys.stdout.flush()
         sys.stderr.flush()

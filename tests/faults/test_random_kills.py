@@ -22,6 +22,7 @@ from safetensors.torch import load_file
 
 import peftlab
 from conftest import tiny_llama
+from peftlab.bench.records import RECORD_FORMAT, runs_dir
 from peftlab.interop import export_peft
 from peftlab.train.checkpoint import STATE_NAME
 from tasks.data_root_helper import real_data_root
@@ -30,6 +31,7 @@ from train.tiny import save_tiny
 SERVER = Path(__file__).with_name("command_server.py")
 ROOT = Path(__file__).parents[2]
 SIGNALS = (signal.SIGKILL, signal.SIGINT, signal.SIGTERM)
+# exit codes: finished, killed, SIGTERM before the command set its handlers, stopped by SIGINT / SIGTERM
 TRIALS = 6  # kill points per command
 
 
@@ -74,15 +76,22 @@ def server(tmp_path_factory) -> Iterator[CommandServer]:
 
 
 def kill_points(duration: float, seed: int) -> list[tuple[float, int]]:
-    """(seconds in, signal) for each trial: spread over the command's run, a little past its end included."""
+    """(seconds in, signal) for each trial, spread over the command's measured run (which includes the time to
+    start it and hear back, so a few kills may still come after the end)."""
     rng = random.Random(seed)
-    return [(rng.uniform(0.0, duration * 1.1), SIGNALS[trial % len(SIGNALS)]) for trial in range(TRIALS)]
+    return [(rng.uniform(0.0, duration * 0.8), SIGNALS[trial % len(SIGNALS)]) for trial in range(TRIALS)]
 
 
-def snapshot(folder: Path) -> dict[str, bytes]:
+def snapshot(folder: Path, after: int | None = None) -> dict[str, bytes]:
+    """Every file under ``folder``; ``after`` SIGKILL, a hidden staging file (``.NAME.*.tmp``, never read as
+    output) may be left over and is not counted; after any other signal there must be none."""
     if not folder.exists():
         return {}
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+    files = {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+    if after == signal.SIGKILL:
+        files = {name: data for name, data in files.items()
+                 if not (Path(name).name.startswith(".") and name.endswith(".tmp"))}
+    return files
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +130,8 @@ def test_a_killed_overwrite_leaves_the_old_output_or_the_whole_new_one(server, a
     for trial, (seconds, number) in enumerate(kill_points(duration, seed=len(command))):
         code = server.run(writing_command(command, adapters, "new", out), kill_after=seconds, number=number)
         codes.append(code)
-        found = snapshot(out)
+        assert code in (0, -signal.SIGKILL, -signal.SIGTERM, 130, 143), (code, server.log.read_text()[-2000:])
+        found = snapshot(out, after=number)
         assert found in (old, new), f"trial {trial}: {signal.Signals(number).name} at {seconds:.3f}s (exit {code}) " \
                                     f"left a mix: {sorted(found)}"
         if code == 0:
@@ -175,3 +185,32 @@ def test_a_killed_train_resumes_to_the_same_adapter(server, tiny_bert_folder, tm
         assert all(torch.equal(got[key], expected[key]) for key in got), \
             f"trial {trial}: {signal.Signals(number).name} at {seconds:.3f}s (exit {code}) resumed to another adapter"
     assert any(code != 0 for code in codes), f"no kill landed before train finished: {codes}"
+
+
+def report_record(method: str, score: float) -> dict:
+    return {"format": RECORD_FORMAT, "status": "ok", "run_id": method, "score": score, "primary_metric": "accuracy",
+            "spec": {"model": "m", "task": "sst2", "label": method, "method": method, "family": "reparameterized",
+                     "seed": 0, "knobs": {}},
+            "parameters": {"trainable_percent": 0.5}, "memory": {"peak_bytes": 2**20}}
+
+
+def test_a_killed_report_leaves_the_old_report_or_the_whole_new_one(server, tmp_path):
+    sweep = tmp_path / "sweep"
+    runs_dir(sweep).mkdir(parents=True)
+    (runs_dir(sweep) / "lora.json").write_text(json.dumps(report_record("lora", 81.0)))
+    duration = server.timed(["report", str(sweep)])
+    old = snapshot(sweep)
+    (runs_dir(sweep) / "bitfit.json").write_text(json.dumps(report_record("bitfit", 79.0)))
+    assert server.run(["report", str(sweep), "--overwrite"]) == 0
+    new = snapshot(sweep)
+    codes = []
+    for trial, (seconds, number) in enumerate(kill_points(duration, seed=7)):
+        (runs_dir(sweep) / "bitfit.json").unlink()
+        assert server.run(["report", str(sweep), "--overwrite"]) == 0 and snapshot(sweep) == old
+        (runs_dir(sweep) / "bitfit.json").write_text(json.dumps(report_record("bitfit", 79.0)))
+        old_with_record = {**old, "runs/bitfit.json": new["runs/bitfit.json"]}
+        codes.append(server.run(["report", str(sweep), "--overwrite"], kill_after=seconds, number=number))
+        found = snapshot(sweep, after=number)
+        assert found in (old_with_record, new), \
+            f"trial {trial}: {signal.Signals(number).name} at {seconds:.3f}s left a mix of two reports"
+    assert any(code != 0 for code in codes), f"no kill landed before report finished: {codes}"

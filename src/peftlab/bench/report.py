@@ -21,7 +21,7 @@ from peftlab.bench.memory import COMPONENTS
 from peftlab.bench.records import read_records, runs_dir, unreadable_records
 from peftlab.bench.references import load_references, reference_rows
 from peftlab.bench.suite import slug
-from peftlab.core.atomic import write_bytes_atomic, write_text_atomic
+from peftlab.core.atomic import write_files_together
 from peftlab.core.errors import UserError, few
 from peftlab.core.outputs import OutputError, OutputKind, claim_output
 
@@ -63,7 +63,7 @@ def build_report(output: str | Path) -> Report:
 
 
 def write_report(output: str | Path, overwrite: bool = True) -> list[Path]:
-    """Write every report file into ``output`` (each atomically); returns their paths. Without
+    """Write every report file into ``output`` (staged, then renamed in together); returns their paths. Without
     ``overwrite``, report files already there are refused before anything is written."""
     output = Path(output)
     if output.exists():
@@ -76,14 +76,10 @@ def write_report(output: str | Path, overwrite: bool = True) -> list[Path]:
     if existing and not overwrite:
         raise OutputError(f"{output} already holds a report ({few(existing)}); pass --overwrite "
                           f"to replace it")
-    written = []
-    for name, content in contents.items():
-        if isinstance(content, bytes):
-            write_bytes_atomic(output / name, content)
-        else:
-            write_text_atomic(output / name, content)
-        written.append(output / name)
-    return written
+    files = {output / name: content if isinstance(content, bytes) else content.encode("utf-8")
+             for name, content in contents.items()}
+    write_files_together(files)
+    return list(files)
 
 
 # -- Markdown ----------------------------------------------------------------------------------------

@@ -9,14 +9,38 @@ from __future__ import annotations
 import argparse
 import importlib
 import pkgutil
+import signal
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from peftlab.core.errors import Interrupted, UserError
+from peftlab.train.interrupt import STOP_SIGNALS, handling
 
 
 class CommandError(UserError):
     """A user-facing error: printed as one line, exit code 2, no traceback."""
+
+
+class StopSignals:
+    """SIGINT and SIGTERM while a command runs (``train`` handles them itself during its loop): each raises
+    KeyboardInterrupt where the command is, so staged files are removed on the way out, and is remembered, so
+    an error that the interrupt caused inside a library (a load cut short reads as a corrupt file) is reported
+    as the interrupt it was."""
+
+    def __init__(self) -> None:
+        self.received: list[int] = []
+
+    def handle(self, number: int, frame: Any) -> None:
+        self.received.append(number)
+        raise KeyboardInterrupt
+
+    def exit_code(self) -> int:
+        return 128 + (self.received[0] if self.received else signal.SIGINT)
+
+    def message(self) -> str:
+        name = signal.Signals(self.received[0] if self.received else signal.SIGINT).name
+        return f"stopped by {name}; nothing half-written was left (outputs are written whole or not at all)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,17 +56,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = build_parser().parse_args(argv)
-    try:
-        return int(arguments.handler(arguments) or 0)
-    except UserError as error:
-        print(f"peftlab {arguments.command}: error: {error}", file=sys.stderr)
-        return 2
-    except Interrupted as stop:  # the work is saved; the message says where and how to continue
-        print(f"peftlab {arguments.command}: {stop}", file=sys.stderr)
-        return stop.exit_code
-    except KeyboardInterrupt:  # before any work worth saving started (or a command that saves as it goes)
-        print(f"peftlab {arguments.command}: interrupted", file=sys.stderr)
-        return 130
+    stop = StopSignals()
+    with handling(STOP_SIGNALS, stop.handle):
+        try:
+            return int(arguments.handler(arguments) or 0)
+        except Interrupted as stopped:  # train saved its work; the message says where and how to continue
+            print(f"peftlab {arguments.command}: {stopped}", file=sys.stderr)
+            return stopped.exit_code
+        except (KeyboardInterrupt, Exception) as error:
+            if isinstance(error, KeyboardInterrupt) or stop.received:
+                print(f"peftlab {arguments.command}: {stop.message()}", file=sys.stderr)
+                return stop.exit_code()
+            if isinstance(error, UserError):
+                print(f"peftlab {arguments.command}: error: {error}", file=sys.stderr)
+                return 2
+            raise
 
 
 if __name__ == "__main__":

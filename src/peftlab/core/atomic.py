@@ -77,8 +77,8 @@ def _follow_umask(path: str | os.PathLike, descriptor: int | None = None) -> Non
         os.chmod(path, mode)
 
 
-def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
-    path = Path(path)
+def _staged(path: Path, data: bytes) -> str:
+    """``data`` written and synced to a hidden temporary file beside ``path``; returns its name."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -87,12 +87,33 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(temporary, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
         raise
-    _fsync_directory(path.parent)
+    return temporary
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+    write_files_together({Path(path): data})
+
+
+def write_files_together(contents: dict[Path, bytes]) -> None:
+    """Write several files so that a kill leaves the old set or the new one: every file is staged and synced
+    first, then all are renamed in at once (a kill can split the set only inside that loop of renames)."""
+    staged: dict[Path, str] = {}
+    try:
+        for path, data in contents.items():
+            staged[path] = _staged(path, data)
+        for path, temporary in staged.items():
+            os.replace(temporary, path)
+    except BaseException:
+        for temporary in staged.values():
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temporary)
+        raise
+    for folder in {path.parent for path in contents}:
+        _fsync_directory(folder)
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
