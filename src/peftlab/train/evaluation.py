@@ -37,10 +37,13 @@ def evaluate(model: nn.Module, tokenizer: Any, kind: str, task: Task, examples: 
                                       limit=prompt_limit(model, tokenizer, max_length), batch_size=batch_size,
                                       device=device, cuts=cuts).argmax(-1).tolist()
     else:
-        for start in range(0, len(examples), batch_size):
-            chunk = examples[start:start + batch_size]
-            predictions.extend(predict(model, tokenizer, kind, task, chunk, device=device, max_length=max_length,
-                                       num_beams=num_beams, max_new_tokens=max_new_tokens, cuts=cuts))
+        predictions = [None] * len(examples)
+        for positions in length_batches(examples, batch_size):
+            chunk = [examples[position] for position in positions]
+            found = predict(model, tokenizer, kind, task, chunk, device=device, max_length=max_length,
+                            num_beams=num_beams, max_new_tokens=max_new_tokens, cuts=cuts)
+            for position, prediction in zip(positions, found, strict=True):
+                predictions[position] = prediction
     model.train(was_training)
     scores = task.metrics(predictions, examples)
     if task.kind == "multiple_choice":
@@ -52,6 +55,18 @@ def evaluate(model: nn.Module, tokenizer: Any, kind: str, task: Task, examples: 
                           f"still did not fit was cut from the start (scores: prompts_shortened, shots_dropped)",
                           stacklevel=3)  # past torch.no_grad's wrapper, to the caller
     return scores
+
+
+def length_batches(examples: Sequence[Example], batch_size: int) -> list[list[int]]:
+    """Positions of ``examples`` in batches of similar length, longest first (a batch pads to its longest
+    example, so this wastes little on padding; a batch too big for memory fails at once, not at the end).
+    Characters stand in for tokens: the order only has to be close."""
+    def size(position: int) -> int:
+        example = examples[position]
+        return len(example.text) + len(example.text_pair or "") + len(example.target or "")
+
+    order = sorted(range(len(examples)), key=size, reverse=True)
+    return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
 
 
 def prompt_limit(model: nn.Module, tokenizer: Any, max_length: int) -> int:
