@@ -22,6 +22,8 @@ from collections.abc import Sequence
 
 import torch
 
+from peftlab.train.args import ArgumentError
+
 MEGABATCH_STEPS = 50  # HF Trainer's LengthGroupedSampler uses the same multiple
 
 
@@ -46,3 +48,19 @@ def padded_fraction(lengths: Sequence[int], batches: Sequence[Sequence[int]]) ->
     """The share of the padded batches' positions that are padding."""
     padded = sum(len(batch) * max(lengths[i] for i in batch) for batch in batches)
     return 1.0 - sum(lengths[i] for batch in batches for i in batch) / padded if padded else 0.0
+
+
+def accumulation_groups(lengths: Sequence[int], batch_size: int, world: int, accumulate: int, seed: int, epoch: int,
+                        group_by_length: bool) -> list[list[list[int]]]:
+    """Each optimizer step's examples for ``epoch`` (:func:`epoch_order`), cut into global micro-batches of
+    ``batch_size`` per process (``world`` processes, ``accumulate`` micro-batches a step)."""
+    size = batch_size * world
+    steps = epoch_order(lengths, size * accumulate, seed, epoch, group_by_length)
+    groups = [[step[i:i + size] for i in range(0, len(step), size)] for step in steps]
+    if groups and len(groups[-1][-1]) < world:  # every process needs at least one example
+        groups[-1].pop()
+        if not groups[-1]:
+            groups.pop()
+    if not groups:
+        raise ArgumentError(f"{len(lengths)} training examples cannot feed {world} processes")
+    return groups

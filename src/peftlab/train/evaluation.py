@@ -57,6 +57,18 @@ def evaluate(model: nn.Module, tokenizer: Any, kind: str, task: Task, examples: 
     return scores
 
 
+def score_sets(model: nn.Module, tokenizer: Any, kind: str, sets: Sequence[Any], args: Any, max_length: int,
+               device: torch.device) -> dict[str, float]:
+    """The scores of a run's eval sets (``train.plan.EvalSet``), each named ``<prefix><split-qualified metric>``."""
+    scores: dict[str, float] = {}
+    for item in sets:
+        result = evaluate(model, tokenizer, kind, item.task, item.examples, batch_size=args.eval_batch_size,
+                          max_length=max_length, num_beams=args.num_beams, max_new_tokens=args.max_new_tokens,
+                          device=device)
+        scores.update({item.prefix + item.task.score_name(item.split, k): v for k, v in result.items()})
+    return scores
+
+
 def length_batches(examples: Sequence[Example], batch_size: int) -> list[list[int]]:
     """Positions of ``examples`` in batches of similar length, longest first (a batch pads to its longest
     example, so this wastes little on padding; a batch too big for memory fails at once, not at the end).

@@ -10,43 +10,41 @@ a resumed run replays exactly what the killed one would have seen.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from torch import nn
 from tqdm.auto import tqdm
 
 import peftlab
-from peftlab.core.atomic import write_text_atomic
 from peftlab.core.checkpointing import enable_activation_checkpointing
 from peftlab.core.compile import block_classes, compile_blocks
 from peftlab.core.faults import check_finite_loss, raise_out_of_memory
 from peftlab.core.fast_dropout import draws_dropout, fast_dropout
 from peftlab.core.fused_ops import fuse
 from peftlab.core.host_memory import keep_freed_memory
-from peftlab.core.serialization import CONFIG_NAME, WEIGHTS_NAME, AdapterFileError, save_adapter
+from peftlab.core.serialization import save_adapter
 from peftlab.train.args import UNTUNED, ArgumentError, TrainArgs
-from peftlab.train.batching import epoch_order, padded_fraction
-from peftlab.train.checkpoint import (Progress, changed_settings, full_parameters, latest_checkpoint,
-                                      load_checkpoint, recovered_checkpoints, save_checkpoint)
+from peftlab.train.batching import accumulation_groups
+from peftlab.train.checkpoint import Progress, full_parameters, latest_checkpoint, save_checkpoint
+from peftlab.train.distributed import mixed_precision, shard_blocks
 from peftlab.train.encoding import collate, loss_items, sequence_length
-from peftlab.train.evaluation import evaluate
+from peftlab.train.evaluation import score_sets
 from peftlab.train.feature_cache import encode_cached
 from peftlab.train.interrupt import SaveClock, StopRequest
 from peftlab.train.loss import loss_function, resolve_loss
 from peftlab.train.packing import collate_packed, packing_problem
 from peftlab.train.plan import EvalSet, Plan, clear_output_dir, make_plan
-from peftlab.train.resources import peak_memory, write_log_line, trim_log
+from peftlab.train.resources import write_log_line, trim_log
+from peftlab.train.results import run_metrics, save_final
+from peftlab.train.resume import resume_from
+from peftlab.train.schedule import linear_schedule
 
 
-UNREADABLE = (OSError, ValueError, KeyError, SafetensorError, AdapterFileError)  # a checkpoint damaged after writing
+MEMORY_SETTINGS = ("batch_size", "max_length", "gradient_checkpointing", "method")  # named when memory runs out
 PREPARE_BATCHES = 4  # training micro-batches a method's prepare hook sees (e.g. Child-Tuning D's Fisher estimate)
 
 
@@ -56,7 +54,7 @@ def run_training(args: TrainArgs) -> dict[str, Any]:
     from accelerate import Accelerator
 
     # cpu=True on machines without CUDA also makes accelerate see a torchrun launch (gloo).
-    accelerator = Accelerator(mixed_precision=_precision(args.mixed_precision), cpu=not torch.cuda.is_available())
+    accelerator = Accelerator(mixed_precision=mixed_precision(args.mixed_precision), cpu=not torch.cuda.is_available())
     started = time.perf_counter()
     plan = make_plan(args, world=accelerator.num_processes)  # data, model and method: the load phase
     load_s = time.perf_counter() - started
@@ -106,18 +104,9 @@ class Trainer:
 
     # -- data -------------------------------------------------------------------------------------
     def epoch_groups(self, epoch: int) -> list[list[list[int]]]:
-        """Accumulation groups of global micro-batches (example indices) for ``epoch``: each optimizer step's
-        examples (train.batching), cut into micro-batches of ``batch_size`` per process."""
-        size, accumulate = self.args.batch_size * self.world, self.args.gradient_accumulation_steps
-        steps = epoch_order(self.lengths, size * accumulate, self.args.seed, epoch, self.args.group_by_length)
-        groups = [[step[i:i + size] for i in range(0, len(step), size)] for step in steps]
-        if len(groups[-1][-1]) < self.world:  # every process needs at least one example
-            groups[-1].pop()
-            if not groups[-1]:
-                groups.pop()
-        if not groups:
-            raise ArgumentError(f"{len(self.features)} training examples cannot feed {self.world} processes")
-        return groups
+        """Accumulation groups of global micro-batches (example indices) for ``epoch`` (train.batching)."""
+        return accumulation_groups(self.lengths, self.args.batch_size, self.world, self.args.gradient_accumulation_steps,
+                                   self.args.seed, epoch, self.args.group_by_length)
 
     def local_batch(self, indices: list[int], everyone: bool = False) -> dict[str, torch.Tensor]:
         """This process's share of a global micro-batch (or all of it, so every process sees the same)."""
@@ -146,7 +135,7 @@ class Trainer:
         self.compiled_modules = compile_blocks(model) if args.compile else 0
         self.fused_modules = fuse(model) if args.fused_ops else 0  # outside the compiled blocks only
         if args.fsdp:
-            model = _shard(model.to(self.accelerator.device))
+            model = shard_blocks(model.to(self.accelerator.device))
         else:
             model = self.accelerator.prepare_model(model)
         self.model = model
@@ -157,13 +146,11 @@ class Trainer:
                                 f"options (or use --method {UNTUNED} to score the base model as it is)")
         optimizer = peftlab.make_optimizer(self.base, args.learning_rate, args.weight_decay)  # paged AdamW for QLoRA on CUDA
         self.optimizer = self.accelerator.prepare_optimizer(optimizer)
-        warmup = math.ceil(args.warmup_ratio * self.total_steps)
-        total = self.total_steps
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: step / max(1, warmup) if step < warmup else max(0.0, (total - step) / max(1, total - warmup)))
+        self.scheduler = linear_schedule(optimizer, math.ceil(args.warmup_ratio * self.total_steps), self.total_steps)
 
     def start(self) -> Progress:
-        resumed = self.resume_from_checkpoint() if self.args.resume and self.output else None
+        resumed = (resume_from(self.output, self.args.resume_settings(), self.base, self.optimizer, self.scheduler,
+                               self.hooks) if self.args.resume and self.output else None)
         if resumed is not None:
             checkpoint, progress = resumed
             if self.is_main:
@@ -178,32 +165,6 @@ class Trainer:
             first = [indices for group in self.epoch_groups(0) for indices in group][:PREPARE_BATCHES]
             self.hooks.prepare(self.base, [self.local_batch(indices, everyone=True) for indices in first])
         return Progress()
-
-    def resume_from_checkpoint(self) -> tuple[Path, Progress] | None:
-        """The newest checkpoint that reads whole, restored; a newer unreadable one is named in a warning
-        and left in place. None when there is none; an error when none of them reads."""
-        found = recovered_checkpoints(self.output)
-        if not found:
-            return None
-        problems = []
-        for checkpoint in reversed(found):
-            try:
-                changes = changed_settings(checkpoint, self.args.resume_settings())
-                progress = None if changes else load_checkpoint(checkpoint, self.base, self.optimizer,
-                                                                self.scheduler, self.hooks)
-            except UNREADABLE as error:  # every part is loaded again from the next one tried
-                problems.append(f"{checkpoint.name} ({type(error).__name__}: {str(error).splitlines()[0]})")
-                continue
-            if changes:
-                raise ArgumentError(f"--resume: {checkpoint} was written by a run with other settings "
-                                    f"({'; '.join(changes)}); resume with the same settings, or start a new run "
-                                    f"(another --output, or --overwrite without --resume)")
-            if problems:
-                warnings.warn(f"--resume: skipped unreadable checkpoint(s) {', '.join(problems)}; resuming from "
-                              f"{checkpoint.name}. The skipped folders are left as they are.", stacklevel=2)
-            return checkpoint, progress
-        raise ArgumentError(f"--resume: no checkpoint in {self.output} reads whole: {', '.join(problems)}. Remove them "
-                            f"to start over (or pass --overwrite without --resume)")
 
     # -- the loop -----------------------------------------------------------------------------------
     def train(self) -> dict[str, Any]:
@@ -220,7 +181,7 @@ class Trainer:
                 try:
                     loss, tokens = self.optimizer_step(groups[index], progress.step)
                 except Exception as error:  # an allocation failure becomes a message with the options that help
-                    raise_out_of_memory(error, self.memory_settings())
+                    raise_out_of_memory(error, {key: getattr(self.args, key) for key in MEMORY_SETTINGS})
                 progress.train_time_s += time.perf_counter() - started
                 progress.train_tokens += tokens
                 progress.step, progress.groups_done = progress.step + 1, index + 1
@@ -268,11 +229,6 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         return sum(losses) / len(losses), tokens
 
-    def memory_settings(self) -> dict[str, Any]:
-        args = self.args
-        return {"batch_size": args.batch_size, "max_length": args.max_length,
-                "gradient_checkpointing": args.gradient_checkpointing, "method": args.method}
-
     def after_step(self, progress: Progress, epoch_end: bool) -> None:
         args, step = self.args, progress.step
         if step % args.logging_steps == 0 or epoch_end or step == self.total_steps:
@@ -319,16 +275,9 @@ class Trainer:
                 self.save_adapter_to(self.output / "best")
 
     def score(self, sets: list[EvalSet]) -> dict[str, float]:
-        """The scores of ``sets``, each named ``<prefix><split-qualified metric>``."""
-        scores: dict[str, float] = {}
         with self.accelerator.autocast():
-            for item in sets:
-                result = evaluate(self.base, self.tokenizer, self.kind, item.task, item.examples,
-                                  batch_size=self.args.eval_batch_size, max_length=self.max_length,
-                                  num_beams=self.args.num_beams, max_new_tokens=self.args.max_new_tokens,
-                                  device=self.accelerator.device)
-                scores.update({item.prefix + item.task.score_name(item.split, k): v for k, v in result.items()})
-        return scores
+            return score_sets(self.base, self.tokenizer, self.kind, sets, self.args, self.max_length,
+                              self.accelerator.device)
 
     def save_adapter_to(self, path: Path) -> None:
         with full_parameters(self.model) if self.args.fsdp else contextlib.nullcontext():
@@ -344,60 +293,8 @@ class Trainer:
             self.evaluate(progress)
         tokens = int(self.accelerator.reduce(torch.tensor(progress.train_tokens, device=self.accelerator.device),
                                              reduction="sum"))
-        report = peftlab.parameter_report(self.base)
-        metrics = {
-            "model": self.args.model, "task": self.args.task, "method": self.args.method,
-            "options": {k: v if isinstance(v, (int, float, str, bool)) else list(v) for k, v in self.args.options.items()},
-            "seed": self.args.seed, "scores": progress.last_eval, "scores_before_training": progress.before_training,
-            "main_metric": self.plan.task.main_metric, "best_score": progress.best_score, "best_step": progress.best_step,
-            "eval_history": self.eval_history,
-            "parameters": report.as_dict(),
-            "steps": progress.step, "epochs": progress.epoch, "world_size": self.world,
-            "train_examples": len(self.plan.train_examples), "group_by_length": self.args.group_by_length,
-            "padding_fraction": padded_fraction(self.lengths, [b for g in self.epoch_groups(0) for b in g]),
-            **self.tokenized, "packed": self.not_packed is None, "not_packed": self.not_packed,
-            "train_time_s": progress.train_time_s, "train_tokens": tokens,
-            "load_time_s": self.load_time_s, "eval_time_s": self.eval_time_s,  # this process's, since it started
-            "train_tokens_per_s": tokens / progress.train_time_s if progress.train_time_s else 0.0,
-            **peak_memory(self.accelerator.device),
-            "device": str(self.accelerator.device), "mixed_precision": self.accelerator.mixed_precision,
-            "loss": self.loss_kind, "fused_modules": self.fused_modules, "compiled_modules": self.compiled_modules,
-            "kept_freed_memory": self.kept_freed_memory, "fast_dropout": self.fast_dropout,
-            **peftlab.method_report(self.base),
-        }
+        metrics = run_metrics(self, progress, tokens)
         if self.output is not None:
-            self.save_final(metrics)
+            save_final(self, metrics)
         self.accelerator.wait_for_everyone()
         return metrics
-
-    def save_final(self, metrics: dict[str, Any]) -> None:
-        """The adapter files beside metrics.json in the output folder; metrics.json last marks the run done."""
-        if not self.untuned:  # an untuned run has no adapter: metrics.json alone
-            staging = self.output / ".final-adapter"
-            self.save_adapter_to(staging)
-            if self.is_main:
-                for name in (WEIGHTS_NAME, CONFIG_NAME):
-                    (staging / name).replace(self.output / name)
-                staging.rmdir()
-        if self.is_main:
-            write_text_atomic(self.output / "metrics.json", json.dumps(metrics, indent=2) + "\n")
-
-
-def _precision(choice: str) -> str:
-    if choice != "auto":
-        return choice
-    if not torch.cuda.is_available():
-        return "no"
-    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-
-
-def _shard(model: nn.Module) -> nn.Module:
-    """FSDP2: each transformer block its own shard unit, then the rest of the model."""
-    from torch.distributed.fsdp import fully_shard
-
-    block_types = tuple(getattr(model, "_no_split_modules", None) or ())
-    for module in list(model.modules()):
-        if type(module).__name__ in block_types:
-            fully_shard(module)
-    fully_shard(model)
-    return model
