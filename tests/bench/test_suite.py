@@ -9,7 +9,8 @@ import yaml
 
 from peftlab.bench import load_suite_checked
 from peftlab.bench.runner import Shard, run_sweep
-from peftlab.bench.suite import SuiteError, available_suites, load_suite
+from peftlab.bench.suite import SuiteError
+from peftlab.bench.suite_file import available_suites, load_suite
 
 SUITE = {
     "name": "t",

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from peftlab.bench.suite import Suite, SuiteError, load_suite
+from peftlab.bench.suite import Suite, SuiteError
+from peftlab.bench.suite_file import load_suite
 
 # TrainArgs fields the sweep sets itself; a suite may not.
 RESERVED_TRAINING_KEYS = frozenset({"model", "task", "method", "options", "seed", "output_dir", "data_dir",

@@ -9,7 +9,7 @@ from pathlib import Path
 from peftlab.bench import load_suite_checked
 from peftlab.bench.report import write_report
 from peftlab.bench.runner import BENCH_OUTPUT, Shard, is_sweep_folder, run_sweep
-from peftlab.bench.suite import available_suites
+from peftlab.bench.suite_file import available_suites
 from peftlab.cli.report import warn_unreadable
 from peftlab.core.outputs import claim_output, remove_owned
 from peftlab.tasks import DATA_ENV
