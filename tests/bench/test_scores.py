@@ -59,8 +59,8 @@ def test_the_record_carries_the_direction_and_the_unscaled_loss(monkeypatch, tmp
                "train_tokens_per_s": 1.0, "train_time_s": 1.0, "train_examples": 8, "steps": 2,
                "peak_memory_bytes": 2**20, "peak_memory_kind": "cpu_peak_rss"}
     monkeypatch.setattr(worker, "model_for_run", lambda spec, output: ("m", None))
-    monkeypatch.setattr(worker, "memory_breakdown", lambda args: {})
-    monkeypatch.setattr(peftlab.train, "run_training", lambda args: metrics)
+    monkeypatch.setattr(worker, "memory_breakdown", lambda plan, args: {})
+    monkeypatch.setattr(peftlab.train, "run_training", lambda args, on_plan=None: metrics)
     spec = RunSpec(suite="s", model="m", model_source="m", task="alpaca", task_name="alpaca", label="lora",
                    method="lora", family="reparameterized", options={}, training={}, seed=0)
     record = worker.execute(spec, tmp_path)
@@ -73,8 +73,8 @@ def test_a_run_scored_on_mmlu_and_the_forgetting_loss_records_both_with_their_di
                "parameters": {"trainable_percent": 1.0}, "train_tokens_per_s": 1.0, "train_time_s": 1.0,
                "train_examples": 8, "steps": 2, "peak_memory_bytes": 2**20, "peak_memory_kind": "cpu_peak_rss"}
     monkeypatch.setattr(worker, "model_for_run", lambda spec, output: ("m", None))
-    monkeypatch.setattr(worker, "memory_breakdown", lambda args: {})
-    monkeypatch.setattr(peftlab.train, "run_training", lambda args: metrics)
+    monkeypatch.setattr(worker, "memory_breakdown", lambda plan, args: {})
+    monkeypatch.setattr(peftlab.train, "run_training", lambda args, on_plan=None: metrics)
     spec = RunSpec(suite="s", model="m", model_source="m", task="alpaca", task_name="alpaca", label="lora",
                    method="lora", family="reparameterized", options={},
                    training={"eval_tasks": ["mmlu-subset", "english-lm"]}, seed=0)
@@ -92,7 +92,7 @@ def test_an_untuned_run_measures_no_training_step(monkeypatch, tmp_path):
                "peak_memory_bytes": 2**20, "peak_memory_kind": "cpu_peak_rss"}
     monkeypatch.setattr(worker, "model_for_run", lambda spec, output: ("m", None))
     monkeypatch.setattr(worker, "memory_breakdown", lambda args: pytest.fail("an untuned run takes no step"))
-    monkeypatch.setattr(peftlab.train, "run_training", lambda args: metrics)
+    monkeypatch.setattr(peftlab.train, "run_training", lambda args, on_plan=None: metrics)
     spec = RunSpec(suite="s", model="m", model_source="m", task="alpaca", task_name="alpaca", label="untuned",
                    method="untuned", family="baseline", options={}, training={}, seed=0)
     record = worker.execute(spec, tmp_path)

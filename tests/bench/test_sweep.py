@@ -122,3 +122,38 @@ def test_every_record_carries_the_command_that_reproduces_its_score(tiny_suite, 
         metrics = json.loads((tmp_path / "reproduce" / record["run_id"] / "metrics.json").read_text())
         assert metrics["scores"] == record["scores"]
         assert metrics["parameters"] == record["parameters"]
+
+
+def test_the_memory_breakdown_loads_the_data_and_model_once(tiny_suite, tmp_path, monkeypatch):
+    import peftlab.train.loop
+    from peftlab.bench import worker
+
+    spec = load_suite_checked(tiny_suite(["lora"])).runs()[0]
+    real, plans = peftlab.train.loop.make_plan, []
+    monkeypatch.setattr(peftlab.train.loop, "make_plan", lambda *a, **k: plans.append(1) or real(*a, **k))
+    measured = worker.execute(spec, tmp_path / "with", breakdown=True)
+    assert len(plans) == 1 and measured["memory"]["breakdown"]["weights"]["measured"] > 0
+
+
+@pytest.mark.parametrize("method", ["full", "lora", "child_tuning", "adalora", "prefix_tuning"])
+def test_the_memory_breakdown_leaves_the_model_and_the_random_state_as_they_were(tiny_suite, method):
+    import torch
+
+    from peftlab.bench.worker import memory_breakdown
+    from peftlab.train import TrainArgs
+    from peftlab.train.plan import make_plan
+
+    spec = load_suite_checked(tiny_suite([method])).runs()[0]
+    args = TrainArgs(model=spec.model_source, task=spec.task_name, method=spec.method, options=dict(spec.options),
+                     seed=spec.seed, **spec.training)
+    plan = make_plan(args)
+    model = plan.loaded.model
+    model.train()
+    before = {name: parameter.detach().clone() for name, parameter in model.state_dict().items()}
+    random_state = torch.get_rng_state()
+    breakdown = memory_breakdown(plan, args)
+    assert breakdown["optimizer"]["measured"] > 0 and breakdown["gradients"]["measured"] > 0
+    after = model.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[name], before[name]) for name in before)
+    assert all(parameter.grad is None for parameter in model.parameters()) and model.training
+    assert torch.equal(torch.get_rng_state(), random_state)

@@ -1,8 +1,8 @@
 """One run of a sweep, in its own process: ``python -m peftlab.bench.worker SPEC.json --record RECORD.json``.
 
 Trains and scores the run through the training entry point, measures its memory (peak for the whole
-process, and the split by component on one extra step afterwards), and writes the run record
-atomically: ``ok`` with everything, or ``failed`` with the error. Exit status 0 only for ``ok``.
+process, and the split by component on one step of the run's model before it trains, undone after), and
+writes the run record atomically: ``ok`` with everything, or ``failed`` with the error. Exit status 0 only for ``ok``.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def device_name() -> str:
 
 def execute(spec: RunSpec, output: Path, breakdown: bool = True) -> dict[str, Any]:
     """Train and score ``spec``; returns the record's measured fields (``breakdown``: also the memory split,
-    measured on one more step of a freshly loaded model)."""
+    measured on one step of the run's model before it trains; the data and model are loaded once)."""
     from peftlab.tasks import get_task
     from peftlab.train import TrainArgs, run_training
 
@@ -53,7 +53,10 @@ def execute(spec: RunSpec, output: Path, breakdown: bool = True) -> dict[str, An
                      seed=spec.seed, output_dir=str(checkpoints), resume=resume, overwrite=not resume,
                      **spec.training)
     baseline_rss = memory.current_rss_bytes()
-    metrics = run_training(args)
+    measured_memory: dict[str, Any] = {}
+    measure = breakdown and spec.method != UNTUNED
+    metrics = run_training(args, on_plan=(lambda plan: measured_memory.update(memory_breakdown(plan, args)))
+                           if measure else None)
     if not is_main_process():
         return {}
     args = dataclasses.replace(args, output_dir=None, resume=False, overwrite=False)  # as a user reruns it alone
@@ -75,7 +78,7 @@ def execute(spec: RunSpec, output: Path, breakdown: bool = True) -> dict[str, An
         "steps": metrics["steps"],
         "memory": {"peak_bytes": metrics["peak_memory_bytes"], "peak_source": metrics["peak_memory_kind"],
                    "baseline_rss_bytes": baseline_rss,
-                   "breakdown": memory_breakdown(args) if breakdown and spec.method != UNTUNED else None},
+                   "breakdown": measured_memory or None},
         "continued_from_checkpoint": resume,  # then wall and train seconds count the last attempt only
         "model_note": note,
         "model_used": model_name,
@@ -137,21 +140,36 @@ def display_score(metric: str, value: float) -> float:
     return value * 100.0 if fraction else value
 
 
-def memory_breakdown(args: Any) -> dict[str, dict[str, int | None]]:
-    """Weights, gradients, optimizer state and activations on one step of a fresh adapted model (fp32)."""
+def memory_breakdown(plan: Any, args: Any) -> dict[str, dict[str, int | None]]:
+    """Weights, gradients, optimizer state and activations on one step of the run's own adapted model, before
+    it trains (``train.plan.Plan``). The step's updates and random draws are undone afterwards, so the run then
+    trains exactly as it would without this measurement."""
     import peftlab
     from peftlab.train.encoding import collate, encode
-    from peftlab.train.plan import make_plan
 
-    plan = make_plan(args)
+    model, tokenizer = plan.loaded.model, plan.loaded.tokenizer
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = plan.loaded.model.to(device)
-    tokenizer = plan.loaded.tokenizer
-    features = encode(plan.task, plan.train_examples[: args.batch_size], tokenizer, plan.loaded.kind, args.max_length)
-    batch = {key: value.to(device) for key, value in collate(features, tokenizer.pad_token_id).items()}
-    prediction = memory.predicted(model)
-    measured = memory.measure_step(model, batch, lambda m: peftlab.make_optimizer(
-        m, args.learning_rate, args.weight_decay))
+    trained = {name: parameter.detach().clone() for name, parameter in model.named_parameters() if parameter.requires_grad}
+    random_state = torch.get_rng_state(), torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    was_training = model.training
+    try:
+        model.to(device)
+        features = encode(plan.task, plan.train_examples[: args.batch_size], tokenizer, plan.loaded.kind,
+                          plan.loaded.max_length(args.max_length))
+        batch = {key: value.to(device) for key, value in collate(features, tokenizer.pad_token_id).items()}
+        prediction = memory.predicted(model)
+        measured = memory.measure_step(model, batch, lambda m: peftlab.make_optimizer(
+            m, args.learning_rate, args.weight_decay))
+    finally:
+        with torch.no_grad():
+            for name, parameter in model.named_parameters():
+                if name in trained:
+                    parameter.copy_(trained[name])
+                parameter.grad = None
+        torch.set_rng_state(random_state[0])
+        if random_state[1] is not None:
+            torch.cuda.set_rng_state_all(random_state[1])
+        model.train(was_training)
     return memory.breakdown(measured, prediction)
 
 

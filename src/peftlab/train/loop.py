@@ -13,6 +13,7 @@ import contextlib
 import math
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,9 +49,10 @@ MEMORY_SETTINGS = ("batch_size", "max_length", "gradient_checkpointing", "method
 PREPARE_BATCHES = 4  # training micro-batches a method's prepare hook sees (e.g. Child-Tuning D's Fisher estimate)
 
 
-def run_training(args: TrainArgs) -> dict[str, Any]:
+def run_training(args: TrainArgs, on_plan: Callable[[Plan], None] | None = None) -> dict[str, Any]:
     """Fine-tune ``args.model`` on ``args.task`` with ``args.method``; returns the run's metrics
-    (the same record as ``metrics.json``: scores, parameters, time, tokens/s, peak memory)."""
+    (the same record as ``metrics.json``: scores, parameters, time, tokens/s, peak memory). ``on_plan`` sees
+    the loaded data and adapted model before training (the sweep measures memory there)."""
     from accelerate import Accelerator
 
     # cpu=True on machines without CUDA also makes accelerate see a torchrun launch (gloo).
@@ -58,6 +60,8 @@ def run_training(args: TrainArgs) -> dict[str, Any]:
     started = time.perf_counter()
     plan = make_plan(args, world=accelerator.num_processes)  # data, model and method: the load phase
     load_s = time.perf_counter() - started
+    if on_plan is not None:
+        on_plan(plan)
     if args.fsdp and accelerator.num_processes < 2:
         raise ArgumentError("--fsdp shards across processes: launch with torchrun or accelerate launch (2+ processes)")
     if args.fsdp and args.resume:
