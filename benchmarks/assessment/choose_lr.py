@@ -64,15 +64,38 @@ def e1_suite(scores: dict[tuple[str, str], dict[float, float]], options: dict[st
             "seeds": [0, 1, 2], "models": ["minilm-l6"], "training": TRAINING, "experiments": experiments}
 
 
+def plain_table(scores: dict[tuple[str, str], dict[float, float]]) -> str:
+    lines = []
+    for (task, method), by_rate in sorted(scores.items()):
+        cells = "  ".join(f"{rate:g}: {score:6.2f}" for rate, score in sorted(by_rate.items()))
+        lines.append(f"{task:5} {method:14} {cells}  -> {best_rate(by_rate):g}")
+    return "\n".join(lines)
+
+
+def markdown_table(scores: dict[tuple[str, str], dict[float, float]]) -> str:
+    """Held-out score by rate, one row per method, one column per choosing task, the chosen rate in bold."""
+    tasks = sorted(set(CHOOSER.values()), key=lambda task: list(CHOOSER.values()).index(task))
+    lines = ["| method | " + " | ".join(task.upper().replace("SST2", "SST-2") for task in tasks) + " |",
+             "|---|" + "---|" * len(tasks)]
+    for method in METHODS:
+        cells = []
+        for task in tasks:
+            by_rate = scores.get((task, method), {})
+            chosen = best_rate(by_rate) if by_rate else None
+            cells.append(", ".join(f"**{rate:g}: {score:.1f}**" if rate == chosen else f"{rate:g}: {score:.1f}"
+                                   for rate, score in sorted(by_rate.items())) or "not swept")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sweep", type=Path, help="the lr-sweep output folder (its runs/ records)")
     parser.add_argument("--out", type=Path, required=True, help="the E1 suite to write")
+    parser.add_argument("--markdown", action="store_true", help="print the table as Markdown (README.md's)")
     arguments = parser.parse_args()
     scores, options = sweep_scores(arguments.sweep)
-    for (task, method), by_rate in sorted(scores.items()):
-        cells = "  ".join(f"{rate:g}: {score:6.2f}" for rate, score in sorted(by_rate.items()))
-        print(f"{task:5} {method:14} {cells}  -> {best_rate(by_rate):g}")
+    print(markdown_table(scores) if arguments.markdown else plain_table(scores))
     header = "# Written by benchmarks/assessment/choose_lr.py from the lr-sweep records; do not edit by hand.\n"
     ready = [m for m in METHODS if all((chooser, m) in scores for chooser in set(CHOOSER.values()))]
     if not ready:
