@@ -36,7 +36,7 @@ from peftlab.core.errors import UserError
 from peftlab.core.hooks import adamw
 from peftlab.core.injection import Injection
 from peftlab.core.probe import probe_output
-from peftlab.core.registry import MethodSpec, register
+from peftlab.core.registry import MethodHooks, MethodSpec, register
 from peftlab.core.targeting import find_modules, replace_module
 from peftlab.methods.reparameterized.lora import LoRALinear
 
@@ -395,5 +395,5 @@ register(MethodSpec(
     paper="Dettmers et al. 2023, QLoRA: Efficient Finetuning of Quantized LLMs (arXiv 2305.14314)",
     summary="LoRA over a frozen 4-bit NF4 base with double quantisation; paged AdamW on CUDA.",
     mergeable=True,
-    extra={"optimizer": make_optimizer, "merge_note": merge_note},
+    hooks=MethodHooks(optimizer=make_optimizer, merge_note=merge_note),
 ))
