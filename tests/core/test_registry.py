@@ -4,6 +4,7 @@ a value of the wrong kind fails at ``register``, and every registered method's h
 from __future__ import annotations
 
 import collections.abc
+import dataclasses
 import inspect
 import typing
 from dataclasses import dataclass, fields
@@ -11,9 +12,11 @@ from dataclasses import dataclass, fields
 import pytest
 
 import peftlab  # noqa: F401  (registers every method)
+from peftlab.core.architectures import ARCHITECTURES
 from peftlab.core.config import MethodConfig
 from peftlab.core.hooks import TrainingHooks
-from peftlab.core.registry import MethodHooks, MethodSpec, all_methods, method_names, register
+from peftlab.core.registry import (ALL_ARCHITECTURES, MethodHooks, MethodSpec, all_methods, method_names,
+                                   register)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -85,3 +88,15 @@ def test_every_registered_methods_hooks_fit_their_declared_types(spec: MethodSpe
         if name == "training_hooks" and inspect.isclass(hook):
             assert issubclass(hook, TrainingHooks)
 
+
+
+def test_the_architectures_methods_may_name_are_the_families_the_presets_know():
+    assert ALL_ARCHITECTURES == tuple(ARCHITECTURES)
+    assert all(set(spec.architectures) <= set(ARCHITECTURES) for spec in all_methods())
+    assert all(architecture.label for architecture in ARCHITECTURES.values())  # `peftlab methods` prints it
+
+
+def test_register_refuses_an_unknown_architecture():
+    spec = dataclasses.replace(probe_spec(MethodHooks()), architectures=("llama", "mamba"))
+    with pytest.raises(ValueError, match=r"registry_probe: unknown architectures \['mamba'\]; known: bert, t5"):
+        register(spec)

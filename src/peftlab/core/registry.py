@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from torch import nn
 
+from peftlab.core.architectures import ARCHITECTURES
 from peftlab.core.config import MethodConfig
 from peftlab.core.errors import UserError
 
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
 
 Family = Literal["baseline", "additive", "partial", "reparameterized", "hybrid", "unified"]
 FAMILIES: tuple[Family, ...] = ("baseline", "additive", "partial", "reparameterized", "hybrid", "unified")
-ALL_ARCHITECTURES: tuple[str, ...] = ("bert", "t5", "llama", "gpt2")
+ALL_ARCHITECTURES: tuple[str, ...] = tuple(ARCHITECTURES)  # the families core/architectures.py knows
 
 InjectFn = Callable[[nn.Module, MethodConfig], "Injection"]
 
@@ -92,6 +93,9 @@ def register(spec: MethodSpec) -> MethodSpec:
         raise ValueError(f"{spec.name}: unknown family {spec.family!r}; families are {FAMILIES}")
     if spec.name in _REGISTRY and _REGISTRY[spec.name] is not spec:
         raise ValueError(f"method {spec.name!r} is registered twice")
+    unknown = [name for name in spec.architectures if name not in ALL_ARCHITECTURES]
+    if unknown:
+        raise ValueError(f"{spec.name}: unknown architectures {unknown}; known: {', '.join(ALL_ARCHITECTURES)}")
     if spec.config_class.method != spec.name:
         raise ValueError(f"{spec.config_class.__name__}.method is {spec.config_class.method!r}, not {spec.name!r}")
     _check_hooks(spec)
