@@ -115,8 +115,7 @@ def method_report(model: nn.Module) -> dict[str, Any]:
 
 
 def prepended_positions(model: nn.Module) -> int:
-    """How many positions the applied method puts in front of every input (its ``prepended_positions``
-    hook;
+    """How many positions the applied method puts in front of every input (its ``prepended_positions`` hook;
     prompt tuning: its virtual tokens), which a model with learned positions no longer has for the input."""
     state = peft_state(model)
     counter = get_method(state.method).hooks.prepended_positions if state else None
