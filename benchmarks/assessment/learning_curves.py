@@ -16,6 +16,7 @@ from pathlib import Path
 
 from peftlab.bench.records import read_records
 from peftlab.bench.worker import display_score
+from peftlab.tasks import get_task
 
 
 def curves(folder: Path, task: str, methods: list[str]) -> dict[str, dict[int, list[float]]]:
@@ -26,8 +27,10 @@ def curves(folder: Path, task: str, methods: list[str]) -> dict[str, dict[int, l
         if record["status"] != "ok" or spec["task"] != task or spec["label"] not in methods:
             continue
         metric = record["primary_metric"]
+        scored, _, _ = metric.rpartition("/")  # "mmlu/accuracy": scored on another task than the trained one
+        scored_task = get_task(scored or spec.get("task_name", spec["task"]))
         for point in record.get("eval_history", []):
-            found[spec["label"]][point["step"]].append(display_score(metric, point[metric]))
+            found[spec["label"]][point["step"]].append(display_score(scored_task, metric, point[metric]))
     return found
 
 

@@ -9,15 +9,17 @@ from peftlab.bench import worker
 from peftlab.bench.aggregate import AVERAGE, build_tables
 from peftlab.bench.suite import RunSpec
 from peftlab.bench.worker import display_score
+from peftlab.tasks import get_task
 
 
-@pytest.mark.parametrize("metric,value,shown", [
-    ("accuracy", 0.8125, 81.25), ("matched_accuracy", 0.5, 50.0), ("mmlu/accuracy", 0.25, 25.0),
-    ("f1", 0.75, 75.0), ("matthews_correlation", -0.125, -12.5), ("pearson", 0.875, 87.5),
-    ("bleu", 23.5, 23.5), ("loss", 1.75, 1.75), ("perplexity", 5.75, 5.75),
+@pytest.mark.parametrize("task,metric,value,shown", [
+    ("sst2", "accuracy", 0.8125, 81.25), ("mnli", "matched_accuracy", 0.5, 50.0), ("mmlu", "mmlu/accuracy", 0.25, 25.0),
+    ("mrpc", "f1", 0.75, 75.0), ("cola", "matthews_correlation", -0.125, -12.5), ("stsb", "pearson", 0.875, 87.5),
+    ("mmlu", "subject_average", 0.5, 50.0), ("wmt16-en-ro", "bleu", 23.5, 23.5), ("alpaca", "loss", 1.75, 1.75),
+    ("english-lm", "perplexity", 5.75, 5.75),
 ])
-def test_only_fractions_are_scaled(metric, value, shown):
-    assert display_score(metric, value) == shown
+def test_only_fractions_are_scaled(task, metric, value, shown):
+    assert display_score(get_task(task), metric, value) == shown
 
 
 def loss_record(label: str, task: str, score: float, greater_is_better: bool = False, seed: int = 0) -> dict:

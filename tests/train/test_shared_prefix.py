@@ -4,12 +4,14 @@ log-likelihoods, under every registered method, and costs about what 0-shot cost
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
 import peftlab
+from peftlab.core import registry
 from peftlab.core.registry import get_method
 from peftlab.tasks import get_task
 from peftlab.train import evaluation
@@ -78,7 +80,7 @@ def test_the_shared_prefix_gives_the_full_prompts_log_likelihoods(five_shot, fam
 @pytest.mark.parametrize("family", sorted(BUILDERS))
 def test_every_method_either_reuses_the_cache_exactly_or_declares_it_cannot(five_shot, family, method):
     """Prompt and prefix tuning (and their hybrids) reuse it too: their hooks extend a cached step's mask and
-    positions as generation needs. A method that cannot declares ``extra["reuses_kv_cache"] = False``."""
+    positions as generation needs. A method that cannot declares ``MethodHooks(reuses_kv_cache=False)``."""
     options = case(method).OPTIONS
     if family in getattr(case(method), "SKIP", {}) or family not in get_method(method).architectures:
         pytest.skip(f"{method} does not run on {family}")
@@ -121,7 +123,9 @@ def test_a_method_that_declares_no_cache_reuse_is_scored_on_full_prompts(five_sh
     model, tokenizer = long_llama().eval(), char_tokenizer("llama")
     peftlab.apply(model, "prompt_tuning", num_virtual_tokens=4, init="random")
     expected = evaluate(model, tokenizer, "decoder", get_task("mmlu-5shot"), five_shot, batch_size=3)
-    monkeypatch.setitem(get_method("prompt_tuning").extra, "reuses_kv_cache", False)
+    spec = get_method("prompt_tuning")
+    no_reuse = dataclasses.replace(spec, hooks=dataclasses.replace(spec.hooks, reuses_kv_cache=False))
+    monkeypatch.setitem(registry._REGISTRY, "prompt_tuning", no_reuse)
     assert not reuses_prefix_cache(model, "decoder")
     monkeypatch.setattr(evaluation, "letter_logprobs", lambda *a, **k: pytest.fail("the shared-prefix path ran"))
     read = count_read_tokens(model)

@@ -18,7 +18,7 @@ import time
 import traceback
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -29,9 +29,8 @@ from peftlab.bench.suite import UNTUNED, RunSpec
 from peftlab.core.atomic import write_text_atomic
 from peftlab.core.errors import Interrupted
 
-
-# Metrics in [0, 1] (or [-1, 1] for correlations), by name as the tasks report them.
-FRACTIONS = ("accuracy", "f1", "matthews_correlation", "pearson", "spearman", "subject_average")
+if TYPE_CHECKING:
+    from peftlab.tasks import Task
 
 
 def device_name() -> str:
@@ -70,7 +69,7 @@ def execute(spec: RunSpec, output: Path, breakdown: bool = True) -> dict[str, An
         "eval_history": metrics["eval_history"],
         "primary_metric": primary,
         "greater_is_better": scored.greater_is_better,
-        "score": None if score is None else display_score(primary, float(score)),
+        "score": None if score is None else display_score(scored, primary, float(score)),
         "parameters": metrics["parameters"],
         "train_tokens_per_second": metrics["train_tokens_per_s"],
         "train_seconds": metrics["train_time_s"],
@@ -115,7 +114,7 @@ def task_scores(args: Any, spec: RunSpec, scores: dict[str, float]) -> dict[str,
         task = get_task(name)
         metric = f"{task.name}/{task.main_metric}" if args.eval_tasks else task.main_metric
         value = scores.get(metric)
-        found[task.name] = {"metric": metric, "score": None if value is None else display_score(metric, float(value)),
+        found[task.name] = {"metric": metric, "score": None if value is None else display_score(task, metric, float(value)),
                             "greater_is_better": task.greater_is_better}
     return found
 
@@ -132,12 +131,11 @@ def is_main_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
-def display_score(metric: str, value: float) -> float:
-    """The score as the survey's tables show it: fractions (accuracy, F1, correlations) x100; anything
-    else (BLEU, already x100; losses; perplexity) as it is."""
-    name = metric.rsplit("/", 1)[-1]  # "mmlu/accuracy" -> "accuracy"
-    fraction = any(name == known or name.endswith("_" + known) for known in FRACTIONS)  # MNLI: matched_accuracy
-    return value * 100.0 if fraction else value
+def display_score(task: Task, metric: str, value: float) -> float:
+    """The score as the survey's tables show it: the task's fractions (accuracy, F1, correlations) x100;
+    anything else (BLEU, already x100; losses; perplexity) as it is."""
+    name = metric.removeprefix(f"{task.name}/")  # "mmlu/accuracy" -> "accuracy"
+    return value * 100.0 if task.is_fraction(name) else value
 
 
 def memory_breakdown(plan: Any, args: Any) -> dict[str, dict[str, int | None]]:

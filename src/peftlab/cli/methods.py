@@ -5,9 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from peftlab.core.architectures import ARCHITECTURES
 from peftlab.core.registry import describe_all
-
-ARCHITECTURE_LABELS = {"bert": "BERT/RoBERTa", "t5": "T5", "llama": "LLaMA", "gpt2": "GPT-2"}
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -37,7 +36,7 @@ def run(arguments: argparse.Namespace) -> int:
 def markdown_table(methods: list[dict]) -> str:
     rows = ["| family | method | paper | mergeable | architectures |", "|---|---|---|---|---|"]
     for item in methods:
-        archs = ", ".join(ARCHITECTURE_LABELS.get(a, a) for a in item["architectures"])
+        archs = ", ".join(ARCHITECTURES[a].label for a in item["architectures"])
         rows.append(
             f"| {item['family']} | `{item['name']}` | {item['paper']} | {'yes' if item['mergeable'] else 'no'} | {archs} |"
         )

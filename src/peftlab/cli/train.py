@@ -19,43 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from peftlab.cli import CommandError
+from peftlab.tasks import task_names
 from peftlab.train.args import FLAGS
-
-HELP = {
-    "model": "an alias (minilm-l6, smollm2-135m), a local model folder, or a hub name",
-    "task": "a task name (see peftlab.tasks.task_names(): cola sst2 mrpc stsb rte qnli mnli qqp wmt16-en-ro mmlu mmlu-5shot mmlu-subset mmlu-subset-5shot alpaca english-lm)",
-    "method": "a registered method (see `peftlab methods`), or untuned: score the base model as it is",
-    "options": "a method option, KEY=VALUE (repeatable; see `peftlab methods --options NAME`)",
-    "output_dir": "the run folder: adapter files, metrics.json, log.jsonl, checkpoint-<step>/",
-    "data_dir": "the data root (glue/, mmlu/, wmt16_en_ro/, alpaca/); default $PEFTLAB_DATA; a task whose files "
-                "are not there is read from the HF hub when `datasets` is installed",
-    "train_split": "train on this split instead of the task's own (WMT16 without train files: newsdev2016)",
-    "eval_tasks": "also score this task at the end (repeatable; e.g. --task alpaca --eval-task mmlu)",
-    "max_steps": "optimizer steps (overrides --epochs)",
-    "batch_size": "examples per process per micro-step",
-    "holdout": "hold out N training examples (the same draw for every run) and score on them instead of the "
-               "dev set: choose hyperparameters without the dev set that the tables report",
-    "eval_steps": "evaluate every N steps (default: at each epoch end)",
-    "save_steps": "write checkpoint-<step>/ every N steps (also at each epoch end)",
-    "save_minutes": "also write a checkpoint when this many minutes have passed since the last one (long epochs)",
-    "save_total_limit": "how many checkpoints to keep",
-    "mixed_precision": "auto: bf16 (or fp16) on a GPU, off on CPU",
-    "fsdp": "shard the model with FSDP2 across the launched processes",
-    "resume": "continue from the newest complete checkpoint in --output",
-    "overwrite": "replace a previous run in --output",
-    "progress": "hide the progress bar",
-    "loss": "auto: the chunked LM loss (no full-vocabulary logits) for text tasks where it applies; plain: model(**batch).loss",
-    "fused_ops": "run RMSNorm and SwiGLU layers as the model's own eager ops (same values; slower, more memory)",
-    "keep_freed_memory": "on CPU, let malloc return freed blocks to the system between steps (slower steps; "
-                         "the process's memory can fall after its peak)",
-    "fast_dropout": "on CPU, draw dropout masks with PyTorch's own dropout (one random float per element; slower) "
-                    "instead of four masks per 64-bit draw",
-    "group_by_length": "draw batches at random, not grouped by length (every batch pads to its longest example)",
-    "pack": "pad each decoder example to the batch's longest instead of packing several into one row (packing "
-            "is on where it trains the same: decoder-only models on text tasks, methods that keep examples apart)",
-    "compile": "torch.compile each transformer block (regional): the first steps compile, seconds per graph, "
-               "then every step is faster (same function; needs a C++ compiler on CPU)",
-}
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -67,8 +32,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     hints = typing.get_type_hints(TrainArgs)
     for field in dataclasses.fields(TrainArgs):
         flag = "--" + FLAGS.get(field.name, field.name.replace("_", "-"))
-        kwargs: dict[str, Any] = {"dest": field.name, "default": None, "help": HELP.get(field.name)}
         hint = hints[field.name]
+        kwargs: dict[str, Any] = {"dest": field.name, "default": None, "help": flag_help(field, hint)}
         if hint is bool and field.default is True:  # on by default: the flag turns it off
             parser.add_argument(flag, action="store_const", const=False, **kwargs)
         elif hint is bool:
@@ -80,6 +45,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             choices = typing.get_args(hint) if typing.get_origin(hint) is typing.Literal else None
             parser.add_argument(flag, type=scalar, choices=choices, **kwargs)
     parser.set_defaults(handler=run)
+
+
+def flag_help(field: dataclasses.Field, hint: Any) -> str | None:
+    """The flag's help: the field's own (``TrainArgs``), the registered names after ``--task``'s, and
+    said to turn the setting off where the flag does."""
+    text = field.metadata.get("help")
+    if text is None:
+        return None
+    if field.name == "task":
+        text = f"{text}: {', '.join(task_names())}"
+    return f"turn off (on by default): {text}" if hint is bool and field.default is True else text
 
 
 def _scalar_type(hint: Any) -> type:

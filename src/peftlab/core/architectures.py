@@ -17,6 +17,7 @@ class Architecture:
     name: str
     kind: Kind
     presets: dict[str, tuple[str, ...]]
+    label: str  # as tables print it
 
 
 def _with_unions(presets: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
@@ -36,6 +37,7 @@ BERT = Architecture(
         "feed_forward": (r"intermediate\.dense", r"layer\.\d+\.output\.dense"),
         "feed_forward_output": (r"layer\.\d+\.output\.dense",),
     }),
+    label="BERT/RoBERTa",
 )
 
 T5 = Architecture(
@@ -49,6 +51,7 @@ T5 = Architecture(
         "feed_forward": (r"DenseReluDense\.(wi|wi_0|wi_1|wo)",),
         "feed_forward_output": (r"DenseReluDense\.wo",),
     }),
+    label="T5",
 )
 
 LLAMA = Architecture(
@@ -62,6 +65,7 @@ LLAMA = Architecture(
         "feed_forward": (r"mlp\.(gate_proj|up_proj|down_proj)",),
         "feed_forward_output": (r"mlp\.down_proj",),
     }),
+    label="LLaMA",
 )
 
 # GPT-2 fuses query, key and value in one Conv1D (c_attn): the q/v and k/v presets target all of it.
@@ -76,6 +80,7 @@ GPT2 = Architecture(
         "feed_forward": (r"mlp\.(c_fc|c_proj)",),
         "feed_forward_output": (r"mlp\.c_proj",),
     }),
+    label="GPT-2",
 )
 
 ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in (BERT, T5, LLAMA, GPT2)}

@@ -2,11 +2,10 @@
 
 Dropout (Srivastava et al. 2014, JMLR 15): ``y = x * m / (1 - p)`` with ``m_i ~ Bernoulli(1 - p)``, and
 backward ``dx = dy * m / (1 - p)``. PyTorch's CPU dropout draws one random float per element
-(``bernoulli_``), about 5 ns each on a 2-core Xeon: 16% of a RoBERTa training step. Here one draw of 64
-random bits from torch's generator serves four elements: element ``i`` is kept when its 16-bit slice ``u_i``
-(uniform over 2^16 values) is at least ``k = round(p * 2^16)``, so it is kept with probability ``1 - p'``,
-``p' = k / 2^16`` (``p`` to within 2^-17: 0.1 becomes 0.1000061), and the scale is ``1 / (1 - p')``, so
-``E[y] = x`` exactly. The masks follow ``torch.manual_seed``; they are not the masks ``nn.Dropout`` draws.
+(``bernoulli_``). Here one draw of 64 random bits from torch's generator serves four elements, a quarter of
+the draws: element ``i`` is kept when its 16-bit slice ``u_i`` (uniform over 2^16 values) is at least
+``k = round(p * 2^16)``, so it is kept with probability ``1 - p'``, ``p' = k / 2^16`` (``p`` to within
+2^-17: 0.1 becomes 0.1000061), and the scale is ``1 / (1 - p')``, so ``E[y] = x`` exactly. The masks follow ``torch.manual_seed``; they are not the masks ``nn.Dropout`` draws.
 
 Inside :func:`fast_dropout`, every ``F.dropout`` (``nn.Dropout`` calls it) and every
 ``F.scaled_dot_product_attention`` with ``dropout_p > 0`` uses these masks, for tensors of at least

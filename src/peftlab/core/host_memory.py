@@ -4,9 +4,8 @@ glibc's malloc serves a request above its mmap threshold (128 KiB, raised as lar
 most to 32 MiB) with a fresh ``mmap`` and returns it to the kernel on ``free``; it also trims the heap's
 free top above a trim threshold. A training step allocates and frees hundreds of megabytes of activations
 and gradients, so every step the kernel maps and zeroes those pages again. A method that allocates more
-than the base model (an adapter's products, AdaLoRA's importance stacks) pays that more: on the benchmark's
-2-core machine (``benchmarks/compare_peft.py --kinds paired --host-memory keep`` against ``system``), RoBERTa's
-(IA)³ step went from 62 ms over its floor to 25 ms with freed blocks kept, and the floor itself ran 4% faster.
+than the base model (an adapter's products, AdaLoRA's importance stacks) pays that more (measured in
+``benchmarks/RESULTS-host-memory.md``).
 
 :func:`keep_freed_memory` raises both thresholds (``mallopt``: ``M_MMAP_THRESHOLD``, ``M_TRIM_THRESHOLD``)
 to 2 GiB, so a freed block stays in the heap for the next step's tensors: what jemalloc and tcmalloc do,

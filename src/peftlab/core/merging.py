@@ -54,24 +54,21 @@ def merge(model: nn.Module, *, tolerance: float = 1e-4, check: bool = True) -> M
     """Fold the adapter into the base weights; undo and raise if outputs move by more than ``tolerance``.
 
     Warns (:class:`~peftlab.core.checks.InertAdapterWarning`) when the adapter's delta is exactly zero.
-    A method's ``extra["merge_note"](model, output_before)`` may explain a refusal and the tolerance to pass.
+    A method's ``merge_note`` hook (:class:`~peftlab.core.registry.MethodHooks`) may explain a refusal and the
+    tolerance to pass.
     """
     layers = _require_mergeable(model)
     warn_if_inert(model, "this model", action="merged")
     spec = get_method(peft_state(model).method)
-    merger = spec.extra.get("merge")
     before = probe_output(model) if check else None
-    if merger is not None:
-        merger(model)
-    else:
-        for layer in layers:
-            layer.merge()
+    for layer in layers:
+        layer.merge()
     difference = 0.0
     if before is not None:
         difference = (probe_output(model) - before).abs().max().item()
         if not difference <= tolerance:
             unmerge(model)
-            note = spec.extra.get("merge_note")
+            note = spec.hooks.merge_note
             why = note(model, before) if note is not None else None
             raise MergeError(
                 f"merge changed the outputs by {difference:.3g} (> tolerance {tolerance:g}); the merge was undone. "

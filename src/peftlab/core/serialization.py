@@ -5,7 +5,7 @@ folder atomically. A load checks every tensor name and shape against the model a
 
 ``adapter_config.json`` holds the method's config, ``peftlab_version``, ``base_model`` (what it was trained
 on: ``base_identity.py``) and, for methods that learn a structure, ``report``: facts for readers, written
-from the model by the method's ``extra["report"]`` (AdaLoRA: ``{"rank_pattern": {layer: rank},
+from the model by the method's ``report`` hook (AdaLoRA: ``{"rank_pattern": {layer: rank},
 "total_rank": n}``) and ignored on load (the tensors are the truth).
 """
 
@@ -64,7 +64,7 @@ def register_adapter_format(
 def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The tensors a saved adapter holds (a method may export a different form, e.g. folded prefixes)."""
     state = peft_state(model)
-    exporter = get_method(state.method).extra.get("export_state") if state else None
+    exporter = get_method(state.method).hooks.export_state if state else None
     if exporter is not None:
         return exporter(model)
     tensors = {name: p.detach() for name, p in adapter_parameters(model)}
@@ -198,7 +198,7 @@ def _warn_after_load(model: nn.Module, doubts: list[str], source: str) -> None:
 
 def load_adapter_state_dict(model: nn.Module, tensors: dict[str, torch.Tensor], source: str = "adapter") -> None:
     state = peft_state(model)
-    importer = get_method(state.method).extra.get("import_state")
+    importer = get_method(state.method).hooks.import_state
     if importer is not None:
         importer(model, tensors)
         return

@@ -63,6 +63,7 @@ class Task:
     num_labels: int = 0  # classes for classification, 1 for regression, 0 otherwise
     main_metric: str = ""  # the score used to keep the best checkpoint
     greater_is_better: bool = True  # False for losses: the lowest main_metric is the best
+    fractions: tuple[str, ...] = ()  # metrics() names in [0, 1] ([-1, 1] for correlations); tables show them x100
     scored_before_training: bool = False  # as an extra eval task, also scored before the first step (forgetting)
     train_split: str = "train"
     eval_splits: tuple[str, ...] = ("dev",)
@@ -95,6 +96,12 @@ class Task:
     def score_name(self, split: str, metric: str) -> str:
         """Metric names carry the split only when there are several (MNLI: ``matched_accuracy``)."""
         return f"{split.removeprefix('dev_')}_{metric}" if len(self.eval_splits) > 1 else metric
+
+    def is_fraction(self, score: str) -> bool:
+        """Whether ``score`` (a :meth:`metrics` name, or its :meth:`score_name`: MNLI's ``matched_accuracy``)
+        is one of :attr:`fractions`."""
+        return any(score in (metric, self.score_name(split, metric))
+                   for metric in self.fractions for split in self.eval_splits)
 
     def layout_hint(self) -> str:
         return ", ".join(str(p) for p in self.local_files(Path("<data>"), self.train_split))

@@ -46,6 +46,8 @@ class GlueTask(Task):
         self.num_labels = num_labels
         self.main_metric = main_metric
         self.eval_splits = eval_splits
+        main_score = (main_metric,) if main_metric in ("matthews_correlation", "f1") else ()
+        self.fractions = ("pearson", "spearman") if kind == "regression" else ("accuracy", *main_score)
 
     def folder(self, root: Path) -> Path:
         nested = root / "glue" / self.spec.folder
@@ -118,9 +120,9 @@ class GlueTask(Task):
         if self.kind == "regression":
             return metrics.pearson_spearman([float(p) for p in predictions], labels)
         scores = {"accuracy": metrics.accuracy(predictions, labels)}
-        if self.main_metric == "matthews_correlation":
+        if "matthews_correlation" in self.fractions:
             scores["matthews_correlation"] = metrics.matthews(predictions, labels)
-        if self.main_metric == "f1":
+        if "f1" in self.fractions:
             scores["f1"] = metrics.binary_f1(predictions, labels)
         return scores
 

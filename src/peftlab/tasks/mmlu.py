@@ -44,6 +44,7 @@ class Mmlu(Task):
     kind = "multiple_choice"
     num_labels = len(LETTERS)
     main_metric = "accuracy"
+    fractions = ("accuracy", "subject_average")  # and each subject/<name> accuracy, which no table shows
     train_split = "val"
     eval_splits = ("test",)
     description = "MMLU"

@@ -27,6 +27,12 @@ class ArgumentError(UserError, ValueError):
     """A run argument is missing or out of range."""
 
 
+def setting(help: str, default: Any = dataclasses.MISSING, **kwargs: Any) -> Any:
+    """A documented :class:`TrainArgs` field: its ``help`` is written here once and is also the help of
+    its ``peftlab train`` flag (a flag that turns an on-by-default setting off says so)."""
+    return field(default=default, metadata={"help": help}, **kwargs)
+
+
 # What a run trains: a resumed run must have the same (the rest, e.g. evaluation and saving, may change).
 RESUME_SETTINGS = ("model", "task", "method", "options", "seed", "train_split", "max_train_samples", "epochs",
                    "max_steps", "batch_size", "gradient_accumulation_steps", "learning_rate", "weight_decay",
@@ -37,48 +43,72 @@ RESUME_SETTINGS = ("model", "task", "method", "options", "seed", "train_split", 
 class TrainArgs:
     """One fine-tuning run: a model, a task, a method with its options, and the loop's settings."""
 
-    model: str  # an alias (minilm-l6, smollm2-135m), a local folder, or a hub name
-    task: str
-    method: str = "lora"  # or "untuned": score the base model as it is (no method applied, nothing trains)
-    options: dict[str, Any] = field(default_factory=dict)  # the method's options (--set key=value)
-    output_dir: str | None = None  # None: train and evaluate, write nothing
-    data_dir: str | None = None  # None: $PEFTLAB_DATA; files missing there: the HuggingFace hub (with `datasets`)
-    train_split: str | None = None  # None: the task's own (WMT16 here: newsdev2016)
-    eval_tasks: tuple[str, ...] = ()  # more tasks scored after training (alpaca -> mmlu)
+    model: str = setting("an alias (minilm-l6, smollm2-135m), a local model folder, or a hub name")
+    task: str = setting("a registered task (peftlab.tasks.task_names())")
+    method: str = setting("a registered method (see `peftlab methods`), or untuned: score the base model as it is "
+                          "(no method applied, nothing trains)", "lora")
+    options: dict[str, Any] = setting("a method option, KEY=VALUE (repeatable; see `peftlab methods --options NAME`)",
+                                      default_factory=dict)
+    output_dir: str | None = setting("the run folder: adapter files, metrics.json, log.jsonl, checkpoint-<step>/ "
+                                     "(none: train and evaluate, write nothing)", None)
+    data_dir: str | None = setting("the data root (glue/, mmlu/, wmt16_en_ro/, alpaca/); default $PEFTLAB_DATA; a "
+                                   "task whose files are not there is read from the HF hub when `datasets` is "
+                                   "installed", None)
+    train_split: str | None = setting("train on this split instead of the task's own (WMT16 without train files: "
+                                      "newsdev2016)", None)
+    eval_tasks: tuple[str, ...] = setting("also score this task at the end (repeatable; e.g. --task alpaca "
+                                          "--eval-task mmlu)", ())
     seed: int = 42
     epochs: int = 1
-    max_steps: int | None = None  # optimizer steps; overrides epochs
-    batch_size: int = 16  # per process, per micro-step
+    max_steps: int | None = setting("optimizer steps (overrides --epochs)", None)
+    batch_size: int = setting("examples per process per micro-step", 16)
     eval_batch_size: int = 32
     gradient_accumulation_steps: int = 1
     learning_rate: float = 5e-4
     weight_decay: float = 0.0
     warmup_ratio: float = 0.06
     max_grad_norm: float | None = 1.0
-    max_length: int = 128  # training sequences; multiple-choice eval prompts use all the model's positions
-    group_by_length: bool = True  # batches of similar lengths (random within megabatches): far less padding
-    pack: bool = True  # decoder text tasks: a micro-batch's examples packed into fewer rows where safe (train.packing)
+    max_length: int = setting("tokens per training sequence at most; multiple-choice eval prompts use all the "
+                              "model's positions", 128)
+    group_by_length: bool = setting("batches of similar lengths, drawn at random within megabatches: far less "
+                                    "padding (off: random batches, each padded to its longest example)", True)
+    pack: bool = setting("pack a micro-batch's decoder examples into fewer rows where that trains the same "
+                         "(decoder-only models on text tasks, methods that keep examples apart; train.packing); "
+                         "off: pad each to the batch's longest", True)
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
-    holdout: int | None = None  # score on this many training examples held out (fixed draw) instead of dev
-    eval_steps: int | None = None  # None: evaluate at the end of each epoch
-    save_steps: int | None = None  # a checkpoint every N optimizer steps (and at each epoch end)
-    save_minutes: float | None = None  # also a checkpoint when this many minutes have passed since the last one
-    save_total_limit: int = 2
+    holdout: int | None = setting("hold out N training examples (the same draw for every run) and score on them "
+                                  "instead of the dev set: choose hyperparameters without the dev set that the "
+                                  "tables report", None)
+    eval_steps: int | None = setting("evaluate every N steps (default: at each epoch end)", None)
+    save_steps: int | None = setting("write checkpoint-<step>/ every N optimizer steps (also at each epoch end)",
+                                     None)
+    save_minutes: float | None = setting("also write a checkpoint when this many minutes have passed since the "
+                                         "last one (long epochs)", None)
+    save_total_limit: int = setting("how many checkpoints to keep", 2)
     logging_steps: int = 10
     gradient_checkpointing: bool = False
-    loss: LossChoice = "auto"  # auto: the chunked LM loss (no full-vocabulary logits) where it applies, else plain
-    fused_ops: bool = True  # fused RMSNorm and SwiGLU (same values and gradients, less time and memory)
-    keep_freed_memory: bool = True  # on CPU: malloc keeps freed blocks for the next step (faster; RSS stays at its peak)
-    fast_dropout: bool = True  # on CPU: dropout masks from 16-bit slices of 64-bit draws (peftlab.core.fast_dropout)
-    compile: bool = False  # torch.compile each transformer block: slower first steps (compiling), then faster ones
-    mixed_precision: MixedPrecision = "auto"  # auto: bf16 on a GPU that has it, fp16 on other GPUs, off on CPU
-    fsdp: bool = False  # shard each transformer block with FSDP2 (torch.distributed.fsdp.fully_shard)
-    resume: bool = False  # continue from the newest complete checkpoint in output_dir
-    overwrite: bool = False  # allow an output_dir that already holds a run
+    loss: LossChoice = setting("auto: the chunked LM loss (no full-vocabulary logits) for text tasks where it "
+                               "applies; plain: model(**batch).loss", "auto")
+    fused_ops: bool = setting("fused RMSNorm and SwiGLU (same values and gradients, less time and memory); off: "
+                              "the model's own eager ops", True)
+    keep_freed_memory: bool = setting("on CPU, malloc keeps freed blocks for the next step (faster steps; the "
+                                      "process's memory stays at its peak); off: they go back to the system "
+                                      "between steps", True)
+    fast_dropout: bool = setting("on CPU, dropout masks from 16-bit slices of 64-bit random draws, four per draw "
+                                 "(peftlab.core.fast_dropout); off: PyTorch's own dropout, one random float per "
+                                 "element (slower)", True)
+    compile: bool = setting("torch.compile each transformer block (regional): the first steps compile, then "
+                            "every step is faster (same function; needs a C++ compiler on CPU)", False)
+    mixed_precision: MixedPrecision = setting("auto: bf16 on a GPU that has it, fp16 on other GPUs, off on CPU",
+                                              "auto")
+    fsdp: bool = setting("shard each transformer block with FSDP2 (torch.distributed.fsdp.fully_shard) across "
+                         "the launched processes", False)
+    resume: bool = setting("continue from the newest complete checkpoint in --output", False)
+    overwrite: bool = setting("replace a previous run in --output", False)
     num_beams: int = 1
     max_new_tokens: int = 64
-    progress: bool = True
+    progress: bool = setting("show a progress bar", True)
 
     def __post_init__(self) -> None:
         positive = ("epochs", "batch_size", "eval_batch_size", "gradient_accumulation_steps", "max_length",

@@ -16,7 +16,7 @@ does.
 Every registered method allows it: prompt tuning and prefix tuning (and the hybrids built on it) put their
 virtual tokens in on the uncached pass and extend a cached pass's mask and positions, as generation needs,
 so their scores match too (tested over every method on LLaMA and GPT-2). A method whose forward could not
-continue from a cache declares ``extra["reuses_kv_cache"] = False``; :func:`reuses_prefix_cache` then sends
+continue from a cache declares ``MethodHooks(reuses_kv_cache=False)``; :func:`reuses_prefix_cache` then sends
 its scoring down the full-prompt path, as it does for encoder-decoders.
 """
 

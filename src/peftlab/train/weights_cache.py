@@ -1,8 +1,8 @@
 """Converted weights of GGUF models, cached (``$PEFTLAB_CACHE/weights/<key>/``).
 
-transformers reads a GGUF file by dequantising every tensor, at every start (SmolLM2-135M: about 12 s
-on a shared CPU). The first load converts the file once into an ordinary model folder (config.json,
-model.safetensors, the tokenizer's files); later loads read that folder instead.
+transformers reads a GGUF file by dequantising every tensor, at every start. The first load converts the
+file once into an ordinary model folder (config.json, model.safetensors, the tokenizer's files); later
+loads read that folder instead.
 
 The key is a digest of the GGUF file's resolved path, size, modification time and first MiB, and the
 transformers version that converted it: replacing or editing the file (or upgrading transformers)

@@ -47,7 +47,7 @@ from peftlab.core.config import MethodConfig, option, require
 from peftlab.core.errors import UserError
 from peftlab.core.injection import Injection, adapter_parameters
 from peftlab.core.layers import AdapterModule
-from peftlab.core.registry import MethodSpec, register
+from peftlab.core.registry import MethodHooks, MethodSpec, register
 from peftlab.core.serialization import AdapterFileError
 from peftlab.methods.additive.prefix_attention import (
     PrefixHandle,
@@ -306,5 +306,5 @@ register(MethodSpec(
     inject=inject,
     paper="Li & Liang 2021, Prefix-Tuning: Optimizing Continuous Prompts for Generation (arXiv 2101.00190)",
     summary="Trainable key/value prefixes in every attention layer, trained through an MLP and folded after.",
-    extra={"export_state": export_state, "import_state": import_state},
+    hooks=MethodHooks(export_state=export_state, import_state=import_state),
 ))

@@ -40,7 +40,7 @@ from peftlab.core.config import ConfigError, MethodConfig, option, require
 from peftlab.core.errors import UserError
 from peftlab.core.injection import Injection
 from peftlab.core.layers import AdapterModule
-from peftlab.core.registry import MethodSpec, register
+from peftlab.core.registry import MethodHooks, MethodSpec, register
 from peftlab.core.sharding import unsharded, units
 from peftlab.methods.additive.shared_prompt import SHARED_FAMILIES, SharedPrompt
 
@@ -241,5 +241,5 @@ register(MethodSpec(
     inject=inject,
     paper="Lester et al. 2021, The Power of Scale for Parameter-Efficient Prompt Tuning (arXiv 2104.08691)",
     summary="Trainable virtual-token embeddings prepended to the input embeddings.",
-    extra={"prepended_positions": lambda config: config.num_virtual_tokens},
+    hooks=MethodHooks(prepended_positions=lambda config: config.num_virtual_tokens),
 ))

@@ -18,7 +18,7 @@ from torch import nn
 
 from peftlab.core.config import MethodConfig, option
 from peftlab.core.injection import Injection
-from peftlab.core.registry import MethodSpec, register
+from peftlab.core.registry import MethodHooks, MethodSpec, register
 from peftlab.methods.additive import prefix_tuning
 from peftlab.methods.additive.parallel_adapter import ParallelAdapterConfig
 from peftlab.methods.additive.prefix_tuning import PrefixTuningConfig
@@ -54,5 +54,5 @@ register(MethodSpec(
     inject=inject,
     paper="He et al. 2022, Towards a Unified View of Parameter-Efficient Transfer Learning (arXiv 2110.04366)",
     summary="Prefix-tuning on attention plus a scaled parallel adapter on the feed-forward (composed).",
-    extra={"export_state": prefix_tuning.export_state, "import_state": prefix_tuning.import_state},
+    hooks=MethodHooks(export_state=prefix_tuning.export_state, import_state=prefix_tuning.import_state),
 ))

@@ -36,7 +36,7 @@ from peftlab.core.architectures import architecture_of
 from peftlab.core.config import MethodConfig, option, require
 from peftlab.core.injection import Injection
 from peftlab.core.layers import AdapterLayer, AdapterModule, linear_shape
-from peftlab.core.registry import MethodSpec, register
+from peftlab.core.registry import MethodHooks, MethodSpec, register
 from peftlab.core.targeting import find_modules, replace_module
 from peftlab.methods.additive import prefix_tuning
 from peftlab.methods.additive.adapter import AdapterConfig, SequentialAdapter
@@ -238,5 +238,5 @@ register(MethodSpec(
     paper="Mao et al. 2022, UniPELT: A Unified Framework for Parameter-Efficient Language Model Tuning "
           "(arXiv 2110.07577)",
     summary="Adapter, prefix-tuning and LoRA together, each scaled by a learned gate in (0, 1).",
-    extra={"export_state": prefix_tuning.export_state, "import_state": prefix_tuning.import_state},
+    hooks=MethodHooks(export_state=prefix_tuning.export_state, import_state=prefix_tuning.import_state),
 ))

@@ -31,7 +31,7 @@ from peftlab.core.config import MethodConfig, option, require
 from peftlab.core.errors import UserError
 from peftlab.core.hooks import TrainingHooks, training_hooks
 from peftlab.core.injection import Injection, adapter_parameters, peft_state
-from peftlab.core.registry import MethodSpec, register
+from peftlab.core.registry import MethodHooks, MethodSpec, register
 from peftlab.core.serialization import AdapterFileError
 from peftlab.core.sharding import local, local_slice, whole
 from peftlab.core.targeting import find_modules
@@ -288,5 +288,5 @@ register(MethodSpec(
     paper="Xu et al. 2021, Raise a Child in Large Language Model (arXiv 2109.05687)",
     summary="Only a child network of the weights trains: a Bernoulli gradient mask (F) or a Fisher-chosen one (D).",
     mergeable=True,
-    extra={"training_hooks": make_hooks, "export_state": export_state, "import_state": import_state},
+    hooks=MethodHooks(training_hooks=make_hooks, export_state=export_state, import_state=import_state),
 ))

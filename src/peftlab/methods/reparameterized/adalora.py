@@ -33,7 +33,7 @@ from peftlab.core.config import MethodConfig, option, require
 from peftlab.core.hooks import TrainingHooks
 from peftlab.core.injection import Injection, peft_state
 from peftlab.core.layers import AdapterLayer
-from peftlab.core.registry import MethodSpec, register
+from peftlab.core.registry import MethodHooks, MethodSpec, register
 from peftlab.core.sharding import local, local_slice, whole
 from peftlab.core.targeting import find_modules, replace_module
 from peftlab.methods.reparameterized.lora import add_up_projection
@@ -306,5 +306,5 @@ register(MethodSpec(
     paper="Zhang et al. 2023, Adaptive Budget Allocation for Parameter-Efficient Fine-Tuning (arXiv 2303.10512)",
     summary="LoRA in SVD form; importance-driven pruning moves the rank budget between layers.",
     mergeable=True,
-    extra={"training_hooks": AdaLoRAHooks, "report": report},
+    hooks=MethodHooks(training_hooks=AdaLoRAHooks, report=report),
 ))

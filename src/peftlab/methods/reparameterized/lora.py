@@ -20,7 +20,7 @@ from torch import nn
 from peftlab.core.config import MethodConfig, option, require
 from peftlab.core.injection import Injection, peft_state
 from peftlab.core.layers import AdapterLayer, weight_out_in
-from peftlab.core.registry import MethodSpec, register
+from peftlab.core.registry import MethodHooks, MethodSpec, register
 from peftlab.core.targeting import find_modules, replace_module
 from peftlab.core.serialization import copy_adapter_tensors
 from peftlab.methods.reparameterized.lora_init import INIT_STRATEGIES, RESIDUAL_INITS, refit_residual
@@ -132,5 +132,5 @@ register(MethodSpec(
     paper="Hu et al. 2022, LoRA: Low-Rank Adaptation of Large Language Models (arXiv 2106.09685)",
     summary="Low-rank update B A beside frozen weights.",
     mergeable=True,
-    extra={"import_state": import_state},
+    hooks=MethodHooks(import_state=import_state),
 ))

@@ -15,7 +15,7 @@ from torch import nn
 
 from peftlab.core.config import option, require
 from peftlab.core.injection import adapter_parameters
-from peftlab.core.registry import MethodSpec, register
+from peftlab.core.registry import MethodHooks, MethodSpec, register
 from peftlab.methods.reparameterized.lora import LoRAConfig, LoRALinear, import_state, inject
 
 
@@ -49,5 +49,5 @@ register(MethodSpec(
     paper="Hayou et al. 2024, LoRA+: Efficient Low Rank Adaptation of Large Models (arXiv 2402.12354)",
     summary="LoRA trained with a larger learning rate for B than for A.",
     mergeable=True,
-    extra={"parameter_groups": parameter_groups, "import_state": import_state},
+    hooks=MethodHooks(parameter_groups=parameter_groups, import_state=import_state),
 ))

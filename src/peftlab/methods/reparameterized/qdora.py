@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from peftlab.core.injection import Injection
-from peftlab.core.registry import MethodSpec, register
+from peftlab.core.registry import MethodHooks, MethodSpec, register
 from peftlab.core.targeting import find_modules, replace_module
 from peftlab.methods.reparameterized.dora import dora_layer
 from peftlab.methods.reparameterized.qlora import QLoRAConfig, make_optimizer, quantize_model
@@ -39,5 +39,5 @@ register(MethodSpec(
     paper="Liu et al. 2024, DoRA (arXiv 2402.09353), over the 4-bit NF4 base of QLoRA (arXiv 2305.14314)",
     summary="DoRA over a frozen 4-bit NF4 base with double quantisation.",
     mergeable=True,
-    extra={"optimizer": make_optimizer},
+    hooks=MethodHooks(optimizer=make_optimizer),
 ))

@@ -31,7 +31,7 @@ from torch import nn
 from peftlab.core.config import MethodConfig, option, require
 from peftlab.core.injection import Injection, adapter_parameters
 from peftlab.core.layers import AdapterLayer, AdapterModule, linear_shape
-from peftlab.core.registry import MethodSpec, register
+from peftlab.core.registry import MethodHooks, MethodSpec, register
 from peftlab.core.serialization import AdapterFileError
 from peftlab.core.targeting import find_modules, replace_module
 from peftlab.methods.additive.adapter import PLACEMENTS, Bottleneck
@@ -343,5 +343,5 @@ register(MethodSpec(
           "(arXiv 2305.17682)",
     summary="One prototype (adapter, LoRA or prefix) shared by all layers through learned per-layer binary "
             "masks; counts the prototype plus 1 bit per mask entry, saves masks packed.",
-    extra={"export_state": export_state, "import_state": import_state, "parameter_groups": parameter_groups},
+    hooks=MethodHooks(export_state=export_state, import_state=import_state, parameter_groups=parameter_groups),
 ))
