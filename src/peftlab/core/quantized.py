@@ -90,7 +90,7 @@ def base_weight(layer: nn.Module, dtype: torch.dtype | None = None) -> torch.Ten
     """The frozen ``(out, in)`` weight of a linear layer, or of the base under any adapter wrappers, in
     ``dtype`` when given. A float ``nn.Linear``/``Conv1D`` gives its stored weight (a view, when no cast is
     asked for); a bitsandbytes 4-bit layer ``dequantize_4bit`` of its codes (in the dtype it was quantized
-    from), an 8-bit one its codes times their row scales / 127 (float32): new tensors outside autograd."""
+    from), an 8-bit one ``int8_vectorwise_dequant`` of its codes (float32): new tensors outside autograd."""
     module = innermost(layer)
     if is_quantized(module):
         with torch.no_grad():
@@ -105,11 +105,12 @@ def base_weight(layer: nn.Module, dtype: torch.dtype | None = None) -> torch.Ten
 
 
 def _dequantized(layer: nn.Module) -> torch.Tensor:
+    functional = bitsandbytes().functional
     if is_4bit(layer):
-        return bitsandbytes().functional.dequantize_4bit(layer.weight.data, layer.weight.quant_state)
-    scales = layer.state.SCB if layer.state.SCB is not None else layer.weight.SCB
+        return functional.dequantize_4bit(layer.weight.data, layer.weight.quant_state)
     codes = layer.state.CB if layer.state.CB is not None else layer.weight.data
-    return codes.float() * scales.float().view(-1, 1) / 127.0
+    scales = layer.state.SCB if layer.state.SCB is not None else layer.weight.SCB
+    return functional.int8_vectorwise_dequant(codes, scales)
 
 
 @torch.no_grad()
