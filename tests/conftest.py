@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Callable
 
@@ -89,6 +90,18 @@ def batch_for(model: nn.Module, batch: int = 2, length: int = 10, seed: int = 1)
     else:
         inputs["labels"] = ids.clone()
     return inputs
+
+
+def dequantized_copy(model: nn.Module) -> nn.Module:
+    """``model`` with each adapter layer's quantized base replaced by its dequantized float layer."""
+    from peftlab.core.layers import AdapterLayer
+    from peftlab.core.quantized import dequantize_linear, is_quantized
+
+    reference = copy.deepcopy(model)
+    for module in reference.modules():
+        if isinstance(module, AdapterLayer) and is_quantized(module.base_layer):
+            module.base_layer = dequantize_linear(module.base_layer)
+    return reference
 
 
 def assert_same_nonzero_grads(got: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:

@@ -102,7 +102,7 @@ class AdapterLayer(AdapterModule):
     def merge(self) -> None:
         if self.merged:
             return
-        weight = base_weight(self)
+        weight = _stored_weight(self)
         weight.add_(_to_storage_layout(self, self.delta_weight()).to(weight.dtype))
         self.merged = True
 
@@ -110,7 +110,7 @@ class AdapterLayer(AdapterModule):
     def unmerge(self) -> None:
         if not self.merged:
             return
-        weight = base_weight(self)
+        weight = _stored_weight(self)
         weight.sub_(_to_storage_layout(self, self.delta_weight()).to(weight.dtype))
         self.merged = False
 
@@ -135,8 +135,9 @@ def linear_shape(module: nn.Module) -> tuple[int, int]:
     return in_features, out_features
 
 
-def base_weight(layer: AdapterLayer) -> torch.Tensor:
-    """The frozen weight tensor in its storage layout (Conv1D stores ``(in, out)``)."""
+def _stored_weight(layer: AdapterLayer) -> torch.Tensor:
+    """The frozen float weight tensor to merge into, in its storage layout (Conv1D stores ``(in, out)``); to read
+    a base weight, quantized or not, use :func:`peftlab.core.quantized.base_weight`."""
     module = innermost(layer.base_layer)
     weight = module.weight
     if not isinstance(weight, torch.Tensor) or type(weight) not in (torch.Tensor, nn.Parameter):

@@ -116,12 +116,13 @@ def test_qdora_with_the_default_bfloat16_compute_runs_dora_and_trains_the_magnit
 
 
 def test_dora_over_an_already_quantized_model_merges_to_floats_and_unmerges_to_the_same_4bit_layers():
-    from peftlab.methods.reparameterized.dora import QuantizedDoRALinear
-    from peftlab.methods.reparameterized.qlora import QLoRAConfig, quantize_model
+    from peftlab.core.quantized import is_4bit, quantize_model
+    from peftlab.methods.reparameterized.dora import DoRALinear
+    from peftlab.methods.reparameterized.qlora import QLoRAConfig
 
     quantized = quantize_model(tiny_llama().eval(), QLoRAConfig(compute_dtype="float32"))
     model = peftlab.apply(quantized, "dora", rank=4, alpha=8.0)
-    layers = {n: m for n, m in model.named_modules() if isinstance(m, QuantizedDoRALinear)}
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, DoRALinear) and is_4bit(m.base_layer)}
     assert len(layers) == 4  # q and v in both layers
     for layer in layers.values():
         randomised(layer)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import copy
-
 import bitsandbytes as bnb
 import pytest
 import torch
@@ -13,14 +11,13 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from transformers.pytorch_utils import Conv1D
 
 import peftlab
-from conftest import batch_for, tiny_gpt2, tiny_llama
+from conftest import batch_for, dequantized_copy, tiny_gpt2, tiny_llama
 from peftlab.core.probe import probe_output
 from peftlab.methods.reparameterized.qlora import (
     QLoRAConfig,
     QuantizationMismatchError,
     QuantizedLoRALinear,
     base_weight_bytes,
-    dequantize_linear,
     int8_merge_tolerance,
     load_quantized,
     quantize_linear,
@@ -46,15 +43,6 @@ def frozen_state(model):
             state[f"{name}.absmax"] = quant.absmax.clone()
             state[f"{name}.absmax2"] = quant.state2.absmax.clone()
     return state
-
-
-def dequantized_copy(model):
-    """``model`` with each quantized base layer replaced by its dequantized float layer."""
-    reference = copy.deepcopy(model)
-    for module in reference.modules():
-        if isinstance(module, QuantizedLoRALinear):
-            module.base_layer = dequantize_linear(module.base_layer)
-    return reference
 
 
 def train_and_check_the_base(model, optimizer, batch) -> None:

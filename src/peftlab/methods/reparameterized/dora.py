@@ -11,9 +11,10 @@ memory of its graph without changing the forward. With dropout the update sees `
 ``y = (m / ||W + s B A||_c) (W x + s B A dropout(x)) + b``.
 
 Mergeable: ``W <- W'``; unmerge divides the magnitude back out with the norm kept from the merge.
-Over a bitsandbytes 4-bit (or 8-bit) base, QDoRA, the norm is taken of the dequantized weight and merging
-swaps in the dequantized float base, as QLoRA does; apply ``dora`` to a model loaded or quantized in 4 bits
-(``qlora.load_quantized`` / ``quantize_model``), or ``qdora`` to quantize and adapt in one step.
+Over a bitsandbytes 4-bit (or 8-bit) base, QDoRA, the same layer reads the dequantized weight through
+``core.quantized.base_weight`` and merging swaps in the dequantized float base, as QLoRA does; apply ``dora`` to
+a model loaded or quantized in 4 bits (``load_quantized`` / ``quantize_model``), or ``qdora`` to quantize and
+adapt in one step.
 """
 
 from __future__ import annotations
@@ -26,12 +27,12 @@ from torch import nn
 
 from peftlab.core.config import require
 from peftlab.core.injection import Injection
-from peftlab.core.layers import innermost, weight_out_in
+from peftlab.core.layers import weight_out_in
+from peftlab.core.quantized import base_weight, dequantize_base, restore_quantized_base
 from peftlab.core.registry import MethodSpec, register
 from peftlab.methods.reparameterized.lora import LoRAConfig, LoRALinear
 from peftlab.methods.reparameterized.lora import inject as inject_lora
-from peftlab.methods.reparameterized.lora_init import RESIDUAL_INITS, InitError
-from peftlab.methods.reparameterized.qlora import QuantizedLoRALinear, dequantized_weight, quantized_types
+from peftlab.methods.reparameterized.lora_init import RESIDUAL_INITS
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -44,28 +45,19 @@ class DoRAConfig(LoRAConfig):
                 "DoRA starts from a random direction update; use 'kaiming' or 'gaussian'")
 
 
-def dense_weight(layer: nn.Module) -> torch.Tensor:
-    """The frozen weight as a float ``(out, in)`` tensor, dequantizing a bitsandbytes base (QDoRA)."""
-    module = innermost(layer)
-    if isinstance(module, quantized_types()):
-        return dequantized_weight(module)
-    if not module.weight.is_floating_point():
-        raise InitError(f"DoRA cannot read a {module.weight.dtype} base weight; use a float or bitsandbytes base")
-    return weight_out_in(module)
-
-
 class DoRALinear(LoRALinear):
-    """``y = (m / ||W + s B A||_c) (W x + s B A dropout(x)) + b``."""
+    """``y = (m / ||W + s B A||_c) (W x + s B A dropout(x)) + b``, in the factors' dtype over any base (a
+    quantized base's compute dtype does not apply: QLoRA's low-precision LoRA path would leave out ``m``)."""
 
     def __init__(self, base_layer: nn.Module, rank: int, scaling: float, dropout: float, init: str = "kaiming") -> None:
         super().__init__(base_layer, rank, scaling, dropout, init)
         with torch.no_grad():
-            norm = dense_weight(base_layer).to(self.lora_A.dtype).norm(dim=1)
+            norm = base_weight(base_layer, self.lora_A.dtype).norm(dim=1)
         self.lora_magnitude = nn.Parameter(norm.clone())
         self._merged_norm: torch.Tensor | None = None
 
     def _direction_norm(self) -> torch.Tensor:
-        weight = dense_weight(self.base_layer).to(self.lora_A.dtype)
+        weight = base_weight(self.base_layer, self.lora_A.dtype)
         return (weight + self.scaling * (self.lora_B @ self.lora_A)).norm(dim=1)
 
     def adapter_forward(self, x: torch.Tensor, base_output: torch.Tensor) -> torch.Tensor:
@@ -79,6 +71,7 @@ class DoRALinear(LoRALinear):
     def merge(self) -> None:
         if self.merged:
             return
+        dequantize_base(self, self.lora_A.dtype)  # a quantized base: merged into its dequantized float copy
         weight = weight_out_in(self.base_layer)
         combined = weight.to(self.lora_A.dtype) + self.scaling * (self.lora_B @ self.lora_A)
         self._merged_norm = combined.norm(dim=1)
@@ -89,29 +82,16 @@ class DoRALinear(LoRALinear):
     def unmerge(self) -> None:
         if not self.merged:
             return
-        weight = weight_out_in(self.base_layer)
-        combined = weight.to(self.lora_A.dtype) * (self._merged_norm / self.lora_magnitude)[:, None]
-        weight.copy_((combined - self.scaling * (self.lora_B @ self.lora_A)).to(weight.dtype))
+        if not restore_quantized_base(self):  # a quantized base comes back as it was; a float one is unmerged
+            weight = weight_out_in(self.base_layer)
+            combined = weight.to(self.lora_A.dtype) * (self._merged_norm / self.lora_magnitude)[:, None]
+            weight.copy_((combined - self.scaling * (self.lora_B @ self.lora_A)).to(weight.dtype))
         self._merged_norm = None
         self.merged = False
 
 
-class QuantizedDoRALinear(QuantizedLoRALinear, DoRALinear):
-    """DoRA over a bitsandbytes base: ``merge`` swaps in the dequantized float base and merges DoRA into it;
-    ``unmerge`` puts the quantized layer itself back. The forward is DoRA's, in the factors' dtype, whatever
-    the base's compute dtype (QLoRA's bf16 LoRA path would leave out the magnitude)."""
-
-    forward = DoRALinear.forward
-    adapter_forward = DoRALinear.adapter_forward
-
-
-def dora_layer(base_layer: nn.Module, *args) -> DoRALinear:
-    quantized = isinstance(innermost(base_layer), quantized_types())
-    return (QuantizedDoRALinear if quantized else DoRALinear)(base_layer, *args)
-
-
 def inject(model: nn.Module, config: LoRAConfig) -> Injection:
-    return inject_lora(model, config, layer_class=dora_layer)
+    return inject_lora(model, config, layer_class=DoRALinear)
 
 
 register(MethodSpec(

@@ -1,9 +1,9 @@
 """QDoRA: DoRA over a frozen 4-bit base, quantized and adapted in one step (DoRA: Liu et al. 2024,
 arXiv 2402.09353, over QLoRA's NF4 base: Dettmers et al. 2023, arXiv 2305.14314).
 
-``W' = m * (deq(W_NF4) + s B A) / ||deq(W_NF4) + s B A||_c``; the layers are ``dora.py``'s, the
-quantisation and its options ``qlora.py``'s. Merging gives a dequantized float model; unmerge restores
-the quantized layers bit-identical.
+``W' = m * (deq(W_NF4) + s B A) / ||deq(W_NF4) + s B A||_c``: DoRA's own layer (``dora.py``), which reads
+the base through ``core.quantized.base_weight``, over the base ``core.quantized`` stores with ``qlora.py``'s
+options. Merging gives a dequantized float model; unmerge restores the quantized layers bit-identical.
 """
 
 from __future__ import annotations
@@ -13,10 +13,11 @@ from dataclasses import dataclass
 from torch import nn
 
 from peftlab.core.injection import Injection
+from peftlab.core.quantized import quantize_model
 from peftlab.core.registry import MethodHooks, MethodSpec, register
 from peftlab.core.targeting import find_modules, replace_module
-from peftlab.methods.reparameterized.dora import dora_layer
-from peftlab.methods.reparameterized.qlora import QLoRAConfig, make_optimizer, quantize_model
+from peftlab.methods.reparameterized.dora import DoRALinear
+from peftlab.methods.reparameterized.qlora import QLoRAConfig, make_optimizer
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -27,7 +28,7 @@ class QDoRAConfig(QLoRAConfig):
 def inject(model: nn.Module, config: QDoRAConfig) -> Injection:
     quantize_model(model, config)
     for name, module in find_modules(model, config.target_modules):
-        replace_module(model, name, dora_layer(module, config.rank, config.alpha / config.rank, config.dropout))
+        replace_module(model, name, DoRALinear(module, config.rank, config.alpha / config.rank, config.dropout))
     return Injection()
 
 

@@ -16,58 +16,41 @@ Over an 8-bit base the merged model is not the unmerged one to float rounding: L
 layer's input to 8 bits (row-wise absmax, after a cast to float16), the merged float model does not. Pass
 ``tolerance=int8_merge_tolerance(model)`` (``max|output| x 2^-8`` per 8-bit layer; ~0.017 on the tiny test
 LLaMA, whose merge moves its logits by ~0.011) to accept that; the default 1e-4 refuses, saying so.
+
+Quantizing the base, and reading its weight back, is ``core/quantized.py``'s (re-exported here).
 """
 
 from __future__ import annotations
 
-import os
-import sys
 from dataclasses import dataclass
-from types import ModuleType
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers.pytorch_utils import Conv1D
 
 from peftlab.core.config import MethodConfig, option, require
-from peftlab.core.errors import UserError
 from peftlab.core.hooks import adamw
 from peftlab.core.injection import Injection
-from peftlab.core.probe import probe_output
+from peftlab.core.quantized import (  # noqa: F401  (the quantisation names qlora has always offered)
+    BitsAndBytesMissing,
+    QuantizationMismatchError,
+    base_weight,
+    base_weight_bytes,
+    bitsandbytes,
+    dequantize_base,
+    dequantize_linear,
+    int8_merge_tolerance,
+    is_4bit,
+    is_quantized,
+    load_quantized,
+    quantize_linear,
+    quantize_model,
+    restore_quantized_base,
+)
 from peftlab.core.registry import MethodHooks, MethodSpec, register
 from peftlab.core.targeting import find_modules, replace_module
 from peftlab.methods.reparameterized.lora import LoRALinear
-
-
-
-class BitsAndBytesMissing(UserError, ImportError):
-    """A quantized base was asked for without bitsandbytes installed."""
-
-
-def bitsandbytes() -> ModuleType:
-    """bitsandbytes, imported on first use: every other method runs without it (it is the ``quant`` extra)."""
-    try:
-        import bitsandbytes as bnb
-    except ImportError:
-        raise BitsAndBytesMissing("a 4- or 8-bit base (qlora, qdora) needs bitsandbytes: "
-                                  "pip install 'peftlab[quant]' (or bitsandbytes>=0.45)") from None
-    return bnb
-
-
-def quantized_types() -> tuple[type, ...]:
-    """bitsandbytes' quantized linear classes; none while it was never imported (then no layer is one)."""
-    bnb = sys.modules.get("bitsandbytes")
-    return (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt) if bnb is not None else ()
-
-
-def is_4bit(layer: nn.Module) -> bool:
-    return isinstance(layer, quantized_types()[:1])
-
-
-def is_8bit(layer: nn.Module) -> bool:
-    return isinstance(layer, quantized_types()[1:])
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -96,137 +79,6 @@ class QLoRAConfig(MethodConfig):
     @property
     def torch_compute_dtype(self) -> torch.dtype:
         return getattr(torch, self.compute_dtype)
-
-
-class QuantizationMismatchError(UserError, ValueError):
-    pass
-
-
-# -- quantizing --------------------------------------------------------------------------------------
-
-def quantize_linear(module: nn.Module, config: QLoRAConfig) -> nn.Module:
-    """A bitsandbytes copy of a float ``nn.Linear`` or GPT-2 ``Conv1D`` (remembered, to restore on merge)."""
-    bnb = bitsandbytes()
-    conv = isinstance(module, Conv1D)
-    weight = (module.weight.T if conv else module.weight).detach().contiguous()
-    out_features, in_features = weight.shape
-    has_bias = module.bias is not None
-    if config.bits == 4:
-        layer = bnb.nn.Linear4bit(in_features, out_features, bias=has_bias, compute_dtype=config.torch_compute_dtype,
-                                  compress_statistics=config.double_quant, quant_type=config.quant_type, device="meta")
-        layer.weight = bnb.nn.Params4bit(weight.clone(), requires_grad=False, compress_statistics=config.double_quant,
-                                         quant_type=config.quant_type, module=layer)
-        bias_dtype = config.torch_compute_dtype  # bitsandbytes would cast the bias in place on the first forward
-    else:
-        layer = bnb.nn.Linear8bitLt(in_features, out_features, bias=has_bias, has_fp16_weights=False,
-                                    threshold=0.0, device="meta")
-        layer.weight = bnb.nn.Int8Params(weight.clone(), requires_grad=False, has_fp16_weights=False)
-        bias_dtype = weight.dtype
-    if has_bias:
-        layer.bias = nn.Parameter(module.bias.detach().to(bias_dtype).clone(), requires_grad=False)
-    layer = layer.to(weight.device)  # bitsandbytes quantizes here
-    layer.peftlab_conv1d = conv
-    if conv:  # the base fingerprint of a saved adapter compares the float model's (in, out) layout
-        layer.weight.peftlab_storage_shape = (in_features, out_features)
-    _keep_portable_layout(layer)
-    return layer
-
-
-def _keep_portable_layout(layer: nn.Module) -> None:
-    """bitsandbytes repacks 4-bit weights in place for AVX512-BF16 CPUs at the first eval forward; keeping the
-    portable layout leaves the stored tensors bit-identical and dequantizable anywhere."""
-    if is_4bit(layer):
-        layer.support_avx512bf16_for_cpu = False
-
-
-def _check_quantized(name: str, layer: nn.Module, config: QLoRAConfig) -> None:
-    if is_4bit(layer):
-        state = layer.weight.quant_state
-        found = (4, state.quant_type, bool(state.nested))
-    else:
-        found = (8, None, False)
-    wanted = (config.bits, config.quant_type, config.double_quant) if config.bits == 4 else (8, None, False)
-    if found != wanted:
-        raise QuantizationMismatchError(
-            f"{name} is already quantized as bits/quant_type/double_quant={found}, but the qlora options ask for "
-            f"{wanted}; pass matching options or load the model with peftlab's load_quantized(path, config)"
-        )
-    _keep_portable_layout(layer)
-
-
-def quantize_model(model: nn.Module, config: QLoRAConfig | None = None) -> nn.Module:
-    """Quantize an already-loaded float model's ``config.quantize_modules`` in place; returns ``model``.
-
-    Layers that are already bitsandbytes layers (a model loaded in 4 bits) are checked against ``config``.
-    Layers the model class keeps in float32 (``_keep_in_fp32_modules``, e.g. T5's ``wo``, whose input it
-    casts to the weight's dtype) stay float, as in transformers' own 4-bit loading.
-    """
-    config = config or QLoRAConfig()
-    keep_float = set(getattr(model, "_keep_in_fp32_modules", None) or ())
-    for name, module in find_modules(model, config.quantize_modules):
-        if keep_float & set(name.split(".")):
-            continue
-        if isinstance(module, quantized_types()):
-            _check_quantized(name, module, config)
-        elif isinstance(module, (nn.Linear, Conv1D)) and type(module) in (nn.Linear, Conv1D):
-            replace_module(model, name, quantize_linear(module, config))
-    return model
-
-
-def load_quantized(path_or_name: str | os.PathLike, config: QLoRAConfig | None = None,
-                   model_class: Any = None, **from_pretrained: Any) -> nn.Module:
-    """Load a model with its linear layers quantized as ``config`` says, through transformers'
-    ``BitsAndBytesConfig``. On a CPU-only machine the layers load and quantize on the CPU (bitsandbytes
-    >= 0.45 has CPU kernels); nothing moves to a GPU unless ``device_map`` says so. transformers skips the
-    output head (``lm_head``); :func:`quantize_model` / ``peftlab.apply`` then leave the loaded layers as
-    they are and only check that their format matches ``config``.
-    """
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
-
-    bitsandbytes()  # a clear message when it is missing
-    config = config or QLoRAConfig()
-    if config.bits == 4:
-        quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=config.quant_type,
-                                          bnb_4bit_use_double_quant=config.double_quant,
-                                          bnb_4bit_compute_dtype=config.torch_compute_dtype)
-    else:
-        quantization = BitsAndBytesConfig(load_in_8bit=True)
-    model_class = model_class or AutoModelForCausalLM
-    model = model_class.from_pretrained(path_or_name, quantization_config=quantization, **from_pretrained)
-    for module in model.modules():
-        _keep_portable_layout(module)
-    return model
-
-
-# -- dequantizing ------------------------------------------------------------------------------------
-
-@torch.no_grad()
-def dequantized_weight(layer: nn.Module) -> torch.Tensor:
-    """The float ``(out, in)`` weight a bitsandbytes layer stands for."""
-    if is_4bit(layer):
-        return bitsandbytes().functional.dequantize_4bit(layer.weight.data, layer.weight.quant_state)
-    scales = layer.state.SCB if layer.state.SCB is not None else layer.weight.SCB
-    codes = layer.state.CB if layer.state.CB is not None else layer.weight.data
-    return codes.float() * scales.float().view(-1, 1) / 127.0
-
-
-@torch.no_grad()
-def dequantize_linear(layer: nn.Module, dtype: torch.dtype = torch.float32) -> nn.Module:
-    """A float ``nn.Linear`` (or GPT-2 ``Conv1D`` when that is what was quantized) with the dequantized weight."""
-    weight = dequantized_weight(layer).to(dtype)
-    out_features, in_features = weight.shape
-    bias = layer.bias.detach().to(dtype) if layer.bias is not None else None
-    if getattr(layer, "peftlab_conv1d", False):
-        plain = Conv1D(out_features, in_features).to(device=weight.device, dtype=dtype)
-        plain.weight.copy_(weight.T)
-        plain.bias.copy_(bias if bias is not None else torch.zeros_like(plain.bias))
-    else:
-        plain = nn.Linear(in_features, out_features, bias=bias is not None, device=weight.device, dtype=dtype)
-        plain.weight.copy_(weight)
-        if bias is not None:
-            plain.bias.copy_(bias)
-    plain.requires_grad_(False)
-    return plain
 
 
 class _FourBitLoRAProduct(torch.autograd.Function):
@@ -263,9 +115,7 @@ class _FourBitLoRAProduct(torch.autograd.Function):
                   @ lora_input.reshape(-1, lora_input.shape[-1])).float()
         grad_x = grad_dropped = None
         if ctx.needs_input_grad[0]:
-            weight = ctx.base.weight
-            dequantized = bitsandbytes().functional.dequantize_4bit(weight.data, weight.quant_state)
-            grad_x = (grad_c @ dequantized.to(grad_c.dtype)).to(grad.dtype)
+            grad_x = (grad_c @ base_weight(ctx.base, grad_c.dtype)).to(grad.dtype)
             if ctx.reads_x:
                 grad_x.add_(grad_hidden @ A_c)
         if ctx.needs_input_grad[1]:
@@ -308,25 +158,12 @@ class QuantizedLoRALinear(LoRALinear):
     def merge(self) -> None:
         if self.merged:
             return
-        self.__dict__["quantized_base"] = self.base_layer  # kept outside the module tree while merged
-        self.base_layer = dequantize_linear(self.base_layer, self.lora_A.dtype)
+        dequantize_base(self, self.lora_A.dtype)
         super().merge()
 
     def unmerge(self) -> None:
-        if not self.merged:
-            return
-        self.base_layer = self.__dict__.pop("quantized_base")
-        self.merged = False
-
-
-def int8_merge_tolerance(model: nn.Module, output: torch.Tensor | None = None) -> float:
-    """A merge tolerance for an 8-bit base: ``max|output| x 2^-8`` (one input rounding to 8 bits, relative to
-    the row's absmax) per 8-bit layer; 0 without one. ``output``: the model's probe output, if at hand."""
-    layers = sum(is_8bit(m) for m in model.modules())
-    if not layers:
-        return 0.0
-    output = probe_output(model) if output is None else output
-    return output.abs().max().item() * 2**-8 * layers
+        if self.merged and restore_quantized_base(self):
+            self.merged = False
 
 
 def merge_note(model: nn.Module, output: torch.Tensor) -> str | None:
@@ -342,35 +179,6 @@ def merge_note(model: nn.Module, output: torch.Tensor) -> str | None:
     )
 
 
-def base_weight_bytes(model: nn.Module) -> tuple[int, int]:
-    """``(bytes, weights)`` of the quantized base layers: stored codes plus every quantisation constant
-    (absmax, nested absmax and offset, code tables), each tensor counted once."""
-    seen: set[int] = set()
-    total_bytes = total_weights = 0
-
-    def add(tensor: torch.Tensor | None) -> None:
-        nonlocal total_bytes
-        if isinstance(tensor, torch.Tensor) and tensor.data_ptr() not in seen:
-            seen.add(tensor.data_ptr())
-            total_bytes += tensor.numel() * tensor.element_size()
-
-    for module in model.modules():
-        if is_4bit(module):
-            state = module.weight.quant_state
-            add(module.weight.data)
-            for tensor in (state.absmax, state.code, state.offset):
-                add(tensor)
-            if state.nested:
-                add(state.state2.absmax)
-                add(state.state2.code)
-            total_weights += int(torch.Size(state.shape).numel())
-        elif is_8bit(module):
-            add(module.state.CB if module.state.CB is not None else module.weight.data)
-            add(module.state.SCB if module.state.SCB is not None else module.weight.SCB)
-            total_weights += module.in_features * module.out_features
-    return total_bytes, total_weights
-
-
 def make_optimizer(model: nn.Module, config: QLoRAConfig, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
     """Paged AdamW (bitsandbytes) when the model is on CUDA; fused AdamW on CPU."""
     on_cuda = any(p.is_cuda for group in groups for p in group["params"])
@@ -380,7 +188,7 @@ def make_optimizer(model: nn.Module, config: QLoRAConfig, groups: list[dict[str,
 def inject(model: nn.Module, config: QLoRAConfig) -> Injection:
     quantize_model(model, config)
     for name, module in find_modules(model, config.target_modules):
-        layer_class = QuantizedLoRALinear if isinstance(module, quantized_types()) else LoRALinear
+        layer_class = QuantizedLoRALinear if is_quantized(module) else LoRALinear
         replace_module(model, name, layer_class(module, config.rank, config.alpha / config.rank, config.dropout))
     return Injection()
 
