@@ -126,9 +126,11 @@ def check_writable(target: Path, kind: OutputKind, where: str) -> None:
         except OSError as error:
             raise OutputError(f"{where}: cannot write in {folder} ({error.strerror or error}); choose a folder "
                               f"you can write to, or fix its permissions") from None
-        os.close(descriptor)
-        with contextlib.suppress(OSError):
-            os.unlink(probe)
+        try:
+            os.close(descriptor)
+        finally:  # an interrupt (SIGINT/SIGTERM raise here) between the probe's creation and its removal
+            with contextlib.suppress(OSError):
+                os.unlink(probe)
 
 
 def remove_owned(folder: str | os.PathLike, kind: OutputKind) -> list[str]:
