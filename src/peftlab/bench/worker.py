@@ -88,7 +88,7 @@ def execute(spec: RunSpec, output: Path, breakdown: bool = True) -> dict[str, An
 def continues(checkpoints: Path, spec: RunSpec) -> bool:
     """Whether the run continues from a checkpoint that an interrupted attempt saved in ``checkpoints``; a
     folder left by an attempt at another spec (the suite changed) is removed and the run starts over."""
-    spec_file = checkpoints.with_name(checkpoints.name + ".spec.json")
+    spec_file = _spec_file(checkpoints)
     wanted = json.dumps(spec.to_dict(), indent=2, sort_keys=True)
     same = spec_file.is_file() and spec_file.read_text(encoding="utf-8") == wanted
     if same and any(checkpoints.glob("checkpoint-*")):
@@ -101,7 +101,12 @@ def continues(checkpoints: Path, spec: RunSpec) -> bool:
 
 def remove_checkpoints(checkpoints: Path) -> None:
     shutil.rmtree(checkpoints, ignore_errors=True)
-    checkpoints.with_name(checkpoints.name + ".spec.json").unlink(missing_ok=True)
+    _spec_file(checkpoints).unlink(missing_ok=True)
+
+
+def _spec_file(checkpoints: Path) -> Path:
+    """Beside a run's checkpoints: the spec they were trained for (a changed suite starts the run over)."""
+    return checkpoints.with_name(checkpoints.name + ".spec.json")
 
 
 def task_scores(args: Any, spec: RunSpec, scores: dict[str, float]) -> dict[str, dict[str, Any]]:
