@@ -77,11 +77,24 @@ def classification(spec: dict[str, Any], clock: dict[str, float]) -> dict[str, A
     trainer.train()
     clock["train_s"] = time.perf_counter() - started
     started = time.perf_counter()
-    logits = trainer.predict(dev_features).predictions
-    scores = task.metrics(logits.argmax(-1).tolist(), dev)
+    scores = task.metrics(predicted_classes(trainer, dev_features), dev)
     clock["eval_s"] = time.perf_counter() - started
     tokens = spec["epochs"] * sum(len(f["input_ids"]) for f in train_features)
     return {"score": scores[task.main_metric], "metric": task.main_metric, "tokens": tokens}
+
+
+def predicted_classes(trainer: Any, features: list[dict[str, Any]]) -> list[int]:
+    """The argmax class of each feature, in the features' order.
+
+    transformers 5 groups evaluation batches by length as well when training does, so ``predict`` returns
+    predictions in its sampler's order; that sampler is seeded, and its order puts them back.
+    """
+    logits = trainer.predict(features).predictions
+    order = list(trainer._get_eval_sampler(features) or range(len(features)))
+    classes = [0] * len(features)
+    for position, index in enumerate(order):
+        classes[index] = int(logits[position].argmax(-1))
+    return classes
 
 
 def instruction(spec: dict[str, Any], clock: dict[str, float]) -> dict[str, Any]:

@@ -58,3 +58,35 @@ def test_quick_mode_runs_both_sides_and_writes_the_table(tmp_path, monkeypatch):
     assert "peftlab / peer" in text
     assert (tmp_path / "runs" / "sst2-lora-quick-peftlab-1" / "metrics.json").is_file()
     assert (tmp_path / "runs" / "sst2-lora-quick-peer-1" / "result.json").is_file()
+
+
+def test_the_peer_scores_each_prediction_against_its_own_example(tmp_path):
+    """transformers 5 evaluates in length-grouped order when training is length-grouped; the peer's
+    predictions must come back in the examples' order (they did not: the peer scored 0.51 on SST-2)."""
+    import torch
+    from transformers import Trainer, TrainingArguments
+
+    peer = pytest.importorskip("end_to_end_peer")
+
+    class LengthParity(torch.nn.Module):  # predicts the parity of each row's real length: always right
+        def __init__(self):
+            super().__init__()
+            self.unused = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, input_ids, attention_mask, labels=None):
+            logits = torch.nn.functional.one_hot(attention_mask.sum(-1) % 2, 2).float() + 0 * self.unused
+            return {"loss": torch.nn.functional.cross_entropy(logits, labels), "logits": logits}
+
+    lengths = [3, 17, 8, 2, 11, 30, 5, 21, 14, 9, 26, 4]
+    features = [{"input_ids": [1] * n, "attention_mask": [1] * n, "labels": n % 2} for n in lengths]
+    arguments = TrainingArguments(output_dir=str(tmp_path), per_device_eval_batch_size=4, report_to=[],
+                                  train_sampling_strategy="group_by_length", use_cpu=True, disable_tqdm=True)
+
+    def pad(rows):
+        width = max(len(r["input_ids"]) for r in rows)
+        return {"input_ids": torch.tensor([r["input_ids"] + [0] * (width - len(r["input_ids"])) for r in rows]),
+                "attention_mask": torch.tensor([r["attention_mask"] + [0] * (width - len(r["attention_mask"])) for r in rows]),
+                "labels": torch.tensor([r["labels"] for r in rows])}
+
+    trainer = Trainer(model=LengthParity(), args=arguments, data_collator=pad)
+    assert peer.predicted_classes(trainer, features) == [n % 2 for n in lengths]
