@@ -59,14 +59,15 @@ def minilm() -> torch.nn.Module:
     return load_model("minilm-l6", get_task("sst2")).model
 
 
-def step(model: torch.nn.Module, method: str, options: dict, vocab: int) -> dict:
+def step(model: torch.nn.Module, method: str, options: dict, vocab: int, batch: int = BATCH,
+         length: int = LENGTH) -> dict:
     parameters = sum(p.numel() for p in model.parameters())  # before 4-bit packing halves the element count
     peftlab.apply(model, method, **options)
-    ids = torch.randint(0, vocab, (BATCH, LENGTH), generator=torch.Generator().manual_seed(0))
-    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-    batch["labels"] = ids if hasattr(model, "lm_head") else torch.zeros(BATCH, dtype=torch.long)
+    ids = torch.randint(0, vocab, (batch, length), generator=torch.Generator().manual_seed(0))
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    inputs["labels"] = ids if hasattr(model, "lm_head") else torch.zeros(batch, dtype=torch.long)
     prediction = predicted(model)
-    measured = measure_step(model, batch, lambda m: peftlab.make_optimizer(m, 1e-4))
+    measured = measure_step(model, inputs, lambda m: peftlab.make_optimizer(m, 1e-4))
     return {"parameters": parameters, "measured": measured, "predicted": prediction,
             "trainable": peftlab.parameter_report(model).trainable}
 
