@@ -5,7 +5,7 @@ import pytest
 from transformers import AutoModelForCausalLM
 
 import peftlab
-from peftlab.core.faults import NonFiniteLossError, OutOfMemoryError
+from peftlab.train.faults import NonFiniteLossError, OutOfMemoryError
 from peftlab.core.hooks import TrainingHooks
 from peftlab.train import TrainArgs, loop, run_training
 from peftlab.train.checkpoint import latest_checkpoint as real_latest_checkpoint

@@ -23,7 +23,6 @@ from tqdm.auto import tqdm
 import peftlab
 from peftlab.core.checkpointing import enable_activation_checkpointing
 from peftlab.core.compile import block_classes, compile_blocks
-from peftlab.core.faults import check_finite_loss, raise_out_of_memory
 from peftlab.core.fast_dropout import draws_dropout, fast_dropout
 from peftlab.core.fused_ops import fuse
 from peftlab.core.host_memory import keep_freed_memory
@@ -34,6 +33,7 @@ from peftlab.train.checkpoint import Progress, full_parameters, latest_checkpoin
 from peftlab.train.distributed import mixed_precision, shard_blocks
 from peftlab.train.encoding import collate, loss_items, sequence_length
 from peftlab.train.evaluation import score_sets
+from peftlab.train.faults import check_finite_loss, raise_out_of_memory
 from peftlab.train.feature_cache import encode_cached
 from peftlab.train.interrupt import SaveClock, StopRequest
 from peftlab.train.loss import loss_function, resolve_loss
