@@ -31,7 +31,7 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 import peftlab  # noqa: E402
 from peftlab.core.checkpointing import enable_activation_checkpointing  # noqa: E402
 from peftlab.core.compile import compile_blocks  # noqa: E402
-from peftlab.core.fast_dropout import fast_dropout  # noqa: E402
+from peftlab.core.fast_dropout import checkpoint_contexts, fast_dropout  # noqa: E402
 from peftlab.core.fused_ops import fuse  # noqa: E402
 from peftlab.core.host_memory import keep_freed_memory  # noqa: E402
 from peftlab.core.losses import lm_loss  # noqa: E402
@@ -156,7 +156,7 @@ def prepare(job: Job, features: set[str]) -> Prepared:
     model, optimizer, after_step, trainable = _adapt(job, model)
     model.train()
     if "ckpt" in features:
-        enable_activation_checkpointing(model, compiled_blocks="compile" in features)
+        enable_activation_checkpointing(model, context_fn=None if "compile" in features else checkpoint_contexts)
     if "compile" in features:
         compile_blocks(model)  # before fuse, which leaves what the compiler fuses alone
     if "fused" in features:

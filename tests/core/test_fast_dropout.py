@@ -170,7 +170,7 @@ def test_activation_checkpointing_draws_the_same_masks_again(arch, monkeypatch):
     def gradients(checkpointed: bool) -> dict[str, torch.Tensor]:
         model = peftlab.apply(BUILDERS[arch](), "lora", dropout=0.2)
         if checkpointed:
-            enable_activation_checkpointing(model)
+            enable_activation_checkpointing(model, context_fn=fast.checkpoint_contexts)
         model.train()
         torch.manual_seed(11)
         with fast.fast_dropout():

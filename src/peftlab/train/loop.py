@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 import peftlab
 from peftlab.core.checkpointing import enable_activation_checkpointing
 from peftlab.core.compile import block_classes, compile_blocks
-from peftlab.core.fast_dropout import draws_dropout, fast_dropout
+from peftlab.core.fast_dropout import checkpoint_contexts, draws_dropout, fast_dropout
 from peftlab.core.fused_ops import fuse
 from peftlab.core.host_memory import keep_freed_memory
 from peftlab.core.serialization import save_adapter
@@ -126,7 +126,8 @@ class Trainer:
         model.train()  # from_pretrained returns the model in eval mode: its dropout (and the adapters') would be off
         if args.gradient_checkpointing:
             model.config.use_cache = False
-            enable_activation_checkpointing(model, compiled_blocks=args.compile)  # non-reentrant
+            recompute = None if args.compile else checkpoint_contexts  # compiled blocks draw their own masks
+            enable_activation_checkpointing(model, context_fn=recompute)  # non-reentrant
         self.base = model
         self.hooks = peftlab.training_hooks(model)
         writes_text = self.plan.task.kind not in ("classification", "regression")
