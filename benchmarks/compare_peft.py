@@ -3,31 +3,31 @@
     python benchmarks/compare_peft.py --setting quick                    # smoke run, a few minutes
     python benchmarks/compare_peft.py --setting moderate --repeats 3     # what RESULTS.md shows
 
-Each measurement is its own process (``measure.py``); the job list is run ``--repeats`` times,
-alternating its order, and every number reported is the median over repeats. The peftlab rows use
-peftlab's training step as ``peftlab train --compile`` runs it (step ``chunked+fused+compile+fastdrop``): for
-language models the chunked cross-entropy (``peftlab.core.losses.lm_loss``), each transformer block compiled
-with ``torch.compile`` (``peftlab.core.compile``) and fused RMSNorm/SwiGLU (``peftlab.core.fused_ops``) where
-no block is compiled; for classifiers the model's own loss. Models that train with dropout (RoBERTa, T5) are
-not compiled: on CPU their compiled step is slower than the eager one (``step_for`` has the numbers); they draw
-their dropout masks as ``peftlab train`` does on CPU (``peftlab.core.fast_dropout``: four masks per 64-bit
-random draw), their floors too. Without ``--compile``, ``peftlab train`` runs ``chunked+fused+fastdrop``
-(``--extra-steps chunked+fused+fastdrop`` measures it too). The peft rows use
-the plain ``model(**batch).loss`` (what peft gives; ``--peft-step plain+compile`` compiles peft's blocks the
-same way, for reference); the full row too. "vs floor" divides by the frozen-base floor measured with the row's
-own step, so it isolates the adapter's own cost. "vs own floor" divides by the floor of the base as the
-method runs it, where the method changes what the base computes: prompt tuning's base reads 20 more input
-tokens, QLoRA's holds NF4 weights (``MethodEntry.changes_the_base``; those floors have their own rows); for
-every other method it is "vs floor". On the decoder-only models peftlab's prompt tuning runs each batch
-packed behind one copy of the prompt (``shared_prompt``), so it computes less than that floor, which prepends
-the prompt to every example as peft does: "FLOPs vs own floor" shows how much less, and "vs own floor" can read
-below 1.00x. Compiling happens in the warm-up steps, which are not timed.
-"FLOPs vs own floor" is the same division for the matrix-multiply FLOPs of one forward and backward, counted
-once per row with ``torch.utils.flop_counter`` on the eager step (``measure.run_flops``): the arithmetic the
-method adds, which no implementation can skip (full fine-tuning's weight gradients: 1.5x). Where it is well
-above 1.00x (QLoRA's r=64 LoRA on all seven linears of every block), "vs own floor" can only come close to it;
-the ``qlora_qv`` rows run QLoRA at LoRA's size (r=8 on q and v, the same NF4 base), where it adds what LoRA
-adds, so they read the 4-bit adapter's own cost apart from that arithmetic.
+Each measurement is its own process (``measure.py``); the job list is run ``--repeats`` times, alternating its
+order, and every number reported is the median over repeats. The peftlab rows use peftlab's training step as
+``peftlab train --compile`` runs it (step ``chunked+fused+compile+fastdrop``): for language models the chunked
+cross-entropy (``peftlab.train.speedups.losses.lm_loss``), each transformer block compiled with
+``torch.compile`` (``peftlab.train.speedups.compile``) and fused RMSNorm/SwiGLU
+(``peftlab.train.speedups.fused_ops``) where no block is compiled; for classifiers the model's own loss.
+Models that train with dropout (RoBERTa, T5) are not compiled: on CPU their compiled step is slower than the
+eager one (``step_for`` has the numbers); they draw their dropout masks as ``peftlab train`` does on CPU
+(``peftlab.train.speedups.fast_dropout``: four masks per 64-bit random draw), their floors too. Without
+``--compile``, ``peftlab train`` runs ``chunked+fused+fastdrop`` (``--extra-steps chunked+fused+fastdrop``
+measures it too). The peft rows use the plain ``model(**batch).loss`` (what peft gives; ``--peft-step
+plain+compile`` compiles peft's blocks the same way, for reference); the full row too. "vs floor" divides by
+the frozen-base floor measured with the row's own step, so it isolates the adapter's own cost. "vs own floor"
+divides by the floor of the base as the method runs it, where the method changes what the base computes:
+prompt tuning's base reads 20 more input tokens, QLoRA's holds NF4 weights (``MethodEntry.changes_the_base``;
+those floors have their own rows); for every other method it is "vs floor". On the decoder-only models
+peftlab's prompt tuning runs each batch packed behind one copy of the prompt (``shared_prompt``), so it
+computes less than that floor, which prepends the prompt to every example as peft does: "FLOPs vs own floor"
+shows how much less, and "vs own floor" can read below 1.00x. Compiling happens in the warm-up steps, which
+are not timed. "FLOPs vs own floor" is the same division for the matrix-multiply FLOPs of one forward and
+backward, counted once per row with ``torch.utils.flop_counter`` on the eager step (``measure.run_flops``):
+the arithmetic the method adds, which no implementation can skip (full fine-tuning's weight gradients: 1.5x).
+Where it is well above 1.00x (QLoRA's r=64 LoRA on all seven linears of every block), "vs own floor" can only
+come close to it; the ``qlora_qv`` rows run QLoRA at LoRA's size (r=8 on q and v, the same NF4 base), where it
+adds what LoRA adds, so they read the 4-bit adapter's own cost apart from that arithmetic.
 
 "Paired" (``--kinds paired``): the method's step and its own floor's, both models in one process, steps
 interleaved in alternating order (``measure.run_paired``); "vs own floor" is the median of the rounds' own
@@ -57,7 +57,7 @@ optimizer state (activations, gradients, the loss's buffers), from one extra pro
 running allocation total on CPU, ``max_memory_allocated`` minus what was allocated before the step on a GPU.
 
 Host memory: on CPU every process, peft's and the floors' as well as peftlab's, keeps the blocks it frees
-for the next step (``--host-memory keep``, ``peftlab.core.host_memory``), as ``peftlab train`` does;
+for the next step (``--host-memory keep``, ``peftlab.train.speedups.host_memory``), as ``peftlab train`` does;
 without it glibc maps and zeroes each step's large tensors afresh, which costs a method that allocates
 more than its floor more than the floor. ``--host-memory system`` measures glibc's default.
 """
@@ -143,7 +143,7 @@ def step_for(workload: Workload, step: str) -> str:
     """``step`` as it applies to ``workload``: a classifier has no vocabulary to chunk (and BERT-style models no
     RMSNorm to fuse); a model that trains with dropout is not compiled (on CPU the compiled dropout's random
     numbers cost more than the fusion saves: T5 LoRA 0.60 s against 0.49 s eager, RoBERTa 0.54 against 0.50)
-    and only such a model has masks for fast dropout (``peftlab.core.fast_dropout``) to draw."""
+    and only such a model has masks for fast dropout (``peftlab.train.speedups.fast_dropout``) to draw."""
     loss, *features = step.split("+")
     if workload.task == "classify":
         loss, features = "plain", [f for f in features if f != "fused"]
@@ -229,7 +229,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--methods", type=lambda s: s.split(","), default=list(METHODS))
     parser.add_argument("--peftlab-step", default="chunked+fused+compile+fastdrop", type=_step,
                         help="peftlab's step for LMs: plain or chunked loss, then +fused (RMSNorm, SwiGLU), +ckpt, "
-                             "+compile (torch.compile each block), +fastdrop (peftlab.core.fast_dropout); "
+                             "+compile (torch.compile each block), +fastdrop (peftlab.train.speedups.fast_dropout); "
                              "classifiers keep only +compile and +fastdrop (see step_for)")
     parser.add_argument("--peft-step", default="plain", type=_step,
                         help="the peft rows' step: plain (what peft gives), or plain+compile to compile peft's blocks too")
@@ -249,7 +249,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--host-memory", choices=("keep", "system"), default="keep",
                         help="keep: every process's malloc keeps freed blocks for reuse, as peftlab train does on "
-                             "CPU (peftlab.core.host_memory); system: glibc's default, which returns them")
+                             "CPU (peftlab.train.speedups.host_memory); system: glibc's default, which returns them")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
     args = parser.parse_args(argv)

@@ -30,12 +30,12 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 import peftlab  # noqa: E402
 from peftlab.core.checkpointing import enable_activation_checkpointing  # noqa: E402
-from peftlab.core.compile import compile_blocks  # noqa: E402
-from peftlab.core.fast_dropout import checkpoint_contexts, fast_dropout  # noqa: E402
-from peftlab.core.fused_ops import fuse  # noqa: E402
-from peftlab.core.host_memory import keep_freed_memory  # noqa: E402
-from peftlab.core.losses import lm_loss  # noqa: E402
 from peftlab.core.targeting import replace_module  # noqa: E402
+from peftlab.train.speedups.compile import compile_blocks  # noqa: E402
+from peftlab.train.speedups.fast_dropout import checkpoint_contexts, fast_dropout  # noqa: E402
+from peftlab.train.speedups.fused_ops import fuse  # noqa: E402
+from peftlab.train.speedups.host_memory import keep_freed_memory  # noqa: E402
+from peftlab.train.speedups.losses import lm_loss  # noqa: E402
 from workloads import METHODS, WORKLOADS, build_model, make_batch  # noqa: E402
 
 
@@ -56,7 +56,7 @@ class Job:
     threads: int = 2
     device: str = "cpu"
     partner_step: str = "plain"  # the peft side's step of a "versus" job
-    host_memory: str = "keep"  # "keep": malloc keeps freed blocks (peftlab.core.host_memory); "system": glibc's default
+    host_memory: str = "keep"  # "keep": malloc keeps freed blocks (train.speedups.host_memory); "system": glibc's
 
     @property
     def key(self) -> str:

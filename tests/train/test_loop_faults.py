@@ -5,10 +5,10 @@ import pytest
 from transformers import AutoModelForCausalLM
 
 import peftlab
-from peftlab.train.faults import NonFiniteLossError, OutOfMemoryError
 from peftlab.core.hooks import TrainingHooks
 from peftlab.train import TrainArgs, loop, run_training
 from peftlab.train.checkpoint import latest_checkpoint as real_latest_checkpoint
+from peftlab.train.faults import NonFiniteLossError, OutOfMemoryError
 
 
 def load_model(path):

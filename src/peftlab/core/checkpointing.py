@@ -29,7 +29,7 @@ def enable_activation_checkpointing(model: nn.Module, *, reentrant: bool = False
 
     Non-reentrant, a recomputed layer draws the dropout masks its forward drew. ``context_fn`` (non-reentrant
     only) wraps the forward and its recomputation: a training loop that draws masks its own way passes its
-    contexts here (``peftlab.core.fast_dropout.checkpoint_contexts``); leave it out when the blocks
+    contexts here (``peftlab.train.speedups.fast_dropout.checkpoint_contexts``); leave it out when the blocks
     will be compiled, as the compiler draws their masks itself and accepts no other recompute context."""
     if not getattr(model, "supports_gradient_checkpointing", False):
         raise CheckpointingError(

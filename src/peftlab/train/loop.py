@@ -22,10 +22,6 @@ from tqdm.auto import tqdm
 
 import peftlab
 from peftlab.core.checkpointing import enable_activation_checkpointing
-from peftlab.core.compile import block_classes, compile_blocks
-from peftlab.core.fast_dropout import checkpoint_contexts, draws_dropout, fast_dropout
-from peftlab.core.fused_ops import fuse
-from peftlab.core.host_memory import keep_freed_memory
 from peftlab.core.serialization import save_adapter
 from peftlab.train.args import UNTUNED, ArgumentError, TrainArgs
 from peftlab.train.batching import accumulation_groups
@@ -43,6 +39,10 @@ from peftlab.train.resources import write_log_line, trim_log
 from peftlab.train.results import run_metrics, save_final
 from peftlab.train.resume import resume_from
 from peftlab.train.schedule import linear_schedule
+from peftlab.train.speedups.compile import block_classes, compile_blocks
+from peftlab.train.speedups.fast_dropout import checkpoint_contexts, draws_dropout, fast_dropout
+from peftlab.train.speedups.fused_ops import fuse
+from peftlab.train.speedups.host_memory import keep_freed_memory
 
 
 MEMORY_SETTINGS = ("batch_size", "max_length", "gradient_checkpointing", "method")  # named when memory runs out
@@ -87,9 +87,9 @@ class Trainer:
         self.loss_kind = loss_kind  # "chunked" or "plain", from resolve_loss
         self.plan, self.args, self.accelerator = plan, plan.args, accelerator
         self.kept_freed_memory = (self.args.keep_freed_memory and accelerator.device.type == "cpu"
-                                  and keep_freed_memory())  # peftlab.core.host_memory
+                                  and keep_freed_memory())  # peftlab.train.speedups.host_memory
         self.fast_dropout = (self.args.fast_dropout and accelerator.device.type == "cpu"
-                             and draws_dropout(plan.loaded.model))  # peftlab.core.fast_dropout
+                             and draws_dropout(plan.loaded.model))  # peftlab.train.speedups.fast_dropout
         self.tokenizer, self.kind = plan.loaded.tokenizer, plan.loaded.kind
         self.world, self.rank = accelerator.num_processes, accelerator.process_index
         self.max_length = plan.loaded.max_length(self.args.max_length)

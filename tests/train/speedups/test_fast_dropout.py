@@ -11,9 +11,9 @@ from torch import nn
 
 import peftlab
 from conftest import BUILDERS, batch_for, count_fast_dropouts
-from peftlab.core import fast_dropout as fast
 from peftlab.core.checkpointing import enable_activation_checkpointing
-from peftlab.core.compile import compile_blocks
+from peftlab.train.speedups import fast_dropout as fast
+from peftlab.train.speedups.compile import compile_blocks
 
 P = 0.1
 KEPT = 1 - round(P * 65536) / 65536  # 1 - p'
