@@ -27,7 +27,7 @@ It applies to models with absolute (GPT-2, BERT/RoBERTa) or rotary (LLaMA) posit
 position bias has no positions to move.
 
 The attention plumbing (transformers' attention interface, masks, T5 position bias) is the reusable
-:mod:`peftlab.methods.additive.prefix_attention`; this file owns only the prefixes and their MLP.
+:mod:`peftlab.methods.shared.prefix_attention`; this file owns only the prefixes and their MLP.
 Hybrids (MAM, UniPELT) call :func:`inject` with a :class:`PrefixTuningConfig` next to their other parts
 and may reuse :func:`count_trainable`, :func:`export_state` and :func:`import_state`: these act on the
 prefix encoder and pass every other adapter parameter of the model through unchanged.
@@ -49,7 +49,7 @@ from peftlab.core.injection import Injection, adapter_parameters
 from peftlab.core.layers import AdapterModule
 from peftlab.core.registry import MethodHooks, MethodSpec, register
 from peftlab.core.serialization import AdapterFileError
-from peftlab.methods.additive.prefix_attention import (
+from peftlab.methods.shared.prefix_attention import (
     PrefixHandle,
     Site,
     attach_prefixes,

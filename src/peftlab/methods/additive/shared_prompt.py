@@ -34,7 +34,7 @@ from torch.distributed.tensor import DTensor
 from transformers.modeling_utils import AttentionInterface
 
 from peftlab.core.checkpointing import checkpointing_enabled
-from peftlab.methods.additive.prefix_attention import attention_after_prefix, attention_module_names
+from peftlab.methods.shared.prefix_attention import attention_after_prefix, attention_module_names
 
 IMPLEMENTATION = "peftlab_shared_prompt"
 SHARED_FAMILIES = ("llama", "gpt2")  # decoder-only families whose attention modules prefix attention knows

@@ -41,21 +41,21 @@ from peftlab.core.targeting import find_modules, replace_module
 from peftlab.methods.additive import prefix_tuning
 from peftlab.methods.additive.adapter import AdapterConfig, SequentialAdapter
 from peftlab.methods.additive.parallel_adapter import BLOCKS, BlockInputTap
-from peftlab.methods.additive.prefix_attention import (
+from peftlab.methods.additive.prefix_tuning import ENCODER_NAME, PrefixEncoder, PrefixTuningConfig
+from peftlab.methods.reparameterized.lora import LoRAConfig, LoRALinear
+from peftlab.methods.shared.compose import (
+    DetachModules,
+    combine,
+    inject_parts,
+    require_parts_save_nothing,
+)
+from peftlab.methods.shared.prefix_attention import (
     PrefixHandle,
     attach_prefixes,
     attention_module_names,
     discover_sites,
     prefix_attention_forward,
 )
-from peftlab.methods.additive.prefix_tuning import ENCODER_NAME, PrefixEncoder, PrefixTuningConfig
-from peftlab.methods.hybrid.compose import (
-    DetachModules,
-    combine,
-    inject_parts,
-    require_parts_save_nothing,
-)
-from peftlab.methods.reparameterized.lora import LoRAConfig, LoRALinear
 
 GATES_NAME = "unipelt_prefix_gates"
 TOKEN_GATED_IMPLEMENTATION = "peftlab_unipelt_prefix"

@@ -35,14 +35,14 @@ from peftlab.core.registry import MethodHooks, MethodSpec, register
 from peftlab.core.serialization import AdapterFileError
 from peftlab.core.targeting import find_modules, replace_module
 from peftlab.methods.additive.adapter import PLACEMENTS, Bottleneck
-from peftlab.methods.additive.prefix_attention import (
+from peftlab.methods.shared.compose import DetachModules
+from peftlab.methods.shared.prefix_attention import (
     PrefixHandle,
     Site,
     attach_prefixes,
     attention_module_names,
     discover_sites,
 )
-from peftlab.methods.hybrid.compose import DetachModules
 
 PROTOTYPES_NAME = "propetl_prototypes"
 PREFIXES_NAME = "propetl_prefixes"
