@@ -28,8 +28,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from peftlab.core.injection import peft_state
 from peftlab.core.registry import get_method
+from peftlab.core.state import peft_state
 
 
 class TrainingHooks:

@@ -15,16 +15,16 @@ from torch import nn
 from peftlab.core.architectures import ARCHITECTURES
 from peftlab.core.config import MethodConfig
 from peftlab.core.errors import UserError
+from peftlab.core.state import Injection
 
 if TYPE_CHECKING:
     from peftlab.core.hooks import TrainingHooks
-    from peftlab.core.injection import Injection
 
 Family = Literal["baseline", "additive", "partial", "reparameterized", "hybrid", "unified"]
 FAMILIES: tuple[Family, ...] = ("baseline", "additive", "partial", "reparameterized", "hybrid", "unified")
 ALL_ARCHITECTURES: tuple[str, ...] = tuple(ARCHITECTURES)  # the families core/architectures.py knows
 
-InjectFn = Callable[[nn.Module, MethodConfig], "Injection"]
+InjectFn = Callable[[nn.Module, MethodConfig], Injection]
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -24,9 +24,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from peftlab.core.config import MethodConfig, option
-from peftlab.core.injection import Injection
 from peftlab.core.layers import AdapterLayer, innermost, weight_out_in
 from peftlab.core.registry import MethodSpec, register
+from peftlab.core.state import Injection
 from peftlab.core.targeting import find_modules, replace_module
 
 

@@ -45,10 +45,10 @@ from torch import nn
 from peftlab.core.architectures import architecture_of
 from peftlab.core.config import MethodConfig, option, require
 from peftlab.core.errors import UserError
-from peftlab.core.injection import Injection, adapter_parameters
 from peftlab.core.layers import AdapterModule
 from peftlab.core.registry import MethodHooks, MethodSpec, register
 from peftlab.core.serialization import AdapterFileError
+from peftlab.core.state import Injection, adapter_parameters
 from peftlab.methods.shared.prefix_attention import (
     PrefixHandle,
     Site,

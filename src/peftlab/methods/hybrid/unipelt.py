@@ -34,9 +34,9 @@ from transformers.modeling_utils import AttentionInterface
 
 from peftlab.core.architectures import architecture_of
 from peftlab.core.config import MethodConfig, option, require
-from peftlab.core.injection import Injection
 from peftlab.core.layers import AdapterLayer, AdapterModule, linear_shape
 from peftlab.core.registry import MethodHooks, MethodSpec, register
+from peftlab.core.state import Injection
 from peftlab.core.targeting import find_modules, replace_module
 from peftlab.methods.additive import prefix_tuning
 from peftlab.methods.additive.adapter import AdapterConfig, SequentialAdapter

@@ -31,10 +31,10 @@ from torch import nn
 
 from peftlab.core.config import MethodConfig, option, require
 from peftlab.core.hooks import TrainingHooks
-from peftlab.core.injection import Injection, peft_state
 from peftlab.core.layers import AdapterLayer
 from peftlab.core.registry import MethodHooks, MethodSpec, register
 from peftlab.core.sharding import local, local_slice, whole
+from peftlab.core.state import Injection, peft_state
 from peftlab.core.targeting import find_modules, replace_module
 from peftlab.methods.reparameterized.lora import add_up_projection
 

@@ -19,9 +19,9 @@ import torch
 from torch import nn
 
 from peftlab.core.config import option
-from peftlab.core.injection import Injection
 from peftlab.core.layers import AdapterLayer
 from peftlab.core.registry import MethodSpec, register
+from peftlab.core.state import Injection
 from peftlab.methods.reparameterized.loha import LoHaConfig, inject_scaled_layers
 
 

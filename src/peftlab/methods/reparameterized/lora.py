@@ -18,11 +18,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from peftlab.core.config import MethodConfig, option, require
-from peftlab.core.injection import Injection, peft_state
 from peftlab.core.layers import AdapterLayer, weight_out_in
 from peftlab.core.registry import MethodHooks, MethodSpec, register
-from peftlab.core.targeting import find_modules, replace_module
 from peftlab.core.serialization import copy_adapter_tensors
+from peftlab.core.state import Injection, peft_state
+from peftlab.core.targeting import find_modules, replace_module
 from peftlab.methods.reparameterized.lora_init import INIT_STRATEGIES, RESIDUAL_INITS, refit_residual
 
 

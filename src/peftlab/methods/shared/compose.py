@@ -11,8 +11,8 @@ from collections.abc import Callable, Sequence
 from torch import nn
 
 from peftlab.core.config import MethodConfig, require
-from peftlab.core.injection import Injection
 from peftlab.core.registry import get_method
+from peftlab.core.state import Injection
 from peftlab.methods.shared.prefix_attention import PrefixHandle
 
 

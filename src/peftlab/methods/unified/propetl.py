@@ -29,10 +29,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from peftlab.core.config import MethodConfig, option, require
-from peftlab.core.injection import Injection, adapter_parameters
 from peftlab.core.layers import AdapterLayer, AdapterModule, linear_shape
 from peftlab.core.registry import MethodHooks, MethodSpec, register
 from peftlab.core.serialization import AdapterFileError
+from peftlab.core.state import Injection, adapter_parameters
 from peftlab.core.targeting import find_modules, replace_module
 from peftlab.methods.additive.adapter import PLACEMENTS, Bottleneck
 from peftlab.methods.shared.compose import DetachModules
