@@ -29,7 +29,8 @@ from torch import nn
 
 from peftlab.core.config import MethodConfig, option, require
 from peftlab.core.errors import UserError
-from peftlab.core.hooks import TrainingHooks, training_hooks
+from peftlab.core.hooks import TrainingHooks
+from peftlab.core.method_hooks import training_hooks
 from peftlab.core.registry import MethodHooks, MethodSpec, register
 from peftlab.core.serialization import AdapterFileError
 from peftlab.core.sharding import local, local_slice, whole

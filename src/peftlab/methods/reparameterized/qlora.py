@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from peftlab.core.config import MethodConfig, option, require
-from peftlab.core.hooks import adamw
+from peftlab.core.method_hooks import adamw
 from peftlab.core.quantized import (  # noqa: F401  (the quantisation names qlora has always offered)
     BitsAndBytesMissing,
     QuantizationMismatchError,
