@@ -157,7 +157,7 @@ def test_gradient_checkpointing_redraws_the_fast_dropout_masks(tiny_models, data
 
 def test_steps_run_in_training_mode(tiny_models, data_root, monkeypatch):
     """from_pretrained gives a model in eval mode; the trainer's steps run it in training mode (dropout on)."""
-    from peftlab.train.loop import Trainer
+    from peftlab.train.trainer import Trainer
 
     modes: list[bool] = []
     step = Trainer.optimizer_step
