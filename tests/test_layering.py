@@ -5,6 +5,7 @@
 * Method families import as the survey draws them: a base family (baseline, additive, partial,
   reparameterized) imports only ``methods/shared/`` and itself; ``shared/`` imports no family; the composite
   families (hybrid, unified) build on the base families' methods, never on each other.
+* No peftlab module imports itself back through others: the import graph has no cycle.
 
 Every import counts: at module level, inside a function, and under ``TYPE_CHECKING``.
 """
@@ -62,6 +63,9 @@ def imported_modules(name: str) -> Iterator[tuple[str, int]]:
                 yield target, node.lineno
 
 
+IMPORTS = {name: list(imported_modules(name)) for name in MODULES}
+
+
 def part(name: str) -> str | None:
     """``peftlab.<part>.…``: core, methods, train, ...; None for the package itself."""
     parts = name.split(".")
@@ -77,7 +81,7 @@ def family(name: str) -> str | None:
 def imports_of(prefix: str) -> Iterator[tuple[str, str, int]]:
     for name in sorted(MODULES):
         if name.startswith(prefix):
-            for target, line in imported_modules(name):
+            for target, line in IMPORTS[name]:
                 yield name, target, line
 
 
@@ -103,3 +107,38 @@ def test_method_families_import_as_the_survey_draws_them():
              for name, target, line in imports_of("peftlab.methods.")
              if family(name) and family(target) and family(target) not in MAY_IMPORT[family(name)]]
     assert not wrong, "\n".join(wrong)
+
+
+def import_cycles() -> list[list[str]]:
+    """The strongly connected groups of two or more modules in the import graph (Tarjan's algorithm)."""
+    graph = {name: sorted({target for target, _ in imports}) for name, imports in IMPORTS.items()}
+    index: dict[str, int] = {}
+    lowest: dict[str, int] = {}
+    stack: list[str] = []
+    cycles = []
+
+    def visit(name: str) -> None:
+        index[name] = lowest[name] = len(index)
+        stack.append(name)
+        for target in graph[name]:
+            if target not in index:
+                visit(target)
+                lowest[name] = min(lowest[name], lowest[target])
+            elif target in stack:
+                lowest[name] = min(lowest[name], index[target])
+        if lowest[name] == index[name]:
+            group = stack[stack.index(name):]
+            del stack[stack.index(name):]
+            if len(group) > 1:
+                cycles.append(sorted(group))
+
+    for name in sorted(graph):
+        if name not in index:
+            visit(name)
+    return cycles
+
+
+def test_no_import_cycle():
+    cycles = import_cycles()
+    assert not cycles, "modules that import each other, directly or through others:\n" + "\n".join(
+        " <-> ".join(group) for group in cycles)
