@@ -49,8 +49,8 @@ from peftlab.core.layers import AdapterModule
 from peftlab.core.registry import MethodHooks, MethodSpec, register
 from peftlab.core.serialization import AdapterFileError
 from peftlab.core.state import Injection, adapter_parameters
+from peftlab.methods.shared.compose import DetachModules
 from peftlab.methods.shared.prefix_attention import (
-    PrefixHandle,
     Site,
     attach_prefixes,
     attention_module_names,
@@ -168,18 +168,6 @@ class PrefixEncoder(AdapterModule):
         self.prefixes = nn.Parameter(prefixes)
 
 
-class _Detach:
-    """Takes prefix-tuning off a model (``peftlab.unload``): restores attention, drops the encoder."""
-
-    def __init__(self, model: nn.Module, handle: PrefixHandle) -> None:
-        self.model, self.handle = model, handle
-
-    def remove(self) -> None:
-        self.handle.remove()
-        if ENCODER_NAME in self.model._modules:
-            delattr(self.model, ENCODER_NAME)
-
-
 def prefix_encoder(model: nn.Module) -> PrefixEncoder:
     encoder = model._modules.get(ENCODER_NAME)
     if not isinstance(encoder, PrefixEncoder):
@@ -293,7 +281,7 @@ def inject(model: nn.Module, config: PrefixTuningConfig) -> Injection:
     encoder = PrefixEncoder(sites, config, hidden_size=embeddings.shape[1]).to(embeddings.device)
     model.add_module(ENCODER_NAME, encoder)
     handle = attach_prefixes(model, sites, encoder.key_values, traceable=encoder.uniform)
-    hooks: list[Any] = [_Detach(model, handle)]
+    hooks: list[Any] = [DetachModules(model, handle, (ENCODER_NAME,))]  # peftlab.unload takes it all off
     if config.positions == "after_prefix":
         hooks.append(model.register_forward_pre_hook(_ShiftPositions(config.num_virtual_tokens), with_kwargs=True))
     return Injection(count_trainable=count_trainable, hooks=hooks, count_note=count_note(config))
