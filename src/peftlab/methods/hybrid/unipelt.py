@@ -41,7 +41,8 @@ from peftlab.core.targeting import find_modules, replace_module
 from peftlab.methods.additive import prefix_tuning
 from peftlab.methods.additive.adapter import AdapterConfig, SequentialAdapter
 from peftlab.methods.additive.parallel_adapter import BLOCKS, BlockInputTap
-from peftlab.methods.additive.prefix_tuning import ENCODER_NAME, PrefixEncoder, PrefixTuningConfig
+from peftlab.methods.additive.prefix_encoder import PrefixEncoder
+from peftlab.methods.additive.prefix_tuning import ENCODER_NAME, PrefixTuningConfig
 from peftlab.methods.reparameterized.lora import LoRAConfig, LoRALinear
 from peftlab.methods.shared.compose import (
     DetachModules,
@@ -198,9 +199,8 @@ def _gate_layers(model: nn.Module, kind: type[AdapterLayer], gate_on: Literal["i
 def _add_gated_prefixes(model: nn.Module, config: PrefixTuningConfig,
                         pooling: Pooling) -> tuple[PrefixHandle, _TokenGateSlots | None]:
     sites = discover_sites(model, attention_module_names(model, config.cross_attention))
+    encoder = prefix_tuning.add_prefix_encoder(model, sites, config)
     embeddings = model.get_input_embeddings().weight
-    encoder = PrefixEncoder(sites, config, hidden_size=embeddings.shape[1]).to(embeddings.device)
-    model.add_module(ENCODER_NAME, encoder)
     entry_pattern = BLOCKS[architecture_of(model).name]["attention"][0]
     entries = find_modules(model, entry_pattern)
     site_entries = [next((n, m) for n, m in entries if n.startswith(site.name + ".")) for site in sites]
