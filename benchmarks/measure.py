@@ -36,7 +36,8 @@ from peftlab.train.speedups.fast_dropout import checkpoint_contexts, fast_dropou
 from peftlab.train.speedups.fused_ops import fuse  # noqa: E402
 from peftlab.train.speedups.host_memory import keep_freed_memory  # noqa: E402
 from peftlab.train.speedups.losses import lm_loss  # noqa: E402
-from workloads import METHODS, WORKLOADS, build_model, make_batch  # noqa: E402
+from method_entries import METHODS  # noqa: E402
+from workloads import WORKLOADS, build_model, make_batch  # noqa: E402
 
 
 LR = 1e-4

@@ -11,7 +11,8 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from measure import Job, own_floor
-from workloads import METHODS, WORKLOADS
+from method_entries import METHODS
+from workloads import WORKLOADS
 
 
 def eager(step: str) -> str:
