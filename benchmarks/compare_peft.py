@@ -84,7 +84,7 @@ from peftlab.core.atomic import write_text_atomic
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from measure import Job, own_floor  # noqa: E402
+from job import Job, own_floor  # noqa: E402
 from method_entries import METHODS  # noqa: E402
 from report_tables import flop_job, infer_table, paired_table, train_table, versus_table  # noqa: E402
 from workloads import WORKLOADS, Workload  # noqa: E402

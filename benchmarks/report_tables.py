@@ -10,7 +10,7 @@ import statistics
 from collections.abc import Callable
 from dataclasses import replace
 
-from measure import Job, own_floor
+from job import Job, own_floor
 from method_entries import METHODS
 from workloads import WORKLOADS
 
