@@ -10,6 +10,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 measure = pytest.importorskip("measure")
+import comparison_jobs  # noqa: E402
+import report_tables  # noqa: E402
 from job import Job, adapt, own_floor, prepare  # noqa: E402
 from method_entries import METHODS  # noqa: E402
 from workloads import WORKLOADS, build_model, make_batch  # noqa: E402
@@ -124,7 +126,7 @@ def test_every_step_a_row_runs_has_its_floor_so_no_ratio_reads_n_a():
     compare_peft = pytest.importorskip("compare_peft")
     args = compare_peft.parse(["--models", "smollm2=lora+qlora,roberta=lora,t5=lora",
                                "--extra-steps", "chunked+fused+fastdrop"])
-    jobs = compare_peft.train_jobs(args)
+    jobs = comparison_jobs.train_jobs(args)
     floors = {(job.workload, job.method, job.step) for job in jobs if job.library == "floor"}
     rows = [job for job in jobs if job.library == "peftlab"]
     assert {(job.workload, job.step) for job in rows} == {  # RoBERTa, T5 train with dropout: eager, fast masks
@@ -195,11 +197,11 @@ def test_versus_runs_peft_and_peftlab_with_their_own_steps_interleaved(monkeypat
 def test_versus_jobs_pair_each_shared_method_with_both_libraries_steps_and_keep_the_table_width():
     compare_peft = pytest.importorskip("compare_peft")
     args = compare_peft.parse(["--models", "roberta=ia3+prefix_tuning", "--kinds", "versus"])
-    ia3, prefix = compare_peft.versus_jobs(args)
+    ia3, prefix = comparison_jobs.versus_jobs(args)
     assert (ia3.kind, ia3.step, ia3.partner_step) == ("versus", "plain+fastdrop", "plain")  # a classifier: its own loss
     results = {ia3.key: [{"step_s": 0.5, "peft_step_s": 0.55, "vs_peft": 0.91}],
                prefix.key: [{"error": "ValueError: Model does not support past key values"}]}
-    lines = compare_peft.versus_table([ia3, prefix], results)
+    lines = report_tables.versus_table([ia3, prefix], results)
     assert len({line.count("|") for line in lines if line}) == 1
     assert lines[2].endswith("| 0.550 | 0.500 | 0.910x |") and "error: ValueError" in lines[3]
 
@@ -207,10 +209,10 @@ def test_versus_jobs_pair_each_shared_method_with_both_libraries_steps_and_keep_
 def test_paired_jobs_count_the_flops_of_both_sides():
     compare_peft = pytest.importorskip("compare_peft")
     args = compare_peft.parse(["--models", "smollm2=lora+qlora", "--kinds", "paired"])
-    paired = compare_peft.paired_jobs(args)
+    paired = comparison_jobs.paired_jobs(args)
     assert [(job.method, job.step) for job in paired] == [("lora", "chunked+fused+compile"),
                                                           ("qlora", "chunked+fused+compile")]
-    counted = {(job.library, job.method, job.step) for job in compare_peft.flop_jobs([], paired)}
+    counted = {(job.library, job.method, job.step) for job in comparison_jobs.flop_jobs([], paired)}
     assert counted == {("peftlab", "lora", "chunked+fused"), ("floor", "", "chunked+fused"),
                        ("peftlab", "qlora", "chunked+fused"), ("floor", "qlora", "chunked+fused")}
     with pytest.raises(SystemExit):
@@ -220,12 +222,12 @@ def test_paired_jobs_count_the_flops_of_both_sides():
 def test_paired_table_reads_the_cost_per_added_flop_and_keeps_its_width_on_errors():
     compare_peft = pytest.importorskip("compare_peft")
     args = compare_peft.parse(["--models", "smollm2=lora+qlora", "--kinds", "paired"])
-    lora, qlora = compare_peft.paired_jobs(args)
+    lora, qlora = comparison_jobs.paired_jobs(args)
     flops = {side: value for side, value in ((lora, 110.0), (own_floor(lora), 100.0))}
-    results = {compare_peft.flop_job(side).key: [{"flops": value}] for side, value in flops.items()}
+    results = {report_tables.flop_job(side).key: [{"flops": value}] for side, value in flops.items()}
     results[lora.key] = [{"step_s": 1.2, "floor_step_s": 1.0, "vs_floor": 1.21, "over_floor_s": 0.2}]
     results[qlora.key] = [{"error": "RuntimeError: out of memory"}]
-    header, rule, lora_row, qlora_row, _ = compare_peft.paired_table([lora, qlora], results)
+    header, rule, lora_row, qlora_row, _ = report_tables.paired_table([lora, qlora], results)
     widths = {line.count("|") for line in (header, rule, lora_row, qlora_row)}
     assert len(widths) == 1
     assert lora_row.split("|")[-4:-1] == [" 200 ", " 1.10x ", " 1.100x "]  # ms over; 1.21 / (110 / 100)
@@ -254,8 +256,8 @@ def test_every_job_of_a_run_keeps_freed_host_memory_unless_told_otherwise():
     compare_peft = pytest.importorskip("compare_peft")
     for flag, expected in (([], "keep"), (["--host-memory", "system"], "system")):
         args = compare_peft.parse(["--models", "llama=ia3+lora", "--kinds", "train,paired,versus,infer", *flag])
-        jobs = [job for kind in compare_peft.all_jobs(args) for job in kind]
+        jobs = [job for kind in comparison_jobs.all_jobs(args) for job in kind]
         assert {job.kind for job in jobs} == {"train", "paired", "versus", "infer"}
         assert {job.host_memory for job in jobs} == {expected}
     no_inference = compare_peft.parse(["--models", "llama=ia3", "--no-inference"])
-    assert compare_peft.all_jobs(no_inference)[3] == []
+    assert comparison_jobs.all_jobs(no_inference)[3] == []
