@@ -34,7 +34,7 @@ from transformers.modeling_utils import AttentionInterface
 
 from peftlab.core.architectures import architecture_of
 from peftlab.core.config import MethodConfig, option, require
-from peftlab.core.layers import AdapterLayer, AdapterModule, linear_shape
+from peftlab.core.layers import AdapterLayer, AdapterModule, linear_shape, tensor_options
 from peftlab.core.registry import MethodHooks, MethodSpec, register
 from peftlab.core.state import Injection
 from peftlab.core.targeting import find_modules, replace_module
@@ -100,8 +100,7 @@ class Gate(nn.Module):
 
     def __init__(self, features: int, like: torch.Tensor, pooling: Pooling = "token") -> None:
         super().__init__()
-        dtype = like.dtype if like.is_floating_point() else torch.float32
-        self.linear = nn.Linear(features, 1, dtype=dtype, device=like.device)
+        self.linear = nn.Linear(features, 1, **tensor_options(like))
         nn.init.normal_(self.linear.weight, std=0.02)
         nn.init.zeros_(self.linear.bias)
         self.pooling = pooling

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from peftlab.core.layers import AdapterLayer
+from peftlab.core.layers import AdapterLayer, tensor_options
 from peftlab.methods.reparameterized.lora import add_up_projection
 
 
@@ -25,7 +25,7 @@ class SVDLinear(AdapterLayer):
     def __init__(self, base_layer: nn.Module, rank: int, scaling: float, dropout: float) -> None:
         super().__init__(base_layer)
         weight = next(base_layer.parameters())
-        factory = {"dtype": weight.dtype if weight.is_floating_point() else torch.float32, "device": weight.device}
+        factory = tensor_options(weight)
         self.svd_P = nn.Parameter(torch.randn(self.out_features, rank, **factory) * 0.02)
         self.svd_lambda = nn.Parameter(torch.zeros(rank, **factory))
         self.svd_Q = nn.Parameter(torch.randn(rank, self.in_features, **factory) * 0.02)

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from peftlab.core.config import MethodConfig, option, require
-from peftlab.core.layers import AdapterLayer, weight_out_in
+from peftlab.core.layers import AdapterLayer, tensor_options, weight_out_in
 from peftlab.core.registry import MethodHooks, MethodSpec, register
 from peftlab.core.serialization import copy_adapter_tensors
 from peftlab.core.state import Injection, peft_state
@@ -76,7 +76,7 @@ class LoRALinear(AdapterLayer):
     ) -> None:
         super().__init__(base_layer)
         weight = next(base_layer.parameters())
-        factory = {"dtype": weight.dtype if weight.is_floating_point() else torch.float32, "device": weight.device}
+        factory = tensor_options(weight)
         self.lora_A = nn.Parameter(torch.empty(rank, self.in_features, **factory))
         self.lora_B = nn.Parameter(torch.zeros(self.out_features, rank, **factory))
         self.scaling = scaling

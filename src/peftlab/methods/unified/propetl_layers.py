@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from peftlab.core.layers import AdapterLayer, AdapterModule
+from peftlab.core.layers import AdapterLayer, AdapterModule, tensor_options
 from peftlab.methods.additive.adapter import Bottleneck
 from peftlab.methods.shared.prefix_attention import Site
 
@@ -75,7 +75,7 @@ class LoRAPrototype(nn.Module):
 
     def __init__(self, in_features: int, out_features: int, rank: int, like: torch.Tensor) -> None:
         super().__init__()
-        factory = {"dtype": like.dtype if like.is_floating_point() else torch.float32, "device": like.device}
+        factory = tensor_options(like)
         self.lora_A = nn.Parameter(torch.empty(rank, in_features, **factory))
         self.lora_B = nn.Parameter(torch.zeros(out_features, rank, **factory))
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
