@@ -3,31 +3,32 @@
     python benchmarks/compare_peft.py --setting quick                    # smoke run, a few minutes
     python benchmarks/compare_peft.py --setting moderate --repeats 3     # what RESULTS.md shows
 
-Each measurement is its own process (``measure.py``); the job list is run ``--repeats`` times,
-alternating its order, and every number reported is the median over repeats. The peftlab rows use
-peftlab's training step as ``peftlab train --compile`` runs it (step ``chunked+fused+compile+fastdrop``): for
-language models the chunked cross-entropy (``peftlab.core.losses.lm_loss``), each transformer block compiled
-with ``torch.compile`` (``peftlab.core.compile``) and fused RMSNorm/SwiGLU (``peftlab.core.fused_ops``) where
-no block is compiled; for classifiers the model's own loss. Models that train with dropout (RoBERTa, T5) are
-not compiled: on CPU their compiled step is slower than the eager one (``step_for`` has the numbers); they draw
-their dropout masks as ``peftlab train`` does on CPU (``peftlab.core.fast_dropout``: four masks per 64-bit
-random draw), their floors too. Without ``--compile``, ``peftlab train`` runs ``chunked+fused+fastdrop``
-(``--extra-steps chunked+fused+fastdrop`` measures it too). The peft rows use
-the plain ``model(**batch).loss`` (what peft gives; ``--peft-step plain+compile`` compiles peft's blocks the
-same way, for reference); the full row too. "vs floor" divides by the frozen-base floor measured with the row's
-own step, so it isolates the adapter's own cost. "vs own floor" divides by the floor of the base as the
-method runs it, where the method changes what the base computes: prompt tuning's base reads 20 more input
-tokens, QLoRA's holds NF4 weights (``MethodEntry.changes_the_base``; those floors have their own rows); for
-every other method it is "vs floor". On the decoder-only models peftlab's prompt tuning runs each batch
-packed behind one copy of the prompt (``shared_prompt``), so it computes less than that floor, which prepends
-the prompt to every example as peft does: "FLOPs vs own floor" shows how much less, and "vs own floor" can read
-below 1.00x. Compiling happens in the warm-up steps, which are not timed.
-"FLOPs vs own floor" is the same division for the matrix-multiply FLOPs of one forward and backward, counted
-once per row with ``torch.utils.flop_counter`` on the eager step (``measure.run_flops``): the arithmetic the
-method adds, which no implementation can skip (full fine-tuning's weight gradients: 1.5x). Where it is well
-above 1.00x (QLoRA's r=64 LoRA on all seven linears of every block), "vs own floor" can only come close to it;
-the ``qlora_qv`` rows run QLoRA at LoRA's size (r=8 on q and v, the same NF4 base), where it adds what LoRA
-adds, so they read the 4-bit adapter's own cost apart from that arithmetic.
+Each measurement is its own process (``measure.py``); the job list is run ``--repeats`` times, alternating its
+order, and every number reported is the median over repeats. The peftlab rows use peftlab's training step as
+``peftlab train --compile`` runs it (step ``chunked+fused+compile+fastdrop``): for language models the chunked
+cross-entropy (``peftlab.train.speedups.losses.lm_loss``), each transformer block compiled with
+``torch.compile`` (``peftlab.train.speedups.compile``) and fused RMSNorm/SwiGLU
+(``peftlab.train.speedups.fused_ops``) where no block is compiled; for classifiers the model's own loss.
+Models that train with dropout (RoBERTa, T5) are not compiled: on CPU their compiled step is slower than the
+eager one (``comparison_jobs.step_for`` has the numbers); they draw their dropout masks as ``peftlab train``
+does on CPU (``peftlab.train.speedups.fast_dropout``: four masks per 64-bit random draw), their floors too.
+Without ``--compile``, ``peftlab train`` runs ``chunked+fused+fastdrop`` (``--extra-steps
+chunked+fused+fastdrop`` measures it too). The peft rows use the plain ``model(**batch).loss`` (what peft
+gives; ``--peft-step plain+compile`` compiles peft's blocks the same way, for reference); the full row too.
+"vs floor" divides by the frozen-base floor measured with the row's own step, so it isolates the adapter's own
+cost. "vs own floor" divides by the floor of the base as the method runs it, where the method changes what the
+base computes: prompt tuning's base reads 20 more input tokens, QLoRA's holds NF4 weights
+(``MethodEntry.changes_the_base``; those floors have their own rows); for every other method it is "vs floor".
+On the decoder-only models peftlab's prompt tuning runs each batch packed behind one copy of the prompt
+(``shared_prompt``), so it computes less than that floor, which prepends the prompt to every example as peft
+does: "FLOPs vs own floor" shows how much less, and "vs own floor" can read below 1.00x. Compiling happens in
+the warm-up steps, which are not timed. "FLOPs vs own floor" is the same division for the matrix-multiply
+FLOPs of one forward and backward, counted once per row with ``torch.utils.flop_counter`` on the eager step
+(``measure.run_flops``): the arithmetic the method adds, which no implementation can skip (full fine-tuning's
+weight gradients: 1.5x). Where it is well above 1.00x (QLoRA's r=64 LoRA on all seven linears of every block),
+"vs own floor" can only come close to it; the ``qlora_qv`` rows run QLoRA at LoRA's size (r=8 on q and v, the
+same NF4 base), where it adds what LoRA adds, so they read the 4-bit adapter's own cost apart from that
+arithmetic.
 
 "Paired" (``--kinds paired``): the method's step and its own floor's, both models in one process, steps
 interleaved in alternating order (``measure.run_paired``); "vs own floor" is the median of the rounds' own
@@ -57,7 +58,7 @@ optimizer state (activations, gradients, the loss's buffers), from one extra pro
 running allocation total on CPU, ``max_memory_allocated`` minus what was allocated before the step on a GPU.
 
 Host memory: on CPU every process, peft's and the floors' as well as peftlab's, keeps the blocks it frees
-for the next step (``--host-memory keep``, ``peftlab.core.host_memory``), as ``peftlab train`` does;
+for the next step (``--host-memory keep``, ``peftlab.train.speedups.host_memory``), as ``peftlab train`` does;
 without it glibc maps and zeroes each step's large tensors afresh, which costs a method that allocates
 more than its floor more than the floor. ``--host-memory system`` measures glibc's default.
 """
@@ -73,7 +74,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 import peft
@@ -84,93 +85,11 @@ from peftlab.core.atomic import write_text_atomic
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from measure import Job, own_floor  # noqa: E402
-from report_tables import flop_job, infer_table, paired_table, train_table, versus_table  # noqa: E402
-from workloads import METHODS, WORKLOADS, Workload  # noqa: E402
-
-
-def peftlab_methods() -> set[str]:
-    import peftlab
-
-    return set(peftlab.list_methods())
-
-
-def train_jobs(args: argparse.Namespace) -> list[Job]:
-    registered = peftlab_methods()
-    jobs = []
-    for name in args.models:
-        task = WORKLOADS[name].task
-        ours, theirs = (step_for(WORKLOADS[name], args.peftlab_step), step_for(WORKLOADS[name], args.peft_step))
-        common = {"workload": name, "setting": args.setting, "steps": args.steps, "warmup": args.warmup,
-                  "threads": args.threads, "device": args.device}
-        extras = [step_for(WORKLOADS[name], extra) for extra in args.extra_steps if task != "classify"]
-        extras = [extra for extra in extras if extra != ours]
-        steps = list(dict.fromkeys((theirs, ours, *extras)))  # every step a row runs: each gets its floor
-        jobs += [Job(library="floor", **common), Job(library="full", **common)]
-        jobs += [Job(library="floor", step=step, **common) for step in steps if step != "plain"]
-        for method in args.model_methods.get(name, args.methods):
-            if METHODS[method].changes_the_base:
-                jobs += [Job(library="floor", method=method, step=step, **common) for step in steps]
-            jobs.append(Job(library="peft", method=method, step=theirs, **common))
-            if METHODS[method].registered_name in registered:
-                jobs.append(Job(library="peftlab", method=method, step=ours, **common))
-                jobs += [Job(library="peftlab", method=method, step=extra, **common) for extra in extras]
-    return jobs
-
-
-def paired_jobs(args: argparse.Namespace) -> list[Job]:
-    """Each peftlab method against its own floor in one process, with peftlab's step."""
-    registered = peftlab_methods()
-    return [Job(workload=name, setting=args.setting, library="peftlab", method=method, kind="paired",
-                step=step_for(WORKLOADS[name], args.peftlab_step), steps=args.steps, warmup=args.warmup,
-                threads=args.threads, device=args.device)
-            for name in args.models for method in args.model_methods.get(name, args.methods)
-            if METHODS[method].registered_name in registered]
-
-
-def versus_jobs(args: argparse.Namespace) -> list[Job]:
-    """Each method's peftlab step against peft's, in one process (``measure.run_versus``)."""
-    registered = peftlab_methods()
-    return [Job(workload=name, setting=args.setting, library="peftlab", method=method, kind="versus",
-                step=step_for(WORKLOADS[name], args.peftlab_step),
-                partner_step=step_for(WORKLOADS[name], args.peft_step), steps=args.steps, warmup=args.warmup,
-                threads=args.threads, device=args.device)
-            for name in args.models for method in args.model_methods.get(name, args.methods)
-            if METHODS[method].registered_name in registered]
-
-
-def step_for(workload: Workload, step: str) -> str:
-    """``step`` as it applies to ``workload``: a classifier has no vocabulary to chunk (and BERT-style models no
-    RMSNorm to fuse); a model that trains with dropout is not compiled (on CPU the compiled dropout's random
-    numbers cost more than the fusion saves: T5 LoRA 0.60 s against 0.49 s eager, RoBERTa 0.54 against 0.50)
-    and only such a model has masks for fast dropout (``peftlab.core.fast_dropout``) to draw."""
-    loss, *features = step.split("+")
-    if workload.task == "classify":
-        loss, features = "plain", [f for f in features if f != "fused"]
-    drop = "compile" if workload.dropout else "fastdrop"
-    return "+".join([loss, *(f for f in features if f != drop)])
-
-
-def infer_jobs(args: argparse.Namespace) -> list[Job]:
-    registered = peftlab_methods()
-    jobs = []
-    for name in args.models:
-        for method in (m for m in args.model_methods.get(name, args.methods) if METHODS[m].mergeable):
-            for library in ("peft", "peftlab") if METHODS[method].registered_name in registered else ("peft",):
-                jobs.append(Job(workload=name, setting=args.setting, library=library, method=method, kind="infer",
-                                steps=args.infer_rounds, warmup=1, threads=args.threads, device=args.device))
-    return jobs
-
-
-def flop_jobs(training: list[Job], paired: list[Job] = ()) -> list[Job]:
-    """One FLOP count (``measure.run_flops``) per distinct computation among the training jobs and both sides
-    of the paired ones: compiling changes how fast a step runs, not what it computes, so ``+compile``
-    variants share one count."""
-    counted = {}
-    for job in [*training, *paired, *map(own_floor, paired)]:
-        job = flop_job(job)
-        counted.setdefault(job.key, job)
-    return list(counted.values())
+from comparison_jobs import all_jobs, flop_jobs  # noqa: E402
+from job import Job  # noqa: E402
+from method_entries import METHODS  # noqa: E402
+from report_tables import infer_table, paired_table, train_table, versus_table  # noqa: E402
+from workloads import WORKLOADS  # noqa: E402
 
 
 def run_job(job: Job) -> dict:
@@ -229,8 +148,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--methods", type=lambda s: s.split(","), default=list(METHODS))
     parser.add_argument("--peftlab-step", default="chunked+fused+compile+fastdrop", type=_step,
                         help="peftlab's step for LMs: plain or chunked loss, then +fused (RMSNorm, SwiGLU), +ckpt, "
-                             "+compile (torch.compile each block), +fastdrop (peftlab.core.fast_dropout); "
-                             "classifiers keep only +compile and +fastdrop (see step_for)")
+                             "+compile (torch.compile each block), +fastdrop (peftlab.train.speedups.fast_dropout); "
+                             "classifiers keep only +compile and +fastdrop (see comparison_jobs.step_for)")
     parser.add_argument("--peft-step", default="plain", type=_step,
                         help="the peft rows' step: plain (what peft gives), or plain+compile to compile peft's blocks too")
     parser.add_argument("--extra-steps", type=lambda s: [_step(x) for x in s.split(",") if x], default=[],
@@ -249,7 +168,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--host-memory", choices=("keep", "system"), default="keep",
                         help="keep: every process's malloc keeps freed blocks for reuse, as peftlab train does on "
-                             "CPU (peftlab.core.host_memory); system: glibc's default, which returns them")
+                             "CPU (peftlab.train.speedups.host_memory); system: glibc's default, which returns them")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
     args = parser.parse_args(argv)
@@ -262,14 +181,6 @@ def parse(argv: list[str]) -> argparse.Namespace:
     if unknown:
         parser.error(f"unknown method/model {unknown}; methods: {sorted(METHODS)}, models: {sorted(WORKLOADS)}")
     return args
-
-
-def all_jobs(args: argparse.Namespace) -> tuple[list[Job], list[Job], list[Job], list[Job]]:
-    """The training, paired, versus and inference jobs ``--kinds`` asks for, each run with ``--host-memory``."""
-    kinds = {"train": train_jobs, "paired": paired_jobs, "versus": versus_jobs, "infer": infer_jobs}
-    chosen = set(args.kinds) - ({"infer"} if args.no_inference else set())
-    return tuple([replace(job, host_memory=args.host_memory) for job in (build(args) if kind in chosen else [])]
-                 for kind, build in kinds.items())  # type: ignore[return-value]
 
 
 def main(argv: list[str]) -> None:

@@ -15,7 +15,7 @@ export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 print('torch', torch.__version__, 'cuda', torch.version.cuda, 'transformers', transformers.__version__,
       'peft', peft.__version__, 'bitsandbytes', bitsandbytes.__version__)"; } 2>&1 | tee "$out/versions.txt"
 python3 -m pytest -m cuda -q -p no:cacheprovider -rs \
-    tests/core/test_fused_ops.py tests/methods/reparameterized/test_qlora.py \
+    tests/train/speedups/test_fused_ops.py tests/methods/reparameterized/test_qlora.py \
     tests/train/test_cli_runs.py tests/benchmarks/test_measure.py 2>&1 | tee "$out/pytest.log"
 status=${PIPESTATUS[0]}
 if [ $# -gt 0 ]; then

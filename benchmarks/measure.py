@@ -17,50 +17,23 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import peft  # noqa: E402,F401  (imported in every process alike, see above)
+import peft  # noqa: E402  (imported in every process alike, see above)
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 import peftlab  # noqa: E402
-from peftlab.core.checkpointing import enable_activation_checkpointing  # noqa: E402
-from peftlab.core.compile import compile_blocks  # noqa: E402
-from peftlab.core.fast_dropout import fast_dropout  # noqa: E402
-from peftlab.core.fused_ops import fuse  # noqa: E402
-from peftlab.core.host_memory import keep_freed_memory  # noqa: E402
-from peftlab.core.losses import lm_loss  # noqa: E402
 from peftlab.core.targeting import replace_module  # noqa: E402
-from workloads import METHODS, WORKLOADS, build_model, make_batch  # noqa: E402
+from peftlab.train.speedups.host_memory import keep_freed_memory  # noqa: E402
 
-
-LR = 1e-4
-
-
-@dataclass(frozen=True)
-class Job:
-    workload: str
-    setting: str
-    library: str  # "peftlab", "peft", "floor" (frozen base, one trainable scalar) or "full"
-    method: str = ""  # for "floor": the method whose base the floor runs (its own floor), or "" for the plain base
-    step: str = "plain"  # "plain" (model(**batch).loss) or "chunked" (peftlab lm_loss), then "+fused", "+ckpt", "+compile", "+fastdrop"
-    kind: str = "train"  # or "infer", "flops" (one eager step's matmul FLOPs), "paired" (against the own floor),
-    #                      "versus" (against HF peft's step, ``partner_step``, in the same process)
-    steps: int = 3
-    warmup: int = 1
-    threads: int = 2
-    device: str = "cpu"
-    partner_step: str = "plain"  # the peft side's step of a "versus" job
-    host_memory: str = "keep"  # "keep": malloc keeps freed blocks (peftlab.core.host_memory); "system": glibc's default
-
-    @property
-    def key(self) -> str:
-        return "/".join((self.kind, self.workload, self.library, self.method or "-", self.step))
+from job import Job, Prepared, adapt, own_floor, prepare, train_step  # noqa: E402
+from workloads import WORKLOADS, build_model, make_batch  # noqa: E402
 
 
 def _sync(device: str) -> None:
@@ -96,86 +69,6 @@ def _step_tensor_peak_mb(step: Callable[[], None], device: str) -> float:
     return max([0, *totals]) / 2**20
 
 
-def _floor(model: nn.Module) -> list[nn.Parameter]:
-    """Everything frozen; one scalar scales the embedding output, so backward still crosses every layer."""
-    for parameter in model.parameters():
-        parameter.requires_grad_(False)
-    scale = nn.Parameter(torch.ones((), device=next(model.parameters()).device))
-    shared = model.get_input_embeddings().weight
-    for module in model.modules():  # T5's stacks hold their own modules around the shared weight
-        if isinstance(module, nn.Embedding) and module.weight is shared:
-            module.register_forward_hook(lambda _m, _i, output: output * scale)
-    return [scale]
-
-
-def _adapt(job: Job, model: nn.Module) -> tuple[nn.Module, torch.optim.Optimizer, Callable[[int], None], int]:
-    """Apply the job's method; returns (model, optimizer, per-step hook, trainable count).
-
-    peftlab rows use ``peftlab.make_optimizer`` (AdamW, or what the method asks for); the others AdamW."""
-    workload = WORKLOADS[job.workload]
-    if job.library == "floor":
-        if job.method and METHODS[job.method].prepare_base is not None:
-            METHODS[job.method].prepare_base(model, workload)
-        return model, torch.optim.AdamW(_floor(model), lr=LR), lambda step: None, 1
-    if job.library == "full":
-        model.requires_grad_(True)
-        trainable = sum(p.numel() for p in model.parameters())
-        return model, torch.optim.AdamW(model.parameters(), lr=LR), lambda step: None, trainable
-    entry = METHODS[job.method]
-    if entry.prepare_base is not None:
-        entry.prepare_base(model, workload)
-    if job.library == "peft":
-        model = peft.get_peft_model(model, entry.peft_config(model, workload))
-        after = entry.peft_after_step or (lambda _model, _step: None)
-        optimizer = (entry.peft_optimizer(model, LR) if entry.peft_optimizer is not None  # may freeze (LoRA-FA's A)
-                     else torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=LR))
-        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        return model, optimizer, lambda step: after(model, step), trainable
-    peftlab.apply(model, entry.registered_name, **entry.peftlab_options(model, workload))
-    hooks = peftlab.training_hooks(model)
-    if hooks.needs_prepare():
-        hooks.prepare(model, [make_batch(workload, job.setting)])
-    optimizer = peftlab.make_optimizer(model, lr=LR)
-    return model, optimizer, lambda step: hooks.after_optimizer_step(model, step), peftlab.parameter_counts(model)[0]
-
-
-@dataclass
-class Prepared:
-    model: nn.Module
-    optimizer: torch.optim.Optimizer
-    after_step: Callable[[int], None]
-    trainable: int
-    compute_loss: Callable[[], torch.Tensor]  # with the method's regularization (AdaLoRA's), if any
-    hooks: Any  # peftlab's training hooks, or None for the other libraries
-
-
-def prepare(job: Job, features: set[str]) -> Prepared:
-    """The job's model, adapted, with the step's features applied, its batch and its loss."""
-    workload = WORKLOADS[job.workload]
-    model = build_model(workload, job.setting).to(job.device)
-    model, optimizer, after_step, trainable = _adapt(job, model)
-    model.train()
-    if "ckpt" in features:
-        enable_activation_checkpointing(model, compiled_blocks="compile" in features)
-    if "compile" in features:
-        compile_blocks(model)  # before fuse, which leaves what the compiler fuses alone
-    if "fused" in features:
-        fuse(model)
-    lead_tokens = METHODS[job.method].lead_tokens if job.library == "floor" and job.method else 0
-    batch = {name: value.to(job.device) for name, value in make_batch(workload, job.setting, lead_tokens=lead_tokens).items()}
-    if "compile" in features and workload.task != "classify":
-        batch["use_cache"] = False  # lm_loss does this itself; the plain loss needs telling
-    model_loss = (lambda: lm_loss(model, batch)) if "chunked" in features else (lambda: model(**batch).loss)
-
-    def loss_only() -> torch.Tensor:
-        with fast_dropout("fastdrop" in features):
-            return model_loss()
-
-    hooks = peftlab.training_hooks(model) if job.library == "peftlab" else None
-    compute_loss = loss_only if hooks is None else (lambda: loss_only() + hooks.regularization(model))
-    return Prepared(model, optimizer, after_step, trainable, compute_loss, hooks)
-
-
 def run_flops(job: Job) -> dict[str, Any]:
     """The matrix-multiply FLOPs of one training step's forward and backward (``FlopCounterMode``), run
     eagerly: compiling changes how fast the step runs, not what it computes. Set against the floor's count
@@ -201,18 +94,6 @@ def _custom_flop_formulas() -> dict[Any, Callable[..., int]]:
     return {gemm_4bit: nf4_matmul}
 
 
-def train_step(prepared: Prepared, step: int) -> float:
-    """One optimizer step; returns the loss (``item()``: the step has finished when it returns)."""
-    loss = prepared.compute_loss()
-    loss.backward()
-    if prepared.hooks is not None:
-        prepared.hooks.before_optimizer_step(prepared.model, step)
-    prepared.optimizer.step()
-    prepared.after_step(step)
-    prepared.optimizer.zero_grad(set_to_none=True)
-    return loss.item()
-
-
 def run_train(job: Job) -> dict[str, Any]:
     prepared = prepare(job, set(job.step.split("+")))
     model, optimizer, trainable = prepared.model, prepared.optimizer, prepared.trainable
@@ -232,11 +113,6 @@ def run_train(job: Job) -> dict[str, Any]:
     return {"step_s": statistics.median(times[job.warmup:]), "peak_mb": peak_mb, "step_tensor_mb": step_tensor_mb,
             "trainable": trainable, "first_loss": losses[0], "frozen_with_grad": frozen_with_grad,
             "optimizer_state": optimizer_state}
-
-
-def own_floor(job: Job) -> Job:
-    """The floor job of ``job``'s method: the base as the method runs it (see ``MethodEntry.changes_the_base``)."""
-    return replace(job, library="floor", method=job.method if METHODS[job.method].changes_the_base else "")
 
 
 def run_paired(job: Job) -> dict[str, Any]:
@@ -324,7 +200,7 @@ def run_infer(job: Job) -> dict[str, Any]:
     adds time); "vs base" is the median of the rounds' own ratios, so a slow stretch slows both sides of a
     ratio alike instead of landing on one of them."""
     workload = WORKLOADS[job.workload]
-    model, _, _, _ = _adapt(job, build_model(workload, job.setting).to(job.device))
+    model, _, _, _ = adapt(job, build_model(workload, job.setting).to(job.device))
     model.eval()
     generator = torch.Generator().manual_seed(2)
     with torch.no_grad():  # move the adapter off its identity start so merging changes weights

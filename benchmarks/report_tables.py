@@ -10,8 +10,9 @@ import statistics
 from collections.abc import Callable
 from dataclasses import replace
 
-from measure import Job, own_floor
-from workloads import METHODS, WORKLOADS
+from job import Job, own_floor
+from method_entries import METHODS
+from workloads import WORKLOADS
 
 
 def eager(step: str) -> str:

@@ -128,9 +128,9 @@ def architecture(request) -> str:
 
 
 def count_fast_dropouts(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """The sizes of the tensors ``peftlab.core.fast_dropout`` drops from, call by call, with its size threshold
-    off so that tiny models' tensors take it too."""
-    from peftlab.core import fast_dropout
+    """The sizes of the tensors ``peftlab.train.speedups.fast_dropout`` drops from, call by call, with its size
+    threshold off so that tiny models' tensors take it too."""
+    from peftlab.train.speedups import fast_dropout
 
     calls: list[int] = []
     original = fast_dropout.dropout

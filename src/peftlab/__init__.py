@@ -15,12 +15,14 @@ from peftlab import methods as _methods  # noqa: F401  (importing it registers e
 from peftlab import interop as _interop  # noqa: F401  (lets load_adapter read HF peft folders)
 from peftlab.core.accounting import ParameterReport, parameter_counts, parameter_report
 from peftlab.core.config import ConfigError, MethodConfig
-from peftlab.core.hooks import TrainingHooks, make_optimizer, method_report, parameter_groups, training_hooks
-from peftlab.core.injection import adapter_parameters, apply_config, peft_state
+from peftlab.core.hooks import TrainingHooks
+from peftlab.core.injection import apply_config
 from peftlab.core.layers import OffloadedWeightsError
 from peftlab.core.merging import MergeError, MergeReport, merge, unload, unmerge
+from peftlab.core.method_hooks import make_optimizer, method_report, parameter_groups, training_hooks
 from peftlab.core.registry import MethodSpec, all_methods, describe_all, get_method
 from peftlab.core.serialization import AdapterFileError, load_adapter, save_adapter
+from peftlab.core.state import adapter_parameters, peft_state
 from peftlab.core.targeting import TargetError
 from peftlab.methods.reparameterized.adalora import rank_pattern
 

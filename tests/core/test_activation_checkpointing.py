@@ -10,7 +10,7 @@ import torch
 import peftlab
 from conftest import BUILDERS, batch_for
 from peftlab.core.checkpointing import CheckpointingError, enable_activation_checkpointing
-from peftlab.core.losses import lm_loss
+from peftlab.train.speedups.losses import lm_loss
 
 
 # Methods that change what attention sees (soft prompts, prefixes, gated prefixes) must be recomputed

@@ -34,7 +34,7 @@ def fingerprint(model: nn.Module) -> dict[str, object]:
         "hooks": [(name, len(m._forward_hooks), len(m._forward_pre_hooks)) for name, m in model.named_modules()],
         "attributes": {name: sorted(vars(m)) for name, m in model.named_modules()},
         "logits": logits,
-        "state": injection.peft_state(model),
+        "state": peftlab.peft_state(model),
     }
 
 

@@ -6,8 +6,8 @@ import torch
 from torch import nn
 
 import peftlab
-from peftlab.core.hooks import adamw
 from conftest import tiny_llama
+from peftlab.core.method_hooks import adamw
 
 
 def _step(model: nn.Module, optimizer: torch.optim.Optimizer, inputs: torch.Tensor) -> None:

@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from peftlab.cli import main
-from peftlab.train import loop
+from peftlab.train import trainer
 from peftlab.train.checkpoint import STATE_NAME
 
 REPO = Path(__file__).resolve().parents[2]
@@ -29,14 +29,14 @@ def argv(model, data_root, output, *extra) -> list[str]:
 
 
 def signal_after_step(monkeypatch, step: int, number: int) -> None:
-    real = loop.Trainer.after_step
+    real = trainer.Trainer.after_step
 
     def after_step(self, progress, epoch_end):
         real(self, progress, epoch_end)
         if progress.step == step:
             os.kill(os.getpid(), number)  # as if sent by Ctrl-C or the scheduler during this step
 
-    monkeypatch.setattr(loop.Trainer, "after_step", after_step)
+    monkeypatch.setattr(trainer.Trainer, "after_step", after_step)
 
 
 @pytest.mark.parametrize("number,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])

@@ -5,10 +5,10 @@ import pytest
 from transformers import AutoModelForCausalLM
 
 import peftlab
-from peftlab.core.faults import NonFiniteLossError, OutOfMemoryError
 from peftlab.core.hooks import TrainingHooks
-from peftlab.train import TrainArgs, loop, run_training
+from peftlab.train import TrainArgs, run_training, trainer
 from peftlab.train.checkpoint import latest_checkpoint as real_latest_checkpoint
+from peftlab.train.faults import NonFiniteLossError, OutOfMemoryError
 
 
 def load_model(path):
@@ -35,7 +35,7 @@ def test_nan_loss_stops_and_names_the_last_good_checkpoint(tiny_models, data_roo
         return real_latest_checkpoint(output)
 
     monkeypatch.setattr(TrainingHooks, "regularization", poisoned)
-    monkeypatch.setattr(loop, "latest_checkpoint", latest_checkpoint)
+    monkeypatch.setattr(trainer, "latest_checkpoint", latest_checkpoint)
     with pytest.raises(NonFiniteLossError, match=r"loss became nan at step 3.*checkpoint-2; resume from it"):
         run_training(args_for(tiny_models, data_root, tmp_path / "run"))
     assert len(searches) == 1  # the checkpoint folder is searched only for the message, not on every step

@@ -79,7 +79,7 @@ def test_default_step_chunked_loss_and_fused_ops_trains_as_the_plain_step(tiny_m
     plain = run_training(TrainArgs(**common, output_dir=str(tmp_path / "plain"), loss="plain", fused_ops=False,
                                    fast_dropout=False))
     assert fast["loss"] == "chunked" and plain["loss"] == "plain"
-    assert fast["kept_freed_memory"] is (platform.libc_ver()[0] == "glibc")  # peftlab.core.host_memory, on CPU
+    assert fast["kept_freed_memory"] is (platform.libc_ver()[0] == "glibc")  # train.speedups.host_memory, on CPU
     assert plain["fused_modules"] == 0 and fast["fused_modules"] > 0  # RMS norms (and LLaMA's SwiGLU MLPs)
     assert_same_adapter(tmp_path / "default", tmp_path / "plain", atol=1e-5, rtol=1e-4)
 
@@ -134,7 +134,7 @@ def test_fast_dropout_is_the_default_on_cpu(tiny_models, data_root, monkeypatch)
     common = dict(model=str(tiny_models["bert"]), task="sst2", method="lora", data_dir=str(data_root),
                   max_train_samples=8, max_eval_samples=4, batch_size=4, max_steps=1, progress=False)
     metrics = run_training(TrainArgs(**common))
-    assert metrics["fast_dropout"] is True and calls  # peftlab.core.fast_dropout drew the step's masks
+    assert metrics["fast_dropout"] is True and calls  # peftlab.train.speedups.fast_dropout drew the step's masks
     calls.clear()
     assert run_training(TrainArgs(**common, fast_dropout=False))["fast_dropout"] is False and not calls
     llama = dict(common, model=str(tiny_models["llama"]), task="alpaca")  # no dropout layer: nothing to draw
@@ -142,8 +142,8 @@ def test_fast_dropout_is_the_default_on_cpu(tiny_models, data_root, monkeypatch)
 
 
 def test_gradient_checkpointing_redraws_the_fast_dropout_masks(tiny_models, data_root, tmp_path, monkeypatch):
-    """With dropout drawn by peftlab.core.fast_dropout, a checkpointed run trains the adapter the plain one does."""
-    from peftlab.core import fast_dropout
+    """With dropout drawn by train.speedups.fast_dropout, a checkpointed run trains the adapter the plain one does."""
+    from peftlab.train.speedups import fast_dropout
 
     monkeypatch.setattr(fast_dropout, "MIN_ELEMENTS", 0)  # the tiny model's tensors take the fast masks
     common = dict(model=str(tiny_models["bert"]), task="sst2", method="lora", data_dir=str(data_root),
@@ -157,7 +157,7 @@ def test_gradient_checkpointing_redraws_the_fast_dropout_masks(tiny_models, data
 
 def test_steps_run_in_training_mode(tiny_models, data_root, monkeypatch):
     """from_pretrained gives a model in eval mode; the trainer's steps run it in training mode (dropout on)."""
-    from peftlab.train.loop import Trainer
+    from peftlab.train.trainer import Trainer
 
     modes: list[bool] = []
     step = Trainer.optimizer_step

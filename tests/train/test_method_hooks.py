@@ -7,8 +7,8 @@ import pytest
 from safetensors.torch import load_file
 
 from peftlab.train import TrainArgs, run_training
-from peftlab.train.loop import Trainer
 from peftlab.train.plan import optimizer_steps
+from peftlab.train.trainer import Trainer
 
 
 def test_adalora_gets_the_run_length(tiny_models, data_root, tmp_path):

@@ -9,10 +9,10 @@ import torch
 
 import peftlab
 from conftest import BUILDERS, VOCAB
-from peftlab.core.losses import lm_loss
 from peftlab.train import TrainArgs, run_training
 from peftlab.train.encoding import IGNORE, collate
 from peftlab.train.packing import collate_packed, pack_rows, packing_problem
+from peftlab.train.speedups.losses import lm_loss
 
 LENGTHS = (13, 4, 9, 5, 13, 3)  # with a longest of 13, the six pack into four rows
 

@@ -7,8 +7,8 @@ from dataclasses import asdict, dataclass
 
 from torch import nn
 
-from peftlab.core.injection import adapter_parameters, peft_state
 from peftlab.core.layers import AdapterModule
+from peftlab.core.state import adapter_parameters, peft_state
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,8 @@ from torch import nn
 
 from peftlab.core.accounting import logical_shape
 from peftlab.core.errors import AdapterFileError, few
-from peftlab.core.injection import peft_state
 from peftlab.core.layers import AdapterModule
+from peftlab.core.state import peft_state
 
 
 class BaseModelMismatchWarning(UserWarning):

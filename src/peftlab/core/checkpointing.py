@@ -9,10 +9,14 @@ It costs about one extra forward per step and saves most of the stored activatio
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+
 from torch import nn
 
 from peftlab.core.errors import UserError
-from peftlab.core.fast_dropout import checkpoint_contexts
+
+ContextFn = Callable[[], tuple[AbstractContextManager, AbstractContextManager]]  # torch.utils.checkpoint's context_fn
 
 
 class CheckpointingError(UserError, ValueError):
@@ -20,12 +24,13 @@ class CheckpointingError(UserError, ValueError):
 
 
 def enable_activation_checkpointing(model: nn.Module, *, reentrant: bool = False, every_n_layers: int = 1,
-                                    compiled_blocks: bool = False) -> None:
+                                    context_fn: ContextFn | None = None) -> None:
     """Checkpoint every ``every_n_layers``-th transformer layer (1: all) while the model is in train mode.
 
-    Non-reentrant, a recomputed layer draws the dropout masks its forward drew, also under
-    ``peftlab.core.fast_dropout``; pass ``compiled_blocks=True`` when the blocks will be compiled
-    (``peftlab.core.compile``): the compiler draws their masks itself and accepts no other recompute context."""
+    Non-reentrant, a recomputed layer draws the dropout masks its forward drew. ``context_fn`` (non-reentrant
+    only) wraps the forward and its recomputation: a training loop that draws masks its own way passes its
+    contexts here (``peftlab.train.speedups.fast_dropout.checkpoint_contexts``); leave it out when the blocks
+    will be compiled, as the compiler draws their masks itself and accepts no other recompute context."""
     if not getattr(model, "supports_gradient_checkpointing", False):
         raise CheckpointingError(
             f"{type(model).__name__} does not support activation checkpointing; train it without"
@@ -33,8 +38,10 @@ def enable_activation_checkpointing(model: nn.Module, *, reentrant: bool = False
     if every_n_layers < 1:
         raise CheckpointingError(f"every_n_layers must be at least 1, got {every_n_layers}")
     kwargs: dict = {"use_reentrant": reentrant}
-    if not reentrant and not compiled_blocks:
-        kwargs["context_fn"] = checkpoint_contexts
+    if context_fn is not None:
+        if reentrant:
+            raise CheckpointingError("context_fn needs non-reentrant checkpointing (reentrant=False)")
+        kwargs["context_fn"] = context_fn
     if hasattr(model, "activation_checkpointing_enable"):
         model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs, every_n_layers=every_n_layers)
     elif every_n_layers == 1:

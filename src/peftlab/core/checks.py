@@ -14,8 +14,8 @@ from collections.abc import Iterator, Mapping
 import torch
 from torch import nn
 
-from peftlab.core.injection import peft_state
 from peftlab.core.layers import AdapterLayer, AdapterModule
+from peftlab.core.state import peft_state
 
 
 class InertAdapterWarning(UserWarning):

@@ -1,67 +1,30 @@
 """Applying a method to a model: inject its modules, freeze the base, record what was done.
 
-The model stays a plain ``transformers`` model. What was applied lives in ``model.peftlab_state``;
-the trainable set is found by walking the model's :class:`AdapterModule` s plus the base parameters
-a partial method selected.
+The model stays a plain ``transformers`` model. What was applied lives in ``model.peftlab_state``
+(:mod:`peftlab.core.state`), and only the method's parameters keep ``requires_grad``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 
 import torch
 from torch import nn
 
+from peftlab.core.base_identity import base_model_info
 from peftlab.core.checkpointing import checkpointing_enabled
 from peftlab.core.config import MethodConfig
 from peftlab.core.errors import UserError
-from peftlab.core.layers import OFFLOAD_ADVICE, AdapterLayer, AdapterModule, OffloadedWeightsError
+from peftlab.core.layers import OFFLOAD_ADVICE, AdapterLayer, OffloadedWeightsError
 from peftlab.core.registry import spec_for_config
+from peftlab.core.state import STATE_ATTRIBUTE, PeftState, adapter_parameters, peft_state
 from peftlab.core.targeting import find_parameters
-
-STATE_ATTRIBUTE = "peftlab_state"
-
-
-@dataclass
-class Injection:
-    """What a method's ``inject`` reports back to the core.
-
-    ``selected``: names of *base* parameters the method trains (partial methods, full fine-tuning).
-    ``created``: names of parameters it added directly to base modules (e.g. BitFit's missing biases).
-    ``count_trainable``: the survey's trainable count when it is not the plain sum of numels.
-    ``count_note``: what that count counts, shown beside it (e.g. ProPETL's 1-bit masks).
-    ``hooks``: handles removed when the method is taken off.
-    """
-
-    selected: list[str] = field(default_factory=list)
-    created: list[str] = field(default_factory=list)
-    count_trainable: Callable[[nn.Module], int] | None = None
-    count_note: str = ""
-    hooks: list[torch.utils.hooks.RemovableHandle] = field(default_factory=list)
-
-
-@dataclass
-class PeftState:
-    """Attached to an adapted model as ``model.peftlab_state``."""
-
-    config: MethodConfig
-    injection: Injection
-    base_model: dict = field(default_factory=dict)  # the base's identity before injection (base_identity.base_model_info)
-
-    @property
-    def method(self) -> str:
-        return self.config.method
 
 
 class AlreadyAdaptedError(UserError, RuntimeError):
     pass
-
-
-def peft_state(model: nn.Module) -> PeftState | None:
-    return model.__dict__.get(STATE_ATTRIBUTE)
 
 
 def apply_config(model: nn.Module, config: MethodConfig) -> nn.Module:
@@ -77,8 +40,6 @@ def apply_config(model: nn.Module, config: MethodConfig) -> nn.Module:
             f"this model already carries {existing.method!r}; load a fresh base model, or use a hybrid "
             f"method (e.g. 'mam', 'unipelt') to combine methods"
         )
-    from peftlab.core.base_identity import base_model_info  # base_identity builds on this module
-
     spec = spec_for_config(config)
     _refuse_offloaded_weights(model, config.method)
     if config.modules_to_save:
@@ -148,33 +109,6 @@ def _refuse_offloaded_weights(model: nn.Module, method: str) -> None:
             f"cannot apply {method!r}: {len(offloaded)} module(s) hold weights on the meta device ({shown}), "
             f"as accelerate leaves layers that device_map offloads to 'cpu' or 'disk'. {OFFLOAD_ADVICE}"
         )
-
-
-def adapter_parameters(model: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:
-    """The parameters the applied method trains, with their names in ``model``."""
-    state = peft_state(model)
-    if state is None:
-        raise ValueError("this model carries no peftlab method; call peftlab.apply(model, method) first")
-    seen: set[int] = set()
-    for module_name, module in model.named_modules():
-        if isinstance(module, AdapterModule):
-            for name, parameter in module.adapter_parameters():
-                if id(parameter) not in seen:
-                    seen.add(id(parameter))
-                    yield (f"{module_name}.{name}" if module_name else name), parameter
-    named = dict(model.named_parameters(remove_duplicate=False))
-    for name in dict.fromkeys(state.injection.selected + state.injection.created):
-        parameter = named[name]
-        if id(parameter) not in seen:
-            seen.add(id(parameter))
-            yield name, parameter
-
-
-def adapter_buffers(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
-    for module_name, module in model.named_modules():
-        if isinstance(module, AdapterModule):
-            for name, buffer in module.adapter_buffers():
-                yield (f"{module_name}.{name}" if module_name else name), buffer
 
 
 def freeze_all_but_adapter(model: nn.Module) -> None:

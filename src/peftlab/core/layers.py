@@ -122,6 +122,12 @@ def innermost(module: nn.Module) -> nn.Module:
     return module
 
 
+def tensor_options(like: torch.Tensor) -> dict[str, torch.dtype | torch.device]:
+    """The ``dtype`` and ``device`` keywords for a method's new tensors beside ``like`` (a base weight): its
+    dtype, float32 where it is stored as integers (a quantized base), and its device."""
+    return {"dtype": like.dtype if like.is_floating_point() else torch.float32, "device": like.device}
+
+
 def linear_shape(module: nn.Module) -> tuple[int, int]:
     """(in_features, out_features) of a Linear, a GPT-2 Conv1D, or a wrapper of either."""
     module = innermost(module)

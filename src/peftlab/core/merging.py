@@ -13,10 +13,10 @@ from torch import nn
 
 from peftlab.core.checks import warn_if_inert
 from peftlab.core.errors import UserError
-from peftlab.core.injection import peft_state
 from peftlab.core.layers import AdapterLayer, AdapterModule
 from peftlab.core.probe import probe_output
 from peftlab.core.registry import get_method
+from peftlab.core.state import peft_state
 from peftlab.core.targeting import replace_module
 
 

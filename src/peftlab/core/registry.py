@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -15,16 +15,14 @@ from torch import nn
 from peftlab.core.architectures import ARCHITECTURES
 from peftlab.core.config import MethodConfig
 from peftlab.core.errors import UserError
-
-if TYPE_CHECKING:
-    from peftlab.core.hooks import TrainingHooks
-    from peftlab.core.injection import Injection
+from peftlab.core.hooks import TrainingHooks
+from peftlab.core.state import Injection
 
 Family = Literal["baseline", "additive", "partial", "reparameterized", "hybrid", "unified"]
 FAMILIES: tuple[Family, ...] = ("baseline", "additive", "partial", "reparameterized", "hybrid", "unified")
 ALL_ARCHITECTURES: tuple[str, ...] = tuple(ARCHITECTURES)  # the families core/architectures.py knows
 
-InjectFn = Callable[[nn.Module, MethodConfig], "Injection"]
+InjectFn = Callable[[nn.Module, MethodConfig], Injection]
 
 
 @dataclass(frozen=True, kw_only=True)

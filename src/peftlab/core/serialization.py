@@ -30,9 +30,10 @@ from peftlab.core.base_identity import BaseModelMismatchWarning, base_model_info
 from peftlab.core.checks import non_finite_tensors, warn_if_inert
 from peftlab.core.config import ConfigError, MethodConfig
 from peftlab.core.errors import AdapterFileError, few
-from peftlab.core.hooks import method_report
-from peftlab.core.injection import adapter_buffers, adapter_parameters, apply_config, peft_state, restored_on_error
+from peftlab.core.injection import apply_config, restored_on_error
+from peftlab.core.method_hooks import method_report
 from peftlab.core.registry import get_method
+from peftlab.core.state import adapter_buffers, adapter_parameters, peft_state
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"

@@ -26,7 +26,8 @@ import torch
 from torch import nn
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from peftlab.core.hooks import TrainingHooks, training_hooks
+from peftlab.core.hooks import TrainingHooks
+from peftlab.core.method_hooks import training_hooks
 
 
 class PeftlabCallback(TrainerCallback):

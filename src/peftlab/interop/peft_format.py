@@ -25,7 +25,6 @@ from torch import nn
 from peftlab.core.atomic import atomic_directory
 from peftlab.core.base_identity import base_model_info
 from peftlab.core.config import MethodConfig
-from peftlab.core.injection import peft_state
 from peftlab.core.outputs import OutputKind, claim_output
 from peftlab.core.serialization import (
     CONFIG_NAME,
@@ -36,6 +35,7 @@ from peftlab.core.serialization import (
     read_adapter,
     read_config_json,
 )
+from peftlab.core.state import peft_state
 from peftlab.interop.peft_converters import (
     PREFIX,
     Grouped,

@@ -96,8 +96,8 @@ class TrainArgs:
                                       "process's memory stays at its peak); off: they go back to the system "
                                       "between steps", True)
     fast_dropout: bool = setting("on CPU, dropout masks from 16-bit slices of 64-bit random draws, four per draw "
-                                 "(peftlab.core.fast_dropout); off: PyTorch's own dropout, one random float per "
-                                 "element (slower)", True)
+                                 "(peftlab.train.speedups.fast_dropout); off: PyTorch's own dropout, one random float "
+                                 "per element (slower)", True)
     compile: bool = setting("torch.compile each transformer block (regional): the first steps compile, then "
                             "every step is faster (same function; needs a C++ compiler on CPU)", False)
     mixed_precision: MixedPrecision = setting("auto: bf16 on a GPU that has it, fp16 on other GPUs, off on CPU",

@@ -1,6 +1,6 @@
 """Which loss a training step computes: the chunked language-model loss where it applies, else the model's.
 
-``--loss auto`` (the default) takes :func:`peftlab.core.losses.lm_loss` for text-writing tasks on a
+``--loss auto`` (the default) takes :func:`peftlab.train.speedups.losses.lm_loss` for text-writing tasks on a
 model whose output head is a plain linear layer, without FSDP (which shards that head), and the
 model's own ``model(**batch).loss`` otherwise; ``--loss chunked`` insists and says why it cannot;
 ``--loss plain`` always takes the model's own. Both give the same loss and gradients.
@@ -13,8 +13,8 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import nn
 
-from peftlab.core.losses import chunked_loss_problem, lm_loss
 from peftlab.train.args import ArgumentError
+from peftlab.train.speedups.losses import chunked_loss_problem, lm_loss
 
 LossFunction = Callable[[nn.Module, Mapping[str, torch.Tensor]], torch.Tensor]
 

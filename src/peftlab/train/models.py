@@ -17,7 +17,7 @@ from torch import nn
 
 from peftlab.core.architectures import ARCHITECTURES, MODEL_TYPES
 from peftlab.core.errors import UserError
-from peftlab.core.hooks import prepended_positions
+from peftlab.core.method_hooks import prepended_positions
 from peftlab.tasks import Task
 
 ModelKind = Literal["encoder", "encoder-decoder", "decoder"]

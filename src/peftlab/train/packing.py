@@ -30,7 +30,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from peftlab.core.hooks import prepended_positions
+from peftlab.core.method_hooks import prepended_positions
 from peftlab.train.encoding import IGNORE, Features
 
 PROBE_LENGTHS = (5, 3)  # two short examples, packed into one row, in the probe

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
+import torch
+
 import peftlab
 from peftlab.core.atomic import write_text_atomic
 from peftlab.core.serialization import CONFIG_NAME, WEIGHTS_NAME
@@ -14,7 +16,18 @@ from peftlab.train.checkpoint import Progress
 from peftlab.train.resources import peak_memory
 
 if TYPE_CHECKING:
-    from peftlab.train.loop import Trainer
+    from peftlab.train.trainer import Trainer
+
+
+def record_run(trainer: Trainer, progress: Progress) -> dict[str, Any]:
+    """The finished run's record; with an output folder, written there beside the adapter (metrics.json last)."""
+    device = trainer.accelerator.device
+    tokens = int(trainer.accelerator.reduce(torch.tensor(progress.train_tokens, device=device), reduction="sum"))
+    metrics = run_metrics(trainer, progress, tokens)
+    if trainer.output is not None:
+        save_final(trainer, metrics)
+    trainer.accelerator.wait_for_everyone()
+    return metrics
 
 
 def run_metrics(trainer: Trainer, progress: Progress, tokens: int) -> dict[str, Any]:

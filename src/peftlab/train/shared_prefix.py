@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import DynamicCache
 
-from peftlab.core.hooks import reuses_kv_cache
+from peftlab.core.method_hooks import reuses_kv_cache
 from peftlab.tasks import Example
 from peftlab.train.encoding import PromptCuts, encode_prompts
 

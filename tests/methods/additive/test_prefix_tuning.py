@@ -11,8 +11,8 @@ from transformers import OPTConfig, OPTForCausalLM
 import peftlab
 from conftest import BUILDERS, FAMILY_BUILDERS, batch_for, tiny_gpt2, tiny_t5
 from peftlab.core.probe import probe_output
-from peftlab.methods.additive.prefix_attention import PrefixAttentionError
 from peftlab.methods.additive.prefix_tuning import fold, prefix_encoder, prefix_parameter_counts
+from peftlab.methods.shared.prefix_attention import PrefixAttentionError
 
 P, HEADS, HEAD = 3, 4, 8
 OPTIONS = {"num_virtual_tokens": P, "mlp_hidden_size": 16}

@@ -16,9 +16,9 @@ import torch
 from torch import nn
 
 from peftlab.core.config import MethodConfig, option, require
-from peftlab.core.injection import Injection
-from peftlab.core.layers import AdapterLayer
+from peftlab.core.layers import AdapterLayer, tensor_options
 from peftlab.core.registry import MethodSpec, register
+from peftlab.core.state import Injection
 from peftlab.core.targeting import find_modules, replace_module
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh}
@@ -56,7 +56,7 @@ class Bottleneck(nn.Module):
 
     def __init__(self, features: int, bottleneck: int, activation: str, like: torch.Tensor) -> None:
         super().__init__()
-        factory = {"dtype": like.dtype if like.is_floating_point() else torch.float32, "device": like.device}
+        factory = tensor_options(like)
         self.down = nn.Linear(features, bottleneck, **factory)
         self.activation = ACTIVATIONS[activation]()
         self.up = nn.Linear(bottleneck, features, **factory)

@@ -24,9 +24,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from peftlab.core.config import MethodConfig, option
-from peftlab.core.injection import Injection
-from peftlab.core.layers import AdapterLayer, innermost, weight_out_in
+from peftlab.core.layers import AdapterLayer, innermost, tensor_options, weight_out_in
 from peftlab.core.registry import MethodSpec, register
+from peftlab.core.state import Injection
 from peftlab.core.targeting import find_modules, replace_module
 
 
@@ -82,8 +82,7 @@ class IA3Linear(AdapterLayer):
         super().__init__(base_layer)
         weight = next(base_layer.parameters())
         size = self.in_features if scale_input else self.out_features
-        dtype = weight.dtype if weight.is_floating_point() else torch.float32
-        self.ia3_l = nn.Parameter(torch.ones(size, dtype=dtype, device=weight.device))
+        self.ia3_l = nn.Parameter(torch.ones(size, **tensor_options(weight)))
         self.scale_input = scale_input
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:

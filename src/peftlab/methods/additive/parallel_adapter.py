@@ -22,9 +22,9 @@ from torch import nn
 
 from peftlab.core.architectures import architecture_of
 from peftlab.core.config import MethodConfig, option, require
-from peftlab.core.injection import Injection
 from peftlab.core.layers import AdapterLayer, linear_shape
 from peftlab.core.registry import MethodSpec, register
+from peftlab.core.state import Injection
 from peftlab.core.targeting import TargetError, find_modules, replace_module
 from peftlab.methods.additive.adapter import ACTIVATIONS, Bottleneck
 

@@ -27,7 +27,8 @@ It applies to models with absolute (GPT-2, BERT/RoBERTa) or rotary (LLaMA) posit
 position bias has no positions to move.
 
 The attention plumbing (transformers' attention interface, masks, T5 position bias) is the reusable
-:mod:`peftlab.methods.additive.prefix_attention`; this file owns only the prefixes and their MLP.
+:mod:`peftlab.methods.shared.prefix_attention`; the prefixes and their MLP are
+:class:`~peftlab.methods.additive.prefix_encoder.PrefixEncoder`, and this file applies, counts and saves them.
 Hybrids (MAM, UniPELT) call :func:`inject` with a :class:`PrefixTuningConfig` next to their other parts
 and may reuse :func:`count_trainable`, :func:`export_state` and :func:`import_state`: these act on the
 prefix encoder and pass every other adapter parameter of the model through unchanged.
@@ -39,18 +40,17 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from peftlab.core.architectures import architecture_of
 from peftlab.core.config import MethodConfig, option, require
 from peftlab.core.errors import UserError
-from peftlab.core.injection import Injection, adapter_parameters
-from peftlab.core.layers import AdapterModule
 from peftlab.core.registry import MethodHooks, MethodSpec, register
 from peftlab.core.serialization import AdapterFileError
-from peftlab.methods.additive.prefix_attention import (
-    PrefixHandle,
+from peftlab.core.state import Injection, adapter_parameters
+from peftlab.methods.additive.prefix_encoder import PrefixEncoder
+from peftlab.methods.shared.compose import DetachModules
+from peftlab.methods.shared.prefix_attention import (
     Site,
     attach_prefixes,
     attention_module_names,
@@ -93,91 +93,14 @@ class PrefixTuningConfig(MethodConfig):
         require(self.init_std > 0, self, "init_std", "must be positive")
 
 
-class PrefixEncoder(AdapterModule):
-    """Holds ``P_theta`` (folded) or ``E`` and the MLP that produces it; provides each site's prefix."""
-
-    def __init__(self, sites: list[Site], config: PrefixTuningConfig, hidden_size: int) -> None:
-        super().__init__()
-        self.sites = list(sites)
-        self.length = config.num_virtual_tokens
-        self.keep_reparameterization = config.keep_reparameterization
-        self.offsets = [0]
-        for site in self.sites:
-            self.offsets.append(self.offsets[-1] + site.width)
-        total = self.offsets[-1]
-        if config.reparameterize:
-            self.embedding = nn.Parameter(torch.randn(self.length, hidden_size) * config.init_std)
-            self.mlp_in = nn.Linear(hidden_size, config.mlp_hidden_size)
-            self.mlp_out = nn.Linear(config.mlp_hidden_size, total)
-            self.register_parameter("prefixes", None)
-        else:
-            self.prefixes = nn.Parameter(torch.randn(self.length, total) * config.init_std)
-
-    @property
-    def folded(self) -> bool:
-        return self.prefixes is not None
-
-    @property
-    def folded_size(self) -> int:
-        return self.length * self.offsets[-1]
-
-    @property
-    def uniform(self) -> bool:
-        """Every site has the same shape, so a tensor index can select a site's columns (compiled blocks)."""
-        return len({(site.kv_heads, site.key_dim, site.value_dim) for site in self.sites}) == 1
-
-    def site_prefix(self, index: int | torch.Tensor) -> torch.Tensor:
-        """Site ``index``'s columns of ``P_theta``: ``(P, kv_heads * (key_dim + value_dim))``; a one-element
-        tensor ``index`` (uniform sites only) selects them without a Python int, for compiled blocks."""
-        if isinstance(index, torch.Tensor):
-            return self._selected_prefix(index)
-        start, end = self.offsets[index], self.offsets[index + 1]
-        if self.prefixes is not None:
-            return self.prefixes[:, start:end]
-        hidden = torch.tanh(self.mlp_in(self.embedding))  # (P, mlp_hidden)
-        return F.linear(hidden, self.mlp_out.weight[start:end], self.mlp_out.bias[start:end])
-
-    def _selected_prefix(self, index: torch.Tensor) -> torch.Tensor:
-        width = self.sites[0].width
-        if self.prefixes is not None:
-            return self.prefixes.unflatten(1, (-1, width)).index_select(1, index).flatten(1)
-        hidden = torch.tanh(self.mlp_in(self.embedding))
-        weight = self.mlp_out.weight.unflatten(0, (-1, width)).index_select(0, index).flatten(0, 1)
-        bias = self.mlp_out.bias.unflatten(0, (-1, width)).index_select(0, index).flatten()
-        return F.linear(hidden, weight, bias)
-
-    def key_values(self, index: int | torch.Tensor, query: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The provider for :func:`attach_prefixes`: ``(1, kv_heads, P, head_dim)`` keys and values."""
-        site = self.sites[0 if isinstance(index, torch.Tensor) else index]
-        rows = self.site_prefix(index)
-        split = site.kv_heads * site.key_dim
-        keys = rows[:, :split].view(self.length, site.kv_heads, site.key_dim).transpose(0, 1)
-        values = rows[:, split:].view(self.length, site.kv_heads, site.value_dim).transpose(0, 1)
-        return keys[None], values[None]
-
-    @torch.no_grad()
-    def folded_prefixes(self) -> torch.Tensor:
-        """``P_theta`` computed site by site exactly as the forward pass computes it."""
-        return torch.cat([self.site_prefix(i) for i in range(len(self.sites))], dim=1)
-
-    def fold(self) -> None:
-        if self.folded:
-            return
-        prefixes = self.folded_prefixes()
-        del self.embedding, self.mlp_in, self.mlp_out
-        self.prefixes = nn.Parameter(prefixes)
-
-
-class _Detach:
-    """Takes prefix-tuning off a model (``peftlab.unload``): restores attention, drops the encoder."""
-
-    def __init__(self, model: nn.Module, handle: PrefixHandle) -> None:
-        self.model, self.handle = model, handle
-
-    def remove(self) -> None:
-        self.handle.remove()
-        if ENCODER_NAME in self.model._modules:
-            delattr(self.model, ENCODER_NAME)
+def add_prefix_encoder(model: nn.Module, sites: list[Site], config: PrefixTuningConfig) -> PrefixEncoder:
+    """The prefixes for ``sites``, on the embeddings' device, registered on ``model`` as ``ENCODER_NAME``."""
+    embeddings = model.get_input_embeddings().weight
+    encoder = PrefixEncoder(sites, config.num_virtual_tokens, embeddings.shape[1],
+                            mlp_hidden_size=config.mlp_hidden_size if config.reparameterize else None,
+                            init_std=config.init_std, keep_reparameterization=config.keep_reparameterization)
+    model.add_module(ENCODER_NAME, encoder.to(embeddings.device))
+    return encoder
 
 
 def prefix_encoder(model: nn.Module) -> PrefixEncoder:
@@ -289,11 +212,9 @@ def inject(model: nn.Module, config: PrefixTuningConfig) -> Injection:
             f"{getattr(architecture, 'name', type(model).__name__)} has none to move: use positions='unshifted'"
         )
     sites = discover_sites(model, attention_module_names(model, config.cross_attention, config.encoder_self_attention))
-    embeddings = model.get_input_embeddings().weight
-    encoder = PrefixEncoder(sites, config, hidden_size=embeddings.shape[1]).to(embeddings.device)
-    model.add_module(ENCODER_NAME, encoder)
+    encoder = add_prefix_encoder(model, sites, config)
     handle = attach_prefixes(model, sites, encoder.key_values, traceable=encoder.uniform)
-    hooks: list[Any] = [_Detach(model, handle)]
+    hooks: list[Any] = [DetachModules(model, handle, (ENCODER_NAME,))]  # peftlab.unload takes it all off
     if config.positions == "after_prefix":
         hooks.append(model.register_forward_pre_hook(_ShiftPositions(config.num_virtual_tokens), with_kwargs=True))
     return Injection(count_trainable=count_trainable, hooks=hooks, count_note=count_note(config))

@@ -38,10 +38,10 @@ from torch.distributed.tensor import DTensor
 from peftlab.core.architectures import architecture_of, model_kind
 from peftlab.core.config import ConfigError, MethodConfig, option, require
 from peftlab.core.errors import UserError
-from peftlab.core.injection import Injection
 from peftlab.core.layers import AdapterModule
 from peftlab.core.registry import MethodHooks, MethodSpec, register
 from peftlab.core.sharding import unsharded, units
+from peftlab.core.state import Injection
 from peftlab.methods.additive.shared_prompt import SHARED_FAMILIES, SharedPrompt
 
 PROMPT_NAME = "prompt_embedding"

@@ -34,8 +34,7 @@ from torch.distributed.tensor import DTensor
 from transformers.modeling_utils import AttentionInterface
 
 from peftlab.core.checkpointing import checkpointing_enabled
-from peftlab.core.fast_dropout import draws_dropout
-from peftlab.methods.additive.prefix_attention import attention_after_prefix, attention_module_names
+from peftlab.methods.shared.prefix_attention import attention_after_prefix, attention_module_names
 
 IMPLEMENTATION = "peftlab_shared_prompt"
 SHARED_FAMILIES = ("llama", "gpt2")  # decoder-only families whose attention modules prefix attention knows
@@ -154,7 +153,7 @@ def _dropout_active(model: nn.Module) -> bool:
     """Whether a training forward of ``model`` would draw dropout masks: a dropout layer, or a config option
     that a functional dropout reads (LLaMA's attention dropout)."""
     return (any(float(getattr(model.config, name, 0.0) or 0.0) > 0 for name in _DROPOUT_OPTIONS)
-            or draws_dropout(model))
+            or any(isinstance(module, nn.Dropout) and module.p > 0 for module in model.modules()))
 
 
 AttentionInterface.register(IMPLEMENTATION, shared_prompt_attention)

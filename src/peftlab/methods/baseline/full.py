@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from torch import nn
 
 from peftlab.core.config import MethodConfig
-from peftlab.core.injection import Injection
 from peftlab.core.registry import MethodSpec, register
+from peftlab.core.state import Injection
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -17,12 +17,12 @@ from dataclasses import dataclass
 from torch import nn
 
 from peftlab.core.config import MethodConfig, option
-from peftlab.core.injection import Injection
 from peftlab.core.registry import MethodHooks, MethodSpec, register
+from peftlab.core.state import Injection
 from peftlab.methods.additive import prefix_tuning
 from peftlab.methods.additive.parallel_adapter import ParallelAdapterConfig
 from peftlab.methods.additive.prefix_tuning import PrefixTuningConfig
-from peftlab.methods.hybrid.compose import combine, inject_parts, require_parts_save_nothing
+from peftlab.methods.shared.compose import combine, inject_parts, require_parts_save_nothing
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -34,28 +34,29 @@ from transformers.modeling_utils import AttentionInterface
 
 from peftlab.core.architectures import architecture_of
 from peftlab.core.config import MethodConfig, option, require
-from peftlab.core.injection import Injection
-from peftlab.core.layers import AdapterLayer, AdapterModule, linear_shape
+from peftlab.core.layers import AdapterLayer, AdapterModule, linear_shape, tensor_options
 from peftlab.core.registry import MethodHooks, MethodSpec, register
+from peftlab.core.state import Injection
 from peftlab.core.targeting import find_modules, replace_module
 from peftlab.methods.additive import prefix_tuning
 from peftlab.methods.additive.adapter import AdapterConfig, SequentialAdapter
 from peftlab.methods.additive.parallel_adapter import BLOCKS, BlockInputTap
-from peftlab.methods.additive.prefix_attention import (
+from peftlab.methods.additive.prefix_encoder import PrefixEncoder
+from peftlab.methods.additive.prefix_tuning import ENCODER_NAME, PrefixTuningConfig
+from peftlab.methods.reparameterized.lora import LoRAConfig, LoRALinear
+from peftlab.methods.shared.compose import (
+    DetachModules,
+    combine,
+    inject_parts,
+    require_parts_save_nothing,
+)
+from peftlab.methods.shared.prefix_attention import (
     PrefixHandle,
     attach_prefixes,
     attention_module_names,
     discover_sites,
     prefix_attention_forward,
 )
-from peftlab.methods.additive.prefix_tuning import ENCODER_NAME, PrefixEncoder, PrefixTuningConfig
-from peftlab.methods.hybrid.compose import (
-    DetachModules,
-    combine,
-    inject_parts,
-    require_parts_save_nothing,
-)
-from peftlab.methods.reparameterized.lora import LoRAConfig, LoRALinear
 
 GATES_NAME = "unipelt_prefix_gates"
 TOKEN_GATED_IMPLEMENTATION = "peftlab_unipelt_prefix"
@@ -99,8 +100,7 @@ class Gate(nn.Module):
 
     def __init__(self, features: int, like: torch.Tensor, pooling: Pooling = "token") -> None:
         super().__init__()
-        dtype = like.dtype if like.is_floating_point() else torch.float32
-        self.linear = nn.Linear(features, 1, dtype=dtype, device=like.device)
+        self.linear = nn.Linear(features, 1, **tensor_options(like))
         nn.init.normal_(self.linear.weight, std=0.02)
         nn.init.zeros_(self.linear.bias)
         self.pooling = pooling
@@ -198,9 +198,8 @@ def _gate_layers(model: nn.Module, kind: type[AdapterLayer], gate_on: Literal["i
 def _add_gated_prefixes(model: nn.Module, config: PrefixTuningConfig,
                         pooling: Pooling) -> tuple[PrefixHandle, _TokenGateSlots | None]:
     sites = discover_sites(model, attention_module_names(model, config.cross_attention))
+    encoder = prefix_tuning.add_prefix_encoder(model, sites, config)
     embeddings = model.get_input_embeddings().weight
-    encoder = PrefixEncoder(sites, config, hidden_size=embeddings.shape[1]).to(embeddings.device)
-    model.add_module(ENCODER_NAME, encoder)
     entry_pattern = BLOCKS[architecture_of(model).name]["attention"][0]
     entries = find_modules(model, entry_pattern)
     site_entries = [next((n, m) for n, m in entries if n.startswith(site.name + ".")) for site in sites]

@@ -13,9 +13,9 @@ import torch
 from torch import nn
 
 from peftlab.core.config import ConfigError, MethodConfig, option
-from peftlab.core.injection import Injection
 from peftlab.core.layers import linear_shape
 from peftlab.core.registry import MethodSpec, register
+from peftlab.core.state import Injection
 from peftlab.core.targeting import find_modules
 
 

@@ -29,11 +29,12 @@ from torch import nn
 
 from peftlab.core.config import MethodConfig, option, require
 from peftlab.core.errors import UserError
-from peftlab.core.hooks import TrainingHooks, training_hooks
-from peftlab.core.injection import Injection, adapter_parameters, peft_state
+from peftlab.core.hooks import TrainingHooks
+from peftlab.core.method_hooks import training_hooks
 from peftlab.core.registry import MethodHooks, MethodSpec, register
 from peftlab.core.serialization import AdapterFileError
 from peftlab.core.sharding import local, local_slice, whole
+from peftlab.core.state import Injection, adapter_parameters, peft_state
 from peftlab.core.targeting import find_modules
 
 MASK_SUFFIX = ".child_mask"

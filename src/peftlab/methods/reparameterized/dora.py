@@ -26,10 +26,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from peftlab.core.config import require
-from peftlab.core.injection import Injection
 from peftlab.core.layers import weight_out_in
 from peftlab.core.quantized import base_weight, dequantize_base, restore_quantized_base
 from peftlab.core.registry import MethodSpec, register
+from peftlab.core.state import Injection
 from peftlab.methods.reparameterized.lora import LoRAConfig, LoRALinear
 from peftlab.methods.reparameterized.lora import inject as inject_lora
 from peftlab.methods.reparameterized.lora_init import RESIDUAL_INITS

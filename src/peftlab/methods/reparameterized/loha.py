@@ -18,9 +18,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from peftlab.core.config import MethodConfig, option, require
-from peftlab.core.injection import Injection
-from peftlab.core.layers import AdapterLayer
+from peftlab.core.layers import AdapterLayer, tensor_options
 from peftlab.core.registry import MethodSpec, register
+from peftlab.core.state import Injection
 from peftlab.core.targeting import find_modules, replace_module
 
 
@@ -47,7 +47,7 @@ class LoHaLinear(AdapterLayer):
     def __init__(self, base_layer: nn.Module, rank: int, scaling: float) -> None:
         super().__init__(base_layer)
         weight = next(base_layer.parameters())
-        factory = {"dtype": weight.dtype if weight.is_floating_point() else torch.float32, "device": weight.device}
+        factory = tensor_options(weight)
         self.hada_w1_a = nn.Parameter(torch.empty(self.out_features, rank, **factory))
         self.hada_w1_b = nn.Parameter(torch.empty(rank, self.in_features, **factory))
         self.hada_w2_a = nn.Parameter(torch.empty(self.out_features, rank, **factory))

@@ -19,9 +19,9 @@ import torch
 from torch import nn
 
 from peftlab.core.config import option
-from peftlab.core.injection import Injection
-from peftlab.core.layers import AdapterLayer
+from peftlab.core.layers import AdapterLayer, tensor_options
 from peftlab.core.registry import MethodSpec, register
+from peftlab.core.state import Injection
 from peftlab.methods.reparameterized.loha import LoHaConfig, inject_scaled_layers
 
 
@@ -51,7 +51,7 @@ class LoKrLinear(AdapterLayer):
     def __init__(self, base_layer: nn.Module, rank: int, scaling: float) -> None:
         super().__init__(base_layer)
         weight = next(base_layer.parameters())
-        factory = {"dtype": weight.dtype if weight.is_floating_point() else torch.float32, "device": weight.device}
+        factory = tensor_options(weight)
         (l, k), (m, n) = factor_pair(self.out_features), factor_pair(self.in_features)
         self.lokr_w1 = nn.Parameter(torch.zeros(l, m, **factory))
         if rank < max(k, n) / 2:

@@ -18,12 +18,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from peftlab.core.config import MethodConfig, option, require
-from peftlab.core.injection import Injection, peft_state
-from peftlab.core.layers import AdapterLayer, weight_out_in
+from peftlab.core.layers import AdapterLayer, tensor_options, weight_out_in
 from peftlab.core.registry import MethodHooks, MethodSpec, register
-from peftlab.core.targeting import find_modules, replace_module
 from peftlab.core.serialization import copy_adapter_tensors
-from peftlab.methods.reparameterized.lora_init import INIT_STRATEGIES, RESIDUAL_INITS, refit_residual
+from peftlab.core.state import Injection, peft_state
+from peftlab.core.targeting import find_modules, replace_module
+from peftlab.methods.reparameterized.lora_init import INIT_STRATEGIES, RESIDUAL_INITS
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -76,12 +76,37 @@ class LoRALinear(AdapterLayer):
     ) -> None:
         super().__init__(base_layer)
         weight = next(base_layer.parameters())
-        factory = {"dtype": weight.dtype if weight.is_floating_point() else torch.float32, "device": weight.device}
+        factory = tensor_options(weight)
         self.lora_A = nn.Parameter(torch.empty(rank, self.in_features, **factory))
         self.lora_B = nn.Parameter(torch.zeros(self.out_features, rank, **factory))
         self.scaling = scaling
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        INIT_STRATEGIES[init](self)
+        initial_factors = INIT_STRATEGIES[init](self.lora_A, base_layer, scaling)
+        if initial_factors is not None:
+            self._keep_residual(*initial_factors)
+
+    @torch.no_grad()
+    def _keep_residual(self, a_init: torch.Tensor, b_init: torch.Tensor) -> None:
+        """A residual init (PiSSA, OLoRA): start at ``B0 A0``, keep them, leave ``W - s B0 A0`` in the base."""
+        self.lora_A.copy_(a_init)
+        self.lora_B.copy_(b_init)
+        self.register_buffer("lora_A_init", self.lora_A.detach().clone())
+        self.register_buffer("lora_B_init", self.lora_B.detach().clone())
+        weight = weight_out_in(self.base_layer)
+        weight.sub_((self.scaling * (self.lora_B_init @ self.lora_A_init)).to(weight.dtype))
+
+    @torch.no_grad()
+    def refit_residual(self, a_init: torch.Tensor, b_init: torch.Tensor) -> None:
+        """Make the base residual agree with loaded initial factors (a no-op when they equal the recomputed
+        ones, which is the case on the untouched base with the same numerics)."""
+        if torch.equal(a_init, self.lora_A_init) and torch.equal(b_init, self.lora_B_init):
+            return
+        weight = weight_out_in(self.base_layer)
+        old = self.lora_B_init @ self.lora_A_init
+        new = b_init.to(old.dtype) @ a_init.to(old.dtype)
+        weight.add_((self.scaling * (old - new)).to(weight.dtype))
+        self.lora_A_init.copy_(a_init)
+        self.lora_B_init.copy_(b_init)
 
     def adapter_buffers(self) -> Iterator[tuple[str, torch.Tensor]]:
         """The initial factors of a residual init (PiSSA, OLoRA): saved, see ``lora_init.py``."""
@@ -120,7 +145,7 @@ def import_state(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
             a_init, b_init = tensors.get(f"{name}.lora_A_init"), tensors.get(f"{name}.lora_B_init")
             if isinstance(module, LoRALinear) and a_init is not None and b_init is not None:
                 device = module.lora_A_init.device
-                refit_residual(module, a_init.to(device), b_init.to(device))
+                module.refit_residual(a_init.to(device), b_init.to(device))
     copy_adapter_tensors(model, tensors)
 
 

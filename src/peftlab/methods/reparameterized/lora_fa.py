@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from peftlab.core.config import require
-from peftlab.core.injection import Injection
 from peftlab.core.registry import MethodSpec, register
+from peftlab.core.state import Injection
 from peftlab.methods.reparameterized.lora import LoRAConfig, LoRALinear
 from peftlab.methods.reparameterized.lora import inject as inject_lora
 from peftlab.methods.reparameterized.lora_init import RESIDUAL_INITS

@@ -14,8 +14,8 @@ from typing import Any
 from torch import nn
 
 from peftlab.core.config import option, require
-from peftlab.core.injection import adapter_parameters
 from peftlab.core.registry import MethodHooks, MethodSpec, register
+from peftlab.core.state import adapter_parameters
 from peftlab.methods.reparameterized.lora import LoRAConfig, LoRALinear, import_state, inject
 
 

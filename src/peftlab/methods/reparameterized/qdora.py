@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from peftlab.core.injection import Injection
 from peftlab.core.quantized import quantize_model
 from peftlab.core.registry import MethodHooks, MethodSpec, register
+from peftlab.core.state import Injection
 from peftlab.core.targeting import find_modules, replace_module
 from peftlab.methods.reparameterized.dora import DoRALinear
 from peftlab.methods.reparameterized.qlora import QLoRAConfig, make_optimizer

@@ -30,8 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from peftlab.core.config import MethodConfig, option, require
-from peftlab.core.hooks import adamw
-from peftlab.core.injection import Injection
+from peftlab.core.method_hooks import adamw
 from peftlab.core.quantized import (  # noqa: F401  (the quantisation names qlora has always offered)
     BitsAndBytesMissing,
     QuantizationMismatchError,
@@ -49,6 +48,7 @@ from peftlab.core.quantized import (  # noqa: F401  (the quantisation names qlor
     restore_quantized_base,
 )
 from peftlab.core.registry import MethodHooks, MethodSpec, register
+from peftlab.core.state import Injection
 from peftlab.core.targeting import find_modules, replace_module
 from peftlab.methods.reparameterized.lora import LoRALinear
 

@@ -20,9 +20,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from peftlab.core.config import MethodConfig, option, require
-from peftlab.core.injection import Injection
-from peftlab.core.layers import AdapterLayer, linear_shape
+from peftlab.core.layers import AdapterLayer, linear_shape, tensor_options
 from peftlab.core.registry import MethodSpec, register
+from peftlab.core.state import Injection
 from peftlab.core.targeting import find_modules, replace_module
 
 
@@ -74,7 +74,7 @@ class VeRALinear(AdapterLayer):
     def __init__(self, base_layer: nn.Module, shared: SharedProjections, d_initial: float, dropout: float) -> None:
         super().__init__(base_layer)
         weight = next(base_layer.parameters())
-        factory = {"dtype": weight.dtype if weight.is_floating_point() else torch.float32, "device": weight.device}
+        factory = tensor_options(weight)
         rank = shared.a.shape[0]
         self.vera_lambda_b = nn.Parameter(torch.zeros(self.out_features, **factory))
         self.vera_lambda_d = nn.Parameter(torch.full((rank,), d_initial, **factory))

@@ -1,6 +1,7 @@
-"""Building a hybrid from registered methods: inject each part with its own ``inject``, then report
-one :class:`Injection`. Hybrids with a prefix part save and load through prefix-tuning's
-``export_state``/``import_state``, which pass every other adapter tensor through unchanged.
+"""Building a method from registered ones: inject each part with its own ``inject``, then report one
+:class:`Injection`; :class:`DetachModules` takes off what a composed method added at model level.
+Hybrids with a prefix part save and load through prefix-tuning's ``export_state``/``import_state``,
+which pass every other adapter tensor through unchanged.
 """
 
 from __future__ import annotations
@@ -10,9 +11,9 @@ from collections.abc import Callable, Sequence
 from torch import nn
 
 from peftlab.core.config import MethodConfig, require
-from peftlab.core.injection import Injection
 from peftlab.core.registry import get_method
-from peftlab.methods.additive.prefix_attention import PrefixHandle
+from peftlab.core.state import Injection
+from peftlab.methods.shared.prefix_attention import PrefixHandle
 
 
 def inject_parts(model: nn.Module, parts: Sequence[MethodConfig]) -> list[Injection]:

@@ -12,9 +12,9 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 import peftlab
 from conftest import BUILDERS, assert_same_nonzero_grads, batch_for
-from peftlab.core.compile import block_classes, compile_blocks, is_compiled, uncompile_blocks
-from peftlab.core.fused_ops import fuse, unfuse
-from peftlab.core.losses import lm_loss
+from peftlab.train.speedups.compile import block_classes, compile_blocks, is_compiled, uncompile_blocks
+from peftlab.train.speedups.fused_ops import fuse, unfuse
+from peftlab.train.speedups.losses import lm_loss
 
 
 def _adapter_grads(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 import peftlab
 from conftest import BUILDERS, batch_for
-from peftlab.core.losses import ChunkedLossError, linear_cross_entropy, lm_loss
+from peftlab.train.speedups.losses import ChunkedLossError, linear_cross_entropy, lm_loss
 
 
 def _perturbed(arch: str, method: str, **options) -> torch.nn.Module:

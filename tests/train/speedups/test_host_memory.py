@@ -1,5 +1,6 @@
 """keep_freed_memory: a freed large block stays in the process for the next allocation (glibc only)."""
 
+import os
 import platform
 import subprocess
 import sys
@@ -13,7 +14,7 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux") or platform
 # Allocates and frees a 256 MiB tensor (touched), then prints how much of it the process still holds.
 PROBE = textwrap.dedent("""
     import os, sys, torch
-    from peftlab.core.host_memory import keep_freed_memory
+    from peftlab.train.speedups.host_memory import keep_freed_memory
     if sys.argv[1] == "keep":
         assert keep_freed_memory() and keep_freed_memory()  # applying it twice is harmless
     def resident():
@@ -27,7 +28,8 @@ PROBE = textwrap.dedent("""
 
 
 def _held_after_free_mib(mode: str) -> float:
-    result = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True, check=True)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}  # this checkout's peftlab, as pytest imports it
+    result = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True, check=True, env=env)
     return float(result.stdout.strip().splitlines()[-1])
 
 

@@ -1,4 +1,4 @@
-"""The core helpers a training loop uses for NaN losses and out-of-memory errors."""
+"""The helpers the training loop uses for NaN losses and out-of-memory errors (peftlab.train.faults)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from peftlab.core.errors import UserError
-from peftlab.core.faults import (
+from peftlab.train.faults import (
     NonFiniteLossError,
     OutOfMemoryError,
     check_finite_loss,

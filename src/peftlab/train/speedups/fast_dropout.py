@@ -15,9 +15,9 @@ without dropout the call goes to PyTorch's own kernel. Eval mode, ``p = 0``, in-
 forwards and code being compiled (``torch.compile`` draws its own masks) run the plain functions.
 
 Activation checkpointing recomputes a layer in backward, where this context may be off: the layer must
-draw the same masks again. ``peftlab.core.checkpointing`` (and ``peftlab train``) pass
-:func:`checkpoint_contexts` to the non-reentrant checkpoint, which redraws them the fast way when the
-forward did; a reentrant checkpoint runs its first pass without grad, so its layers draw PyTorch's masks.
+draw the same masks again. ``peftlab train`` passes :func:`checkpoint_contexts` to the non-reentrant
+checkpoint (``enable_activation_checkpointing(model, context_fn=checkpoint_contexts)``), which redraws them
+the fast way when the forward did; a reentrant checkpoint runs its first pass without grad, so its layers draw PyTorch's masks.
 Non-reentrant checkpointing without :func:`checkpoint_contexts` refuses (torch sees the saved tensors differ).
 
     with fast_dropout():

@@ -11,9 +11,9 @@ from torch import nn
 
 import peftlab
 from conftest import BUILDERS, batch_for, count_fast_dropouts
-from peftlab.core import fast_dropout as fast
 from peftlab.core.checkpointing import enable_activation_checkpointing
-from peftlab.core.compile import compile_blocks
+from peftlab.train.speedups import fast_dropout as fast
+from peftlab.train.speedups.compile import compile_blocks
 
 P = 0.1
 KEPT = 1 - round(P * 65536) / 65536  # 1 - p'
@@ -170,7 +170,7 @@ def test_activation_checkpointing_draws_the_same_masks_again(arch, monkeypatch):
     def gradients(checkpointed: bool) -> dict[str, torch.Tensor]:
         model = peftlab.apply(BUILDERS[arch](), "lora", dropout=0.2)
         if checkpointed:
-            enable_activation_checkpointing(model)
+            enable_activation_checkpointing(model, context_fn=fast.checkpoint_contexts)
         model.train()
         torch.manual_seed(11)
         with fast.fast_dropout():

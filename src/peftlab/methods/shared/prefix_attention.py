@@ -26,7 +26,7 @@ per-example gates), then::
 
 The provider runs inside the attention layer, so gradient checkpointing recomputes it with the layer.
 
-Compiled blocks (:mod:`peftlab.core.compile`): a provider that reads its site from a Python ``int`` would
+Compiled blocks (:mod:`peftlab.train.speedups.compile`): a provider that reads its site from a Python ``int`` would
 make the compiler build one graph per layer, so by default the prefixed attention runs eagerly between
 two compiled halves of each block. A provider attached with ``traceable=True`` receives the index as a
 one-element ``int64`` tensor instead (a buffer of the attention module, so it follows ``model.to``) and

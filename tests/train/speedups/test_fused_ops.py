@@ -11,8 +11,8 @@ import torch.nn.functional as F
 import peftlab
 from conftest import BUILDERS, assert_same_nonzero_grads, batch_for
 from peftlab.core.checkpointing import enable_activation_checkpointing
-from peftlab.core.fused_ops import fuse, fused_ops, is_fused, rms_norm, swiglu, unfuse
-from peftlab.core.losses import lm_loss
+from peftlab.train.speedups.fused_ops import fuse, fused_ops, is_fused, rms_norm, swiglu, unfuse
+from peftlab.train.speedups.losses import lm_loss
 
 
 def _grads(model: torch.nn.Module) -> dict[str, torch.Tensor]:

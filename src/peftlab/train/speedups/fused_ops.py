@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from peftlab.core.compile import inside_compiled_block
+from peftlab.train.speedups.compile import inside_compiled_block
 
 # Classes whose forward is exactly the formula above (transformers' Llama family and T5).
 RMS_NORMS = frozenset({"LlamaRMSNorm", "MistralRMSNorm", "MixtralRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm",
@@ -108,7 +108,7 @@ def _fused_forward(module: nn.Module) -> Callable[..., torch.Tensor] | None:
 def fuse(model: nn.Module) -> int:
     """Give every recognised RMSNorm and SwiGLU MLP in ``model`` its fused forward; returns how many.
 
-    Modules inside a compiled block (:func:`peftlab.core.compile.compile_blocks`) stay as they are: the
+    Modules inside a compiled block (:func:`peftlab.train.speedups.compile.compile_blocks`) stay as they are: the
     compiler fuses them itself, and faster than these functions would."""
     compiled = inside_compiled_block(model)
     count = 0
