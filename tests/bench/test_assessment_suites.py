@@ -1,0 +1,28 @@
+"""The published assessment's suite files (benchmarks/assessment/suites) stay valid: each parses with the
+bench's own checks, and E1 is the issue's shape (12 rows x 4 GLUE tasks x 3 seeds, on the MiniLM)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from peftlab.bench.suite_file import load_suite
+
+SUITES = Path(__file__).resolve().parents[2] / "benchmarks" / "assessment" / "suites"
+SURVEY_ROWS = {"full", "adapter", "prompt_tuning", "prefix_tuning", "ia3", "bitfit", "child_tuning", "lora",
+               "adalora", "qlora", "mam", "propetl"}
+
+
+@pytest.mark.parametrize("path", sorted(SUITES.glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_assessment_suite_parses(path):
+    assert load_suite(str(path)).runs()
+
+
+def test_e1_is_every_survey_row_on_four_tasks_with_three_seeds():
+    runs = load_suite(str(SUITES / "e1-glue.yaml")).runs()
+    assert {r.method for r in runs} == SURVEY_ROWS
+    assert {r.task for r in runs} == {"sst2", "cola", "mrpc", "stsb"}
+    assert {r.seed for r in runs} == {0, 1, 2}
+    assert len(runs) == len(SURVEY_ROWS) * 4 * 3
+    assert all(r.model == "minilm-l6" and "learning_rate" in r.training for r in runs)
