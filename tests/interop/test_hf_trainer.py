@@ -9,7 +9,7 @@ import peftlab
 from conftest import batch_for, tiny_llama
 from peftlab.interop.hf_trainer import PeftlabCallback
 from peftlab.methods.reparameterized.adalora import total_rank
-from peftlab.methods.reparameterized.adalora_layers import svd_layers
+from peftlab.methods.reparameterized._adalora_layers import svd_layers
 
 
 def rows(model, count=8):

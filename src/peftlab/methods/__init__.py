@@ -1,5 +1,8 @@
 """PEFT methods, one file each, in folders named after the survey's families.
 
+A file whose name starts with an underscore holds one method's helpers (its layers, its init, its encoder),
+not a method; ``shared/`` holds the plumbing several families use.
+
 Importing this package imports every method module; each ends with one ``register(...)``.
 """
 

@@ -9,7 +9,7 @@ import torch
 import peftlab
 from conftest import tiny_gpt2, tiny_llama
 from peftlab.core.checkpointing import enable_activation_checkpointing
-from peftlab.methods.additive import shared_prompt
+from peftlab.methods.additive import _shared_prompt as shared_prompt
 from peftlab.methods.additive.prompt_tuning import PROMPT_NAME
 from peftlab.train.speedups.compile import compile_blocks
 from peftlab.train.speedups.losses import lm_loss

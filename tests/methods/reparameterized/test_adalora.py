@@ -13,7 +13,7 @@ import peftlab
 from conftest import batch_for, tiny_gpt2, tiny_llama
 from peftlab.core.probe import probe_output
 from peftlab.methods.reparameterized.adalora import rank_pattern, total_rank
-from peftlab.methods.reparameterized.adalora_layers import StackedOrthogonality, svd_layers
+from peftlab.methods.reparameterized._adalora_layers import StackedOrthogonality, svd_layers
 
 OPTIONS = {"total_steps": 12, "init_rank": 4, "target_rank": 2, "t_init": 2, "t_final": 3}
 

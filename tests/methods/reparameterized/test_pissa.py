@@ -12,7 +12,7 @@ import peftlab
 from conftest import FAMILY_BUILDERS, tiny_gpt2, tiny_llama
 from peftlab.core.probe import probe_output
 from peftlab.core.serialization import load_adapter_state_dict
-from peftlab.methods.reparameterized.lora_init import InitError
+from peftlab.methods.reparameterized._lora_init import InitError
 
 
 def relative_close(actual, expected, tolerance=1e-5):

@@ -15,7 +15,7 @@ from conftest import FAMILY_BUILDERS, batch_for, tiny_bert, tiny_llama
 from methods.hybrid.support import losses_while_training, perturb
 from peftlab.core.probe import probe_output
 from peftlab.methods.unified.propetl import masked_modules, pack_bits, unpack_bits
-from peftlab.methods.unified.propetl_layers import MaskedAdapter, MaskedLoRA, binary_mask
+from peftlab.methods.unified._propetl_layers import MaskedAdapter, MaskedLoRA, binary_mask
 
 PROTOTYPE_OPTIONS = {
     "adapter": {"prototype": "adapter", "bottleneck_size": 8},

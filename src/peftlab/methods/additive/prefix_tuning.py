@@ -28,7 +28,7 @@ position bias has no positions to move.
 
 The attention plumbing (transformers' attention interface, masks, T5 position bias) is the reusable
 :mod:`peftlab.methods.shared.prefix_attention`; the prefixes and their MLP are
-:class:`~peftlab.methods.additive.prefix_encoder.PrefixEncoder`, and this file applies, counts and saves them.
+:class:`~peftlab.methods.additive._prefix_encoder.PrefixEncoder`, and this file applies, counts and saves them.
 Hybrids (MAM, UniPELT) call :func:`inject` with a :class:`PrefixTuningConfig` next to their other parts
 and may reuse :func:`count_trainable`, :func:`export_state` and :func:`import_state`: these act on the
 prefix encoder and pass every other adapter parameter of the model through unchanged.
@@ -48,7 +48,7 @@ from peftlab.core.errors import UserError
 from peftlab.core.registry import MethodHooks, MethodSpec, register
 from peftlab.core.serialization import AdapterFileError
 from peftlab.core.state import Injection, adapter_parameters
-from peftlab.methods.additive.prefix_encoder import PrefixEncoder
+from peftlab.methods.additive._prefix_encoder import PrefixEncoder
 from peftlab.methods.shared.compose import DetachModules
 from peftlab.methods.shared.prefix_attention import (
     Site,

@@ -12,7 +12,7 @@ zeros; given ``position_ids`` become ``[0..P-1, position_ids + P]`` (the prompt 
 if it were text). Token-level logits come back aligned with the input (the prompt's rows dropped).
 
 On decoder-only models (LLaMA, GPT-2 families) a training-shaped forward does not repeat the prompt per
-example: the batch runs packed behind one copy of it (``shared_prompt``, :mod:`shared_prompt`), which
+example: the batch runs packed behind one copy of it (``shared_prompt``, :mod:`_shared_prompt`), which
 computes the same function with ``(B - 1) * P`` fewer rows per layer.
 
 With a KV cache, the prompt is prepended only on the first (prefill) step: on later steps the cache
@@ -42,7 +42,7 @@ from peftlab.core.layers import AdapterModule
 from peftlab.core.registry import MethodHooks, MethodSpec, register
 from peftlab.core.sharding import unsharded, units
 from peftlab.core.state import Injection
-from peftlab.methods.additive.shared_prompt import SHARED_FAMILIES, SharedPrompt
+from peftlab.methods.additive._shared_prompt import SHARED_FAMILIES, SharedPrompt
 
 PROMPT_NAME = "prompt_embedding"
 

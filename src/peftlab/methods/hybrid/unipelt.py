@@ -41,7 +41,7 @@ from peftlab.core.targeting import find_modules, replace_module
 from peftlab.methods.additive import prefix_tuning
 from peftlab.methods.additive.adapter import AdapterConfig, SequentialAdapter
 from peftlab.methods.additive.parallel_adapter import BLOCKS, BlockInputTap
-from peftlab.methods.additive.prefix_encoder import PrefixEncoder
+from peftlab.methods.additive._prefix_encoder import PrefixEncoder
 from peftlab.methods.additive.prefix_tuning import ENCODER_NAME, PrefixTuningConfig
 from peftlab.methods.reparameterized.lora import LoRAConfig, LoRALinear
 from peftlab.methods.shared.compose import (

@@ -33,7 +33,7 @@ from peftlab.core.registry import MethodHooks, MethodSpec, register
 from peftlab.core.sharding import local, local_slice, whole
 from peftlab.core.state import Injection, peft_state
 from peftlab.core.targeting import find_modules, replace_module
-from peftlab.methods.reparameterized.adalora_layers import SVDLinear, StackedOrthogonality, svd_layers
+from peftlab.methods.reparameterized._adalora_layers import SVDLinear, StackedOrthogonality, svd_layers
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -3,7 +3,7 @@
 ``y = W x + s * B A dropout(x)`` with ``s = alpha / r`` and, by default, ``A`` (r x in) Kaiming-uniform
 and ``B`` (out x r) zero, so the adapted model starts equal to the base. Mergeable: ``W <- W + s B A``.
 Options that change no structure: ``scaling_rule="rslora"`` gives ``s = alpha / sqrt(r)`` (rank-stabilised
-LoRA, Kalajdzievski 2023, arXiv 2312.03732); ``init`` picks a start from ``lora_init.py`` (PiSSA, OLoRA, ...).
+LoRA, Kalajdzievski 2023, arXiv 2312.03732); ``init`` picks a start from ``_lora_init.py`` (PiSSA, OLoRA, ...).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from peftlab.core.registry import MethodHooks, MethodSpec, register
 from peftlab.core.serialization import copy_adapter_tensors
 from peftlab.core.state import Injection, peft_state
 from peftlab.core.targeting import find_modules, replace_module
-from peftlab.methods.reparameterized.lora_init import INIT_STRATEGIES, RESIDUAL_INITS
+from peftlab.methods.reparameterized._lora_init import INIT_STRATEGIES, RESIDUAL_INITS
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -109,7 +109,7 @@ class LoRALinear(AdapterLayer):
         self.lora_B_init.copy_(b_init)
 
     def adapter_buffers(self) -> Iterator[tuple[str, torch.Tensor]]:
-        """The initial factors of a residual init (PiSSA, OLoRA): saved, see ``lora_init.py``."""
+        """The initial factors of a residual init (PiSSA, OLoRA): saved, see ``_lora_init.py``."""
         for name in ("lora_A_init", "lora_B_init"):
             if name in self._buffers:
                 yield name, self._buffers[name]

@@ -18,7 +18,7 @@ from peftlab.core.registry import MethodSpec, register
 from peftlab.core.state import Injection
 from peftlab.methods.reparameterized.lora import LoRAConfig, LoRALinear
 from peftlab.methods.reparameterized.lora import inject as inject_lora
-from peftlab.methods.reparameterized.lora_init import RESIDUAL_INITS
+from peftlab.methods.reparameterized._lora_init import RESIDUAL_INITS
 
 
 @dataclass(frozen=True, kw_only=True)

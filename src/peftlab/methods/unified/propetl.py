@@ -42,7 +42,7 @@ from peftlab.methods.shared.prefix_attention import (
     attention_module_names,
     discover_sites,
 )
-from peftlab.methods.unified.propetl_layers import (
+from peftlab.methods.unified._propetl_layers import (
     LoRAPrototype,
     Masked,
     MaskedAdapter,
