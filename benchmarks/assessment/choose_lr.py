@@ -1,10 +1,12 @@
 """Write E1's suite from the learning-rate sweep: each method's rate is the one that scored best on the
 examples held out from the training data (never the dev set that E1 reports).
 
-    python benchmarks/assessment/choose_lr.py SWEEP_DIR --out benchmarks/assessment/suites/e1-glue.yaml
+    python benchmarks/assessment/choose_lr.py benchmarks/assessment/records/lr-sweep \
+        benchmarks/assessment/records/lr-sweep-cola --out benchmarks/assessment/suites/e1-glue.yaml
 
-SST-2's sweep chooses for the single-sentence tasks (SST-2, CoLA), MRPC's for the sentence pairs (MRPC,
-STS-B). Ties go to the smaller rate. Prints the table of held-out scores it chose from.
+SST-2 and CoLA choose for themselves, MRPC for the sentence pairs (MRPC, STS-B). CoLA has its own sweep
+because SST-2's rates left LoRA, QLoRA and prompt tuning at the majority class there. Ties go to the smaller
+rate. Prints the table of held-out scores it chose from.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from peftlab.bench.records import read_records
 
 METHODS = ("full", "adapter", "prompt_tuning", "prefix_tuning", "ia3", "bitfit", "child_tuning", "lora", "adalora",
            "qlora", "mam", "propetl")  # the survey's eleven and its baseline, in its order
-CHOOSER = {"sst2": "sst2", "cola": "sst2", "mrpc": "mrpc", "stsb": "mrpc"}  # E1 task -> sweep task
+CHOOSER = {"sst2": "sst2", "cola": "cola", "mrpc": "mrpc", "stsb": "mrpc"}  # E1 task -> sweep task
 # E1's budget per task: where full fine-tuning's and LoRA's dev scores plateau (see README.md, learning curves).
 BUDGETS: dict[str, dict[str, Any]] = {
     "sst2": {"max_train_samples": 20000, "epochs": 2, "eval_steps": 125},
@@ -31,16 +33,20 @@ BUDGETS: dict[str, dict[str, Any]] = {
 TRAINING = {"batch_size": 32, "eval_batch_size": 256, "max_length": 128, "warmup_ratio": 0.06, "progress": False}
 
 
-def sweep_scores(sweep: Path) -> tuple[dict[tuple[str, str], dict[float, float]], dict[str, dict[str, Any]]]:
-    """(task, method) -> {learning rate: held-out score} from the sweep's ok records, and each method's
-    options as the sweep ran it (E1 runs it the same way)."""
-    scores: dict[tuple[str, str], dict[float, float]] = defaultdict(dict)
+def sweep_scores(sweeps: list[Path]) -> tuple[dict[tuple[str, str], dict[float, float]], dict[str, dict[str, Any]]]:
+    """(task, method) -> {learning rate: held-out score} from the sweeps' ok records, and each method's
+    options as the sweep ran it (E1 runs it the same way). A later folder's (task, method) pairs replace the
+    earlier folders' whole: its runs are a recheck at another budget, not more points on the same curve."""
+    scores: dict[tuple[str, str], dict[float, float]] = {}
     options: dict[str, dict[str, Any]] = {}
-    for record in read_records(sweep):
-        if record["status"] == "ok" and record.get("score") is not None:
-            spec = record["spec"]
-            scores[(spec["task"], spec["method"])][float(spec["training"]["learning_rate"])] = record["score"]
-            options[spec["method"]] = spec["options"]
+    for sweep in sweeps:
+        found: dict[tuple[str, str], dict[float, float]] = defaultdict(dict)
+        for record in read_records(sweep):
+            if record["status"] == "ok" and record.get("score") is not None:
+                spec = record["spec"]
+                found[(spec["task"], spec["method"])][float(spec["training"]["learning_rate"])] = record["score"]
+                options[spec["method"]] = spec["options"]
+        scores.update(found)
     return scores, options
 
 
@@ -59,8 +65,8 @@ def e1_suite(scores: dict[tuple[str, str], dict[float, float]], options: dict[st
         })
     return {"name": "e1-glue",
             "description": "E1: the survey's eleven methods and full fine-tuning on the offline MiniLM, four GLUE "
-                           "tasks, three seeds, at the converged budget; learning rates from lr-sweep (held-out "
-                           "split), written by benchmarks/assessment/choose_lr.py.",
+                           "tasks, three seeds, at the converged budget; learning rates from the sweeps "
+                           "(held-out split), written by benchmarks/assessment/choose_lr.py.",
             "seeds": [0, 1, 2], "models": ["minilm-l6"], "training": TRAINING, "experiments": experiments}
 
 
@@ -90,16 +96,17 @@ def markdown_table(scores: dict[tuple[str, str], dict[float, float]]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("sweep", type=Path, help="the lr-sweep output folder (its runs/ records)")
+    parser.add_argument("sweeps", type=Path, nargs="+", help="the sweeps' output folders (their runs/ records)")
     parser.add_argument("--out", type=Path, required=True, help="the E1 suite to write")
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown (README.md's)")
     arguments = parser.parse_args()
-    scores, options = sweep_scores(arguments.sweep)
+    scores, options = sweep_scores(arguments.sweeps)
     print(markdown_table(scores) if arguments.markdown else plain_table(scores))
     header = "# Written by benchmarks/assessment/choose_lr.py from the lr-sweep records; do not edit by hand.\n"
     ready = [m for m in METHODS if all((chooser, m) in scores for chooser in set(CHOOSER.values()))]
     if not ready:
-        raise SystemExit(f"{arguments.sweep}: no method has an ok sweep run on every choosing task")
+        folders = ", ".join(map(str, arguments.sweeps))
+        raise SystemExit(f"{folders}: no method has an ok sweep run on every choosing task")
     if len(ready) < len(METHODS):  # a later call, with the rest swept, writes the whole suite (finished runs stay)
         print(f"not swept yet, left out of E1 for now: {', '.join(m for m in METHODS if m not in ready)}")
     arguments.out.write_text(header + yaml.safe_dump(e1_suite(scores, options, ready), sort_keys=False))
