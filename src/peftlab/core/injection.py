@@ -1,7 +1,9 @@
 """Applying a method to a model: inject its modules, freeze the base, record what was done.
 
-The model stays a plain ``transformers`` model. What was applied lives in ``model.peftlab_state``
-(:mod:`peftlab.core.state`), and only the method's parameters keep ``requires_grad``.
+The model stays a plain ``transformers`` model. What was applied lives in ``model.peftlab_adapters``
+(:mod:`peftlab.core.state`), and only the active adapter's parameters keep ``requires_grad``. A model may
+carry several named adapters when each lives in its own layers (:attr:`PeftState.self_contained`); the
+first one added is active, later ones wait for :func:`peftlab.set_adapter`, as in HF peft.
 """
 
 from __future__ import annotations
@@ -13,13 +15,24 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from peftlab.core.adapters import install_routing
 from peftlab.core.base_identity import base_model_info
 from peftlab.core.checkpointing import checkpointing_enabled
 from peftlab.core.config import MethodConfig
 from peftlab.core.errors import UserError
-from peftlab.core.layers import OFFLOAD_ADVICE, AdapterLayer, OffloadedWeightsError
+from peftlab.core.layers import OFFLOAD_ADVICE, AdapterLayer, AdapterModule, OffloadedWeightsError
 from peftlab.core.registry import spec_for_config
-from peftlab.core.state import STATE_ATTRIBUTE, PeftState, adapter_parameters, peft_state
+from peftlab.core.state import (
+    ACTIVE_ATTRIBUTE,
+    ADAPTERS_ATTRIBUTE,
+    CHECKPOINT_HOOK_ATTRIBUTE,
+    DEFAULT_ADAPTER,
+    Injection,
+    PeftState,
+    active_adapters,
+    adapter_parameters,
+    adapter_states,
+)
 from peftlab.core.targeting import find_parameters
 
 
@@ -27,32 +40,82 @@ class AlreadyAdaptedError(UserError, RuntimeError):
     pass
 
 
-def apply_config(model: nn.Module, config: MethodConfig) -> nn.Module:
-    """Apply ``config``'s method to ``model`` in place and return it.
+def apply_config(model: nn.Module, config: MethodConfig, adapter_name: str = DEFAULT_ADAPTER) -> nn.Module:
+    """Apply ``config``'s method to ``model`` in place as adapter ``adapter_name`` and return it.
 
     All or nothing: targets and weights are checked before anything changes, and if anything fails while
     the method is put on, the model is put back as it was given (see :func:`restored_on_error`) before the
     error propagates.
     """
-    existing = peft_state(model)
-    if existing is not None:
+    check_adapter_name(adapter_name)
+    states = adapter_states(model)
+    if adapter_name in states:
         raise AlreadyAdaptedError(
-            f"this model already carries {existing.method!r}; load a fresh base model, or use a hybrid "
-            f"method (e.g. 'mam', 'unipelt') to combine methods"
+            f"this model already carries {states[adapter_name].method!r} as adapter {adapter_name!r}; give the new "
+            f"one another adapter_name to add it beside, remove the old one (peftlab.delete_adapter), or use a "
+            f"hybrid method (e.g. 'mam', 'unipelt') to combine methods in one adapter"
         )
     spec = spec_for_config(config)
+    if states and spec.family in ("partial", "baseline"):  # known before injecting: it trains base parameters
+        _refuse_to_share(states, PeftState(config, Injection(selected=["(base parameters)"]), name=adapter_name))
     _refuse_offloaded_weights(model, config.method)
     if config.modules_to_save:
         find_parameters(model, config.modules_to_save, role="modules_to_save pattern")
-    base_model = base_model_info(model)
+    base_model = next(iter(states.values())).base_model if states else base_model_info(model)
+    modules_before = {id(module) for module in model.modules() if isinstance(module, AdapterModule)}
     with restored_on_error(model):
         injection = spec.inject(model, config)
         if config.modules_to_save:  # again: a module the method wrapped now has other parameter names
             injection.selected.extend(find_parameters(model, config.modules_to_save, role="modules_to_save pattern"))
-        model.__dict__[STATE_ATTRIBUTE] = PeftState(config=config, injection=injection, base_model=base_model)
+        added = [m for m in model.modules() if isinstance(m, AdapterModule) and id(m) not in modules_before]
+        alters_base = any(isinstance(m, AdapterLayer) and m.alters_base for m in added)
+        state = PeftState(config=config, injection=injection, base_model=base_model, name=adapter_name,
+                          alters_base=alters_base)
+        _refuse_to_share(states, state)
+        for module in added:
+            module.adapter_name = adapter_name
+            module.active = not states
+        model.__dict__.setdefault(ADAPTERS_ATTRIBUTE, {})[adapter_name] = state
+        if not states:
+            model.__dict__[ACTIVE_ATTRIBUTE] = [adapter_name]
+            model.__dict__[CHECKPOINT_HOOK_ATTRIBUTE] = _keep_inputs_differentiable_under_checkpointing(model)
+            install_routing(model)
         freeze_all_but_adapter(model)
-        injection.hooks.append(_keep_inputs_differentiable_under_checkpointing(model))
     return model
+
+
+def check_adapter_name(name: str) -> None:
+    if not isinstance(name, str) or not name or "/" in name or "." in name or name.startswith("__"):
+        raise ValueError(
+            f"adapter_name {name!r} is not usable: give a non-empty name without '/' or '.' (it names a "
+            f"subfolder and prefixes tensor names) that does not start with '__' (reserved, e.g. '__base__')"
+        )
+
+
+def _refuse_to_share(states: dict[str, PeftState], new: PeftState) -> None:
+    """Several adapters on one base need each to live in its own layers: one that trains the base's own
+    parameters or works through forward hooks cannot be switched off, nor told apart in a mixed batch."""
+    if not states:
+        return
+    for state in (*states.values(), new):
+        if not state.self_contained:
+            raise AlreadyAdaptedError(
+                f"adapter {state.name!r} ({state.method}) cannot share the base with another adapter: it "
+                f"{_why_not_self_contained(state)}. Several adapters on one base work for methods that add their "
+                f"own layers (LoRA and its family, AdaLoRA, (IA)3, sequential and parallel adapters) without modules_to_save; load "
+                f"a fresh base model for this one"
+            )
+
+
+def _why_not_self_contained(state: PeftState) -> str:
+    injection = state.injection
+    if state.config.modules_to_save:
+        return f"trains base modules in place (modules_to_save={list(state.config.modules_to_save)})"
+    if injection.selected or injection.created:
+        return "trains the base model's own parameters in place"
+    if state.alters_base:
+        return "changes the base weights it wraps (a residual init such as PiSSA or OLoRA)"
+    return "changes the model's forward through hooks (soft prompts, prefixes or gates)"
 
 
 @contextlib.contextmanager
@@ -112,11 +175,13 @@ def _refuse_offloaded_weights(model: nn.Module, method: str) -> None:
 
 
 def freeze_all_but_adapter(model: nn.Module) -> None:
-    """Frozen base, trainable method: ``requires_grad`` is the single source of truth for optimizers."""
+    """Frozen base and inactive adapters, trainable active adapter: ``requires_grad`` is the single source of
+    truth for optimizers."""
     for parameter in model.parameters():
         parameter.requires_grad_(False)
-    for _, parameter in adapter_parameters(model):
-        parameter.requires_grad_(True)
+    if len(active_adapters(model)) == 1:
+        for _, parameter in adapter_parameters(model):
+            parameter.requires_grad_(True)
 
 
 def _keep_inputs_differentiable_under_checkpointing(model: nn.Module) -> torch.utils.hooks.RemovableHandle:

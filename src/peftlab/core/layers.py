@@ -15,6 +15,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from peftlab.core.errors import UserError
+from peftlab.core.routing import current_rows, route
 
 OFFLOAD_ADVICE = (
     "Load the model without offloading (a device_map or max_memory that fits every layer on a device), or, for "
@@ -27,7 +28,14 @@ class OffloadedWeightsError(UserError, ValueError):
 
 
 class AdapterModule(nn.Module):
-    """Base of every module a method adds. The core finds adapters by walking modules, not names."""
+    """Base of every module a method adds. The core finds adapters by walking modules, not names.
+
+    ``adapter_name`` says which named adapter the module belongs to and ``active`` whether that adapter is
+    in use (:mod:`peftlab.core.adapters` sets both); an inactive layer passes its input to the base unchanged.
+    """
+
+    adapter_name: str = "default"
+    active: bool = True
 
     def adapter_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
         """This module's own trainable parameters, named relative to it.
@@ -59,6 +67,7 @@ class AdapterLayer(AdapterModule):
     """
 
     mergeable: ClassVar[bool] = False
+    routes_rows: ClassVar[bool] = True  # False: the layer cannot split a batch by rows (it shares state across layers)
 
     def __init__(self, base_layer: nn.Module) -> None:
         super().__init__()
@@ -72,6 +81,12 @@ class AdapterLayer(AdapterModule):
         self.merged = False
 
     @property
+    def alters_base(self) -> bool:
+        """Whether this layer changed the frozen weight it wraps (e.g. PiSSA's residual): then the base is not
+        itself while the layer is switched off, so the layer cannot share the base with other adapters."""
+        return False
+
+    @property
     def weight(self) -> torch.Tensor:
         """The frozen weight, for model code that reads ``layer.weight`` (e.g. T5's dtype check)."""
         return innermost(self.base_layer).weight
@@ -81,6 +96,15 @@ class AdapterLayer(AdapterModule):
         return getattr(innermost(self.base_layer), "bias", None)
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        if current_rows() is not None:
+            return route(self.adapter_name, x, lambda rows: self.adapted_forward(rows, *args, **kwargs),
+                         lambda rows: self.base_layer(rows, *args, **kwargs))
+        if not self.active:
+            return self.base_layer(x, *args, **kwargs)
+        return self.adapted_forward(x, *args, **kwargs)
+
+    def adapted_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        """The layer's output with its adapter on (a method with its own fused path overrides this)."""
         output = self.base_layer(x, *args, **kwargs)
         if self.merged:
             return output

@@ -16,7 +16,7 @@ from peftlab.core.errors import UserError
 from peftlab.core.layers import AdapterLayer, AdapterModule
 from peftlab.core.probe import probe_output
 from peftlab.core.registry import get_method
-from peftlab.core.state import peft_state
+from peftlab.core.state import peft_state, remove_adapter_records
 from peftlab.core.targeting import replace_module
 
 
@@ -31,8 +31,8 @@ class MergeReport:
     tolerance: float
 
 
-def _adapter_layers(model: nn.Module) -> list[AdapterLayer]:
-    return [module for module in model.modules() if isinstance(module, AdapterLayer)]
+def _adapter_layers(model: nn.Module, adapter_name: str) -> list[AdapterLayer]:
+    return [module for module in model.modules() if isinstance(module, AdapterLayer) and module.adapter_name == adapter_name]
 
 
 def _require_mergeable(model: nn.Module) -> list[AdapterLayer]:
@@ -40,8 +40,9 @@ def _require_mergeable(model: nn.Module) -> list[AdapterLayer]:
     if state is None:
         raise MergeError("this model carries no peftlab method; nothing to merge")
     spec = get_method(state.method)
-    layers = _adapter_layers(model)
-    others = [m for m in model.modules() if isinstance(m, AdapterModule) and not isinstance(m, AdapterLayer)]
+    layers = _adapter_layers(model, state.name)
+    others = [m for m in model.modules() if isinstance(m, AdapterModule) and not isinstance(m, AdapterLayer)
+              and m.adapter_name == state.name]
     if not spec.mergeable or others or any(not layer.mergeable for layer in layers):
         raise MergeError(
             f"{state.method!r} cannot be merged exactly into the base weights; keep the adapter unmerged "
@@ -91,11 +92,7 @@ def unload(model: nn.Module, *, merge_first: bool = True) -> nn.Module:
     while (found := next(((n, m) for n, m in model.named_modules() if isinstance(m, AdapterLayer)), None)):
         name, layer = found
         replace_module(model, name, layer.base_layer if layer.merged else layer.release_base())
-    state = peft_state(model)
-    if state is not None:
-        for hook in state.injection.hooks:
-            hook.remove()
-        del model.__dict__["peftlab_state"]
+    remove_adapter_records(model)
     for parameter in model.parameters():
         parameter.requires_grad_(True)
     return model

@@ -25,6 +25,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from peftlab.core.adapters import only_adapter
 from peftlab.core.atomic import atomic_directory, recover_directory
 from peftlab.core.base_identity import BaseModelMismatchWarning, base_model_info, check_base_model
 from peftlab.core.checks import non_finite_tensors, warn_if_inert
@@ -33,7 +34,13 @@ from peftlab.core.errors import AdapterFileError, few
 from peftlab.core.injection import apply_config, restored_on_error
 from peftlab.core.method_hooks import method_report
 from peftlab.core.registry import get_method
-from peftlab.core.state import adapter_buffers, adapter_parameters, peft_state
+from peftlab.core.state import (
+    DEFAULT_ADAPTER,
+    adapter_buffers,
+    adapter_parameters,
+    adapter_states,
+    peft_state,
+)
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -76,11 +83,31 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 def save_adapter(model: nn.Module, path: str | os.PathLike, tokenizer: Any = None) -> Path:
     """Write the applied method's config and weights to folder ``path`` (replaced atomically).
 
-    Pass the ``tokenizer`` when tokens were added (resized embeddings): it is saved beside the adapter.
+    Several named adapters are laid out as HF peft lays them out: ``default`` at the top of ``path``, each
+    other one in the subfolder of its name (``path/NAME``). Pass the ``tokenizer`` when tokens were added
+    (resized embeddings): it is saved beside the adapter.
     """
-    state = peft_state(model)
-    if state is None:
+    if not adapter_states(model):
         raise ValueError("nothing to save: this model carries no peftlab method (peftlab.apply first)")
+    contents = {}
+    for name in adapter_states(model):
+        with only_adapter(model, name):
+            contents[name] = _adapter_contents(model)
+    path = Path(path)
+    with atomic_directory(path) as staging:
+        for name, (method, document, tensors) in contents.items():
+            folder = staging if name == DEFAULT_ADAPTER else staging / name
+            folder.mkdir(exist_ok=True)
+            save_file(tensors, str(folder / WEIGHTS_NAME), metadata={"format": "pt", "method": method})
+            (folder / CONFIG_NAME).write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(staging))
+    return path
+
+
+def _adapter_contents(model: nn.Module) -> tuple[str, dict[str, Any], dict[str, torch.Tensor]]:
+    """The adapter in use: its method, its ``adapter_config.json`` document and its tensors (on the CPU)."""
+    state = peft_state(model)
     tensors = {name: t.detach().to("cpu").contiguous().clone() for name, t in adapter_state_dict(model).items()}
     document = {
         **state.config.to_dict(),
@@ -90,13 +117,7 @@ def save_adapter(model: nn.Module, path: str | os.PathLike, tokenizer: Any = Non
     report = method_report(model)
     if report:
         document[REPORT_KEY] = report
-    path = Path(path)
-    with atomic_directory(path) as staging:
-        save_file(tensors, str(staging / WEIGHTS_NAME), metadata={"format": "pt", "method": state.method})
-        (staging / CONFIG_NAME).write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
-        if tokenizer is not None:
-            tokenizer.save_pretrained(str(staging))
-    return path
+    return state.method, document, tensors
 
 
 def read_config_json(path: str | os.PathLike) -> dict[str, Any]:
@@ -105,7 +126,12 @@ def read_config_json(path: str | os.PathLike) -> dict[str, Any]:
     recover_directory(path)
     config_path = path / CONFIG_NAME
     if not config_path.is_file():
-        raise AdapterFileError(f"{path} is not an adapter folder: {CONFIG_NAME} is missing")
+        named = sorted(p.parent.name for p in path.glob(f"*/{CONFIG_NAME}"))
+        raise AdapterFileError(
+            f"{path} is not an adapter folder: {CONFIG_NAME} is missing"
+            + (f"; it holds named adapters in subfolders ({few(named)}): load each with "
+               f"load_adapter(model, '{path}/NAME', adapter_name='NAME')" if named else "")
+        )
     try:
         document = json.loads(config_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
@@ -159,11 +185,14 @@ def read_adapter_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise AdapterFileError(f"{weights_path} is corrupt or truncated ({error}); save the adapter again") from None
 
 
-def load_adapter(model: nn.Module, path: str | os.PathLike) -> nn.Module:
+def load_adapter(model: nn.Module, path: str | os.PathLike, adapter_name: str = DEFAULT_ADAPTER) -> nn.Module:
     """Apply the saved method to a plain base model (or reuse the one it carries) and load its weights.
 
-    Reads peftlab's format and any registered one (HF peft). On any mismatch the model is left as it
-    was given. Warns when the adapter changes nothing or was saved from a differently shaped base.
+    With ``adapter_name`` the adapter is added beside those the model carries (inactive, as
+    :func:`peftlab.apply` adds one), or loaded into the adapter of that name if it has the same config.
+    Reads peftlab's format and any registered one (HF peft; a subfolder of a multi-adapter folder is
+    one adapter). On any mismatch the model is left as it was given. Warns when the adapter changes
+    nothing or was saved from a differently shaped base.
     """
     stored = read_adapter(path)
     config, tensors = stored.config, stored.tensors
@@ -174,21 +203,43 @@ def load_adapter(model: nn.Module, path: str | os.PathLike) -> nn.Module:
             f"{path} holds NaN or infinite values in {few(bad)}: training diverged before it was saved; "
             f"use an earlier checkpoint"
         )
-    state = peft_state(model)
-    if state is None:
-        with restored_on_error(model):
-            apply_config(model, config)
-            load_adapter_state_dict(model, tensors, source=str(path))
-        _warn_after_load(model, doubts, str(path))
-        return model
-    if state.config != config:
+    state = adapter_states(model).get(adapter_name)
+    if state is not None and state.config != config:
         raise AdapterFileError(
-            f"the model already carries {state.method!r} with another config than the adapter in {path}; "
-            f"load it onto a fresh base model"
+            f"the model already carries {state.method!r} as adapter {adapter_name!r} with another config than the "
+            f"adapter in {path}; load it under another adapter_name, or onto a fresh base model"
         )
-    load_adapter_state_dict(model, tensors, source=str(path))
-    _warn_after_load(model, doubts, str(path))
+    with restored_on_error(model):
+        if state is None:
+            apply_config(model, config, adapter_name)
+        with only_adapter(model, adapter_name):
+            load_adapter_state_dict(model, tensors, source=str(path))
+            _warn_after_load(model, doubts, str(path))
     return model
+
+
+def hotswap_adapter(model: nn.Module, path: str | os.PathLike, adapter_name: str = DEFAULT_ADAPTER) -> nn.Module:
+    """Replace adapter ``adapter_name``'s weights in place by those saved in ``path`` (same method, shapes and
+    settings): no module is added or replaced, so a compiled model runs on without recompiling."""
+    stored = read_adapter(path)
+    state = adapter_states(model).get(adapter_name)
+    if state is None:
+        raise AdapterFileError(f"no adapter named {adapter_name!r} to hot-swap on this model; load the first one "
+                               f"with load_adapter(model, path, adapter_name={adapter_name!r})")
+    differences = [f"{key}: {value!r} -> {stored.config.to_dict().get(key)!r}"
+                   for key, value in state.config.to_dict().items()
+                   if key not in HOTSWAP_FREE and stored.config.to_dict().get(key) != value]
+    if differences:
+        raise AdapterFileError(
+            f"{path} cannot be hot-swapped into adapter {adapter_name!r}: its settings differ ({'; '.join(differences)}), "
+            f"which would change the layers themselves; load it as another adapter (load_adapter(..., adapter_name=...))"
+        )
+    with only_adapter(model, adapter_name):
+        load_adapter_state_dict(model, stored.tensors, source=str(path))
+    return model
+
+
+HOTSWAP_FREE = ("init", "dropout")  # settings that do not shape the layers or their numbers at inference
 
 
 def _warn_after_load(model: nn.Module, doubts: list[str], source: str) -> None:

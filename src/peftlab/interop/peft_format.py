@@ -22,6 +22,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from peftlab.core.adapters import only_adapter
 from peftlab.core.atomic import atomic_directory
 from peftlab.core.base_identity import base_model_info
 from peftlab.core.config import MethodConfig
@@ -35,7 +36,7 @@ from peftlab.core.serialization import (
     read_adapter,
     read_config_json,
 )
-from peftlab.core.state import peft_state
+from peftlab.core.state import DEFAULT_ADAPTER, adapter_states, peft_state
 from peftlab.interop.peft_converters import (
     PREFIX,
     Grouped,
@@ -197,36 +198,76 @@ def export_peft(
 ) -> Path:
     """Write a peftlab adapter (a folder or an adapted model) as a peft adapter folder, atomically.
 
+    Named adapters keep their names, in peft's layout: ``default`` at the top, each other one in the
+    subfolder of its name (from a model with several adapters, or a folder saved from one).
+
     ``destination`` is checked first by the output policy (:mod:`peftlab.core.outputs`): never the source,
     and an existing adapter folder is replaced only with ``overwrite`` (the Python default; the CLI's is off).
 
     ``lora_only`` drops the ``modules_to_save`` weights (trained heads, embeddings), which servers
     such as vLLM refuse; the exported adapter then no longer reproduces them.
     """
+    named = _named_sources(source)
     inputs = {"SRC": None if isinstance(source, nn.Module) else source}
-    destination = claim_output(destination, EXPORT_OUTPUT, overwrite=overwrite, inputs=inputs)
-    stored = _stored(source)
-    document, tensors = to_peft(stored, lora_only=lora_only)
-    metadata = {"format": "pt", "peftlab_method": stored.config.method,
-                "peftlab_base_model": json.dumps(stored.base_model, sort_keys=True)}
+    kind = replace(EXPORT_OUTPUT, owns=EXPORT_OUTPUT.owns + tuple(n for n in named if n != DEFAULT_ADAPTER))
+    destination = claim_output(destination, kind, overwrite=overwrite, inputs=inputs)
+    converted = {name: (stored, *to_peft(stored, lora_only=lora_only)) for name, stored in named.items()}
     with atomic_directory(destination) as staging:
-        save_file({n: t.contiguous() for n, t in tensors.items()}, str(staging / WEIGHTS_NAME), metadata=metadata)
-        (staging / CONFIG_NAME).write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
+        for name, (stored, document, tensors) in converted.items():
+            folder = _named_folder(staging, name)
+            metadata = {"format": "pt", "peftlab_method": stored.config.method,
+                        "peftlab_base_model": json.dumps(stored.base_model, sort_keys=True)}
+            save_file({n: t.contiguous() for n, t in tensors.items()}, str(folder / WEIGHTS_NAME), metadata=metadata)
+            (folder / CONFIG_NAME).write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
         _copy_tokenizer(source, staging)
     return destination
 
 
 def import_peft(source: str | os.PathLike, destination: str | os.PathLike, *, overwrite: bool = True) -> Path:
     """Convert a peft adapter folder to a peftlab one (config with ``method``, tensors named as in the model),
-    with ``destination`` checked as in :func:`export_peft`."""
-    destination = claim_output(destination, IMPORT_OUTPUT, overwrite=overwrite, inputs={"SRC": source})
-    stored = read_peft_folder(Path(source))
-    document = {**stored.config.to_dict(), "base_model": {**stored.base_model, "imported_from": "peft"}}
+    with ``destination`` checked as in :func:`export_peft`; a multi-adapter folder keeps its layout."""
+    folders = named_adapter_folders(Path(source))
+    kind = replace(IMPORT_OUTPUT, owns=IMPORT_OUTPUT.owns + tuple(n for n in folders if n != DEFAULT_ADAPTER))
+    destination = claim_output(destination, kind, overwrite=overwrite, inputs={"SRC": source})
+    converted = {name: read_peft_folder(folder) for name, folder in folders.items()}
     with atomic_directory(destination) as staging:
-        save_file(stored.tensors, str(staging / WEIGHTS_NAME), metadata={"format": "pt", "method": stored.config.method})
-        (staging / CONFIG_NAME).write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
+        for name, stored in converted.items():
+            folder = _named_folder(staging, name)
+            document = {**stored.config.to_dict(), "base_model": {**stored.base_model, "imported_from": "peft"}}
+            save_file(stored.tensors, str(folder / WEIGHTS_NAME), metadata={"format": "pt", "method": stored.config.method})
+            (folder / CONFIG_NAME).write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
         _copy_tokenizer(source, staging)
     return destination
+
+
+def named_adapter_folders(path: Path) -> dict[str, Path]:
+    """``{adapter name: folder}`` of an adapter folder in peft's multi-adapter layout (just ``default`` for a
+    folder of one adapter)."""
+    folders = {DEFAULT_ADAPTER: path} if (path / CONFIG_NAME).is_file() else {}
+    folders.update({sub.name: sub for sub in sorted(path.iterdir()) if (sub / CONFIG_NAME).is_file()}
+                   if path.is_dir() else {})
+    if not folders:
+        read_config_json(path)  # raises the clear error for a folder without an adapter
+    return folders
+
+
+def _named_sources(source: str | os.PathLike | nn.Module) -> dict[str, StoredAdapter]:
+    if isinstance(source, nn.Module):
+        names = list(adapter_states(source))
+        if len(names) <= 1:
+            return {names[0] if names else DEFAULT_ADAPTER: _stored(source)}
+        named = {}
+        for name in names:
+            with only_adapter(source, name):
+                named[name] = _stored(source)
+        return named
+    return {name: read_adapter(folder) for name, folder in named_adapter_folders(Path(source)).items()}
+
+
+def _named_folder(staging: Path, name: str) -> Path:
+    folder = staging if name == DEFAULT_ADAPTER else staging / name
+    folder.mkdir(exist_ok=True)
+    return folder
 
 
 def _copy_tokenizer(source: Any, staging: Path) -> None:

@@ -162,7 +162,7 @@ def test_lora_math_runs_in_the_compute_dtype_and_trains_float32_factors(compute)
 
 def plain_forward(layer, x):
     """The layer's forward as autograd records it without the one-product path: the base, then the LoRA."""
-    return super(QuantizedLoRALinear, layer).forward(x)
+    return super(QuantizedLoRALinear, layer).adapted_forward(x)
 
 
 def bf16_qlora_layer(bias: bool, dropout: float = 0.0) -> QuantizedLoRALinear:

@@ -85,7 +85,7 @@ class IA3Linear(AdapterLayer):
         self.ia3_l = nn.Parameter(torch.ones(size, **tensor_options(weight)))
         self.scale_input = scale_input
 
-    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    def adapted_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         if self.merged:
             return self.base_layer(x, *args, **kwargs)
         if self.scale_input:

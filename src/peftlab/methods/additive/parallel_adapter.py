@@ -74,6 +74,8 @@ class ParallelAdapterConfig(MethodConfig):
 class ParallelAdapter(AdapterLayer):
     """``y = f(x) + s * bottleneck(x)``: wraps the block's exit; ``x`` comes from its :class:`BlockInputTap`."""
 
+    routes_rows = False  # its input was stored by the tap for the whole batch
+
     def __init__(self, base_layer: nn.Module, bottleneck: int, scaling: float, activation: str) -> None:
         super().__init__(base_layer)
         self.adapter = Bottleneck(self.out_features, bottleneck, activation, next(base_layer.parameters()))

@@ -128,7 +128,7 @@ class GatedLayer(AdapterLayer):
         like = next(inner.parameters())
         self.gate = Gate(self.in_features if gate_on == "input" else self.out_features, like, pooling)
 
-    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    def adapted_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         inner = self.base_layer
         base_output = inner.base_layer(x, *args, **kwargs)
         delta = inner.adapter_forward(x, base_output) - base_output

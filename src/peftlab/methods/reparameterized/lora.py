@@ -108,6 +108,10 @@ class LoRALinear(AdapterLayer):
         self.lora_A_init.copy_(a_init)
         self.lora_B_init.copy_(b_init)
 
+    @property
+    def alters_base(self) -> bool:
+        return "lora_A_init" in self._buffers
+
     def adapter_buffers(self) -> Iterator[tuple[str, torch.Tensor]]:
         """The initial factors of a residual init (PiSSA, OLoRA): saved, see ``_lora_init.py``."""
         for name in ("lora_A_init", "lora_B_init"):

@@ -130,11 +130,11 @@ class QuantizedLoRALinear(LoRALinear):
     layer itself (kept aside, not re-quantized, so it is bit-identical). Training steps run through
     :class:`_FourBitLoRAProduct` (same numbers, fewer passes)."""
 
-    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    def adapted_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         if not args and not kwargs and self._runs_as_one_product(x):
             dropped = self.dropout(x) if self.training and not isinstance(self.dropout, nn.Identity) else None
             return _FourBitLoRAProduct.apply(x, dropped, self.lora_A, self.lora_B, self.base_layer, self.scaling)
-        return super().forward(x, *args, **kwargs)
+        return super().adapted_forward(x, *args, **kwargs)
 
     def _runs_as_one_product(self, x: torch.Tensor) -> bool:
         """A training forward over a plain 4-bit base (no hooks, frozen bias, weights in bitsandbytes' portable
