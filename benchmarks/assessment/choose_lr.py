@@ -54,10 +54,13 @@ def best_rate(by_rate: dict[float, float]) -> float:
     return max(sorted(by_rate), key=lambda rate: by_rate[rate])  # max keeps the first (smallest) of equals
 
 
-def e1_suite(scores: dict[tuple[str, str], dict[float, float]], options: dict[str, dict[str, Any]],
-             methods: list[str]) -> dict[str, Any]:
+def e1_suite(scores: dict[tuple[str, str], dict[float, float]], options: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """E1's suite: each task with the methods its choosing sweep has scored (all twelve once it is done)."""
     experiments = []
     for task, chooser in CHOOSER.items():
+        methods = [m for m in METHODS if (chooser, m) in scores]
+        if not methods:
+            continue
         experiments.append({
             "tasks": [{"task": task, "training": BUDGETS[task]}],
             "methods": [{m: {**({"options": options[m]} if options[m] else {}),
@@ -103,13 +106,12 @@ def main() -> None:
     scores, options = sweep_scores(arguments.sweeps)
     print(markdown_table(scores) if arguments.markdown else plain_table(scores))
     header = "# Written by benchmarks/assessment/choose_lr.py from the lr-sweep records; do not edit by hand.\n"
-    ready = [m for m in METHODS if all((chooser, m) in scores for chooser in set(CHOOSER.values()))]
-    if not ready:
-        folders = ", ".join(map(str, arguments.sweeps))
-        raise SystemExit(f"{folders}: no method has an ok sweep run on every choosing task")
-    if len(ready) < len(METHODS):  # a later call, with the rest swept, writes the whole suite (finished runs stay)
-        print(f"not swept yet, left out of E1 for now: {', '.join(m for m in METHODS if m not in ready)}")
-    arguments.out.write_text(header + yaml.safe_dump(e1_suite(scores, options, ready), sort_keys=False))
+    missing = [f"{task}: {m}" for task, chooser in CHOOSER.items() for m in METHODS if (chooser, m) not in scores]
+    if len(missing) == len(CHOOSER) * len(METHODS):
+        raise SystemExit(f"{', '.join(map(str, arguments.sweeps))}: no ok sweep run to choose from")
+    if missing:  # a later call, with the rest swept, writes the whole suite (finished runs stay finished)
+        print(f"not swept yet, left out of E1 for now: {', '.join(missing)}")
+    arguments.out.write_text(header + yaml.safe_dump(e1_suite(scores, options), sort_keys=False))
 
 
 if __name__ == "__main__":
