@@ -25,8 +25,11 @@ def test_plain_model_counts_its_trainable_parameters():
 
 def test_modules_to_save_train_and_are_counted():
     model = peftlab.apply(tiny_bert(), "lora", rank=4, modules_to_save=["classifier"])
-    names = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert {"classifier.weight", "classifier.bias"} <= names
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    named = dict(peftlab.adapter_parameters(model))  # a trained copy of the head, named as the head itself
+    assert {"classifier.weight", "classifier.bias"} <= set(named) and {id(p) for p in named.values()} == trainable
+    report = peftlab.parameter_report(model)
+    assert report.base == sum(p.numel() for p in tiny_bert().parameters())
 
 
 def test_merge_refuses_a_non_mergeable_method():

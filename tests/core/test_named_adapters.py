@@ -11,7 +11,7 @@ from peftlab.core.errors import UserError
 from peftlab.core.injection import AlreadyAdaptedError
 from peftlab.core.layers import AdapterModule
 from peftlab.core.serialization import read_adapter_tensors
-from conftest import FAMILY_BUILDERS, batch_for, tiny_llama
+from conftest import FAMILY_BUILDERS, batch_for, tiny_bert, tiny_llama
 
 METHODS = {"a": ("lora", {"rank": 4}), "b": ("ia3", {})}  # two methods, so "any mix" is exercised
 
@@ -164,8 +164,6 @@ def test_adapters_that_cannot_share_a_base_are_refused_and_the_model_is_left_as_
         peftlab.apply(model, "prompt_tuning", adapter_name="p")
     with pytest.raises(AlreadyAdaptedError, match=r"'bias' \(bitfit\).*own parameters"):
         peftlab.apply(model, "bitfit", adapter_name="bias")
-    with pytest.raises(AlreadyAdaptedError, match="modules_to_save"):
-        peftlab.apply(model, "lora", adapter_name="head", modules_to_save=["lm_head"])
     assert peftlab.list_adapters(model) == ["a"]
     assert {name: p for name, p in model.named_parameters()}.keys() == before.keys()
 
@@ -237,3 +235,33 @@ def test_hotswap_refuses_another_shape_or_setting(tmp_path):
         peftlab.hotswap_adapter(model, other_alpha)
     with pytest.raises(peftlab.AdapterFileError, match="no adapter named 'x'"):
         peftlab.hotswap_adapter(model, other_alpha, adapter_name="x")
+
+
+def test_each_adapter_trains_and_saves_its_own_head(tmp_path):
+    """modules_to_save beside named adapters: a trained copy per adapter (as peft's ModulesToSaveWrapper), the
+    bare base keeping its own, and a mixed batch giving each row its adapter's head."""
+    model = tiny_bert().eval()
+    bare = tiny_bert().eval()
+    for seed, name in enumerate(("a", "b")):
+        peftlab.apply(model, "lora", adapter_name=name, rank=4, modules_to_save=["classifier"])
+        peftlab.set_adapter(model, name)
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            for parameter_name, parameter in peftlab.adapter_parameters(model):
+                if parameter_name.startswith("classifier."):
+                    parameter.normal_()
+    inputs = {key: value for key, value in batch_for(model, batch=3, seed=2).items() if key != "labels"}
+    expected = {}
+    for name in ("a", "b"):
+        peftlab.set_adapter(model, name)
+        assert {n for n, _ in peftlab.adapter_parameters(model)} >= {"classifier.weight", "classifier.bias"}
+        expected[name] = logits(model, inputs)
+        alone = peftlab.load_adapter(tiny_bert().eval(), peftlab.save_adapter(model, tmp_path / name) / name)
+        torch.testing.assert_close(logits(alone, inputs), expected[name])
+    with peftlab.disable_adapters(model):
+        torch.testing.assert_close(logits(model, inputs), logits(bare, inputs))
+    mixed = logits(model, {**inputs, "adapter_names": ["b", "__base__", "a"]})
+    torch.testing.assert_close(mixed, torch.cat([expected["b"][:1], logits(bare, inputs)[1:2], expected["a"][2:]]))
+    peftlab.unload(model)  # merges the adapter in use: its head takes the module's place
+    torch.testing.assert_close(logits(model, inputs), expected["b"])
+    assert type(model.classifier) is torch.nn.Linear

@@ -61,7 +61,7 @@ def adapter_is_inert(model: nn.Module) -> bool:
     state = peft_state(model)
     if state is None or state.injection.selected or state.injection.created:
         return False
-    modules = [m for m in model.modules() if isinstance(m, AdapterModule)]
+    modules = [m for m in model.modules() if isinstance(m, AdapterModule) and m.adapter_name == state.name]
     layers = [m for m in modules if isinstance(m, AdapterLayer)]
     if not layers or len(layers) != len(modules) or any(layer.merged for layer in layers):
         return False

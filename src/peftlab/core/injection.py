@@ -22,6 +22,7 @@ from peftlab.core.config import MethodConfig
 from peftlab.core.errors import UserError
 from peftlab.core.layers import OFFLOAD_ADVICE, AdapterLayer, AdapterModule, OffloadedWeightsError
 from peftlab.core.registry import spec_for_config
+from peftlab.core.saved_modules import wrap_saved_modules
 from peftlab.core.state import (
     ACTIVE_ATTRIBUTE,
     ADAPTERS_ATTRIBUTE,
@@ -65,8 +66,9 @@ def apply_config(model: nn.Module, config: MethodConfig, adapter_name: str = DEF
     modules_before = {id(module) for module in model.modules() if isinstance(module, AdapterModule)}
     with restored_on_error(model):
         injection = spec.inject(model, config)
-        if config.modules_to_save:  # again: a module the method wrapped now has other parameter names
-            injection.selected.extend(find_parameters(model, config.modules_to_save, role="modules_to_save pattern"))
+        if config.modules_to_save:
+            in_place = wrap_saved_modules(model, config.modules_to_save, injection.selected + injection.created)
+            injection.selected.extend(name for name in in_place if name not in injection.selected)
         added = [m for m in model.modules() if isinstance(m, AdapterModule) and id(m) not in modules_before]
         alters_base = any(isinstance(m, AdapterLayer) and m.alters_base for m in added)
         state = PeftState(config=config, injection=injection, base_model=base_model, name=adapter_name,
@@ -102,15 +104,13 @@ def _refuse_to_share(states: dict[str, PeftState], new: PeftState) -> None:
             raise AlreadyAdaptedError(
                 f"adapter {state.name!r} ({state.method}) cannot share the base with another adapter: it "
                 f"{_why_not_self_contained(state)}. Several adapters on one base work for methods that add their "
-                f"own layers (LoRA and its family, AdaLoRA, (IA)3, sequential and parallel adapters) without modules_to_save; load "
+                f"own layers (LoRA and its family, AdaLoRA, (IA)3, sequential and parallel adapters); load "
                 f"a fresh base model for this one"
             )
 
 
 def _why_not_self_contained(state: PeftState) -> str:
     injection = state.injection
-    if state.config.modules_to_save:
-        return f"trains base modules in place (modules_to_save={list(state.config.modules_to_save)})"
     if injection.selected or injection.created:
         return "trains the base model's own parameters in place"
     if state.alters_base:

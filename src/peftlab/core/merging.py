@@ -16,6 +16,7 @@ from peftlab.core.errors import UserError
 from peftlab.core.layers import AdapterLayer, AdapterModule
 from peftlab.core.probe import probe_output
 from peftlab.core.registry import get_method
+from peftlab.core.saved_modules import SavedModule
 from peftlab.core.state import peft_state, remove_adapter_records
 from peftlab.core.targeting import replace_module
 
@@ -31,6 +32,10 @@ class MergeReport:
     tolerance: float
 
 
+def _saved_modules(model: nn.Module, adapter_name: str) -> list[SavedModule]:
+    return [module for module in model.modules() if isinstance(module, SavedModule) and module.adapter_name == adapter_name]
+
+
 def _adapter_layers(model: nn.Module, adapter_name: str) -> list[AdapterLayer]:
     return [module for module in model.modules() if isinstance(module, AdapterLayer) and module.adapter_name == adapter_name]
 
@@ -41,8 +46,8 @@ def _require_mergeable(model: nn.Module) -> list[AdapterLayer]:
         raise MergeError("this model carries no peftlab method; nothing to merge")
     spec = get_method(state.method)
     layers = _adapter_layers(model, state.name)
-    others = [m for m in model.modules() if isinstance(m, AdapterModule) and not isinstance(m, AdapterLayer)
-              and m.adapter_name == state.name]
+    others = [m for m in model.modules() if isinstance(m, AdapterModule)
+              and not isinstance(m, (AdapterLayer, SavedModule)) and m.adapter_name == state.name]
     if not spec.mergeable or others or any(not layer.mergeable for layer in layers):
         raise MergeError(
             f"{state.method!r} cannot be merged exactly into the base weights; keep the adapter unmerged "
@@ -62,7 +67,7 @@ def merge(model: nn.Module, *, tolerance: float = 1e-4, check: bool = True) -> M
     warn_if_inert(model, "this model", action="merged")
     spec = get_method(peft_state(model).method)
     before = probe_output(model) if check else None
-    for layer in layers:
+    for layer in [*layers, *_saved_modules(model, peft_state(model).name)]:
         layer.merge()
     difference = 0.0
     if before is not None:
@@ -80,7 +85,7 @@ def merge(model: nn.Module, *, tolerance: float = 1e-4, check: bool = True) -> M
 
 def unmerge(model: nn.Module) -> None:
     """Take the merged delta back out of the base weights (exact up to float rounding)."""
-    for layer in _require_mergeable(model):
+    for layer in [*_require_mergeable(model), *_saved_modules(model, peft_state(model).name)]:
         layer.unmerge()
 
 
@@ -89,9 +94,13 @@ def unload(model: nn.Module, *, merge_first: bool = True) -> nn.Module:
     """Return the plain base model: merge (when asked), then replace each wrapper by its base layer."""
     if merge_first:
         merge(model)
-    while (found := next(((n, m) for n, m in model.named_modules() if isinstance(m, AdapterLayer)), None)):
+    wrapper_types = (AdapterLayer, SavedModule)
+    while (found := next(((n, m) for n, m in model.named_modules() if isinstance(m, wrapper_types)), None)):
         name, layer = found
-        replace_module(model, name, layer.base_layer if layer.merged else layer.release_base())
+        if isinstance(layer, SavedModule):
+            replace_module(model, name, layer.trained if layer.merged else layer.base_layer)
+        else:
+            replace_module(model, name, layer.base_layer if layer.merged else layer.release_base())
     remove_adapter_records(model)
     for parameter in model.parameters():
         parameter.requires_grad_(True)

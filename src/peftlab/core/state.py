@@ -61,8 +61,7 @@ class PeftState:
         as they were and hooks no forward, so it can sit beside other adapters, be switched off, and split a
         batch by rows."""
         injection = self.injection
-        return not (injection.selected or injection.created or injection.hooks or self.config.modules_to_save
-                    or self.alters_base)
+        return not (injection.selected or injection.created or injection.hooks or self.alters_base)
 
     @property
     def method(self) -> str:
@@ -163,3 +162,14 @@ def remove_adapter_records(model: nn.Module) -> None:
     model.__dict__.pop("generate", None)  # the instance's routed generate (core.adapters.install_routing)
     model.__dict__.pop(ADAPTERS_ATTRIBUTE, None)
     model.__dict__.pop(ACTIVE_ATTRIBUTE, None)
+
+
+def numel_trained_beside_layers(model: nn.Module, state: PeftState) -> int:
+    """Elements the adapter trains outside its own layers: base parameters it selected or created, and the
+    trained copies of its ``modules_to_save`` (counted in full, beside a method's own count)."""
+    named = dict(model.named_parameters())
+    total = sum(named[name].numel() for name in dict.fromkeys(state.injection.selected + state.injection.created))
+    for _, module in adapter_modules(model, state.name):
+        if hasattr(module, "trained"):  # a SavedModule (core.saved_modules, which builds on this module)
+            total += sum(p.numel() for _, p in module.adapter_parameters())
+    return total

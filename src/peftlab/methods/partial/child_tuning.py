@@ -34,7 +34,7 @@ from peftlab.core.method_hooks import training_hooks
 from peftlab.core.registry import MethodHooks, MethodSpec, register
 from peftlab.core.serialization import AdapterFileError
 from peftlab.core.sharding import local, local_slice, whole
-from peftlab.core.state import Injection, adapter_parameters, peft_state
+from peftlab.core.state import Injection, adapter_parameters, numel_trained_beside_layers, peft_state
 from peftlab.core.targeting import find_modules
 
 MASK_SUFFIX = ".child_mask"
@@ -272,10 +272,9 @@ def inject(model: nn.Module, config: ChildTuningConfig) -> Injection:
 
     def count_trainable(adapted: nn.Module) -> int:
         named = dict(adapted.named_parameters())
-        state = peft_state(adapted)
-        others = set(state.injection.selected + state.injection.created) - set(parents)
         parent_numel = sum(named[name].numel() for name in parents)
-        return child_size(parent_numel, config.reserve_p) + sum(named[name].numel() for name in others)
+        others = numel_trained_beside_layers(adapted, peft_state(adapted)) - parent_numel
+        return child_size(parent_numel, config.reserve_p) + others
 
     return Injection(selected=list(parents), count_trainable=count_trainable,
                      count_note="the child network: reserve_p of the selected weights")

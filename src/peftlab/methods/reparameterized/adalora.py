@@ -31,7 +31,7 @@ from peftlab.core.config import MethodConfig, option, require
 from peftlab.core.hooks import TrainingHooks
 from peftlab.core.registry import MethodHooks, MethodSpec, register
 from peftlab.core.sharding import local, local_slice, whole
-from peftlab.core.state import Injection, peft_state
+from peftlab.core.state import Injection, numel_trained_beside_layers, peft_state
 from peftlab.core.targeting import find_modules, replace_module
 from peftlab.methods.reparameterized._adalora_layers import SVDLinear, StackedOrthogonality, svd_layers
 
@@ -228,9 +228,7 @@ def inject(model: nn.Module, config: AdaLoRAConfig) -> Injection:
         """Active triplets only: a masked rank no longer counts."""
         active = sum(int(layer.rank_mask.sum()) * (layer.in_features + layer.out_features + 1)
                      for _, layer in svd_layers(adapted))
-        named = dict(adapted.named_parameters())
-        state = peft_state(adapted)
-        return active + sum(named[n].numel() for n in dict.fromkeys(state.injection.selected + state.injection.created))
+        return active + numel_trained_beside_layers(adapted, peft_state(adapted))
 
     return Injection(count_trainable=count_trainable, count_note="active rank triplets only")
 
