@@ -45,6 +45,7 @@ from peftlab.core.state import (
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 REPORT_KEY = "report"
+HOTSWAP_FREE = ("init", "dropout")  # settings that do not shape the layers or their numbers at inference
 
 
 @dataclass
@@ -237,9 +238,6 @@ def hotswap_adapter(model: nn.Module, path: str | os.PathLike, adapter_name: str
     with only_adapter(model, adapter_name):
         load_adapter_state_dict(model, stored.tensors, source=str(path))
     return model
-
-
-HOTSWAP_FREE = ("init", "dropout")  # settings that do not shape the layers or their numbers at inference
 
 
 def _warn_after_load(model: nn.Module, doubts: list[str], source: str) -> None:
