@@ -43,11 +43,18 @@ def test_bert_sst2_lora_writes_the_run_folder_and_eval_reproduces_it(tiny_models
     assert record["scores"] == pytest.approx(metrics["scores"])
 
 
-def test_the_classification_head_trains(tiny_models, data_root, tmp_path, capsys):
+def test_the_classification_head_trains(tiny_models, data_root, tmp_path, capsys, caplog):
     from transformers import AutoModelForSequenceClassification
 
     out = tmp_path / "run"
-    train(capsys, tiny_models["bert"], "rte", out, "--method", "bitfit", "--max-steps", "2", "--data-dir", str(data_root))
+    code = main(["train", "--model", str(tiny_models["bert"]), "--task", "rte", "--output", str(out), *SMALL,
+                 "--method", "bitfit", "--max-steps", "2", "--data-dir", str(data_root)])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    # peftlab's own line in place of transformers' "MISSING ... newly initialized" table
+    # (the tiny checkpoint was saved with a 2-label head: tests/train/test_load_report.py has the new-head line)
+    assert "checkpoint has its rte head (2 output(s)); classifier, bert.pooler train beside the method" in err
+    assert "LOAD REPORT" not in err + caplog.text and "MISSING" not in err + caplog.text
     saved = load_file(out / "adapter_model.safetensors")
     # The head is new: check it moved away from its seeded initialisation.
     import torch

@@ -46,7 +46,8 @@ def test_run_without_output_folder_reports_measurements(tiny_models, data_root, 
 
 
 def test_eval_steps_evaluate_every_n_steps_and_best_holds_the_best_scoring_adapter(still_bert, data_root, tmp_path):
-    from peftlab.train import EvalArgs, evaluate_adapter
+    from peftlab.train import EvalArgs
+    from peftlab.train.evaluate_adapter import evaluate_adapter
 
     out = tmp_path / "run"
     metrics = run_training(TrainArgs(model=str(still_bert), task="stsb", method="lora", data_dir=str(data_root),

@@ -6,10 +6,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from peftlab.bench.suite import Suite, SuiteError
-from peftlab.bench.suite_file import load_suite
+if TYPE_CHECKING:
+    from peftlab.bench.suite import Suite
+
+_LAZY = {"Suite": "peftlab.bench.suite", "SuiteError": "peftlab.bench.suite", "load_suite": "peftlab.bench.suite_file"}
 
 # TrainArgs fields the sweep sets itself; a suite may not.
 RESERVED_TRAINING_KEYS = frozenset({"model", "task", "method", "options", "seed", "output_dir", "data_dir",
@@ -18,6 +21,7 @@ RESERVED_TRAINING_KEYS = frozenset({"model", "task", "method", "options", "seed"
 
 def check_training(training: dict[str, Any], where: str) -> None:
     """Reject a suite's training settings that the training entry point would reject, before anything runs."""
+    from peftlab.bench.suite import SuiteError
     from peftlab.train.args import TrainArgs
 
     known = set(TrainArgs.field_names()) - RESERVED_TRAINING_KEYS
@@ -33,9 +37,18 @@ def check_training(training: dict[str, Any], where: str) -> None:
 
 def load_suite_checked(name_or_path: str) -> Suite:
     """A suite validated against the registered methods, the tasks registry and the training settings."""
+    from peftlab.bench.suite_file import load_suite
     from peftlab.tasks import task_names
 
     return load_suite(name_or_path, known_tasks=task_names(), check_training=check_training)
 
 
 __all__ = ["Suite", "SuiteError", "check_training", "load_suite", "load_suite_checked"]
+
+
+def __getattr__(name: str) -> Any:
+    """The suite classes (which need the method registry, so torch) imported on first use (PEP 562): the
+    CLI's parser lists the built-in suites without them."""
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'peftlab.bench' has no attribute {name!r}")

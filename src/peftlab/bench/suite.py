@@ -30,12 +30,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from peftlab.bench.builtin_suites import SUITES_DIR
 from peftlab.core.errors import UserError
 from peftlab.core.registry import get_method
 
 UNTUNED = "untuned"  # peftlab.train.args.UNTUNED (bench reads no train module at import)
 
-SUITES_DIR = Path(__file__).parent / "suites"
 
 
 class SuiteError(UserError):

@@ -13,14 +13,11 @@ from typing import Any
 
 import yaml
 
+from peftlab.bench.builtin_suites import available_suites
 from peftlab.bench.suite import (SUITES_DIR, UNTUNED, Experiment, MethodEntry, ModelEntry, Suite, SuiteError,
                                  TaskEntry)
 from peftlab.core.errors import UserError
 from peftlab.core.registry import get_method
-
-
-def available_suites() -> list[str]:
-    return sorted(path.stem for path in SUITES_DIR.glob("*.yaml"))
 
 
 def suite_path(name_or_path: str) -> Path:

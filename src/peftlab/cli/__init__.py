@@ -1,21 +1,24 @@
 """The ``peftlab`` command: thin typed commands over the library, one module per command.
 
 Each module in this package defines ``add_parser(subparsers)``, which registers its subcommand and
-sets ``handler`` to a function taking the parsed arguments and returning an exit code.
+sets ``handler`` to a function taking the parsed arguments and returning an exit code. Building the parser
+imports neither torch nor transformers (a command's module imports them inside its handler), so ``--help``
+and ``--version`` answer at once; ``tests/cli/test_startup.py`` holds every command to that.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import signal
 import sys
 from collections.abc import Sequence
 from typing import Any
 
+import peftlab
 from peftlab.core.errors import Interrupted, UserError
-from peftlab.train.interrupt import STOP_SIGNALS, handling
 
 
 class CommandError(UserError):
@@ -45,6 +48,7 @@ class StopSignals:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="peftlab", description="Parameter-efficient fine-tuning, assessed.")
+    parser.add_argument("--version", action="version", version=f"peftlab {peftlab.__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
         if info.name.startswith("_"):
@@ -56,10 +60,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = build_parser().parse_args(argv)
+    from peftlab.train.interrupt import STOP_SIGNALS, handling
+
     stop = StopSignals()
     with handling(STOP_SIGNALS, stop.handle):
         try:
             return int(arguments.handler(arguments) or 0)
+        except BrokenPipeError:  # the reader went away (``peftlab methods | head``): nothing more to say
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115  (so the interpreter's final flush stays quiet)
+            return 141
         except Interrupted as stopped:  # train saved its work; the message says where and how to continue
             print(f"peftlab {arguments.command}: {stopped}", file=sys.stderr)
             return stopped.exit_code

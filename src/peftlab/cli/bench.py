@@ -6,13 +6,8 @@ import argparse
 import os
 from pathlib import Path
 
-from peftlab.bench import load_suite_checked
-from peftlab.bench.report import write_report
-from peftlab.bench.runner import BENCH_OUTPUT, Shard, is_sweep_folder, run_sweep
-from peftlab.bench.suite_file import available_suites
-from peftlab.cli.report import warn_unreadable
-from peftlab.core.outputs import claim_output, remove_owned
-from peftlab.tasks import DATA_ENV
+from peftlab.bench.builtin_suites import available_suites
+from peftlab.tasks.base import DATA_ENV
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -40,6 +35,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(arguments: argparse.Namespace) -> int:
+    from peftlab.bench import load_suite_checked
+    from peftlab.bench.report import write_report
+    from peftlab.bench.runner import BENCH_OUTPUT, Shard, is_sweep_folder, run_sweep
+    from peftlab.cli.report import warn_unreadable
+    from peftlab.core.outputs import claim_output, remove_owned
+
     suite = load_suite_checked(arguments.suite)
     shard = Shard.parse(arguments.shard)
     runs = suite.runs()

@@ -26,7 +26,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(arguments: argparse.Namespace) -> int:
-    from peftlab.train import EvalArgs, evaluate_adapter
+    from peftlab.train import EvalArgs
+    from peftlab.train.evaluate_adapter import evaluate_adapter
 
     values = {k: v for k, v in vars(arguments).items() if k not in ("command", "handler")}
     record = evaluate_adapter(EvalArgs(**values))

@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 
-from peftlab.core.architectures import ARCHITECTURES
-from peftlab.core.registry import describe_all
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -17,10 +15,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(arguments: argparse.Namespace) -> int:
+    from peftlab.core.registry import describe_all, get_method
+
     methods = describe_all()
     if arguments.options:
-        from peftlab.core.registry import get_method
-
         spec = get_method(arguments.options)
         print(f"{spec.name} ({spec.family}): {spec.paper}\n{spec.summary}\n")
         for name, text in spec.config_class.field_help().items():
@@ -34,6 +32,8 @@ def run(arguments: argparse.Namespace) -> int:
 
 
 def markdown_table(methods: list[dict]) -> str:
+    from peftlab.core.architectures import ARCHITECTURES
+
     rows = ["| family | method | paper | mergeable | architectures |", "|---|---|---|---|---|"]
     for item in methods:
         archs = ", ".join(ARCHITECTURES[a].label for a in item["architectures"])

@@ -6,8 +6,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from peftlab.bench.report import write_report
-
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("report", help="write the assessment report from the run records in DIR")
@@ -18,6 +16,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(arguments: argparse.Namespace) -> int:
+    from peftlab.bench.report import write_report
+
     for folder in sweep_folders(arguments.output):
         for path in write_report(folder, overwrite=arguments.overwrite):
             print(path)

@@ -1,11 +1,5 @@
-"""``peftlab train``: fine-tune a model on a task with a method; every flag is a :class:`TrainArgs` field.
-
-    peftlab train --model minilm-l6 --task sst2 --method lora --set rank=8 --output runs/sst2-lora
-    peftlab train --config exp.yaml --seed 1        # flags override the file's values
-
-An experiment file is YAML with the same names (``learning_rate`` or ``lr``, ...) and the method's
-options under ``options:``.
-"""
+"""``peftlab train``: every flag is a :class:`~peftlab.train.args.TrainArgs` field; the help shown is
+``DESCRIPTION``, plain text (no markup), with each flag's default."""
 
 from __future__ import annotations
 
@@ -22,10 +16,18 @@ from peftlab.cli import CommandError
 from peftlab.tasks import task_names
 from peftlab.train.args import FLAGS
 
+DESCRIPTION = """Fine-tune a model on a task with a PEFT method, then score it.
+
+  peftlab train --model minilm-l6 --task sst2 --method lora --set rank=8 --output runs/sst2-lora
+  peftlab train --config exp.yaml --seed 1        # flags override the file's values
+
+An experiment file is YAML with the same names as the flags (learning_rate or lr, ...) and the
+method's options under "options:". A classification task's new head trains beside the method."""
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("train", help="fine-tune a model on a task with a PEFT method",
-                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                                   description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", metavar="FILE", help="an experiment YAML file (flags override it)")
     from peftlab.train.args import TrainArgs
 
@@ -48,14 +50,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def flag_help(field: dataclasses.Field, hint: Any) -> str | None:
-    """The flag's help: the field's own (``TrainArgs``), the registered names after ``--task``'s, and
-    said to turn the setting off where the flag does."""
-    text = field.metadata.get("help")
-    if text is None:
-        return None
+    """The flag's help: the field's own (``TrainArgs``), the registered names after ``--task``'s, the
+    default or that it is required, and said to turn the setting off where the flag does."""
+    text = field.metadata.get("help", "")
     if field.name == "task":
         text = f"{text}: {', '.join(task_names())}"
-    return f"turn off (on by default): {text}" if hint is bool and field.default is True else text
+    if hint is bool:
+        return f"turn off (on by default): {text}" if field.default is True else text or None
+    if field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+        return f"{text} (required, here or in --config)"
+    if field.default not in (None, (), dataclasses.MISSING):
+        return f"{text} (default: {field.default})" if text else f"default: {field.default}"
+    return text or None
 
 
 def _scalar_type(hint: Any) -> type:

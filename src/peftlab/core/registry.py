@@ -1,10 +1,13 @@
 """The one registry: method name -> family, config class, how to apply it.
 
-A method file ends with ``register(MethodSpec(...))``. Nothing else lists methods.
+A method file ends with ``register(MethodSpec(...))``. Nothing else lists methods. The first lookup imports
+the methods package (``METHODS_PACKAGE``, as :mod:`peftlab.tasks` finds its task modules), so every method is
+registered however the library was entered, while a command that only parses its arguments imports none.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
@@ -84,6 +87,17 @@ class UnknownMethodError(UserError, KeyError):
 
 
 _REGISTRY: dict[str, MethodSpec] = {}
+METHODS_PACKAGE = "peftlab.methods"  # importing it registers every method file in it
+_discovered = False
+
+
+def _registered() -> dict[str, MethodSpec]:
+    """The registry, with every method of ``METHODS_PACKAGE`` in it (imported on the first lookup)."""
+    global _discovered
+    if not _discovered:
+        _discovered = True  # first: a method's own import may look up the methods registered before it
+        importlib.import_module(METHODS_PACKAGE)
+    return _REGISTRY
 
 
 def register(spec: MethodSpec) -> MethodSpec:
@@ -115,17 +129,18 @@ def _check_hooks(spec: MethodSpec) -> None:
 
 
 def get_method(name: str) -> MethodSpec:
+    registered = _registered()
     try:
-        return _REGISTRY[name]
+        return registered[name]
     except KeyError:
         raise UnknownMethodError(
-            f"unknown method {name!r}; known methods: {', '.join(sorted(_REGISTRY))} (see `peftlab methods`)"
+            f"unknown method {name!r}; known methods: {', '.join(sorted(registered))} (see `peftlab methods`)"
         ) from None
 
 
 def all_methods() -> list[MethodSpec]:
     """Registered methods, grouped by family in the survey's order."""
-    return sorted(_REGISTRY.values(), key=lambda spec: (FAMILIES.index(spec.family), spec.name))
+    return sorted(_registered().values(), key=lambda spec: (FAMILIES.index(spec.family), spec.name))
 
 
 def method_names(family: Family | None = None) -> list[str]:

@@ -11,6 +11,7 @@ from the model by the method's ``report`` hook (AdaLoRA: ``{"rank_pattern": {lay
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import warnings
@@ -60,6 +61,12 @@ class StoredAdapter:
 
 # Other adapter formats (e.g. HF peft, registered by ``peftlab.interop``): name, detect(document), read(path).
 _FORMATS: list[tuple[str, Callable[[dict], bool], Callable[[Path], StoredAdapter]]] = []
+FORMATS_PACKAGE = "peftlab.interop"  # importing it registers the formats it reads, on the first load
+
+
+def _formats() -> list[tuple[str, Callable[[dict], bool], Callable[[Path], StoredAdapter]]]:
+    importlib.import_module(FORMATS_PACKAGE)
+    return _FORMATS
 
 
 def register_adapter_format(
@@ -146,7 +153,7 @@ def read_adapter(path: str | os.PathLike) -> StoredAdapter:
     """Config, tensors and base-model info of an adapter folder in peftlab's format or a registered one."""
     document = read_config_json(path)
     if "method" not in document:
-        for _name, detect, read in _FORMATS:
+        for _name, detect, read in _formats():
             if detect(document):
                 return read(Path(path))
     config = read_adapter_config(path)
@@ -158,7 +165,7 @@ def read_adapter_document(path: str | os.PathLike) -> dict[str, Any]:
     """The raw ``adapter_config.json`` of an adapter folder, checked to be a peftlab adapter config."""
     document = read_config_json(path)
     if "method" not in document:
-        known = ", ".join(name for name, _, _ in _FORMATS) or "none registered"
+        known = ", ".join(name for name, _, _ in _formats()) or "none registered"
         raise AdapterFileError(
             f"{Path(path) / CONFIG_NAME} names no 'method': it was not written by peftlab, nor in a format "
             f"peftlab reads ({known})"

@@ -44,7 +44,7 @@ class TrainArgs:
     """One fine-tuning run: a model, a task, a method with its options, and the loop's settings."""
 
     model: str = setting("an alias (minilm-l6, smollm2-135m), a local model folder, or a hub name")
-    task: str = setting("a registered task (peftlab.tasks.task_names())")
+    task: str = setting("a registered task")
     method: str = setting("a registered method (see `peftlab methods`), or untuned: score the base model as it is "
                           "(no method applied, nothing trains)", "lora")
     options: dict[str, Any] = setting("a method option, KEY=VALUE (repeatable; see `peftlab methods --options NAME`)",

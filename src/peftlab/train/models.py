@@ -7,7 +7,10 @@ trained in full beside the method); text tasks get T5's seq2seq model or a decod
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -73,6 +76,7 @@ class LoadedModel:
     kind: ModelKind
     source: ModelSource
     head: tuple[str, ...]  # the new head's module names ("" when the task uses the LM head)
+    load_note: str = ""  # what loading left new or unused (:func:`load_report`); a trainer prints it
 
     def max_length(self, wanted: int) -> int:
         """``wanted``, capped by the positions the model has left for its input."""
@@ -156,12 +160,14 @@ def load_model(name: str, task: Task, dtype: torch.dtype | None = None) -> Loade
         tokenizer.pad_token = tokenizer.eos_token
     options: dict[str, Any] = {**source.kwargs(), **({"dtype": dtype} if dtype is not None else {})}
     if task.kind in ("classification", "regression"):
-        model = AutoModelForSequenceClassification.from_pretrained(
-            source.path, num_labels=task.num_labels, pad_token_id=tokenizer.pad_token_id,
-            problem_type="regression" if task.kind == "regression" else "single_label_classification",
-            ignore_mismatched_sizes=True,  # a checkpoint's own head (another label count) is replaced
-            **options)
+        with quiet_load_report():
+            model, loading = AutoModelForSequenceClassification.from_pretrained(
+                source.path, num_labels=task.num_labels, pad_token_id=tokenizer.pad_token_id,
+                problem_type="regression" if task.kind == "regression" else "single_label_classification",
+                ignore_mismatched_sizes=True,  # a checkpoint's own head (another label count) is replaced
+                output_loading_info=True, **options)
         head = classification_head(model)
+        note = load_report(name, task, head, loading)
     elif kind == "encoder":
         raise ModelError(
             f"task {task.name!r} needs a model that writes text (T5 or a decoder such as smollm2-135m); "
@@ -170,7 +176,46 @@ def load_model(name: str, task: Task, dtype: torch.dtype | None = None) -> Loade
     else:
         auto = AutoModelForSeq2SeqLM if kind == "encoder-decoder" else AutoModelForCausalLM
         model = auto.from_pretrained(source.path, **options)
-        head = ()
+        head, note = (), ""
     if kind == "decoder" and model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
-    return LoadedModel(model=model, tokenizer=tokenizer, kind=kind, source=source, head=head)
+    return LoadedModel(model=model, tokenizer=tokenizer, kind=kind, source=source, head=head, load_note=note)
+
+
+@contextlib.contextmanager
+def quiet_load_report() -> Iterator[None]:
+    """Without transformers' table of the weights a load left "MISSING" (for a classifier, always its new
+    head): :func:`load_report` says what that means for the run instead."""
+    logger = logging.getLogger("transformers.modeling_utils")
+    report = _LoadReportFilter()  # a filter, not the logger's level: transformers reads that level itself
+    logger.addFilter(report)
+    try:
+        yield
+    finally:
+        logger.removeFilter(report)
+
+
+class _LoadReportFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "LOAD REPORT" not in str(record.msg)
+
+
+def load_report(name: str, task: Task, head: tuple[str, ...], loading: dict[str, Any]) -> str:
+    """peftlab's lines for a classifier's load, in place of transformers' table: the new head, that training
+    trains it (``peftlab train`` adds it to ``modules_to_save``; ``peftlab.apply`` alone does not), and any
+    other weight the checkpoint lacked, had in another shape, or had unused (a sign of the wrong checkpoint)."""
+    fresh = {*loading.get("missing_keys", ()), *(key for key, *_ in loading.get("mismatched_keys", ()))}
+    in_head = sorted(key for key in fresh if any(key == part or key.startswith(part + ".") for part in head))
+    trains = f"{', '.join(head)} train beside the method and are saved with the adapter"
+    lines = [f"peftlab: {name} gets a new {task.name} head ({task.num_labels} output(s)); {trains} "
+             f"(newly initialised: {', '.join(in_head)})" if in_head else
+             f"peftlab: {name}'s checkpoint has its {task.name} head ({task.num_labels} output(s)); {trains}"]
+    others = sorted(fresh - set(in_head))
+    if others:
+        lines.append(f"peftlab: warning: {name}'s checkpoint lacks {len(others)} other weight(s), newly initialised "
+                     f"and frozen under most methods: {', '.join(others[:5])}{' ...' if len(others) > 5 else ''}")
+    unused = sorted(loading.get("unexpected_keys", ()))
+    if unused:
+        lines.append(f"peftlab: note: {len(unused)} weight(s) of {name}'s checkpoint are not part of this model: "
+                     f"{', '.join(unused[:5])}{' ...' if len(unused) > 5 else ''}")
+    return "\n".join(lines)

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import random
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -130,6 +132,8 @@ def make_plan(args: TrainArgs, world: int = 1) -> Plan:
         raise ModelError(f"method {spec.name!r} supports {', '.join(spec.architectures)} models; "
                          f"{args.model!r} is a {architecture.name} model (see `peftlab methods`)")
     total_steps = optimizer_steps(args, len(train_examples), world)
+    if loaded.load_note and os.environ.get("RANK", "0") == "0":  # once under torchrun
+        print(loaded.load_note, file=sys.stderr)
     peftlab.apply(loaded.model, args.method, **method_options(args, loaded.head, total_steps))
     return Plan(args, task, train_examples, eval_sets, loaded, output_dir)
 
