@@ -1,0 +1,62 @@
+"""OFT, BOFT and HRA against HF peft 0.21's implementations (an independent reference): the same weights,
+copied under peft's names, give the same outputs and the same gradients, as test_against_peft.py does for the
+LoRA family. peftlab ``<module>.<name>`` <-> peft ``base_model.model.<module>.<name>.default[.weight]``."""
+
+import copy
+
+import pytest
+import torch
+from peft import OFTConfig, get_peft_model
+
+import peftlab
+from conftest import tiny_llama
+from peftlab.core.probe import probe_inputs
+
+TARGETS = ["q_proj", "v_proj", "down_proj"]
+CASES = {
+    "oft_exact": ("oft", {"oft_block_size": 8},
+                  OFTConfig(oft_block_size=8, use_cayley_neumann=False, target_modules=TARGETS)),
+    "oft_neumann": ("oft", {"oft_block_size": 8, "use_cayley_neumann": True},
+                    OFTConfig(oft_block_size=8, target_modules=TARGETS)),
+    "oft_neumann_3_terms": ("oft", {"oft_block_size": 4, "use_cayley_neumann": True, "num_cayley_neumann_terms": 3},
+                            OFTConfig(oft_block_size=4, num_cayley_neumann_terms=3, target_modules=TARGETS)),
+    "oft_r_block_share": ("oft", {"r": 2, "oft_block_size": 0, "block_share": True},
+                          OFTConfig(r=2, oft_block_size=0, block_share=True, use_cayley_neumann=False,
+                                    target_modules=TARGETS)),
+    "oft_coft": ("oft", {"oft_block_size": 8, "coft": True, "eps": 0.05},
+                 OFTConfig(oft_block_size=8, coft=True, eps=0.05, use_cayley_neumann=False, target_modules=TARGETS)),
+}
+PEFT_NAMES = {"oft_R": "oft_R.default.weight"}
+
+
+def peft_name(name: str) -> str:
+    module, weight = name.rsplit(".", 1)
+    return f"base_model.model.{module}.{PEFT_NAMES.get(weight, weight + '.default')}"
+
+
+def outputs_and_gradients(model, inputs, names):
+    logits = model(**inputs).logits
+    (logits.float() ** 2).mean().backward()
+    named = dict(model.named_parameters())
+    return logits.detach(), {name: named[name].grad.clone() for name in names}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_same_weights_give_peft_outputs_and_gradients(case):
+    method, options, peft_config = CASES[case]
+    base = tiny_llama().eval()
+    ours = peftlab.apply(copy.deepcopy(base), method, target_modules=TARGETS, **options)
+    theirs = get_peft_model(copy.deepcopy(base), copy.deepcopy(peft_config))
+    named = dict(theirs.named_parameters())
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, parameter in peftlab.adapter_parameters(ours):
+            parameter.add_(0.1 * torch.randn(parameter.shape, generator=generator))
+            named[peft_name(name)].copy_(parameter)
+    inputs = probe_inputs(base)
+    ours_names = [name for name, _ in peftlab.adapter_parameters(ours)]
+    expected, expected_grads = outputs_and_gradients(theirs, inputs, [peft_name(n) for n in ours_names])
+    got, grads = outputs_and_gradients(ours, inputs, ours_names)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    for name in ours_names:
+        torch.testing.assert_close(grads[name], expected_grads[peft_name(name)], atol=1e-5, rtol=1e-4)
