@@ -45,6 +45,7 @@ CASES: dict[str, tuple[dict, Factory]] = {
     "vera": ({"rank": 8, "d_initial": 1.0}, lambda arch, names: peft.VeraConfig(r=8, target_modules=names, d_initial=1.0)),
     "oft": ({"oft_block_size": 8},
             lambda arch, names: peft.OFTConfig(oft_block_size=8, use_cayley_neumann=False, target_modules=names)),
+    "hra": ({"r": 4}, lambda arch, names: peft.HRAConfig(r=4, target_modules=names)),
     "prompt_tuning": ({"num_virtual_tokens": 3},
                       lambda arch, names: peft.PromptTuningConfig(task_type=TASKS[arch], num_virtual_tokens=3)),
     "prefix_tuning": ({"num_virtual_tokens": 3, "reparameterize": False, "positions": "after_prefix"},
@@ -54,6 +55,7 @@ CASES: dict[str, tuple[dict, Factory]] = {
 EXTRA = {("prompt_tuning", "bert"): {"modules_to_save": ["classifier"]}}
 # Combinations peft itself cannot build.
 SKIP = {("loha", "gpt2"): "peft's LoHa does not wrap Conv1D", ("oft", "gpt2"): "peft's OFT does not wrap Conv1D",
+        ("hra", "gpt2"): "peft's HRA does not wrap Conv1D",
         ("lokr", "gpt2"): "peft's LoKr does not wrap Conv1D",
         ("prefix_tuning", "bert"): "peft's prefix tuning needs past_key_values, which transformers 5's BertModel lacks",
         ("prefix_tuning", "t5"): "peft's T5 prefix gets relative position bias as cached tokens; peftlab's gets none"}

@@ -1,0 +1,126 @@
+"""HRA against a hand-written reference: the chain of Householder reflections, one at a time."""
+
+import copy
+
+import pytest
+import torch
+
+import peftlab
+from conftest import tiny_llama
+from peftlab.core.config import ConfigError
+from peftlab.methods.reparameterized.hra import HRAHooks, HRALinear
+
+EYE = torch.eye(32, dtype=torch.float64)
+
+
+def hra_layers(model):
+    return [m for m in model.modules() if isinstance(m, HRALinear)]
+
+
+def randomise(model, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _, parameter in peftlab.adapter_parameters(model):
+            parameter.copy_(torch.randn(parameter.shape, generator=generator))
+
+
+def reflections(u: torch.Tensor) -> torch.Tensor:
+    """H_1 H_2 ... H_r, H_i = I - 2 u_i u_i^T / |u_i|^2, one reflection at a time."""
+    h = torch.eye(u.shape[0], dtype=torch.float64)
+    for i in range(u.shape[1]):
+        v = u[:, i:i + 1].double()
+        h = h @ (torch.eye(u.shape[0], dtype=torch.float64) - 2 * v @ v.T / (v.T @ v))
+    return h
+
+
+def gram_schmidt(u: torch.Tensor) -> torch.Tensor:
+    columns = []
+    for i in range(u.shape[1]):
+        v = u[:, i].double()
+        for q in columns:
+            v = v - (q @ v) * q
+        columns.append(v / v.norm())
+    return torch.stack(columns, dim=1)
+
+
+def test_the_layer_is_the_weight_times_the_chain_of_reflections():
+    model = peftlab.apply(tiny_llama().eval(), "hra", r=6, target_modules=["q_proj"])
+    randomise(model)
+    layer = hra_layers(model)[0]
+    h = reflections(layer.hra_u.detach())
+    torch.testing.assert_close(h.T @ h, EYE)
+    x = torch.randn(4, 32)
+    expected = x.double() @ (layer.base_layer.weight.double() @ h).T  # y = (W H) x
+    torch.testing.assert_close(layer(x).double(), expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(layer.rotation().double(), h.T, atol=1e-6, rtol=0)
+
+
+def test_paired_initial_vectors_make_the_chain_the_identity():
+    model = peftlab.apply(tiny_llama().eval(), "hra", r=4, target_modules=["q_proj"])
+    u = hra_layers(model)[0].hra_u.detach()
+    assert torch.equal(u[:, 0], u[:, 1]) and torch.equal(u[:, 2], u[:, 3]) and not torch.equal(u[:, 0], u[:, 2])
+    torch.testing.assert_close(reflections(u), EYE)
+
+
+def test_gram_schmidt_gives_one_reflection_across_the_span():
+    with pytest.warns(UserWarning, match="not the identity"):
+        model = peftlab.apply(tiny_llama().eval(), "hra", r=4, apply_GS=True, target_modules=["q_proj"])
+    randomise(model)
+    layer = hra_layers(model)[0]
+    q = gram_schmidt(layer.hra_u.detach())
+    h = EYE - 2 * q @ q.T
+    torch.testing.assert_close(h, reflections(q))  # orthonormal reflections commute into I - 2 Q Q^T
+    x = torch.randn(3, 32)
+    expected = x.double() @ (layer.base_layer.weight.double() @ h).T
+    torch.testing.assert_close(layer(x).double(), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_the_regulariser_is_lambda_times_the_summed_gram_error_and_trains_u():
+    model = peftlab.apply(tiny_llama().eval(), "hra", r=4, orth_reg_weight=0.5)
+    randomise(model)
+    hooks = peftlab.training_hooks(model)
+    assert isinstance(hooks, HRAHooks)
+    expected = 0.0
+    for layer in hra_layers(model):
+        u = layer.hra_u.detach().double()
+        u = u / u.norm(dim=0)
+        expected += ((u.T @ u - torch.eye(4, dtype=torch.float64)) ** 2).sum().item()
+    penalty = hooks.regularization(model)
+    assert penalty.item() == pytest.approx(0.5 * expected, rel=1e-5)
+    penalty.backward()
+    assert all(layer.hra_u.grad is not None and layer.hra_u.grad.abs().sum() > 0 for layer in hra_layers(model))
+
+
+def test_without_lambda_the_hooks_add_nothing():
+    model = peftlab.apply(tiny_llama().eval(), "hra")
+    assert peftlab.training_hooks(model).regularization(model) == 0.0
+
+
+def test_merge_writes_w_h_and_unmerge_restores_w():
+    base = tiny_llama().eval()
+    model = peftlab.apply(copy.deepcopy(base), "hra", r=4, target_modules=["q_proj"])
+    randomise(model)
+    layer = hra_layers(model)[0]
+    expected = (layer.base_layer.weight.double() @ reflections(layer.hra_u.detach())).float()
+    original = layer.base_layer.weight.detach().clone()
+    peftlab.merge(model)
+    torch.testing.assert_close(layer.base_layer.weight.detach(), expected, atol=1e-6, rtol=1e-5)
+    peftlab.unmerge(model)
+    torch.testing.assert_close(layer.base_layer.weight.detach(), original, atol=1e-6, rtol=1e-5)
+
+
+def test_odd_r_and_gram_schmidt_warn_that_the_model_does_not_start_as_the_base():
+    for options in ({"r": 3}, {"apply_GS": True}):
+        with pytest.warns(UserWarning, match="not the identity at initialisation"):
+            peftlab.apply(tiny_llama(), "hra", **options)
+
+
+def test_gram_schmidt_with_more_vectors_than_features_names_the_layer():
+    with pytest.raises(ConfigError, match=r"r=40 .* layer '.*q_proj''s 32 input features; choose r <= 32"):
+        peftlab.apply(tiny_llama(), "hra", r=40, apply_GS=True, target_modules=["q_proj"])
+
+
+@pytest.mark.parametrize("options", [{"r": 0}, {"orth_reg_weight": -1.0}])
+def test_bad_options_are_refused_by_name(options):
+    with pytest.raises(ConfigError, match="hra config field"):
+        peftlab.apply(tiny_llama(), "hra", **options)
