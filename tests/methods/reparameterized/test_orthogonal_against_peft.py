@@ -7,11 +7,13 @@ import warnings
 
 import pytest
 import torch
-from peft import HRAConfig, OFTConfig, get_peft_model
+from peft import BOFTConfig, HRAConfig, OFTConfig, get_peft_model
 
 import peftlab
 from conftest import tiny_llama
+from interop.peft_cases import peft_boft_on_cpu
 from peftlab.core.probe import probe_inputs
+from peftlab.methods.reparameterized.boft import butterfly_permutation
 
 TARGETS = ["q_proj", "v_proj", "down_proj"]
 CASES = {
@@ -29,6 +31,12 @@ CASES = {
     "hra": ("hra", {"r": 4}, HRAConfig(r=4, target_modules=TARGETS)),
     "hra_odd_r": ("hra", {"r": 3}, HRAConfig(r=3, target_modules=TARGETS)),
     "hra_gram_schmidt": ("hra", {"r": 4, "apply_GS": True}, HRAConfig(r=4, apply_GS=True, target_modules=TARGETS)),
+    "boft_one_factor": ("boft", {"boft_block_size": 4}, BOFTConfig(boft_block_size=4, target_modules=TARGETS)),
+    "boft_two_factors": ("boft", {"boft_block_size": 4, "boft_n_butterfly_factor": 2},
+                         BOFTConfig(boft_block_size=4, boft_n_butterfly_factor=2, target_modules=TARGETS)),
+    "boft_block_num_three_factors": ("boft", {"boft_block_size": 0, "boft_block_num": 4, "boft_n_butterfly_factor": 3},
+                                     BOFTConfig(boft_block_size=0, boft_block_num=4, boft_n_butterfly_factor=3,
+                                                target_modules=TARGETS)),
 }
 PEFT_NAMES = {"oft_R": "oft_R.default.weight"}
 
@@ -52,7 +60,8 @@ def test_same_weights_give_peft_outputs_and_gradients(case):
     with warnings.catch_warnings():  # HRA with odd r or Gram-Schmidt: it does not start as the base (nor peft's)
         warnings.simplefilter("ignore", UserWarning)
         ours = peftlab.apply(copy.deepcopy(base), method, target_modules=TARGETS, **options)
-    theirs = get_peft_model(copy.deepcopy(base), copy.deepcopy(peft_config))
+    with peft_boft_on_cpu():  # peft's BOFT keeps its butterfly factors on CPU only with a stand-in kernel
+        theirs = get_peft_model(copy.deepcopy(base), copy.deepcopy(peft_config))
     named = dict(theirs.named_parameters())
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
@@ -61,8 +70,18 @@ def test_same_weights_give_peft_outputs_and_gradients(case):
             named[peft_name(name)].copy_(parameter)
     inputs = probe_inputs(base)
     ours_names = [name for name, _ in peftlab.adapter_parameters(ours)]
-    expected, expected_grads = outputs_and_gradients(theirs, inputs, [peft_name(n) for n in ours_names])
+    with peft_boft_on_cpu():
+        expected, expected_grads = outputs_and_gradients(theirs, inputs, [peft_name(n) for n in ours_names])
     got, grads = outputs_and_gradients(ours, inputs, ours_names)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
     for name in ours_names:
         torch.testing.assert_close(grads[name], expected_grads[peft_name(name)], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize(("features", "size", "factors"), [(32, 4, 2), (32, 4, 3), (64, 8, 2), (64, 2, 4), (48, 2, 3)])
+def test_butterfly_permutations_are_peft_s(features, size, factors):
+    from peft.tuners.boft.layer import BOFTLayer
+
+    for i in range(factors):
+        theirs = BOFTLayer.block_butterfly_perm(None, features, (features // size) // 2 ** i, size // 2, factors - 1)
+        assert torch.equal(butterfly_permutation(features, size, i), theirs), i
