@@ -1,12 +1,14 @@
 """HRA against a hand-written reference: the chain of Householder reflections, one at a time."""
 
 import copy
+import warnings
 
 import pytest
 import torch
 
 import peftlab
 from conftest import tiny_llama
+from peftlab.core.checks import InertAdapterWarning
 from peftlab.core.config import ConfigError
 from peftlab.methods.reparameterized.hra import HRAHooks, HRALinear
 
@@ -124,3 +126,19 @@ def test_gram_schmidt_with_more_vectors_than_features_names_the_layer():
 def test_bad_options_are_refused_by_name(options):
     with pytest.raises(ConfigError, match="hra config field"):
         peftlab.apply(tiny_llama(), "hra", **options)
+
+
+@pytest.mark.parametrize("apply_gs", [False, True])
+def test_a_bfloat16_base_trains_and_merges(apply_gs):
+    """QR and the triangular solve have no half-precision CPU kernels: they run in float32."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        model = peftlab.apply(tiny_llama().to(torch.bfloat16), "hra", r=4, apply_GS=apply_gs, orth_reg_weight=0.1)
+    inputs = {"input_ids": torch.arange(12).reshape(2, 6)}
+    loss = model(**inputs, labels=inputs["input_ids"]).loss + peftlab.training_hooks(model).regularization(model)
+    loss.backward()
+    assert all(p.grad is not None for _, p in peftlab.adapter_parameters(model))
+    with warnings.catch_warnings():  # untrained: in bfloat16 the paired reflections are exactly the identity
+        warnings.simplefilter("ignore", InertAdapterWarning)
+        peftlab.merge(model, tolerance=0.1)
+    peftlab.unmerge(model)

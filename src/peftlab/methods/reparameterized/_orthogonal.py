@@ -12,8 +12,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from peftlab.core.config import ConfigError
-from peftlab.core.layers import AdapterLayer, weight_out_in
+from peftlab.core.config import ConfigError, MethodConfig
+from peftlab.core.layers import AdapterLayer, linear_shape, weight_out_in
+from peftlab.core.state import Injection
+from peftlab.core.targeting import find_modules, replace_module
 
 
 def skew_from_upper(upper: torch.Tensor, block_size: int) -> torch.Tensor:
@@ -67,14 +69,30 @@ def drop_blocks(blocks: torch.Tensor, p: float) -> torch.Tensor:
     return torch.where(dropped[:, None, None], eye, blocks)
 
 
-def check_divides(layer: str, features: int, option: str, value: int, valid: list[int] | None = None) -> None:
-    """Refuse a block size (or count) that does not split a layer's ``features``, naming the choices."""
-    choices = valid if valid is not None else [d for d in range(1, features + 1) if features % d == 0]
+def block_size_for(layer: str, features: int, sizes: list[int], size_option: tuple[str, int],
+                   count_option: tuple[str, int]) -> int:
+    """The block size of a layer with ``features`` inputs, from a block size or a block count (whichever option
+    is non-zero), when it is one of the valid ``sizes``; else an error naming the layer and the choices."""
+    (size_name, size), (count_name, count) = size_option, count_option
+    if size:
+        name, value, choices = size_name, size, sizes
+    else:
+        name, value, choices = count_name, count, sorted(features // s for s in sizes)
     if value not in choices:
         raise ConfigError(
-            f"{option}={value} does not fit layer {layer!r}, whose input has {features} features; "
+            f"{name}={value} does not fit layer {layer!r}, whose input has {features} features; "
             f"choices for this layer: {', '.join(map(str, choices))}"
         )
+    return size or features // count
+
+
+def inject_blocks(model: nn.Module, config: MethodConfig, layer_class: type[AdapterLayer]) -> Injection:
+    """Wrap each target in ``layer_class(module, config, block_size)``, every target's size checked first."""
+    targets = find_modules(model, config.target_modules)
+    sizes = [config.block_size(name, linear_shape(module)[0]) for name, module in targets]
+    for (name, module), size in zip(targets, sizes):
+        replace_module(model, name, layer_class(module, config, size))
+    return Injection()
 
 
 class InputRotation(AdapterLayer):

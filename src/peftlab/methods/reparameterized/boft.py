@@ -24,15 +24,14 @@ import torch
 from torch import nn
 
 from peftlab.core.config import MethodConfig, option, require
-from peftlab.core.layers import linear_shape
 from peftlab.core.registry import MethodSpec, register
 from peftlab.core.state import Injection
-from peftlab.core.targeting import find_modules, replace_module
 from peftlab.methods.reparameterized._orthogonal import (
     InputRotation,
+    block_size_for,
     cayley,
-    check_divides,
     drop_blocks,
+    inject_blocks,
     make_parameter,
     rotate_blocks,
 )
@@ -70,11 +69,8 @@ class BOFTConfig(MethodConfig):
     def block_size(self, layer: str, features: int) -> int:
         """This layer's block size; an error naming the layer and the valid choices when it does not fit."""
         sizes = [size for size in range(1, features + 1) if self.fits(features, size)]
-        if self.boft_block_size:
-            check_divides(layer, features, "boft_block_size", self.boft_block_size, sizes)
-            return self.boft_block_size
-        check_divides(layer, features, "boft_block_num", self.boft_block_num, sorted(features // s for s in sizes))
-        return features // self.boft_block_num
+        return block_size_for(layer, features, sizes, ("boft_block_size", self.boft_block_size),
+                              ("boft_block_num", self.boft_block_num))
 
 
 def butterfly_permutation(features: int, block_size: int, factor: int) -> torch.Tensor:
@@ -127,11 +123,7 @@ class BOFTLinear(InputRotation):
 
 
 def inject(model: nn.Module, config: BOFTConfig) -> Injection:
-    targets = find_modules(model, config.target_modules)
-    sizes = [config.block_size(name, linear_shape(module)[0]) for name, module in targets]  # all checked first
-    for (name, module), size in zip(targets, sizes):
-        replace_module(model, name, BOFTLinear(module, config, size))
-    return Injection()
+    return inject_blocks(model, config, BOFTLinear)
 
 
 register(MethodSpec(

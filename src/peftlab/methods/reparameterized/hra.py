@@ -67,23 +67,25 @@ class HRALinear(InputRotation):
 
     def directions(self) -> torch.Tensor:
         """``Û``: the unit reflection vectors (orthonormalised with ``apply_GS``), (in x r)."""
+        u = self.hra_u.to(torch.promote_types(self.hra_u.dtype, torch.float32))  # float32 at least (half: no QR)
         if self.apply_GS:
-            return torch.linalg.qr(self.hra_u).Q  # Gram-Schmidt's vectors up to signs, which H does not see
-        return self.hra_u / self.hra_u.norm(dim=0)
+            return torch.linalg.qr(u).Q  # Gram-Schmidt's vectors up to signs, which H does not see
+        return u / u.norm(dim=0)
 
     def rotate(self, x: torch.Tensor, dropout: bool = False) -> torch.Tensor:
         u = self.directions()
         if self.apply_GS:
+            u = u.to(x.dtype)
             return x - 2 * (x @ u) @ u.T
         # x H^T = x - x Û T^T Û^T: the product of the reflections in compact WY form
-        t_inverse = torch.eye(u.shape[1], device=u.device, dtype=u.dtype) / 2 + torch.triu(u.T @ u, diagonal=1)
-        t = torch.linalg.solve_triangular(t_inverse, torch.eye(u.shape[1], device=u.device, dtype=u.dtype),
-                                          upper=True)
+        eye = torch.eye(u.shape[1], device=u.device, dtype=u.dtype)
+        t = torch.linalg.solve_triangular(eye / 2 + torch.triu(u.T @ u, diagonal=1), eye, upper=True)
+        u, t = u.to(x.dtype), t.to(x.dtype)
         return x - ((x @ u) @ t.T) @ u.T
 
     def orthogonality(self) -> torch.Tensor:
         """``|Û^T Û - I|_F^2`` of the normalised columns."""
-        u = self.hra_u / self.hra_u.norm(dim=0)
+        u = self.hra_u.float() / self.hra_u.float().norm(dim=0)
         gram = u.T @ u
         return ((gram - torch.eye(gram.shape[0], device=gram.device, dtype=gram.dtype)) ** 2).sum()
 

@@ -28,16 +28,15 @@ from torch import nn
 
 from peftlab.core.config import MethodConfig, option, require
 from peftlab.core.hooks import TrainingHooks
-from peftlab.core.layers import linear_shape
 from peftlab.core.registry import MethodHooks, MethodSpec, register
 from peftlab.core.state import Injection
-from peftlab.core.targeting import find_modules, replace_module
 from peftlab.methods.reparameterized._orthogonal import (
     InputRotation,
+    block_size_for,
     cayley,
     cayley_neumann,
-    check_divides,
     drop_blocks,
+    inject_blocks,
     make_parameter,
     rotate_blocks,
     skew_from_upper,
@@ -73,13 +72,8 @@ class OFTConfig(MethodConfig):
 
     def block_size(self, layer: str, in_features: int) -> int:
         """This layer's block size; an error naming the layer and the valid choices when it does not fit."""
-        if self.oft_block_size:
-            valid = [d for d in range(2, in_features + 1) if in_features % d == 0]
-            check_divides(layer, in_features, "oft_block_size", self.oft_block_size, valid)
-            return self.oft_block_size
-        valid = [d for d in range(1, in_features // 2 + 1) if in_features % d == 0]
-        check_divides(layer, in_features, "r", self.r, valid)
-        return in_features // self.r
+        sizes = [d for d in range(2, in_features + 1) if in_features % d == 0]
+        return block_size_for(layer, in_features, sizes, ("oft_block_size", self.oft_block_size), ("r", self.r))
 
 
 def project_to_ball(upper: torch.Tensor, eps: float) -> torch.Tensor:
@@ -136,11 +130,7 @@ class COFTHooks(TrainingHooks):
 
 
 def inject(model: nn.Module, config: OFTConfig) -> Injection:
-    targets = find_modules(model, config.target_modules)
-    sizes = [config.block_size(name, linear_shape(module)[0]) for name, module in targets]  # all checked first
-    for (name, module), size in zip(targets, sizes):
-        replace_module(model, name, OFTLinear(module, config, size))
-    return Injection()
+    return inject_blocks(model, config, OFTLinear)
 
 
 def training_hooks(model: nn.Module, config: OFTConfig) -> TrainingHooks:
