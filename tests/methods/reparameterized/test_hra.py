@@ -142,3 +142,22 @@ def test_a_bfloat16_base_trains_and_merges(apply_gs):
         warnings.simplefilter("ignore", InertAdapterWarning)
         peftlab.merge(model, tolerance=0.1)
     peftlab.unmerge(model)
+
+
+def test_beside_another_adapter_a_mixed_batch_runs_each_row_with_its_own_and_the_penalty_is_its_own():
+    model = peftlab.apply(tiny_llama().eval(), "hra", r=4, orth_reg_weight=1.0, adapter_name="hra")
+    peftlab.apply(model, "oft", oft_block_size=8, adapter_name="oft")
+    peftlab.apply(model, "hra", r=2, target_modules=["down_proj"], adapter_name="other")
+    randomise(model)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "oft_R" in name:
+                parameter.copy_(0.1 * torch.randn(parameter.shape, generator=generator))
+    ids = torch.arange(12).reshape(2, 6)
+    mixed = model(input_ids=ids, adapter_names=["hra", "oft"]).logits
+    for row, name in enumerate(["hra", "oft"]):
+        peftlab.set_adapter(model, name)
+        torch.testing.assert_close(mixed[row], model(input_ids=ids[row:row + 1]).logits[0], atol=1e-6, rtol=0)
+    peftlab.set_adapter(model, "hra")
+    assert [layer.hra_u.shape[1] for layer in peftlab.training_hooks(model).layers] == [4] * 4

@@ -14,7 +14,7 @@ from torch import nn
 
 from peftlab.core.config import ConfigError, MethodConfig
 from peftlab.core.layers import AdapterLayer, linear_shape, weight_out_in
-from peftlab.core.state import Injection
+from peftlab.core.state import DEFAULT_ADAPTER, Injection, adapter_modules, peft_state
 from peftlab.core.targeting import find_modules, replace_module
 
 
@@ -156,6 +156,13 @@ class InputRotation(AdapterLayer):
             merged = merged / scale.to(merged.dtype).reshape(-1, 1)
         weight.copy_(torch.linalg.solve(rotation.T, merged, left=False).to(weight.dtype))
         self.merged = False
+
+
+def layers_in_use(model: nn.Module, layer_class: type[AdapterLayer]) -> list[AdapterLayer]:
+    """The ``layer_class`` layers of the adapter in use (not those of other named adapters on the model)."""
+    state = peft_state(model)
+    name = state.name if state is not None else DEFAULT_ADAPTER
+    return [module for _, module in adapter_modules(model, name) if isinstance(module, layer_class)]
 
 
 def make_parameter(shape: tuple[int, ...], like: torch.Tensor, fill: float = 0.0) -> nn.Parameter:

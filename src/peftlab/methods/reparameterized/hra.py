@@ -31,7 +31,7 @@ from peftlab.core.layers import linear_shape
 from peftlab.core.registry import MethodHooks, MethodSpec, register
 from peftlab.core.state import Injection
 from peftlab.core.targeting import find_modules, replace_module
-from peftlab.methods.reparameterized._orthogonal import InputRotation, make_parameter
+from peftlab.methods.reparameterized._orthogonal import InputRotation, layers_in_use, make_parameter
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -95,7 +95,7 @@ class HRAHooks(TrainingHooks):
 
     def __init__(self, model: nn.Module, config: HRAConfig) -> None:
         self.weight = config.orth_reg_weight
-        self.layers = [m for m in model.modules() if isinstance(m, HRALinear)]
+        self.layers = layers_in_use(model, HRALinear)
 
     def regularization(self, model: nn.Module) -> torch.Tensor | float:
         if self.weight == 0 or not self.layers:

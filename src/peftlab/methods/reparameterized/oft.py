@@ -37,6 +37,7 @@ from peftlab.methods.reparameterized._orthogonal import (
     cayley_neumann,
     drop_blocks,
     inject_blocks,
+    layers_in_use,
     make_parameter,
     rotate_blocks,
     skew_from_upper,
@@ -122,7 +123,7 @@ class COFTHooks(TrainingHooks):
     """COFT's projection after each optimizer step, so the trained parameter stays in its ball."""
 
     def __init__(self, model: nn.Module, config: OFTConfig) -> None:
-        self.layers = [m for m in model.modules() if isinstance(m, OFTLinear) and m.coft]
+        self.layers = [layer for layer in layers_in_use(model, OFTLinear) if layer.coft]
 
     def after_optimizer_step(self, model: nn.Module, step: int) -> None:
         for layer in self.layers:
