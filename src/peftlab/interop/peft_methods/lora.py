@@ -19,20 +19,21 @@ import torch
 from peftlab.core.config import MethodConfig
 from peftlab.core.registry import get_method
 from peftlab.core.serialization import AdapterFileError
+from peftlab.interop.peft_converters import (
+    CONV1D_MODEL_TYPES,
+    Grouped,
+    PeftConverter,
+    UnsupportedPeftAdapter,
+    exact_patterns,
+    peft_field,
+    refuse,
+    register_converter,
+)
 from peftlab.interop.peft_methods._lora_expert_factors import (
     expert_factors_from_peft,
     expert_factors_to_peft,
     peft_parameter_names,
     split_parameter_modules,
-)
-from peftlab.interop.peft_converters import (
-    CONV1D_MODEL_TYPES,
-    Grouped,
-    PeftConverter,
-    exact_patterns,
-    peft_field,
-    refuse,
-    register_converter,
 )
 
 RESIDUAL_INITS = ("pissa", "olora")
@@ -44,6 +45,11 @@ def _to_peft(config: MethodConfig, grouped: Grouped, base: dict[str, Any]) -> tu
 
 
 def _to_peft_as(config: MethodConfig, grouped: Grouped, base: dict[str, Any], dora: bool) -> tuple[dict[str, Any], Grouped]:
+    if getattr(config, "init", None) == "loftq":
+        raise UnsupportedPeftAdapter(
+            "a LoftQ-initialised qlora adapter was trained over LoftQ's own quantized base, which peft would rebuild "
+            "differently (its loftq_init quantizes without double quantisation, on CUDA); export the merged model "
+            "instead (`peftlab merge`, or peftlab.interop.merged)")
     rank = config.rank
     scaling = getattr(config, "scaling", config.alpha / config.rank)
     residual = getattr(config, "init", "kaiming") in RESIDUAL_INITS
