@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import peftlab
-from methods.reparameterized.moe_models import MOE_BUILDERS, tiny_gpt_oss, tiny_mixtral
+from methods.reparameterized.moe_models import MOE_BUILDERS, tiny_gpt_oss, tiny_mixtral, tiny_qwen3_moe
 from peftlab.core.probe import probe_inputs, probe_output
 from peftlab.interop import export_peft, import_peft
 from peftlab.interop.peft_methods._lora_expert_factors import expert_factors_to_peft
@@ -188,3 +188,42 @@ def test_variants_that_cannot_adapt_parameters_say_so():
         peftlab.make_config("dora", target_parameters=EXPERTS)
     with pytest.raises(peftlab.ConfigError, match="target_parameters"):
         peftlab.make_config("lora_fa", target_parameters=EXPERTS)
+
+
+def test_training_moves_only_the_factors_and_lowers_the_loss():
+    model = peftlab.apply(tiny_qwen3_moe().train(), "lora", **OPTIONS)
+    frozen = {name: p.detach().clone() for name, p in model.named_parameters() if not p.requires_grad}
+    optimizer = torch.optim.AdamW([p for _, p in peftlab.adapter_parameters(model)], lr=1e-2)
+    inputs = probe_inputs(model)
+    losses = []
+    for _ in range(4):
+        loss = model(**inputs, labels=inputs["input_ids"]).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+    assert all(torch.equal(p, frozen[name]) for name, p in model.named_parameters() if name in frozen)
+    assert all(layer.lora_B.abs().sum() > 0 for layer in wrappers(model).values())
+
+
+def test_lora_plus_gives_the_experts_b_its_learning_rate():
+    model = peftlab.apply(tiny_mixtral(), "lora_plus", **OPTIONS, lr_ratio=4.0)
+    groups = {group["name"]: group for group in peftlab.parameter_groups(model, 1e-3)}
+    b_matrices = {id(layer.lora_B) for layer in wrappers(model).values()}
+    assert b_matrices <= {id(p) for p in groups["lora_B"]["params"]} and groups["lora_B"]["lr"] == 4e-3
+
+
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_activation_checkpointing_gives_the_same_gradients(reentrant):
+    model = perturbed(peftlab.apply(tiny_mixtral().train(), "lora", **OPTIONS))
+    inputs = probe_inputs(model)
+    gradients = []
+    for checkpointing in (False, True):
+        if checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
+        model(**inputs, labels=inputs["input_ids"], use_cache=False).loss.backward()
+        gradients.append({name: p.grad.clone() for name, p in peftlab.adapter_parameters(model)})
+        model.zero_grad()
+    for name, gradient in gradients[0].items():
+        torch.testing.assert_close(gradients[1][name], gradient, atol=1e-7, rtol=1e-6)
