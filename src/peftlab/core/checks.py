@@ -44,6 +44,9 @@ def _eval_mode(module: nn.Module) -> Iterator[None]:
 @torch.no_grad()
 def layer_is_inert(layer: AdapterLayer, seed: int = 0) -> bool:
     """True when ``layer`` adds exactly nothing to its base layer's output on a random input."""
+    known = layer.known_inert()
+    if known is not None:
+        return known
     weight = next(layer.base_layer.parameters())
     dtype = weight.dtype if weight.is_floating_point() else torch.float32
     generator = torch.Generator().manual_seed(seed)

@@ -113,6 +113,11 @@ class AdapterLayer(AdapterModule):
     def adapter_forward(self, x: torch.Tensor, base_output: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def known_inert(self) -> bool | None:
+        """Whether the delta is exactly zero, for a layer that cannot be probed with an ``(n, in_features)``
+        input (a wrapped parameter's owner takes other inputs); ``None``: probe it."""
+        return None
+
     def release_base(self) -> nn.Module:
         """The frozen module to put back when the adapter is taken off unmerged; a method that changed it
         at initialisation (e.g. PiSSA's residual) restores it here."""

@@ -3,6 +3,9 @@
 peft names: ``<module>.lora_A.weight`` (r x in), ``<module>.lora_B.weight`` (out x r), DoRA's magnitude
 ``<module>.lora_magnitude_vector`` (out). A residual-init LoRA (PiSSA, OLoRA) changed its frozen
 base, so it is exported as the plain rank-2r update on the untouched base, ``s [B, -B0] [A; A0]``.
+A wrapped parameter (``target_parameters``, E experts) keeps ``A`` (E, r, in) and ``B`` (E, out, r); peft's
+``ParamWrapper`` stacks them as ``lora_A.weight`` (E r, in), expert-major rows, and ``lora_B.weight``
+(out, r E), column ``k E + e`` for expert ``e``'s ``k``-th (``_lora_expert_factors.py``).
 """
 
 from __future__ import annotations
@@ -20,10 +23,17 @@ from peftlab.interop.peft_converters import (
     CONV1D_MODEL_TYPES,
     Grouped,
     PeftConverter,
+    UnsupportedPeftAdapter,
     exact_patterns,
     peft_field,
     refuse,
     register_converter,
+)
+from peftlab.interop.peft_methods._lora_expert_factors import (
+    expert_factors_from_peft,
+    expert_factors_to_peft,
+    peft_parameter_names,
+    split_parameter_modules,
 )
 
 RESIDUAL_INITS = ("pissa", "olora")
@@ -35,12 +45,21 @@ def _to_peft(config: MethodConfig, grouped: Grouped, base: dict[str, Any]) -> tu
 
 
 def _to_peft_as(config: MethodConfig, grouped: Grouped, base: dict[str, Any], dora: bool) -> tuple[dict[str, Any], Grouped]:
+    if getattr(config, "init", None) == "loftq":
+        raise UnsupportedPeftAdapter(
+            "a LoftQ-initialised qlora adapter was trained over LoftQ's own quantized base, which peft would rebuild "
+            "differently (its loftq_init quantizes without double quantisation, on CUDA); export the merged model "
+            "instead (`peftlab merge`, or peftlab.interop.merged)")
     rank = config.rank
     scaling = getattr(config, "scaling", config.alpha / config.rank)
     residual = getattr(config, "init", "kaiming") in RESIDUAL_INITS
     out: Grouped = {}
+    parameter_modules = sorted(module for module, weights in grouped.items() if weights["lora_A"].dim() == 3)
     for module, weights in grouped.items():
         a, b = weights["lora_A"], weights["lora_B"]
+        if a.dim() == 3:
+            out[module] = expert_factors_to_peft(a, b)
+            continue
         if residual:
             a, b = torch.cat([a, weights["lora_A_init"]], 0), torch.cat([b, -weights["lora_B_init"]], 1)
         out[module] = {"lora_A.weight": a, "lora_B.weight": b}
@@ -52,7 +71,7 @@ def _to_peft_as(config: MethodConfig, grouped: Grouped, base: dict[str, Any], do
         "r": peft_rank,
         "lora_alpha": scaling * (math.sqrt(peft_rank) if rslora else peft_rank),
         "lora_dropout": config.dropout,
-        "target_modules": sorted(grouped),
+        "target_modules": sorted(set(grouped) - set(parameter_modules)),
         "fan_in_fan_out": base.get("model_type") in CONV1D_MODEL_TYPES,
         "bias": "none",
         "use_rslora": rslora,
@@ -63,6 +82,8 @@ def _to_peft_as(config: MethodConfig, grouped: Grouped, base: dict[str, Any], do
         "layers_to_transform": None,
         "layers_pattern": None,
     }
+    if parameter_modules:
+        document["target_parameters"] = peft_parameter_names(getattr(config, "target_parameters", ()))
     return document, out
 
 
@@ -83,11 +104,16 @@ def _from_peft(method: str):
             raise AdapterFileError(f"adapter_config.json: field 'r' must be positive, not {rank}")
         config_class = get_method(method).config_class
         fields = {f.name for f in dataclasses.fields(config_class)}
+        linear, parameters = split_parameter_modules(document, grouped, rank)
         options: dict[str, Any] = {
             "rank": rank,
             "dropout": float(peft_field(document, "lora_dropout", float, 0.0)),
-            "target_modules": exact_patterns(sorted(grouped)),
+            "target_modules": exact_patterns(linear),
         }
+        if parameters:
+            if method != "lora":
+                raise AdapterFileError("peft adapter: target_parameters with use_dora; peft's ParamWrapper has no DoRA")
+            options["target_parameters"] = exact_patterns(list(document["target_parameters"]))
         if peft_field(document, "use_rslora", bool, False):
             if "scaling_rule" in fields:
                 options.update(alpha=alpha, scaling_rule="rslora")
@@ -100,6 +126,9 @@ def _from_peft(method: str):
             if "lora_A.weight" not in weights or "lora_B.weight" not in weights:
                 raise AdapterFileError(f"peft adapter module {module} lacks lora_A or lora_B")
             a, b = weights["lora_A.weight"], weights["lora_B.weight"]
+            if module in parameters:
+                ours[module] = expert_factors_from_peft(module, a, b, rank)
+                continue
             if a.shape[0] != rank or b.shape[1] != rank:
                 raise AdapterFileError(f"peft adapter module {module}: lora_A {tuple(a.shape)} / lora_B {tuple(b.shape)} "
                                  f"do not have rank r={rank} from adapter_config.json")

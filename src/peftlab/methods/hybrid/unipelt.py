@@ -92,6 +92,8 @@ class UniPELTConfig(MethodConfig):
     def validate(self) -> None:
         require_parts_save_nothing(self, ("adapter", "prefix", "lora"))
         require(self.gate_pooling in ("token", "sequence"), self, "gate_pooling", "must be token or sequence")
+        require(not self.lora.target_parameters, self, "lora", "UniPELT gates linear LoRA layers; its lora part "
+                "takes no target_parameters")
 
 
 class Gate(nn.Module):

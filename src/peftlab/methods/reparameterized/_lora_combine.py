@@ -92,7 +92,7 @@ def _sources(model: nn.Module, weights: Mapping[str, float], combination: str,
         layers = dict(adapter_modules(model, adapter))
         if adapter_states(model)[adapter].method != "lora" or any(type(m) is not LoRALinear for m in layers.values()):
             raise CombineError(f"adapter {adapter!r} is {adapter_states(model)[adapter].method!r}; "
-                               f"add_weighted_adapter combines plain LoRA adapters")
+                               f"add_weighted_adapter combines plain LoRA adapters of linear layers (no target_parameters)")
         sources[adapter] = (float(weight), layers)
     if combination == "linear" and len(set(_ranks(sources))) > 1:
         raise CombineError(f"'linear' adds the factors themselves, so it needs adapters of one rank (got ranks "

@@ -55,12 +55,18 @@ def _frozen_weight(base_layer: nn.Module, rank: int) -> torch.Tensor:
     return weight
 
 
+def principal_factors(matrix: torch.Tensor, rank: int, scaling: float) -> Factors:
+    """``(A0, B0)`` (float64) with ``s B0 A0`` the best rank-``r`` approximation of ``matrix`` (Eckart-Young),
+    split evenly between the factors: ``B0 = U_r sqrt(S_r / s)``, ``A0 = sqrt(S_r / s) V_r^T``."""
+    u, s, vh = torch.linalg.svd(matrix.double(), full_matrices=False)
+    root = torch.sqrt(s[:rank] / scaling)
+    return root[:, None] * vh[:rank], u[:, :rank] * root[None, :]
+
+
 @torch.no_grad()
 def pissa(lora_a: nn.Parameter, base_layer: nn.Module, scaling: float) -> Factors:
     rank = lora_a.shape[0]
-    u, s, vh = torch.linalg.svd(_frozen_weight(base_layer, rank).double(), full_matrices=False)
-    root = torch.sqrt(s[:rank] / scaling)
-    return root[:, None] * vh[:rank], u[:, :rank] * root[None, :]
+    return principal_factors(_frozen_weight(base_layer, rank), rank, scaling)
 
 
 @torch.no_grad()

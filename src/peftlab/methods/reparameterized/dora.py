@@ -43,6 +43,8 @@ class DoRAConfig(LoRAConfig):
         super().validate()
         require(self.init not in RESIDUAL_INITS, self, "init",
                 "DoRA starts from a random direction update; use 'kaiming' or 'gaussian'")
+        require(not self.target_parameters, self, "target_parameters",
+                "DoRA normalises a linear layer's weight; adapt parameters with 'lora'")
 
 
 class DoRALinear(LoRALinear):

@@ -4,6 +4,9 @@
 and ``B`` (out x r) zero, so the adapted model starts equal to the base. Mergeable: ``W <- W + s B A``.
 Options that change no structure: ``scaling_rule="rslora"`` gives ``s = alpha / sqrt(r)`` (rank-stabilised
 LoRA, Kalajdzievski 2023, arXiv 2312.03732); ``init`` picks a start from ``_lora_init.py`` (PiSSA, OLoRA, ...).
+``target_parameters`` adapts parameters that no linear module holds, such as the 3-D expert stacks of
+mixture-of-experts models, with one update per expert (``_lora_parameters.py``). It is an option, not a
+method: it changes where LoRA's one formula applies (as ``target_modules`` does), not the formula.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from peftlab.core.serialization import copy_adapter_tensors
 from peftlab.core.state import Injection, peft_state
 from peftlab.core.targeting import find_modules, replace_module
 from peftlab.methods.reparameterized._lora_init import INIT_STRATEGIES, RESIDUAL_INITS
+from peftlab.methods.reparameterized._lora_parameters import find_target_parameters, inject_parameters
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -35,6 +39,12 @@ class LoRAConfig(MethodConfig):
     dropout: float = option(0.0, "Dropout on the adapter's input (0 skips the dropout work).")
     target_modules: tuple[str, ...] = option(
         ("attention_qv",), "Linear layers to adapt: preset names (attention_qv, all_linear, ...) or module patterns."
+    )
+    target_parameters: tuple[str, ...] = option(
+        (),
+        "Parameters to adapt where no linear layer holds them, as patterns of their full names (e.g. "
+        "'experts.gate_up_proj', 'experts.down_proj': mixture-of-experts stacks, one update per expert); "
+        "2-D or 3-D only. Set target_modules=[] to adapt these alone.",
     )
 
     scaling_rule: Literal["lora", "rslora"] = option(
@@ -51,6 +61,13 @@ class LoRAConfig(MethodConfig):
         require(0.0 <= self.dropout < 1.0, self, "dropout", "must be in [0, 1)")
         require(self.alpha > 0, self, "alpha", "must be positive")
         require(self.init in INIT_STRATEGIES, self, "init", f"must be one of {', '.join(INIT_STRATEGIES)}")
+        require(bool(self.target_modules or self.target_parameters), self, "target_modules",
+                "is empty and so is target_parameters: give modules or parameters to adapt")
+        if self.target_parameters:
+            require(self.dropout == 0.0, self, "dropout", "must be 0 with target_parameters (the update is "
+                    "added to a weight, so there is no input of its own to drop)")
+            require(self.init in ("kaiming", "gaussian"), self, "init",
+                    "must be 'kaiming' or 'gaussian' with target_parameters")
 
     @property
     def scaling(self) -> float:
@@ -136,9 +153,14 @@ class LoRALinear(AdapterLayer):
 
 
 def inject(model: nn.Module, config: LoRAConfig, layer_class: Callable[..., LoRALinear] = LoRALinear) -> Injection:
-    for name, module in find_modules(model, config.target_modules):
-        layer = layer_class(module, config.rank, config.scaling, config.dropout, config.init)
-        replace_module(model, name, layer)
+    if config.target_parameters:
+        find_target_parameters(model, config.target_parameters)  # checked before any module changes
+    if config.target_modules:
+        for name, module in find_modules(model, config.target_modules):
+            layer = layer_class(module, config.rank, config.scaling, config.dropout, config.init)
+            replace_module(model, name, layer)
+    if config.target_parameters:
+        inject_parameters(model, config.target_parameters, config.rank, config.scaling, config.init)
     return Injection()
 
 

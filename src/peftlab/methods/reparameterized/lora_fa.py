@@ -29,6 +29,8 @@ class LoRAFAConfig(LoRAConfig):
         super().validate()
         require(self.init not in RESIDUAL_INITS, self, "init",
                 "LoRA-FA freezes a random A; use 'kaiming' or 'gaussian'")
+        require(not self.target_parameters, self, "target_parameters",
+                "LoRA-FA's frozen A lives in its linear layers; adapt parameters with 'lora'")
 
 
 class LoRAFALinear(LoRALinear):

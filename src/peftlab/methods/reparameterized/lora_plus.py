@@ -16,6 +16,7 @@ from torch import nn
 from peftlab.core.config import option, require
 from peftlab.core.registry import MethodHooks, MethodSpec, register
 from peftlab.core.state import adapter_parameters
+from peftlab.methods.reparameterized._lora_parameters import LoRAParameter
 from peftlab.methods.reparameterized.lora import LoRAConfig, LoRALinear, import_state, inject
 
 
@@ -31,7 +32,7 @@ class LoRAPlusConfig(LoRAConfig):
 
 
 def parameter_groups(model: nn.Module, config: LoRAPlusConfig, lr: float, weight_decay: float) -> list[dict[str, Any]]:
-    b_matrices = {id(m.lora_B) for m in model.modules() if isinstance(m, LoRALinear)}
+    b_matrices = {id(m.lora_B) for m in model.modules() if isinstance(m, (LoRALinear, LoRAParameter))}
     trained = [p for _, p in adapter_parameters(model)]
     return [
         {"name": "lora_A", "params": [p for p in trained if id(p) not in b_matrices],

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from peftlab.core.config import require
 from peftlab.core.quantized import quantize_model
 from peftlab.core.registry import MethodHooks, MethodSpec, register
 from peftlab.core.state import Injection
@@ -24,11 +25,17 @@ from peftlab.methods.reparameterized.qlora import QLoRAConfig, make_optimizer
 class QDoRAConfig(QLoRAConfig):
     method = "qdora"
 
+    def validate(self) -> None:
+        super().validate()
+        require(self.init != "loftq", self, "init", "LoftQ fits a LoRA product to the quantisation error; QDoRA "
+                "starts as DoRA does: use 'kaiming' or 'gaussian' (or qlora for LoftQ)")
+
 
 def inject(model: nn.Module, config: QDoRAConfig) -> Injection:
     quantize_model(model, config)
     for name, module in find_modules(model, config.target_modules):
-        replace_module(model, name, DoRALinear(module, config.rank, config.alpha / config.rank, config.dropout))
+        replace_module(model, name, DoRALinear(module, config.rank, config.alpha / config.rank, config.dropout,
+                                                   config.init))
     return Injection()
 
 

@@ -17,7 +17,9 @@ layer's input to 8 bits (row-wise absmax, after a cast to float16), the merged f
 ``tolerance=int8_merge_tolerance(model)`` (``max|output| x 2^-8`` per 8-bit layer; ~0.017 on the tiny test
 LLaMA, whose merge moves its logits by ~0.011) to accept that; the default 1e-4 refuses, saying so.
 
-Quantizing the base, and reading its weight back, is ``core/quantized.py``'s (re-exported here).
+``init="loftq"`` starts from LoftQ (Li et al. 2023, arXiv 2310.08659; ``_loftq.py``): the stored base and the
+first ``s B A`` are fitted together so that their sum approximates the float weight, instead of ``B = 0`` over
+``q(W)``. Quantizing the base, and reading its weight back, is ``core/quantized.py``'s (re-exported here).
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ from peftlab.core.quantized import (  # noqa: F401  (the quantisation names qlor
 from peftlab.core.registry import MethodHooks, MethodSpec, register
 from peftlab.core.state import Injection
 from peftlab.core.targeting import find_modules, replace_module
+from peftlab.methods.reparameterized._loftq import loftq_layer
 from peftlab.methods.reparameterized.lora import LoRALinear
 
 
@@ -69,12 +72,18 @@ class QLoRAConfig(MethodConfig):
     compute_dtype: Literal["bfloat16", "float16", "float32"] = option(
         "bfloat16", "dtype the 4-bit weights are dequantized to for the matmul, of the base biases and of the "
         "LoRA matmuls (the factors and their optimizer state stay float32).")
+    init: Literal["kaiming", "gaussian", "loftq"] = option(
+        "kaiming", "Start of B A: 'kaiming' or 'gaussian' (B = 0, over q(W)); 'loftq' (arXiv 2310.08659): the "
+        "stored base Q and s B A fitted by alternating quantisation and rank-r SVD, so Q + s B A approximates W.")
+    loftq_iterations: int = option(
+        1, "With init='loftq': how many times to alternate quantising W - s B A and the SVD of W - Q (peft: loftq_iter).")
 
     def validate(self) -> None:
         require(self.rank > 0, self, "rank", "must be a positive integer")
         require(0.0 <= self.dropout < 1.0, self, "dropout", "must be in [0, 1)")
         require(self.alpha > 0, self, "alpha", "must be positive")
         require(self.bits in (4, 8), self, "bits", "must be 4 or 8")
+        require(self.loftq_iterations >= 1, self, "loftq_iterations", "must be at least 1")
 
     @property
     def torch_compute_dtype(self) -> torch.dtype:
@@ -129,6 +138,18 @@ class QuantizedLoRALinear(LoRALinear):
     stay float32. ``merge`` swaps in the dequantized base plus the delta; ``unmerge`` restores the quantized
     layer itself (kept aside, not re-quantized, so it is bit-identical). Training steps run through
     :class:`_FourBitLoRAProduct` (same numbers, fewer passes)."""
+
+    loftq = False  # whether the stored base is LoftQ's Q_T rather than q(W)
+
+    @torch.no_grad()
+    def start_from_loftq(self, a: torch.Tensor, b: torch.Tensor) -> None:
+        self.lora_A.copy_(a)
+        self.lora_B.copy_(b)
+        self.loftq = True
+
+    @property
+    def alters_base(self) -> bool:
+        return self.loftq or super().alters_base
 
     def adapted_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         if not args and not kwargs and self._runs_as_one_product(x):
@@ -186,11 +207,35 @@ def make_optimizer(model: nn.Module, config: QLoRAConfig, groups: list[dict[str,
 
 
 def inject(model: nn.Module, config: QLoRAConfig) -> Injection:
+    starts = loftq_model(model, config) if config.init == "loftq" else {}
     quantize_model(model, config)
+    init = "kaiming" if config.init == "loftq" else config.init
     for name, module in find_modules(model, config.target_modules):
         layer_class = QuantizedLoRALinear if is_quantized(module) else LoRALinear
-        replace_module(model, name, layer_class(module, config.rank, config.alpha / config.rank, config.dropout))
+        layer = layer_class(module, config.rank, config.alpha / config.rank, config.dropout, init)
+        if name in starts:
+            layer.start_from_loftq(*starts[name])
+        replace_module(model, name, layer)
     return Injection()
+
+
+def loftq_model(model: nn.Module, config: QLoRAConfig) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """LoftQ on every target that is stored quantized: its float layer replaced by ``Q_T``; ``{name: (A, B)}``.
+    Targets kept in float (outside ``quantize_modules``, or kept float32 by the model) start as LoRA does."""
+    quantized = {name for name, _ in find_modules(model, config.quantize_modules)}
+    keep_float = set(getattr(model, "_keep_in_fp32_modules", None) or ())
+    starts = {}
+    for name, module in find_modules(model, config.target_modules):
+        if name not in quantized or keep_float & set(name.split(".")):
+            continue
+        if is_quantized(module):
+            raise QuantizationMismatchError(
+                f"init='loftq' fits the quantized base to the float weight, but {name} was loaded quantized; apply "
+                f"qlora with init='loftq' to the float model (it quantizes it)")
+        layer, starts[name] = loftq_layer(module, config, config.rank, config.alpha / config.rank,
+                                          config.loftq_iterations)
+        replace_module(model, name, layer)
+    return starts
 
 
 register(MethodSpec(
