@@ -47,6 +47,7 @@ CASES: dict[str, tuple[dict, Factory]] = {
                       lambda arch, names: peft.PromptTuningConfig(task_type=TASKS[arch], num_virtual_tokens=3)),
     "prefix_tuning": ({"num_virtual_tokens": 3, "reparameterize": False, "positions": "after_prefix"},
                       lambda arch, names: peft.PrefixTuningConfig(task_type=TASKS[arch], num_virtual_tokens=3)),
+    "ln_tuning": ({}, lambda arch, names: peft.LNTuningConfig(target_modules=names)),
 }
 # Extra peftlab options per (method, architecture).
 EXTRA = {("prompt_tuning", "bert"): {"modules_to_save": ["classifier"]}}

@@ -44,6 +44,7 @@ from peftlab.interop.peft_converters import (
     converter_for_method,
     converter_for_peft,
     exact_patterns,
+    select_modules,
     supported_methods,
     task_type_for,
 )
@@ -80,6 +81,18 @@ def _join(grouped: Grouped) -> dict[str, torch.Tensor]:
     return {(f"{module}.{weight}" if module else weight): t for module, ws in grouped.items() for weight, t in ws.items()}
 
 
+def _saved_module_tensors(tensors: dict[str, torch.Tensor], patterns: tuple[str, ...],
+                          model_type: str | None) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """The tensors of ``modules_to_save`` modules, and the others: told apart by module, since a partial method's
+    tensors are named as base parameters (``...LayerNorm.weight``), as a saved head's are (``classifier.weight``)."""
+    if not patterns:
+        return {}, dict(tensors)
+    owners = {name: [name.rsplit(".", depth)[0] for depth in range(1, name.count(".") + 1)] for name in tensors}
+    chosen = set(select_modules(sorted({o for names in owners.values() for o in names}), patterns, model_type))
+    saved = {name: t for name, t in tensors.items() if chosen.intersection(owners[name])}
+    return saved, {name: t for name, t in tensors.items() if name not in saved}
+
+
 def _owner_modules(names: list[str]) -> list[str]:
     return sorted({name.rpartition(".")[0] for name in names})
 
@@ -87,8 +100,10 @@ def _owner_modules(names: list[str]) -> list[str]:
 def to_peft(stored: StoredAdapter, lora_only: bool = False) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """peft's ``adapter_config.json`` fields and tensors for a peftlab adapter."""
     converter = converter_for_method(stored.config.method)
-    grouped, rest = _split(stored.tensors, converter.weights)
     config = stored.config
+    saved, own = _saved_module_tensors(stored.tensors, config.modules_to_save, stored.base_model.get("model_type"))
+    grouped, rest = _split(own, converter.weights)
+    rest.update(saved)
     if lora_only and rest:
         config, rest = replace(config, modules_to_save=()), {}
     document, peft_grouped = converter.to_peft(config, grouped, stored.base_model)
