@@ -34,6 +34,7 @@ from peftlab.core.state import (
     named_adapter_parameters,
 )
 from peftlab.core.targeting import replace_module
+from peftlab.core.token_rows import TrainedTokens
 
 
 class AdapterNameError(UserError, KeyError):
@@ -92,6 +93,9 @@ def delete_adapter(model: nn.Module, name: str) -> None:
         raise UserError(f"adapter {name!r} is merged into the base weights; peftlab.unmerge(model) before deleting it")
     for layer_name, layer in reversed(layers):  # inner layers first, so outer names stay valid
         replace_module(model, layer_name, layer.release_base())
+    while (found := next(((n, m) for n, m in model.named_modules()  # a module registered under several names
+                           if isinstance(m, TrainedTokens) and m.adapter_name == name), None)):
+        replace_module(model, found[0], found[1].release_base())
     del states[name]
     active = [adapter for adapter in active_adapters(model) if adapter != name] or [next(iter(states))]
     set_adapter(model, active)
@@ -188,7 +192,7 @@ def _require_known(model: nn.Module, names: Sequence[str]) -> None:
 
 
 def _require_unmerged(model: nn.Module, action: str) -> None:
-    if any(isinstance(m, AdapterLayer) and m.merged for m in model.modules()):
+    if any(isinstance(m, (AdapterLayer, TrainedTokens)) and m.merged for m in model.modules()):
         raise UserError(f"cannot {action} while an adapter is merged into the base weights; peftlab.unmerge(model) first")
 
 
