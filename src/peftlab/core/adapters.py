@@ -57,6 +57,7 @@ def set_adapter(model: nn.Module, names: str | Sequence[str]) -> None:
                                "`with peftlab.disable_adapters(model):`")
     _require_unmerged(model, "switch adapters")
     _require_switchable(model)
+    _require_disjoint_token_rows(model, wanted)
     for module in _adapter_modules(model):
         module.active = module.adapter_name in wanted
     model.__dict__[ACTIVE_ATTRIBUTE] = wanted
@@ -204,6 +205,16 @@ def _require_switchable(model: nn.Module) -> None:
                 f"base's own parameters or works through forward hooks; use peftlab.unload(model, "
                 f"merge_first=False) on a copy, or a fresh base model, to run without it"
             )
+
+
+def _require_disjoint_token_rows(model: nn.Module, names: Sequence[str]) -> None:
+    """Adapters in use together may not give the same token its own row each (``token_indices``)."""
+    owner: dict[int, str] = {}
+    for name in names:
+        for index in adapter_states(model)[name].config.token_indices:
+            if owner.setdefault(index, name) != name:
+                raise UserError(f"adapters {owner[index]!r} and {name!r} both train the embedding row of token {index}; "
+                                f"use them one at a time (or in a mixed batch, one per row)")
 
 
 def _train_only_active(model: nn.Module) -> None:

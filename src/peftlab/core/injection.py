@@ -68,7 +68,7 @@ def apply_config(model: nn.Module, config: MethodConfig, adapter_name: str = DEF
     with restored_on_error(model):
         injection = spec.inject(model, config)
         if config.token_indices:  # before modules_to_save, which refuses to copy a module an adapter wraps
-            wrap_token_rows(model, config.token_indices)
+            wrap_token_rows(model, config.token_indices, injection.selected + injection.created)
         if config.modules_to_save:
             in_place = wrap_saved_modules(model, config.modules_to_save, injection.selected + injection.created)
             injection.selected.extend(name for name in in_place if name not in injection.selected)

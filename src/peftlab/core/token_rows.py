@@ -119,13 +119,18 @@ class TrainedTokens(AdapterModule):
         return self.base_layer
 
 
-def wrap_token_rows(model: nn.Module, indices: Sequence[int]) -> None:
+def wrap_token_rows(model: nn.Module, indices: Sequence[int], trained_in_place: Sequence[str] = ()) -> None:
     """Wrap ``model``'s input embedding in a :class:`TrainedTokens`, and every other module that shares its
-    weight (a tied output head; T5's encoder and decoder ``embed_tokens``) in one that reads the same rows."""
+    weight (a tied output head; T5's encoder and decoder ``embed_tokens``) in one that reads the same rows.
+    ``trained_in_place``: the base parameters the method trains itself (full fine-tuning's)."""
     embedding = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     if embedding is None or not isinstance(original(embedding), nn.Embedding):
         raise TokenRowsError(f"token_indices needs an input embedding (nn.Embedding); {type(model).__name__}'s is "
                              f"{type(embedding).__name__}")
+    named = dict(model.named_parameters(remove_duplicate=False))
+    if any(named.get(name) is original(embedding).weight for name in trained_in_place):
+        raise TokenRowsError("token_indices: this method already trains the whole input embedding; leave "
+                             "token_indices out")
     vocabulary = original(embedding).num_embeddings
     outside = [index for index in indices if index >= vocabulary]
     if outside:

@@ -12,6 +12,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 import peftlab
 from conftest import VOCAB, batch_for, tiny_gpt2, tiny_llama, tiny_t5
 from peftlab.core.config import ConfigError
+from peftlab.core.errors import UserError
 from peftlab.core.probe import probe_inputs, probe_output
 from peftlab.core.token_rows import TokenRowsError, TrainedTokens
 
@@ -138,3 +139,13 @@ def test_two_named_adapters_keep_their_own_rows():
     peftlab.delete_adapter(model, "a")
     torch.testing.assert_close(probe_output(model, inputs), alone["b"], atol=0, rtol=0)
     assert sum(isinstance(m, TrainedTokens) for m in model.modules()) == 2  # b's embedding and tied head
+
+
+def test_adapters_training_the_same_token_cannot_be_in_use_together():
+    model = peftlab.apply(tiny_llama(), "trainable_tokens", token_indices=[3, 4], adapter_name="a")
+    peftlab.apply(model, "trainable_tokens", token_indices=[4, 5], adapter_name="b")
+    with pytest.raises(UserError, match="'a' and 'b' both train the embedding row of token 4"):
+        peftlab.set_adapter(model, ["a", "b"])
+    peftlab.set_adapter(model, "b")
+    with pytest.raises(UserError, match="token rows"):
+        peftlab.add_weighted_adapter(model, {"a": 0.5, "b": 0.5}, "ab", "cat")

@@ -38,7 +38,7 @@ register(MethodSpec(
     family="partial",
     config_class=TrainableTokensConfig,
     inject=inject,
-    paper="HF peft's trainable tokens (2025): sparse update of chosen embedding rows, e.g. new special tokens",
+    paper="HF peft's TrainableTokens (no paper): sparse update of chosen embedding rows, e.g. new special tokens",
     summary="Only chosen rows of the input embedding (and of a tied output head) train.",
     mergeable=True,
     shares_base=True,
