@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import peftlab
-from conftest import FAMILY_BUILDERS, batch_for, tiny_bert, tiny_llama, tiny_t5
+from conftest import FAMILY_BUILDERS, batch_for, perturb_both, tiny_bert, tiny_llama, tiny_t5
 from peftlab.core.errors import UserError
 from peftlab.core.layers import AdapterModule
 from peftlab.core.probe import probe_inputs, probe_output
@@ -75,12 +75,7 @@ def test_same_norm_weights_give_peft_outputs_and_gradients(arch):
     names = [name for name, _ in peftlab.adapter_parameters(ours)]
     modules = sorted({name.rpartition(".")[0] for name in names})
     theirs = peft.get_peft_model(copy.deepcopy(base), peft.LNTuningConfig(target_modules=modules))
-    named = dict(theirs.named_parameters())
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, parameter in peftlab.adapter_parameters(ours):
-            parameter.add_(0.2 * torch.randn(parameter.shape, generator=generator))
-            named[_peft_name(name)].copy_(parameter)
+    perturb_both(ours, theirs, _peft_name, 0.2)
     assert {n for n, p in theirs.named_parameters() if p.requires_grad} == {_peft_name(n) for n in names}
     inputs = probe_inputs(base)
     with torch.no_grad():

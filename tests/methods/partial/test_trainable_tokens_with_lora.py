@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import peftlab
-from conftest import FAMILY_BUILDERS
+from conftest import FAMILY_BUILDERS, perturb_both
 from methods.partial.test_trainable_tokens import NEW, batch_with_new_tokens, tied_llama, with_new_tokens
 from peftlab.core.token_rows import TrainedTokens
 from peftlab.interop import export_peft
@@ -32,15 +32,7 @@ def pair(arch: str, with_lora: bool):
     config = (peft.LoraConfig(r=4, lora_alpha=8, target_modules=LORA_TARGETS[arch], fan_in_fan_out=arch == "gpt2",
                               trainable_token_indices=NEW) if with_lora else peft.TrainableTokensConfig(token_indices=NEW))
     theirs = peft.get_peft_model(copy.deepcopy(base), config)
-    named = dict(theirs.named_parameters())
-    generator = torch.Generator().manual_seed(0)
-    pairs = []
-    with torch.no_grad():
-        for name, parameter in peftlab.adapter_parameters(ours):
-            parameter.add_(0.3 * torch.randn(parameter.shape, generator=generator))
-            theirs_name = peft_name(name).format("token_adapter." if with_lora else "")
-            named[theirs_name].copy_(parameter)
-            pairs.append((parameter, named[theirs_name]))
+    pairs = perturb_both(ours, theirs, lambda name: peft_name(name).format("token_adapter." if with_lora else ""), 0.3)
     assert {id(p) for p in theirs.parameters() if p.requires_grad} == {id(t) for _, t in pairs}
     return base, ours, theirs, pairs
 
@@ -103,3 +95,33 @@ def test_tokens_beside_a_method_peft_cannot_pair_them_with_is_refused_on_export(
     assert tiny is model
     with pytest.raises(peftlab.interop.peft_converters.UnsupportedPeftAdapter, match="no trainable_token_indices"):
         export_peft(model, tmp_path / "peft")
+
+
+def test_two_named_lora_plus_token_adapters_save_and_load_apart(tmp_path):
+    base = with_new_tokens(tied_llama)
+    model = peftlab.apply(copy.deepcopy(base), "lora", rank=4, token_indices=NEW, adapter_name="default")
+    peftlab.apply(model, "lora", rank=4, token_indices=[NEW[0], 7], adapter_name="chat")
+    generator = torch.Generator().manual_seed(1)
+    for name in ("default", "chat"):
+        peftlab.set_adapter(model, name)
+        with torch.no_grad():
+            for _, parameter in peftlab.adapter_parameters(model):
+                parameter.add_(torch.randn(parameter.shape, generator=generator))
+    batch = batch_with_new_tokens(base)
+    expected = {}
+    for name in ("default", "chat"):
+        peftlab.set_adapter(model, name)
+        with torch.no_grad():
+            expected[name] = model(**batch).logits
+    assert not torch.allclose(expected["default"], expected["chat"])
+    peftlab.save_adapter(model, tmp_path / "both")
+    export_peft(model, tmp_path / "peft")
+    for folder in ("both", "peft"):
+        loaded = peftlab.load_adapter(copy.deepcopy(base), tmp_path / folder)
+        peftlab.load_adapter(loaded, tmp_path / folder / "chat", adapter_name="chat")
+        for name in ("default", "chat"):
+            peftlab.set_adapter(loaded, name)
+            with torch.no_grad():
+                torch.testing.assert_close(loaded(**batch).logits, expected[name], atol=1e-6, rtol=0)
+    with pytest.raises(peftlab.AdapterFileError, match="token_indices"):  # other rows: other layers
+        peftlab.hotswap_adapter(model, tmp_path / "both", adapter_name="chat")
