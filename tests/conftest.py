@@ -112,6 +112,23 @@ def assert_same_nonzero_grads(got: dict[str, torch.Tensor], expected: dict[str, 
         torch.testing.assert_close(got[name], grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
+def perturb_both(ours: nn.Module, theirs: nn.Module, peft_name: Callable[[str], str],
+                 scale: float) -> list[tuple[nn.Parameter, nn.Parameter]]:
+    """Move peftlab's adapter parameters by seeded noise and copy them to peft's (``peft_name`` maps the names);
+    returns the (ours, peft's) parameter pairs."""
+    import peftlab
+
+    named = dict(theirs.named_parameters())
+    generator = torch.Generator().manual_seed(0)
+    pairs = []
+    with torch.no_grad():
+        for name, parameter in peftlab.adapter_parameters(ours):
+            parameter.add_(scale * torch.randn(parameter.shape, generator=generator).to(parameter.dtype))
+            named[peft_name(name)].copy_(parameter)
+            pairs.append((parameter, named[peft_name(name)]))
+    return pairs
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Tests marked ``cuda`` run only where a CUDA device is."""
     if torch.cuda.is_available():

@@ -54,6 +54,9 @@ CASES: dict[str, tuple[dict, Factory]] = {
                       lambda arch, names: peft.PromptTuningConfig(task_type=TASKS[arch], num_virtual_tokens=3)),
     "prefix_tuning": ({"num_virtual_tokens": 3, "reparameterize": False, "positions": "after_prefix"},
                       lambda arch, names: peft.PrefixTuningConfig(task_type=TASKS[arch], num_virtual_tokens=3)),
+    "ln_tuning": ({}, lambda arch, names: peft.LNTuningConfig(target_modules=names)),
+    "trainable_tokens": ({"token_indices": (53, 67, 5)},  # 53 and 67 are in the probe input
+                         lambda arch, names: peft.TrainableTokensConfig(token_indices=[53, 67, 5])),
 }
 # Extra peftlab options per (method, architecture).
 EXTRA = {("prompt_tuning", "bert"): {"modules_to_save": ["classifier"]}}

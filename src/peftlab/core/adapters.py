@@ -34,6 +34,7 @@ from peftlab.core.state import (
     named_adapter_parameters,
 )
 from peftlab.core.targeting import replace_module
+from peftlab.core.token_rows import TrainedTokens
 
 
 class AdapterNameError(UserError, KeyError):
@@ -56,6 +57,7 @@ def set_adapter(model: nn.Module, names: str | Sequence[str]) -> None:
                                "`with peftlab.disable_adapters(model):`")
     _require_unmerged(model, "switch adapters")
     _require_switchable(model)
+    _require_disjoint_token_rows(model, wanted)
     for module in _adapter_modules(model):
         module.active = module.adapter_name in wanted
     model.__dict__[ACTIVE_ATTRIBUTE] = wanted
@@ -92,6 +94,9 @@ def delete_adapter(model: nn.Module, name: str) -> None:
         raise UserError(f"adapter {name!r} is merged into the base weights; peftlab.unmerge(model) before deleting it")
     for layer_name, layer in reversed(layers):  # inner layers first, so outer names stay valid
         replace_module(model, layer_name, layer.release_base())
+    while (found := next(((n, m) for n, m in model.named_modules()  # a module registered under several names
+                           if isinstance(m, TrainedTokens) and m.adapter_name == name), None)):
+        replace_module(model, found[0], found[1].release_base())
     del states[name]
     active = [adapter for adapter in active_adapters(model) if adapter != name] or [next(iter(states))]
     set_adapter(model, active)
@@ -188,7 +193,7 @@ def _require_known(model: nn.Module, names: Sequence[str]) -> None:
 
 
 def _require_unmerged(model: nn.Module, action: str) -> None:
-    if any(isinstance(m, AdapterLayer) and m.merged for m in model.modules()):
+    if any(isinstance(m, (AdapterLayer, TrainedTokens)) and m.merged for m in model.modules()):
         raise UserError(f"cannot {action} while an adapter is merged into the base weights; peftlab.unmerge(model) first")
 
 
@@ -200,6 +205,16 @@ def _require_switchable(model: nn.Module) -> None:
                 f"base's own parameters or works through forward hooks; use peftlab.unload(model, "
                 f"merge_first=False) on a copy, or a fresh base model, to run without it"
             )
+
+
+def _require_disjoint_token_rows(model: nn.Module, names: Sequence[str]) -> None:
+    """Adapters in use together may not give the same token its own row each (``token_indices``)."""
+    owner: dict[int, str] = {}
+    for name in names:
+        for index in adapter_states(model)[name].config.token_indices:
+            if owner.setdefault(index, name) != name:
+                raise UserError(f"adapters {owner[index]!r} and {name!r} both train the embedding row of token {index}; "
+                                f"use them one at a time (or in a mixed batch, one per row)")
 
 
 def _train_only_active(model: nn.Module) -> None:

@@ -40,12 +40,21 @@ class MethodConfig:
         "Module name patterns trained in full beside the method and saved with the adapter "
         "(e.g. a new classification head: 'classifier').",
     )
+    token_indices: tuple[int, ...] = option(
+        (),
+        "Rows of the input embedding trained beside the method (e.g. the ids of new special tokens), saved with "
+        "the adapter as those rows and their indices; a tied output head shares them (core/token_rows.py).",
+    )
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
             if isinstance(value, list):
                 object.__setattr__(self, field.name, tuple(value))
+        indices = self.token_indices
+        require(all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in indices), self,
+                "token_indices", "token indices are non-negative integers (token ids)")
+        require(len(set(indices)) == len(indices), self, "token_indices", "a token index is given twice")
         self.validate()
 
     def validate(self) -> None:

@@ -35,6 +35,7 @@ from peftlab.core.state import (
     adapter_states,
 )
 from peftlab.core.targeting import find_parameters
+from peftlab.core.token_rows import wrap_token_rows
 
 
 class AlreadyAdaptedError(UserError, RuntimeError):
@@ -57,7 +58,7 @@ def apply_config(model: nn.Module, config: MethodConfig, adapter_name: str = DEF
             f"hybrid method (e.g. 'mam', 'unipelt') to combine methods in one adapter"
         )
     spec = spec_for_config(config)
-    if states and spec.family in ("partial", "baseline"):  # known before injecting: it trains base parameters
+    if states and spec.family in ("partial", "baseline") and not spec.shares_base:  # known before injecting
         _refuse_to_share(states, PeftState(config, Injection(selected=["(base parameters)"]), name=adapter_name))
     _refuse_offloaded_weights(model, config.method)
     if config.modules_to_save:
@@ -66,6 +67,8 @@ def apply_config(model: nn.Module, config: MethodConfig, adapter_name: str = DEF
     modules_before = {id(module) for module in model.modules() if isinstance(module, AdapterModule)}
     with restored_on_error(model):
         injection = spec.inject(model, config)
+        if config.token_indices:  # before modules_to_save, which refuses to copy a module an adapter wraps
+            wrap_token_rows(model, config.token_indices, injection.selected + injection.created)
         if config.modules_to_save:
             in_place = wrap_saved_modules(model, config.modules_to_save, injection.selected + injection.created)
             injection.selected.extend(name for name in in_place if name not in injection.selected)

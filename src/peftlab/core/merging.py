@@ -19,6 +19,7 @@ from peftlab.core.registry import get_method
 from peftlab.core.saved_modules import SavedModule
 from peftlab.core.state import peft_state, remove_adapter_records
 from peftlab.core.targeting import replace_module
+from peftlab.core.token_rows import TrainedTokens
 
 
 class MergeError(UserError, RuntimeError):
@@ -32,8 +33,10 @@ class MergeReport:
     tolerance: float
 
 
-def _saved_modules(model: nn.Module, adapter_name: str) -> list[SavedModule]:
-    return [module for module in model.modules() if isinstance(module, SavedModule) and module.adapter_name == adapter_name]
+def _saved_modules(model: nn.Module, adapter_name: str) -> list[SavedModule | TrainedTokens]:
+    """The wrappers that merge themselves: trained copies of modules (``modules_to_save``) and token rows."""
+    return [module for module in model.modules()
+            if isinstance(module, (SavedModule, TrainedTokens)) and module.adapter_name == adapter_name]
 
 
 def _adapter_layers(model: nn.Module, adapter_name: str) -> list[AdapterLayer]:
@@ -47,7 +50,7 @@ def _require_mergeable(model: nn.Module) -> list[AdapterLayer]:
     spec = get_method(state.method)
     layers = _adapter_layers(model, state.name)
     others = [m for m in model.modules() if isinstance(m, AdapterModule)
-              and not isinstance(m, (AdapterLayer, SavedModule)) and m.adapter_name == state.name]
+              and not isinstance(m, (AdapterLayer, SavedModule, TrainedTokens)) and m.adapter_name == state.name]
     if not spec.mergeable or others or any(not layer.mergeable for layer in layers):
         raise MergeError(
             f"{state.method!r} cannot be merged exactly into the base weights; keep the adapter unmerged "
@@ -94,11 +97,13 @@ def unload(model: nn.Module, *, merge_first: bool = True) -> nn.Module:
     """Return the plain base model: merge (when asked), then replace each wrapper by its base layer."""
     if merge_first:
         merge(model)
-    wrapper_types = (AdapterLayer, SavedModule)
+    wrapper_types = (AdapterLayer, SavedModule, TrainedTokens)
     while (found := next(((n, m) for n, m in model.named_modules() if isinstance(m, wrapper_types)), None)):
         name, layer = found
         if isinstance(layer, SavedModule):
             replace_module(model, name, layer.trained if layer.merged else layer.base_layer)
+        elif isinstance(layer, TrainedTokens):
+            replace_module(model, name, layer.base_layer)  # merged: the rows are in the embedding now
         else:
             replace_module(model, name, layer.base_layer if layer.merged else layer.release_base())
     remove_adapter_records(model)

@@ -68,6 +68,9 @@ class MethodSpec:
     mergeable: bool = False
     architectures: tuple[str, ...] = ALL_ARCHITECTURES
     hooks: MethodHooks = field(default_factory=MethodHooks)
+    # A partial method that trains copies in the adapter (token rows), not base parameters in place: it may share
+    # the base with other named adapters, which other partial methods may not.
+    shares_base: bool = False
 
     def describe(self) -> dict[str, object]:
         return {

@@ -165,11 +165,12 @@ def remove_adapter_records(model: nn.Module) -> None:
 
 
 def numel_trained_beside_layers(model: nn.Module, state: PeftState) -> int:
-    """Elements the adapter trains outside its own layers: base parameters it selected or created, and the
-    trained copies of its ``modules_to_save`` (counted in full, beside a method's own count)."""
+    """Elements the adapter trains outside its own layers: base parameters it selected or created, the
+    trained copies of its ``modules_to_save`` (counted in full, beside a method's own count) and its token rows."""
     named = dict(model.named_parameters())
     total = sum(named[name].numel() for name in dict.fromkeys(state.injection.selected + state.injection.created))
     for _, module in adapter_modules(model, state.name):
-        if hasattr(module, "trained"):  # a SavedModule (core.saved_modules, which builds on this module)
+        # a SavedModule (core.saved_modules) or the embedding's TrainedTokens (core.token_rows), which build on this
+        if hasattr(module, "trained") or hasattr(module, "token_rows"):
             total += sum(p.numel() for _, p in module.adapter_parameters())
     return total

@@ -120,6 +120,18 @@ def select_modules(names: list[str], patterns: tuple[str, ...], model_type: str 
     return [name for name in names if any(regex.fullmatch(name) for regex in regexes)]
 
 
+def saved_module_tensors(tensors: dict[str, torch.Tensor], patterns: tuple[str, ...],
+                         model_type: str | None) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """The tensors of ``modules_to_save`` modules, and the others: told apart by module, since a partial method's
+    tensors are named as base parameters (``...LayerNorm.weight``), as a saved head's are (``classifier.weight``)."""
+    if not patterns:
+        return {}, dict(tensors)
+    owners = {name: [name.rsplit(".", depth)[0] for depth in range(1, name.count(".") + 1)] for name in tensors}
+    chosen = set(select_modules(sorted({o for names in owners.values() for o in names}), patterns, model_type))
+    saved = {name: t for name, t in tensors.items() if chosen.intersection(owners[name])}
+    return saved, {name: t for name, t in tensors.items() if name not in saved}
+
+
 def exact_patterns(modules: list[str]) -> tuple[str, ...]:
     """peftlab target patterns that select exactly these module names."""
     return tuple(re.escape(name) for name in modules)

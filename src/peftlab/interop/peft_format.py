@@ -44,9 +44,11 @@ from peftlab.interop.peft_converters import (
     converter_for_method,
     converter_for_peft,
     exact_patterns,
+    saved_module_tensors,
     supported_methods,
     task_type_for,
 )
+from peftlab.interop.peft_tokens import BESIDE_LORA, ROWS, split_token_rows, tokens_from_peft, tokens_to_peft
 
 TOKENIZER_FILES = (
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
@@ -87,8 +89,11 @@ def _owner_modules(names: list[str]) -> list[str]:
 def to_peft(stored: StoredAdapter, lora_only: bool = False) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """peft's ``adapter_config.json`` fields and tensors for a peftlab adapter."""
     converter = converter_for_method(stored.config.method)
-    grouped, rest = _split(stored.tensors, converter.weights)
     config = stored.config
+    saved, own = saved_module_tensors(stored.tensors, config.modules_to_save, stored.base_model.get("model_type"))
+    tokens, own = split_token_rows(own) if ROWS not in converter.weights else (None, own)  # rows beside the method
+    grouped, rest = _split(own, converter.weights)
+    rest.update(saved)
     if lora_only and rest:
         config, rest = replace(config, modules_to_save=()), {}
     document, peft_grouped = converter.to_peft(config, grouped, stored.base_model)
@@ -116,6 +121,10 @@ def to_peft(stored: StoredAdapter, lora_only: bool = False) -> tuple[dict[str, A
         for module, weights in peft_grouped.items() for weight, t in weights.items()
     }
     tensors.update({converter.prefix + name: t for name, t in rest.items()})
+    if tokens is not None:
+        fields, token_tensors = tokens_to_peft(converter.peft_type, tokens)
+        document.update(fields)
+        tensors.update({converter.prefix + name: t for name, t in token_tensors.items()})
     return document, tensors
 
 
@@ -124,6 +133,9 @@ def from_peft(document: dict[str, Any], tensors: dict[str, torch.Tensor]) -> tup
     converter = converter_for_peft(document)
     prefix = converter.prefix
     plain = {(name[len(prefix):] if name.startswith(prefix) else name): t for name, t in tensors.items()}
+    beside = document.get("trainable_token_indices")  # LoRA plus trainable tokens
+    indices, token_tensors, plain = (tokens_from_peft(document, plain, BESIDE_LORA, list(beside) if isinstance(beside, dict)
+                                                      else None) if beside else ([], {}, plain))
     grouped, rest = _split(plain, converter.peft_weights)
     _check_modules_to_save(document, list(rest))
     if not grouped:
@@ -131,7 +143,9 @@ def from_peft(document: dict[str, Any], tensors: dict[str, torch.Tensor]) -> tup
     config, ours = converter.from_peft(document, grouped)
     if rest:
         config = replace(config, modules_to_save=exact_patterns(_owner_modules(list(rest))))
-    return config, {**_join(ours), **rest}
+    if indices:
+        config = replace(config, token_indices=tuple(indices))
+    return config, {**_join(ours), **rest, **token_tensors}
 
 
 def _check_modules_to_save(document: dict[str, Any], names: list[str]) -> None:
@@ -146,7 +160,7 @@ def _check_modules_to_save(document: dict[str, Any], names: list[str]) -> None:
         raise UnsupportedPeftAdapter(
             f"the {document.get('peft_type')} adapter holds tensors peftlab does not read: {', '.join(strays[:5])}"
             + (f" and {len(strays) - 5} more" if len(strays) > 5 else "")
-            + " (e.g. LoRA on embeddings, trainable tokens or bias terms); merge it with peft instead"
+            + " (e.g. LoRA on embeddings or bias terms); merge it with peft instead"
         )
 
 

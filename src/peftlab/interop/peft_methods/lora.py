@@ -96,7 +96,6 @@ def _from_peft(method: str):
         refuse(document, "rank_pattern", (None,), "per-module ranks differ; peftlab's LoRA has one rank")
         refuse(document, "alpha_pattern", (None,), "per-module alphas differ; peftlab's LoRA has one alpha")
         refuse(document, "use_qalora", (False, None), "QA-LoRA pools inputs; peftlab has no such layer")
-        refuse(document, "trainable_token_indices", (None,), "trainable tokens are not a peftlab method")
         refuse(document, "init_lora_weights", PEFT_INITS,
                "that initialisation changed the base weights the adapter expects; convert it first with "
                "peft's save_pretrained(..., path_initial_model_for_weight_conversion=...)")

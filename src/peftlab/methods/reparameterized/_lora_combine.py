@@ -90,6 +90,9 @@ def _sources(model: nn.Module, weights: Mapping[str, float], combination: str,
     sources = {}
     for adapter, weight in weights.items():
         layers = dict(adapter_modules(model, adapter))
+        if adapter_states(model)[adapter].config.token_indices:
+            raise CombineError(f"adapter {adapter!r} trains token rows (token_indices), which add_weighted_adapter "
+                               f"does not combine; combine LoRA adapters without them")
         if adapter_states(model)[adapter].method != "lora" or any(type(m) is not LoRALinear for m in layers.values()):
             raise CombineError(f"adapter {adapter!r} is {adapter_states(model)[adapter].method!r}; "
                                f"add_weighted_adapter combines plain LoRA adapters of linear layers (no target_parameters)")

@@ -48,5 +48,6 @@ class DetachModules:
 
 def require_parts_save_nothing(config: MethodConfig, fields: Sequence[str]) -> None:
     for field in fields:
-        require(not getattr(config, field).modules_to_save, config, field,
-                "set modules_to_save on the hybrid itself, not on one of its parts")
+        part = getattr(config, field)
+        require(not part.modules_to_save and not part.token_indices, config, field,
+                "set modules_to_save and token_indices on the hybrid itself, not on one of its parts")
