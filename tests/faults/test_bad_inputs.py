@@ -240,13 +240,14 @@ def test_no_pickle_code_path_in_the_package():
 def test_a_peft_type_peftlab_does_not_read_is_named_by_the_cli(tmp_path, capsys):
     from peftlab.cli import main
 
-    folder = tmp_path / "oft"
+    folder = tmp_path / "fourierft"
     folder.mkdir()
-    (folder / "adapter_config.json").write_text(json.dumps({"peft_type": "OFT", "r": 8, "target_modules": ["q_proj"]}))
-    save_file({"base_model.model.model.layers.0.self_attn.q_proj.oft_R.weight": torch.zeros(2, 2)},
+    (folder / "adapter_config.json").write_text(json.dumps({"peft_type": "FOURIERFT", "n_frequency": 8,
+                                                            "target_modules": ["q_proj"]}))
+    save_file({"base_model.model.model.layers.0.self_attn.q_proj.fourierft_spectrum": torch.zeros(8)},
               folder / "adapter_model.safetensors")
-    refused(folder, "adapter type 'OFT'.*not one peftlab reads; it reads .*LORA")
+    refused(folder, "adapter type 'FOURIERFT'.*not one peftlab reads; it reads .*LORA")
     assert main(["import", "--format", "peft", str(folder), str(tmp_path / "out")]) == 2
     error = capsys.readouterr().err
-    assert error.startswith("peftlab import: error: peft adapter type 'OFT'") and error.count("\n") == 1
+    assert error.startswith("peftlab import: error: peft adapter type 'FOURIERFT'") and error.count("\n") == 1
     assert not (tmp_path / "out").exists()
