@@ -123,3 +123,14 @@ def test_through_the_cli_exit_2_and_nothing_written(tmp_path, capsys):
                  "--output", str(out)])
     assert code == 2 and f"{path} line 3: the label (column 'label') is empty" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_tsv_json_and_jsonl_read_alike(tmp_path):
+    rows = [{"text": "a \"quoted\" film", "label": "pos"}, {"text": "b, dull", "label": "neg"}, {"text": "c", "label": "pos"}]
+    (tmp_path / "d.tsv").write_text("text\tlabel\n" + "".join(f"{r['text']}\t{r['label']}\n" for r in rows))
+    (tmp_path / "d.json").write_text(json.dumps(rows))
+    jsonl_file(tmp_path, rows, "d.jsonl")
+    for name in ("d.tsv", "d.json", "d.jsonl"):
+        task = task_for("classify", {"train_file": str(tmp_path / name), "eval_file": str(tmp_path / "d.jsonl")})
+        assert [(e.text, e.label) for e in task.load("eval")] == [(r["text"], int(r["label"] == "pos")) for r in rows]
+        assert task.labels == ("neg", "pos") and task.num_labels == 2

@@ -35,7 +35,10 @@ def run(arguments: argparse.Namespace) -> int:
     from peftlab.train import EvalArgs
     from peftlab.train.evaluate_adapter import evaluate_adapter
 
+    from peftlab.tasks.files import DataFiles
+
     values = {k: v for k, v in vars(arguments).items() if k not in ("command", "handler")}
-    record = evaluate_adapter(EvalArgs(**values))
+    data = DataFiles(**{name: values.pop(name) for name in DataFiles.__dataclass_fields__})
+    record = evaluate_adapter(EvalArgs(**values, data=data))
     print(json.dumps(record, indent=2))
     return 0

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from peftlab.core.errors import UserError
+from peftlab.tasks.files import DataFiles
 
 MixedPrecision = Literal["auto", "no", "fp16", "bf16"]
 LossChoice = Literal["auto", "chunked", "plain"]
@@ -200,14 +201,7 @@ class EvalArgs:
     adapter: str | None = None
     data_dir: str | None = None
     split: str | None = None  # None: the task's scored split(s)
-    # A file task's data (TrainArgs' fields); unset ones come from the adapter's task.json (tasks.files)
-    train_file: str | None = None
-    eval_file: str | None = None
-    text_column: str | None = None
-    text_pair_column: str | None = None
-    label_column: str | None = None
-    source_column: str | None = None
-    target_column: str | None = None
+    data: DataFiles = field(default_factory=DataFiles)  # a file task's; what it leaves unset, the adapter's task.json
     max_eval_samples: int | None = None
     eval_batch_size: int = 32
     max_length: int = 128  # inputs; multiple-choice prompts use all the model's positions

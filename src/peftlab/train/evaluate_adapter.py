@@ -24,7 +24,7 @@ def evaluate_adapter(args: EvalArgs) -> dict[str, Any]:
     """The task's scores for ``args.model`` with ``args.adapter`` loaded (or none)."""
     if args.output:  # before any work: an existing file is replaced only with overwrite
         claim_output(args.output, EVAL_OUTPUT, overwrite=args.overwrite, inputs={"--adapter": args.adapter})
-    task = task_for(args.task, dataclasses.asdict(args), saved_record(args.adapter))
+    task = task_for(args.task, dataclasses.asdict(args.data), saved_record(args.adapter))
     splits = (args.split,) if args.split else task.eval_splits
     sets = {split: subsample(task.load(split, args.data_dir), args.max_eval_samples, args.seed) for split in splits}
     torch.manual_seed(args.seed)
