@@ -134,3 +134,9 @@ def test_tsv_json_and_jsonl_read_alike(tmp_path):
         task = task_for("classify", {"train_file": str(tmp_path / name), "eval_file": str(tmp_path / "d.jsonl")})
         assert [(e.text, e.label) for e in task.load("eval")] == [(r["text"], int(r["label"] == "pos")) for r in rows]
         assert task.labels == ("neg", "pos") and task.num_labels == 2
+
+
+def test_without_datasets_the_error_names_the_extra(tmp_path, monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "datasets", None)  # as if not installed
+    path = csv_file(tmp_path, ["text,label", "a,pos", "b,neg"])
+    refused("classify", "needs `datasets`: pip install 'peftlab\\[train\\]'", train_file=str(path))

@@ -56,7 +56,9 @@ class Table:
 
 def is_empty(value: Any) -> bool:
     """A missing cell: None (JSON null, an empty CSV cell), NaN (an empty cell in a number column) or blank text."""
-    return value is None or (isinstance(value, float) and math.isnan(value)) or (isinstance(value, str) and not value.strip())
+    if isinstance(value, float):
+        return math.isnan(value)
+    return value is None or (isinstance(value, str) and not value.strip())
 
 
 def read_table(source: str, flag: str) -> Table:
@@ -64,7 +66,7 @@ def read_table(source: str, flag: str) -> Table:
     try:
         import datasets
     except ImportError:
-        raise TaskError(f"{flag} {source}: reading data files needs `datasets`: pip install datasets") from None
+        raise TaskError(f"{flag} {source}: reading your own data needs `datasets`: pip install 'peftlab[train]'") from None
     quiet = not datasets.is_progress_bar_enabled()
     datasets.disable_progress_bars()  # a bar per small file says nothing; the rows' count is in the run's log
     try:
@@ -86,7 +88,7 @@ def _read(datasets: Any, source: str, flag: str) -> Table:
         try:
             loaded = datasets.load_dataset(builder, data_files=str(path), split="train", **options)
         except Exception as error:  # noqa: BLE001  (a malformed file: pandas, pyarrow and json raise their own)
-            raise TaskError(f"{source} cannot be read as {builder.upper() if builder != 'csv' else path.suffix[1:].upper()} "
+            raise TaskError(f"{source} cannot be read as {path.suffix[1:].upper()} "
                             f"({_root_cause(error)}); fix the file (one header line, the same columns on "
                             f"every row)") from None
     elif path.exists():

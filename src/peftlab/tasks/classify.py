@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 from peftlab.core.errors import few
 from peftlab.tasks import metrics
@@ -29,7 +29,8 @@ class Classify(FileTask):
     main_metric = "accuracy"
     fractions = ("accuracy", "macro_f1")
     description = "your own classification or regression data"
-    columns = {"text_column": "text", "text_pair_column": None, "label_column": "label"}
+    columns: ClassVar[dict[str, str | None]] = {"text_column": "text", "text_pair_column": None,
+                                                "label_column": "label"}
     labels: tuple[str, ...] = ()  # class names in class-id order
     ids: bool = False  # the file's labels are class ids (integers), not names
 
@@ -94,8 +95,8 @@ class Classify(FileTask):
             raise TaskError(f"{where} is not a class id (0 to {len(self.labels) - 1}); fix or remove that row")
         name = str(int(value)) if self.ids else self.name_of(table, value)
         if name not in self.labels:
-            raise TaskError(f"{where} is not one of the classes the model was trained on ({few(list(self.labels), 10)}); "
-                            f"fix or remove that row")
+            raise TaskError(f"{where} is not one of the classes the model was trained on "
+                            f"({few(list(self.labels), 10)}); fix or remove that row")
         return self.labels.index(name)
 
     def metrics(self, predictions: Sequence, examples: Sequence[Example]) -> dict[str, float]:

@@ -16,7 +16,7 @@ import random
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from peftlab.tasks._table import Table, is_empty, read_table
 from peftlab.tasks.base import Example, Task, TaskError, get_task, task_names
@@ -56,11 +56,12 @@ class FileTask(Task):
     """A task whose examples come from the user's files; subclasses read one row (:meth:`example`)."""
 
     eval_splits = ("eval",)
-    columns: dict[str, str | None] = {}  # the DataFiles column settings it takes -> their default column
-    saved: dict[str, Any] = {}
+    columns: ClassVar[dict[str, str | None]] = {}  # the DataFiles column settings it takes -> their default column
+    saved: dict[str, Any]  # a trained run's task.json (see bind)
 
     def __init__(self) -> None:
         self.data = DataFiles()
+        self.saved = {}
         self.examples: dict[str, list[Example]] = {}
 
     def bind(self, data: DataFiles, saved: Mapping[str, Any] | None = None) -> FileTask:
@@ -108,7 +109,7 @@ class FileTask(Task):
 
     def load(self, split: str, data_dir: Any = None) -> list[Example]:
         if split not in self.examples:
-            if not self.examples:
+            if split in ("train", "eval"):  # no --train file (an eval file alone scores, it does not train)
                 raise self.unbound()
             raise TaskError(f"--task {self.name} has the splits train and eval (the --train and --eval files), "
                             f"not {split!r}")

@@ -10,7 +10,7 @@ generated text against the targets (sacreBLEU 13a), with chrF beside it.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 from peftlab.tasks import metrics
 from peftlab.tasks._table import Table
@@ -24,7 +24,7 @@ class Seq2seq(FileTask):
     main_metric = "bleu"
     separator = "\n"
     description = "your own source/target pairs"
-    columns = {"source_column": "source", "target_column": "target"}
+    columns: ClassVar[dict[str, str | None]] = {"source_column": "source", "target_column": "target"}
 
     def example(self, table: Table, index: int, row: dict[str, Any]) -> Example:
         return Example(text=self.text(table, index, row, self.column(table, "source_column")),

@@ -28,8 +28,8 @@ def encode(task: Task, examples: Sequence[Example], tokenizer: Any, kind: str, m
         check_chat_template(tokenizer, kind)
     if kind == "encoder-decoder":
         return [_encode_seq2seq(e, tokenizer, max_length) for e in examples]
-    return [_encode_chat(e, tokenizer, max_length) if e.messages else _encode_causal(e, task.separator, tokenizer, max_length)
-            for e in examples]
+    return [_encode_chat(e, tokenizer, max_length) if e.messages else
+            _encode_causal(e, task.separator, tokenizer, max_length) for e in examples]
 
 
 @dataclass
@@ -123,7 +123,9 @@ def _encode_chat(example: Example, tokenizer: Any, max_length: int) -> Features:
     messages = [{"role": role, "content": content} for role, content in example.messages]
 
     def render(count: int, prompt: bool = False) -> str:
-        return tokenizer.apply_chat_template(messages[:count], tokenize=False, add_generation_prompt=prompt) if count else ""
+        if not count:
+            return ""
+        return tokenizer.apply_chat_template(messages[:count], tokenize=False, add_generation_prompt=prompt)
 
     ids: list[int] = []
     labels: list[int] = []
