@@ -156,11 +156,11 @@ def test_an_unreachable_hub_names_both_routes(tmp_path, monkeypatch):
 
 
 def test_unknown_task_lists_the_known_ones():
-    with pytest.raises(TaskError, match="unknown task 'glue-sst2'; known tasks: alpaca, cola"):
+    with pytest.raises(TaskError, match="unknown task 'glue-sst2'; known tasks: alpaca, chat, classify, cola"):
         get_task("glue-sst2")
     assert {"cola", "sst2", "mrpc", "stsb", "rte", "qnli", "mnli", "qqp", "wmt16-en-ro", "mmlu", "mmlu-5shot",
             "mmlu-subset", "mmlu-subset-5shot", "english-lm",
-            "alpaca"} == set(task_names())
+            "alpaca", "classify", "chat", "seq2seq"} == set(task_names())
 
 
 def test_subsample_is_seeded_and_keeps_file_order():

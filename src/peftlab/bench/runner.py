@@ -29,6 +29,7 @@ from peftlab.core.atomic import write_text_atomic
 from peftlab.core.errors import Interrupted
 from peftlab.core.outputs import OutputKind
 from peftlab.tasks import TaskError, get_task
+from peftlab.tasks.files import task_for
 
 SPECS_FOLDER = "specs"
 LOGS_FOLDER = "logs"
@@ -133,7 +134,11 @@ def data_problems(runs: Sequence[RunSpec]) -> list[str]:
     run starts: a missing data folder fails the sweep in a second instead of once per run."""
     problems: dict[str, str] = {}
     for run in runs:
-        task = get_task(run.task_name)
+        try:
+            task = task_for(run.task_name, run.training)  # a file task reads and checks its rows here
+        except TaskError as error:
+            problems.setdefault(run.task_name, str(error))
+            continue
         wanted = [(task, [run.training.get("train_split") or task.train_split, *task.eval_splits])]
         wanted += [(get_task(name), list(get_task(name).eval_splits)) for name in run.training.get("eval_tasks", ())]
         for needed, splits in wanted:

@@ -165,11 +165,27 @@ def _model(entry: Any, where: str) -> ModelEntry:
                       random_init=random_init, tokenizer=entry.get("tokenizer"))
 
 
+# A task entry's ``data:`` keys (a file task's files and columns) -> the training settings they become
+DATA_KEYS = {"train": "train_file", "eval": "eval_file", **{f"{c}_column": f"{c}_column" for c in
+                                                           ("text", "text_pair", "label", "source", "target")}}
+
+
 def _task(entry: Any, where: str) -> TaskEntry:
     entry = _single_key_form(entry, "task", f"{where}: tasks")
-    _only_keys(entry, f"{where}: task {entry['task']!r}", {"task", "name", "training"})
+    _only_keys(entry, f"{where}: task {entry['task']!r}", {"task", "name", "training", "data"})
+    data = _mapping(entry.get("data") or {}, f"{where}: task {entry['task']!r} data")
+    _only_keys(data, f"{where}: task {entry['task']!r} data", set(DATA_KEYS))
+    files = {DATA_KEYS[key]: _beside(str(value), where) if key in ("train", "eval") else str(value)
+             for key, value in data.items()}
     return TaskEntry(name=str(entry.get("name", entry["task"])), task=str(entry["task"]),
-                     training=_mapping(entry.get("training", {}), f"{where}: training"))
+                     training={**_mapping(entry.get("training", {}), f"{where}: training"), **files})
+
+
+def _beside(path: str, where: str) -> str:
+    """A data path relative to the suite file's folder, where it is found there (else as given: relative to
+    the working folder, or a hub dataset name)."""
+    beside = Path(where.split(":")[0]).parent / path
+    return str(beside.resolve()) if not Path(path).is_absolute() and beside.exists() else path
 
 
 def _methods(entry: Any, where: str) -> list[MethodEntry]:

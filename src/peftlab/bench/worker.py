@@ -43,6 +43,7 @@ def execute(spec: RunSpec, output: Path, breakdown: bool = True) -> dict[str, An
     """Train and score ``spec``; returns the record's measured fields (``breakdown``: also the memory split,
     measured on one step of the run's model before it trains; the data and model are loaded once)."""
     from peftlab.tasks import get_task
+    from peftlab.tasks.files import task_for
     from peftlab.train import TrainArgs, run_training
 
     model_name, note = model_for_run(spec, output)
@@ -59,7 +60,7 @@ def execute(spec: RunSpec, output: Path, breakdown: bool = True) -> dict[str, An
     if not is_main_process():
         return {}
     args = dataclasses.replace(args, output_dir=None, resume=False, overwrite=False)  # as a user reruns it alone
-    scored = get_task(args.eval_tasks[-1]) if args.eval_tasks else get_task(spec.task_name)
+    scored = get_task(args.eval_tasks[-1]) if args.eval_tasks else task_for(spec.task_name, spec.training)
     primary = f"{scored.name}/{scored.main_metric}" if args.eval_tasks else scored.main_metric
     score = metrics["scores"].get(primary)
     return {
@@ -113,10 +114,11 @@ def task_scores(args: Any, spec: RunSpec, scores: dict[str, float]) -> dict[str,
     """Per scored task (the extra eval tasks, else the trained one): its main metric, display score and
     direction; the report gives each its own column when a run scores several."""
     from peftlab.tasks import get_task
+    from peftlab.tasks.files import task_for
 
     found = {}
     for name in args.eval_tasks or (spec.task_name,):
-        task = get_task(name)
+        task = get_task(name) if args.eval_tasks else task_for(name, spec.training)
         metric = f"{task.name}/{task.main_metric}" if args.eval_tasks else task.main_metric
         value = scores.get(metric)
         found[task.name] = {"metric": metric, "score": None if value is None else display_score(task, metric, float(value)),

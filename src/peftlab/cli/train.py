@@ -21,6 +21,18 @@ DESCRIPTION = """Fine-tune a model on a task with a PEFT method, then score it.
   peftlab train --model minilm-l6 --task sst2 --method lora --set rank=8 --output runs/sst2-lora
   peftlab train --config exp.yaml --seed 1        # flags override the file's values
 
+Your own data (--task classify, chat or seq2seq; CSV, TSV, JSON, JSONL, Parquet, a datasets
+save_to_disk folder, or a hub dataset name):
+
+  peftlab train --model minilm-l6 --task classify --train reviews.csv --text-column review --label-column stars
+  peftlab train --model smollm2-135m --task chat --train chats.jsonl --eval chats-dev.jsonl
+  peftlab train --model t5-small --task seq2seq --train pairs.parquet --source-column en --target-column de
+
+chat reads a "messages" column (lists of {role, content}) in the tokenizer's chat template (a tokenizer
+without one is refused; there is no fallback template), loss on the assistant turns only; or
+instruction/input/output columns in the Alpaca prompt. Without --eval a fixed tenth of the --train rows
+is held out and scored.
+
 An experiment file is YAML with the same names as the flags (learning_rate or lr, ...) and the
 method's options under "options:". A classification task's new head trains beside the method."""
 

@@ -36,6 +36,8 @@ class Example:
     ``group``: a sub-collection the metric reports on its own (an MMLU subject).
     ``shots``: the few-shot examples inside ``text``, in order and side by side, which a prompt too
     long for the model drops whole (see :meth:`with_shots`).
+    ``messages``: a conversation as ``(role, content)`` pairs (the ``chat`` task), rendered by the model's chat
+    template when it is encoded; ``text`` then holds the contents joined, for sorting by length.
     """
 
     text: str
@@ -44,6 +46,7 @@ class Example:
     target: str | None = None
     group: str | None = None
     shots: tuple[str, ...] = ()
+    messages: tuple[tuple[str, str], ...] = ()
 
     def with_shots(self, keep: int) -> str:
         """``text`` with only its first ``keep`` few-shot examples (as the benchmarks' own scripts shorten)."""

@@ -18,6 +18,13 @@ def binary_f1(predictions: Sequence[int], labels: Sequence[int]) -> float:
     return float(f1_score(labels, predictions, pos_label=1, average="binary", zero_division=0))
 
 
+def macro_f1(predictions: Sequence[int], labels: Sequence[int]) -> float:
+    """The unweighted mean of every class's F1 (a rare class counts as much as a common one)."""
+    from sklearn.metrics import f1_score
+
+    return float(f1_score(labels, predictions, average="macro", zero_division=0))
+
+
 def matthews(predictions: Sequence[int], labels: Sequence[int]) -> float:
     from sklearn.metrics import matthews_corrcoef
 
@@ -35,6 +42,13 @@ def sacrebleu_score(hypotheses: Sequence[str], references: Sequence[str]) -> flo
     import sacrebleu
 
     return float(sacrebleu.corpus_bleu(list(hypotheses), [list(references)]).score)
+
+
+def chrf_score(hypotheses: Sequence[str], references: Sequence[str]) -> float:
+    """Corpus chrF (character n-gram F-score, sacreBLEU's defaults), 0-100."""
+    import sacrebleu
+
+    return float(sacrebleu.corpus_chrf(list(hypotheses), [list(references)]).score)
 
 
 def token_loss(predictions: Sequence[tuple[float, int]]) -> dict[str, float]:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from peftlab.core.errors import UserError
+from peftlab.tasks.files import DataFiles
 
 MixedPrecision = Literal["auto", "no", "fp16", "bf16"]
 LossChoice = Literal["auto", "chunked", "plain"]
@@ -17,7 +18,7 @@ LossChoice = Literal["auto", "chunked", "plain"]
 FLAGS = {"output_dir": "output", "learning_rate": "lr", "gradient_accumulation_steps": "grad-accum",
          "options": "set", "eval_tasks": "eval-task", "progress": "no-progress", "fused_ops": "no-fused-ops",
          "keep_freed_memory": "no-keep-freed-memory", "fast_dropout": "no-fast-dropout",
-         "group_by_length": "no-group-by-length", "pack": "no-pack"}
+         "group_by_length": "no-group-by-length", "pack": "no-pack", "train_file": "train", "eval_file": "eval"}
 
 
 UNTUNED = "untuned"  # as a method: no method, no step; the plain base model scored (a table's reference row)
@@ -36,7 +37,8 @@ def setting(help: str, default: Any = dataclasses.MISSING, **kwargs: Any) -> Any
 # What a run trains: a resumed run must have the same (the rest, e.g. evaluation and saving, may change).
 RESUME_SETTINGS = ("model", "task", "method", "options", "seed", "train_split", "max_train_samples", "epochs",
                    "max_steps", "batch_size", "gradient_accumulation_steps", "learning_rate", "weight_decay",
-                   "warmup_ratio", "max_grad_norm", "max_length", "loss", "mixed_precision", "group_by_length", "holdout")
+                   "warmup_ratio", "max_grad_norm", "max_length", "loss", "mixed_precision", "group_by_length", "holdout",
+                   "train_file", "text_column", "text_pair_column", "label_column", "source_column", "target_column")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -54,6 +56,17 @@ class TrainArgs:
     data_dir: str | None = setting("the data root (glue/, mmlu/, wmt16_en_ro/, alpaca/); default $PEFTLAB_DATA; a "
                                    "task whose files are not there is read from the HF hub when `datasets` is "
                                    "installed", None)
+    train_file: str | None = setting("your own data, for --task classify, chat or seq2seq: a CSV, TSV, JSON, JSONL or "
+                                     "Parquet file, a `datasets` save_to_disk folder, or a hub dataset name "
+                                     "(owner/name[:split], online)", None)
+    eval_file: str | None = setting("the rows to score a file task on (as --train); default: a fixed tenth of the "
+                                    "--train rows (a seeded draw, the same every run) is held out", None)
+    text_column: str | None = setting("classify: the text column (default: text)", None)
+    text_pair_column: str | None = setting("classify: a second text column, for sentence pairs (default: none)", None)
+    label_column: str | None = setting("classify: the label column (default: label): strings are classes (ids "
+                                       "in sorted order), integers class ids, floats a regression", None)
+    source_column: str | None = setting("seq2seq: the source column (default: source)", None)
+    target_column: str | None = setting("seq2seq: the target column (default: target)", None)
     train_split: str | None = setting("train on this split instead of the task's own (WMT16 without train files: "
                                       "newsdev2016)", None)
     eval_tasks: tuple[str, ...] = setting("also score this task at the end (repeatable; e.g. --task alpaca "
@@ -188,6 +201,7 @@ class EvalArgs:
     adapter: str | None = None
     data_dir: str | None = None
     split: str | None = None  # None: the task's scored split(s)
+    data: DataFiles = field(default_factory=DataFiles)  # a file task's; what it leaves unset, the adapter's task.json
     max_eval_samples: int | None = None
     eval_batch_size: int = 32
     max_length: int = 128  # inputs; multiple-choice prompts use all the model's positions

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from peftlab.core.errors import UserError
 from peftlab.tasks import Example, Task
 
 IGNORE = -100
@@ -23,9 +24,12 @@ def encode(task: Task, examples: Sequence[Example], tokenizer: Any, kind: str, m
     """Training features: model inputs plus ``labels``."""
     if task.kind in ("classification", "regression"):
         return [_encode_pair(e, tokenizer, max_length) for e in examples]
+    if any(e.messages for e in examples):
+        check_chat_template(tokenizer, kind)
     if kind == "encoder-decoder":
         return [_encode_seq2seq(e, tokenizer, max_length) for e in examples]
-    return [_encode_causal(e, task.separator, tokenizer, max_length) for e in examples]
+    return [_encode_chat(e, tokenizer, max_length) if e.messages else
+            _encode_causal(e, task.separator, tokenizer, max_length) for e in examples]
 
 
 @dataclass
@@ -97,6 +101,53 @@ def _encode_causal(example: Example, separator: str, tokenizer: Any, max_length:
         prompt = prompt[len(prompt) - (max_length - len(target)):]
     ids = prompt + target
     return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": [IGNORE] * len(prompt) + target}
+
+
+def check_chat_template(tokenizer: Any, kind: str) -> None:
+    """Conversations (``messages`` rows) need a decoder whose tokenizer has a chat template."""
+    if kind != "decoder":
+        raise UserError("rows with 'messages' train a decoder-only model (a chat model) on its chat template; "
+                        f"this is an {kind} model: use a decoder, or write the rows as instruction/input/output")
+    if not getattr(tokenizer, "chat_template", None):
+        raise UserError("rows with 'messages' are rendered with the tokenizer's chat template, and this model's "
+                        "tokenizer has none: use a chat (instruct) model, add a chat_template to its tokenizer "
+                        "(tokenizer_config.json or chat_template.jinja), or write the rows as instruction/input/"
+                        "output columns (the Alpaca prompt, no template needed)")
+
+
+def _encode_chat(example: Example, tokenizer: Any, max_length: int) -> Features:
+    """A conversation in the chat template; the labels are the assistant turns' tokens (their end-of-turn
+    marks included), every other token ignored. Each assistant turn's text is what the template adds between
+    the conversation before it with the generation prompt and the conversation through it. Over-long
+    conversations lose their end."""
+    messages = [{"role": role, "content": content} for role, content in example.messages]
+
+    def render(count: int, prompt: bool = False) -> str:
+        if not count:
+            return ""
+        return tokenizer.apply_chat_template(messages[:count], tokenize=False, add_generation_prompt=prompt)
+
+    ids: list[int] = []
+    labels: list[int] = []
+    done = ""
+    for turn, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        before, through = render(turn, prompt=True), render(turn + 1)
+        if not (before.startswith(done) and through.startswith(before)):
+            raise UserError("the chat template does not render a conversation as the one before it plus its last "
+                            "turn, so the assistant turns cannot be told apart: use a template that does")
+        for text, trained in ((before[len(done):], False), (through[len(before):], True)):
+            piece = tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+            ids += piece
+            labels += piece if trained else [IGNORE] * len(piece)
+        done = through
+    rest = render(len(messages))[len(done):]
+    if rest:  # turns after the last answer: read, not trained
+        piece = tokenizer(rest, add_special_tokens=False)["input_ids"]
+        ids, labels = ids + piece, labels + [IGNORE] * len(piece)
+    ids, labels = ids[:max_length], labels[:max_length]
+    return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels}
 
 
 def collate(features: Sequence[Features], pad_id: int, left: bool = False) -> dict[str, torch.Tensor]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -10,7 +11,8 @@ import torch
 import peftlab
 from peftlab.core.atomic import write_text_atomic
 from peftlab.core.outputs import OutputKind, claim_output
-from peftlab.tasks import get_task, subsample
+from peftlab.tasks import subsample
+from peftlab.tasks.files import saved_record, task_for
 from peftlab.train.args import EvalArgs
 from peftlab.train.evaluation import evaluate
 from peftlab.train.models import load_model
@@ -22,7 +24,7 @@ def evaluate_adapter(args: EvalArgs) -> dict[str, Any]:
     """The task's scores for ``args.model`` with ``args.adapter`` loaded (or none)."""
     if args.output:  # before any work: an existing file is replaced only with overwrite
         claim_output(args.output, EVAL_OUTPUT, overwrite=args.overwrite, inputs={"--adapter": args.adapter})
-    task = get_task(args.task)
+    task = task_for(args.task, dataclasses.asdict(args.data), saved_record(args.adapter))
     splits = (args.split,) if args.split else task.eval_splits
     sets = {split: subsample(task.load(split, args.data_dir), args.max_eval_samples, args.seed) for split in splits}
     torch.manual_seed(args.seed)

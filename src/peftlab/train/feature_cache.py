@@ -67,9 +67,11 @@ def entry_path(task: Task, examples: Sequence[Example], tokenizer: Any, kind: st
     fingerprint = tokenizer_fingerprint(tokenizer)
     if root is None or fingerprint is None:
         return None
-    rows = (json.dumps([e.text, e.text_pair, e.label, e.target, list(e.shots)]) for e in examples)
+    rows = (json.dumps([e.text, e.text_pair, e.label, e.target, list(e.shots)] + ([e.messages] if e.messages else []))
+            for e in examples)
+    template = [str(getattr(tokenizer, "chat_template", None))] if any(e.messages for e in examples) else []
     key = digest([FORMAT, task.name, task.kind, repr(getattr(task, "separator", None)), kind, str(max_length),
-                  fingerprint, source_code_digest(encoding), digest(rows)])
+                  fingerprint, source_code_digest(encoding), digest(rows), *template])
     return root / "features" / f"{key}.safetensors"
 
 

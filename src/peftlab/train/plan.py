@@ -17,14 +17,16 @@ from peftlab.core.architectures import architecture_of
 from peftlab.core.outputs import OutputKind, claim_output, remove_owned
 from peftlab.core.registry import get_method
 from peftlab.tasks import Example, Task, get_task, subsample
+from peftlab.tasks.files import TASK_FILE, task_for
 from peftlab.train.args import UNTUNED, ArgumentError, TrainArgs
+from peftlab.train.encoding import check_chat_template
 from peftlab.train.models import LoadedModel, ModelError, load_model
 
 HEAD_TASK_KINDS = ("classification", "regression")
 HOLDOUT_SEED = 20231219  # one held-out draw for every run of a task (the survey's arXiv date)
 TRAIN_OUTPUT = OutputKind(command="peftlab train", flag="--output", resumable=True, owns=(
-    "log.jsonl", "metrics.json", "adapter_config.json", "adapter_model.safetensors", "best", "checkpoint-*",
-    ".final-adapter"))
+    "log.jsonl", "metrics.json", "adapter_config.json", "adapter_model.safetensors", TASK_FILE, "best",
+    "checkpoint-*", ".final-adapter"))
 
 
 @dataclass
@@ -103,7 +105,7 @@ def method_options(args: TrainArgs, head: tuple[str, ...], total_steps: int) -> 
 
 def make_plan(args: TrainArgs, world: int = 1) -> Plan:
     output_dir = check_output_dir(args)
-    task = get_task(args.task)
+    task = task_for(args.task, dataclasses.asdict(args))
     spec = None if args.method == UNTUNED else get_method(args.method)
     extra = [get_task(name) for name in args.eval_tasks]
     for other in extra:
@@ -121,6 +123,8 @@ def make_plan(args: TrainArgs, world: int = 1) -> Plan:
 
     peftlab_seed(args.seed)
     loaded = load_model(args.model, task)
+    if any(example.messages for example in train_examples):
+        check_chat_template(loaded.tokenizer, loaded.kind)
     if spec is None:  # untuned: the base model as loaded, with nothing to train
         if task.kind in HEAD_TASK_KINDS:
             raise ArgumentError(f"--method {UNTUNED} scores the base model as it is, but {task.name} needs a new, "

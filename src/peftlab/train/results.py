@@ -11,6 +11,7 @@ import torch
 import peftlab
 from peftlab.core.atomic import write_text_atomic
 from peftlab.core.serialization import CONFIG_NAME, WEIGHTS_NAME
+from peftlab.tasks.files import TASK_FILE
 from peftlab.train.batching import padded_fraction
 from peftlab.train.checkpoint import Progress
 from peftlab.train.resources import peak_memory
@@ -62,8 +63,9 @@ def save_final(trainer: Trainer, metrics: dict[str, Any]) -> None:
         staging = trainer.output / ".final-adapter"
         trainer.save_adapter_to(staging)
         if trainer.is_main:
-            for name in (WEIGHTS_NAME, CONFIG_NAME):
-                (staging / name).replace(trainer.output / name)
+            for name in (WEIGHTS_NAME, CONFIG_NAME, TASK_FILE):
+                if (staging / name).exists():  # task.json: a file task's only
+                    (staging / name).replace(trainer.output / name)
             staging.rmdir()
     if trainer.is_main:
         write_text_atomic(trainer.output / "metrics.json", json.dumps(metrics, indent=2) + "\n")

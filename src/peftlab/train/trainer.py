@@ -9,6 +9,7 @@ a resumed run replays exactly what the killed one would have seen.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import sys
 import time
@@ -20,7 +21,9 @@ from tqdm.auto import tqdm
 
 import peftlab
 from peftlab.core.checkpointing import enable_activation_checkpointing
+from peftlab.core.atomic import write_text_atomic
 from peftlab.core.serialization import save_adapter
+from peftlab.tasks.files import TASK_FILE, FileTask
 from peftlab.train.args import UNTUNED, ArgumentError
 from peftlab.train.batching import accumulation_groups
 from peftlab.train.checkpoint import Progress, full_parameters, latest_checkpoint, save_checkpoint
@@ -256,6 +259,8 @@ class Trainer:
         with full_parameters(self.model) if self.args.fsdp else contextlib.nullcontext():
             if self.is_main:
                 save_adapter(self.base, path)
+                if isinstance(self.plan.task, FileTask):  # its data and classes, for peftlab eval (tasks.files)
+                    write_text_atomic(path / TASK_FILE, json.dumps(self.plan.task.record(), indent=2) + "\n")
 
     def log(self, record: dict[str, Any]) -> None:
         if self.is_main and self.output is not None:
