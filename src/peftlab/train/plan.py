@@ -19,12 +19,13 @@ from peftlab.core.registry import get_method
 from peftlab.tasks import Example, Task, get_task, subsample
 from peftlab.train.args import UNTUNED, ArgumentError, TrainArgs
 from peftlab.train.models import LoadedModel, ModelError, load_model
+from peftlab.train.trackers import OWNED as TRACKER_FILES
 
 HEAD_TASK_KINDS = ("classification", "regression")
 HOLDOUT_SEED = 20231219  # one held-out draw for every run of a task (the survey's arXiv date)
 TRAIN_OUTPUT = OutputKind(command="peftlab train", flag="--output", resumable=True, owns=(
     "log.jsonl", "metrics.json", "adapter_config.json", "adapter_model.safetensors", "best", "checkpoint-*",
-    ".final-adapter"))
+    ".final-adapter", *TRACKER_FILES))
 
 
 @dataclass
