@@ -55,7 +55,7 @@ class TrackioTracker:
         if summary:
             self.log(summary, self.step)
         with contextlib.redirect_stdout(sys.stderr):
-            self.session.finish()
+            self.trackio.finish()  # trackio's own: also forgets the run, so its exit hook has nothing left to print
 
     def state(self) -> dict[str, Any]:
         return {"folder": str(self.folder)}
