@@ -13,7 +13,7 @@ import os
 import time
 from typing import Any
 
-from peftlab.train.trackers import FOLDERS, TrackerMissing, TrackerRun
+from peftlab.train.trackers.base import FOLDERS, TrackerMissing, TrackerRun
 
 STATUS = {"finished": "FINISHED", "failed": "FAILED", "killed": "KILLED"}
 BATCH = 100  # MLflow's limit on parameters per log_batch call

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from peftlab.train.trackers import FOLDERS, TrackerMissing, TrackerRun
+from peftlab.train.trackers.base import FOLDERS, TrackerMissing, TrackerRun
 
 
 class TensorBoardTracker:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from peftlab.train.args import ArgumentError
-from peftlab.train.trackers import FOLDERS, TrackerMissing, TrackerRun
+from peftlab.train.trackers.base import FOLDERS, TrackerMissing, TrackerRun
 
 
 class TrackioTracker:

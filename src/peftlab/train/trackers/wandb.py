@@ -12,7 +12,7 @@ import os
 import uuid
 from typing import Any
 
-from peftlab.train.trackers import TrackerMissing, TrackerRun
+from peftlab.train.trackers.base import TrackerMissing, TrackerRun
 
 EXIT_CODES = {"finished": 0, "failed": 1, "killed": 130}
 
