@@ -3,6 +3,7 @@ tracker's own local reader (W&B offline, never the network)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -14,10 +15,11 @@ import pytest
 import peftlab
 from peftlab.cli import build_parser, main
 from peftlab.cli.train import train_args
+from peftlab.core.errors import Interrupted
 from peftlab.core.outputs import claim_output, remove_owned
 from peftlab.train.args import ArgumentError, TrainArgs
 from peftlab.train.plan import TRAIN_OUTPUT
-from peftlab.train.trackers import TrackerMissing, open_trackers
+from peftlab.train.trackers import TrackerMissing, Trackers, open_trackers
 from train.tracker_readers import mlflow_history, mlflow_runs, tensorboard_scalars, trackio_run, wandb_offline_run
 
 SMALL = ["--max-train-samples", "16", "--max-eval-samples", "8", "--batch-size", "4", "--no-progress", "--seed", "3",
@@ -194,3 +196,39 @@ def test_a_missing_tracker_library_names_its_extra(library, module, tmp_path, mo
         open_trackers(args, tmp_path / "run", is_main=True)
     assert not (tmp_path / "run").exists()  # refused before anything is written
     assert open_trackers(args, tmp_path / "run", is_main=False).trackers == {}  # other processes log nothing
+
+
+class Recording:
+    """A tracker that keeps every call."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+    def start(self, config, step):
+        self.calls.append(("start", step))
+
+    def log(self, metrics, step):
+        self.calls.append(("log", step, metrics))
+
+    def finish(self, summary, status):
+        self.calls.append(("finish", status))
+
+    def state(self):
+        return {"run_id": "r"}
+
+
+@pytest.mark.parametrize("error, status", [(None, "finished"), (ValueError("boom"), "failed"),
+                                           (Interrupted("stopped", exit_code=130), "killed")])
+def test_a_run_that_raises_closes_its_tracker_runs(error, status, tmp_path):
+    tracker = Recording()
+    trackers = Trackers({"recording": tracker}, tmp_path / "trackers.json")
+    with pytest.raises(type(error)) if error else contextlib.nullcontext(), trackers:
+        trackers.start({}, 0)
+        trackers.log({"type": "train", "step": 2, "epoch": 0, "loss": 0.5, "packed": True, "note": "x"})
+        trackers.log({"type": "eval", "step": 2, "epoch": 0, "accuracy": 0.75})
+        if error:
+            raise error
+        trackers.finish({"final/accuracy": 0.75})
+    assert tracker.calls == [("start", 0), ("log", 2, {"train/epoch": 0.0, "train/loss": 0.5}),
+                             ("log", 2, {"eval/accuracy": 0.75}), ("finish", status)]
+    assert json.loads((tmp_path / "trackers.json").read_text()) == {"recording": {"run_id": "r"}}

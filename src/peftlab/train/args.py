@@ -114,8 +114,8 @@ class TrainArgs:
         "send the run's metrics to an experiment tracker: tensorboard, mlflow, wandb, trackio, or none (repeatable; "
         "default none). Each writes into --output (tensorboard/, mlruns/, wandb/, trackio/) or --tracker-dir; "
         "without either a tracker is refused. mlflow uses $MLFLOW_TRACKING_URI when set; wandb runs offline "
-        "without an API key or with WANDB_MODE=offline. Each needs its library: pip install 'peftlab[NAME]' (all four: "
-        "'peftlab[trackers]')", ())
+        "without an API key or with WANDB_MODE=offline; trackio uses $TRACKIO_DIR when set. --resume continues the "
+        "same runs. Each needs its library: pip install 'peftlab[NAME]' (all four: 'peftlab[trackers]')", ())
     tracker_dir: str | None = setting("write the trackers' files here instead of --output (shared by many runs: "
                                       "tensorboard then writes into tensorboard/RUN-NAME/)", None)
     run_name: str | None = setting("the run's name in the trackers (default: the --output folder's name, else "
