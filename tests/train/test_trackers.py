@@ -232,3 +232,10 @@ def test_a_run_that_raises_closes_its_tracker_runs(error, status, tmp_path):
     assert tracker.calls == [("start", 0), ("log", 2, {"train/epoch": 0.0, "train/loss": 0.5}),
                              ("log", 2, {"eval/accuracy": 0.75}), ("finish", status)]
     assert json.loads((tmp_path / "trackers.json").read_text()) == {"recording": {"run_id": "r"}}
+
+
+def test_a_run_that_fails_before_it_starts_leaves_no_tracker_run():
+    tracker = Recording()
+    with pytest.raises(ValueError), Trackers({"recording": tracker}, None):
+        raise ValueError("the model did not load")
+    assert tracker.calls == []

@@ -50,10 +50,11 @@ class Trackers:
     """The run's trackers, called as one; as a context, a run that raises is closed as failed (or killed)."""
 
     def __init__(self, trackers: dict[str, Tracker], state_path: Path | None) -> None:
-        self.trackers, self.state_path, self.last_step, self.finished = trackers, state_path, 0, False
+        self.trackers, self.state_path, self.last_step = trackers, state_path, 0
+        self.started = self.finished = False
 
     def start(self, config: dict[str, Any], step: int) -> None:
-        self.last_step = step
+        self.last_step, self.started = step, True
         for tracker in self.trackers.values():
             tracker.start(config, step)
         if self.trackers and self.state_path is not None:
@@ -80,7 +81,7 @@ class Trackers:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None) -> None:
-        if kind is not None and self.trackers and not self.finished:
+        if kind is not None and self.started and not self.finished:  # a run that failed before it started: none
             from peftlab.core.errors import Interrupted
 
             try:
