@@ -4,6 +4,7 @@ W&B offline run file through wandb's record protocol, trackio's SQLite database)
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import struct
 from pathlib import Path
@@ -22,19 +23,23 @@ def tensorboard_scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
     return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
 
 
-def mlflow_runs(store: Path, experiment: str) -> list[Any]:
+def mlflow_client(store: Path) -> Any:
+    """A client of the local file store (MLflow 3 reads it only with MLFLOW_ALLOW_FILE_STORE set)."""
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=store.resolve().as_uri())
+    os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+    return MlflowClient(tracking_uri=store.resolve().as_uri())
+
+
+def mlflow_runs(store: Path, experiment: str) -> list[Any]:
+    client = mlflow_client(store)
     found = client.get_experiment_by_name(experiment)
     assert found is not None, f"no MLflow experiment {experiment!r} in {store}"
     return client.search_runs([found.experiment_id])
 
 
 def mlflow_history(store: Path, run_id: str, key: str) -> list[tuple[int, float]]:
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=store.resolve().as_uri())
+    client = mlflow_client(store)
     return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
 
 
