@@ -16,7 +16,7 @@ _LAZY = {"Suite": "peftlab.bench.suite", "SuiteError": "peftlab.bench.suite", "l
 
 # TrainArgs fields the sweep sets itself; a suite may not.
 RESERVED_TRAINING_KEYS = frozenset({"model", "task", "method", "options", "seed", "output_dir", "data_dir",
-                                    "resume", "overwrite"})
+                                    "resume", "overwrite", "tracker_dir", "run_name", "tracker_project"})
 
 
 def check_training(training: dict[str, Any], where: str) -> None:
@@ -30,7 +30,7 @@ def check_training(training: dict[str, Any], where: str) -> None:
         raise SuiteError(f"{where}: unknown training setting(s) {', '.join(unknown)}; "
                          f"settings: {', '.join(sorted(known))}")
     try:
-        TrainArgs(model="-", task="-", **training)
+        TrainArgs(model="-", task="-", tracker_dir="-", **training)  # the sweep gives the trackers their folder
     except (TypeError, ValueError) as error:
         raise SuiteError(f"{where}: {error}") from None
 

@@ -21,6 +21,7 @@ from peftlab.core.atomic import write_text_atomic
 RECORD_FORMAT = "peftlab-run/1"
 RUNS_FOLDER = "runs"
 CHECKPOINTS_FOLDER = "checkpoints"  # a run in progress trains into checkpoints/RUN_ID/; removed once it is recorded
+TRACKERS_FOLDER = "trackers"  # a suite's report_to: every run's tracker files (tensorboard/, mlruns/, wandb/, trackio/)
 PACKAGES = ("peftlab", "torch", "transformers", "accelerate", "bitsandbytes", "numpy")
 
 

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import peftlab
 from peftlab.bench.models import MODELS_FOLDER
-from peftlab.bench.records import CHECKPOINTS_FOLDER, RUNS_FOLDER, is_finished, record_path, runs_dir, write_record
+from peftlab.bench.records import (CHECKPOINTS_FOLDER, RUNS_FOLDER, TRACKERS_FOLDER, is_finished, record_path,
+                                   runs_dir, write_record)
 from peftlab.bench.report import REPORT_FILES
 from peftlab.bench.suite import RunSpec, SuiteError
 from peftlab.bench.supervisor import SweepStop
@@ -35,7 +36,7 @@ SPECS_FOLDER = "specs"
 LOGS_FOLDER = "logs"
 BENCH_OUTPUT = OutputKind(command="peftlab bench", flag="--output",
                           owns=(RUNS_FOLDER, SPECS_FOLDER, LOGS_FOLDER, MODELS_FOLDER, CHECKPOINTS_FOLDER,
-                                *REPORT_FILES))
+                                TRACKERS_FOLDER, *REPORT_FILES))
 
 
 def is_sweep_folder(output: Path) -> bool:

@@ -24,7 +24,7 @@ import torch
 
 from peftlab.bench import memory
 from peftlab.bench.models import model_for_run
-from peftlab.bench.records import checkpoints_path, provenance, write_record
+from peftlab.bench.records import TRACKERS_FOLDER, checkpoints_path, provenance, write_record
 from peftlab.bench.suite import UNTUNED, RunSpec
 from peftlab.core.atomic import write_text_atomic
 from peftlab.core.errors import Interrupted
@@ -49,9 +49,10 @@ def execute(spec: RunSpec, output: Path, breakdown: bool = True) -> dict[str, An
     model_name, note = model_for_run(spec, output)
     checkpoints = checkpoints_path(output, spec)
     resume = continues(checkpoints, spec)
+    tracking = tracker_settings(spec, output) if spec.training.get("report_to") else {}
     args = TrainArgs(model=model_name, task=spec.task_name, method=spec.method, options=dict(spec.options),
                      seed=spec.seed, output_dir=str(checkpoints), resume=resume, overwrite=not resume,
-                     **spec.training)
+                     **tracking, **spec.training)
     baseline_rss = memory.current_rss_bytes()
     measured_memory: dict[str, Any] = {}
     measure = breakdown and spec.method != UNTUNED
@@ -59,7 +60,8 @@ def execute(spec: RunSpec, output: Path, breakdown: bool = True) -> dict[str, An
                            if measure else None)
     if not is_main_process():
         return {}
-    args = dataclasses.replace(args, output_dir=None, resume=False, overwrite=False)  # as a user reruns it alone
+    args = dataclasses.replace(args, output_dir=None, resume=False, overwrite=False,  # as a user reruns it alone,
+                               report_to=(), tracker_dir=None, run_name=None)  # and off the sweep's trackers
     scored = get_task(args.eval_tasks[-1]) if args.eval_tasks else task_for(spec.task_name, spec.training)
     primary = f"{scored.name}/{scored.main_metric}" if args.eval_tasks else scored.main_metric
     score = metrics["scores"].get(primary)
@@ -84,6 +86,12 @@ def execute(spec: RunSpec, output: Path, breakdown: bool = True) -> dict[str, An
         "model_used": model_name,
         "reproduce": reproduce_command(args, spec),
     }
+
+
+def tracker_settings(spec: RunSpec, output: Path) -> dict[str, str]:
+    """A suite's ``report_to``: every run of the sweep in one project named after the suite, in the sweep's
+    ``trackers/`` folder, as a run named by its id (model, task, method label, seed)."""
+    return {"tracker_dir": str(output / TRACKERS_FOLDER), "run_name": spec.run_id, "tracker_project": spec.suite}
 
 
 def continues(checkpoints: Path, spec: RunSpec) -> bool:

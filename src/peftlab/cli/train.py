@@ -14,7 +14,7 @@ from typing import Any
 
 from peftlab.cli import CommandError
 from peftlab.tasks import task_names
-from peftlab.train.args import FLAGS
+from peftlab.train.args import FLAGS, TRACKERS
 
 DESCRIPTION = """Fine-tune a model on a task with a PEFT method, then score it.
 
@@ -54,6 +54,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             parser.add_argument(flag, action="store_const", const=True, **kwargs)
         elif field.name in ("options", "eval_tasks"):
             parser.add_argument(flag, action="append", metavar="KEY=VALUE" if field.name == "options" else "TASK", **kwargs)
+        elif field.name == "report_to":
+            parser.add_argument(flag, action="append", choices=(*TRACKERS, "none"), metavar="TRACKER", **kwargs)
         else:
             scalar = _scalar_type(hint)
             choices = typing.get_args(hint) if typing.get_origin(hint) is typing.Literal else None

@@ -12,6 +12,7 @@ from peftlab.tasks.files import DataFiles
 
 MixedPrecision = Literal["auto", "no", "fp16", "bf16"]
 LossChoice = Literal["auto", "chunked", "plain"]
+TRACKERS = ("tensorboard", "mlflow", "wandb", "trackio")  # --report-to's choices (peftlab.train.trackers)
 
 
 # Field -> command-line flag where the short name reads better than the field's (``peftlab train``).
@@ -122,6 +123,17 @@ class TrainArgs:
     num_beams: int = 1
     max_new_tokens: int = 64
     progress: bool = setting("show a progress bar", True)
+    report_to: tuple[str, ...] = setting(
+        "send the run's metrics to an experiment tracker: tensorboard, mlflow, wandb, trackio, or none (repeatable; "
+        "default none). Each writes into --output (tensorboard/, mlruns/, wandb/, trackio/) or --tracker-dir; "
+        "without either a tracker is refused. mlflow uses $MLFLOW_TRACKING_URI when set; wandb runs offline "
+        "without an API key or with WANDB_MODE=offline; trackio uses $TRACKIO_DIR when set. --resume continues the "
+        "same runs. Each needs its library: pip install 'peftlab[NAME]' (all four: 'peftlab[trackers]')", ())
+    tracker_dir: str | None = setting("write the trackers' files here instead of --output (shared by many runs: "
+                                      "tensorboard then writes into tensorboard/RUN-NAME/)", None)
+    run_name: str | None = setting("the run's name in the trackers (default: the --output folder's name, else "
+                                   "METHOD-TASK-sSEED)", None)
+    tracker_project: str = setting("the trackers' project (MLflow experiment, W&B and trackio project)", "peftlab")
 
     def __post_init__(self) -> None:
         positive = ("epochs", "batch_size", "eval_batch_size", "gradient_accumulation_steps", "max_length",
@@ -147,6 +159,10 @@ class TrainArgs:
         if self.resume and self.output_dir is None:
             raise ArgumentError("--resume needs --output: the folder that holds the checkpoints")
         object.__setattr__(self, "eval_tasks", tuple(self.eval_tasks))
+        object.__setattr__(self, "report_to", trackers_asked(self.report_to))
+        if self.report_to and self.output_dir is None and self.tracker_dir is None:
+            raise ArgumentError(f"--report-to {' '.join(self.report_to)} writes files: give --output DIR (the trackers "
+                                f"write inside it) or --tracker-dir DIR")
 
     @classmethod
     def field_names(cls) -> list[str]:
@@ -164,7 +180,7 @@ class TrainArgs:
                 words.append(flag)  # a flag given flips its default
             elif item.name == "options":
                 words += [word for key, option in sorted(value.items()) for word in ("--set", f"{key}={_text(option)}")]
-            elif item.name == "eval_tasks":
+            elif item.name in ("eval_tasks", "report_to"):
                 words += [word for task in value for word in (flag, task)]
             else:
                 words += [flag, str(value)]
@@ -177,6 +193,19 @@ class TrainArgs:
         settings = {name: getattr(self, name) for name in RESUME_SETTINGS}
         settings["options"] = {key: str(value) for key, value in sorted(self.options.items())}
         return settings
+
+
+def trackers_asked(value: str | list[str] | tuple[str, ...] | None) -> tuple[str, ...]:
+    """``--report-to`` (or a config file's ``report_to``: one name or a list) as a tuple of tracker names;
+    ``none`` alone means no tracker."""
+    names = (value,) if isinstance(value, str) else tuple(value or ())
+    unknown = [name for name in names if name not in (*TRACKERS, "none")]
+    if unknown:
+        raise ArgumentError(f"--report-to {', '.join(map(str, unknown))}: not a tracker; choose from "
+                            f"{', '.join(TRACKERS)}, none")
+    if "none" in names and len(set(names)) > 1:
+        raise ArgumentError(f"--report-to none with {', '.join(n for n in names if n != 'none')}: give one or the other")
+    return tuple(dict.fromkeys(name for name in names if name != "none"))
 
 
 def _default(item: dataclasses.Field) -> Any:

@@ -3,7 +3,7 @@
 :func:`run_training` starts ``accelerate`` (one process or many: ``torchrun`` / ``accelerate launch``, DDP, or
 FSDP2 with ``fsdp=True``), loads the data, model and method (:mod:`peftlab.train.plan`), refuses what cannot run
 before it writes anything, trains (:mod:`peftlab.train.trainer`) and writes the record
-(:mod:`peftlab.train.results`).
+(:mod:`peftlab.train.results`); ``--report-to`` trackers (:mod:`peftlab.train.trackers`) follow along.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from peftlab.train.loss import resolve_loss
 from peftlab.train.plan import Plan, clear_output_dir, make_plan
 from peftlab.train.results import record_run
 from peftlab.train.speedups.compile import block_classes
+from peftlab.train.trackers import final_summary, open_trackers
 from peftlab.train.trainer import Trainer
 
 
@@ -45,12 +46,15 @@ def run_training(args: TrainArgs, on_plan: Callable[[Plan], None] | None = None)
     if args.compile and not block_classes(plan.loaded.model):
         raise ArgumentError(f"--compile: {type(plan.loaded.model).__name__} declares no transformer blocks "
                             "(_no_split_modules) to compile; train without --compile")
-    if plan.output_dir is not None and accelerator.is_main_process:
+    trackers = open_trackers(args, plan.output_dir, accelerator.is_main_process)  # imports each library: before
+    if plan.output_dir is not None and accelerator.is_main_process:  # anything is written
         if args.overwrite and not args.resume and plan.output_dir.exists():
             clear_output_dir(plan.output_dir)
         plan.output_dir.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
-    trainer = Trainer(plan, accelerator, loss_kind)
+    trainer = Trainer(plan, accelerator, loss_kind, trackers)
     trainer.load_time_s = load_s
-    with trainer.stop.installed():  # SIGINT/SIGTERM: save after the step in progress, then exit 130/143
-        return record_run(trainer, trainer.train())
+    with trainer.stop.installed(), trainer.trackers:  # SIGINT/SIGTERM: save after the step in progress, then
+        metrics = record_run(trainer, trainer.train())  # exit 130/143; the trackers close the run as killed
+        trainer.trackers.finish(final_summary(metrics))
+        return metrics

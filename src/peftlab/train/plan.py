@@ -21,12 +21,13 @@ from peftlab.tasks.files import TASK_FILE, task_for
 from peftlab.train.args import UNTUNED, ArgumentError, TrainArgs
 from peftlab.train.encoding import check_chat_template
 from peftlab.train.models import LoadedModel, ModelError, load_model
+from peftlab.train.trackers import OWNED as TRACKER_FILES
 
 HEAD_TASK_KINDS = ("classification", "regression")
 HOLDOUT_SEED = 20231219  # one held-out draw for every run of a task (the survey's arXiv date)
 TRAIN_OUTPUT = OutputKind(command="peftlab train", flag="--output", resumable=True, owns=(
     "log.jsonl", "metrics.json", "adapter_config.json", "adapter_model.safetensors", TASK_FILE, "best",
-    "checkpoint-*", ".final-adapter"))
+    "checkpoint-*", ".final-adapter", *TRACKER_FILES))
 
 
 @dataclass

@@ -36,13 +36,14 @@ from peftlab.train.interrupt import SaveClock, StopRequest
 from peftlab.train.loss import loss_function
 from peftlab.train.packing import collate_packed, packing_problem
 from peftlab.train.plan import EvalSet, Plan
-from peftlab.train.resources import trim_log, write_log_line
+from peftlab.train.resources import peak_memory, trim_log, write_log_line
 from peftlab.train.resume import resume_from
 from peftlab.train.schedule import linear_schedule
 from peftlab.train.speedups.compile import compile_blocks
 from peftlab.train.speedups.fast_dropout import checkpoint_contexts, draws_dropout, fast_dropout
 from peftlab.train.speedups.fused_ops import fuse
 from peftlab.train.speedups.host_memory import keep_freed_memory
+from peftlab.train.trackers import Trackers, run_config
 
 MEMORY_SETTINGS = ("batch_size", "max_length", "gradient_checkpointing", "method")  # named when memory runs out
 PREPARE_BATCHES = 4  # training micro-batches a method's prepare hook sees (e.g. Child-Tuning D's Fisher estimate)
@@ -51,7 +52,7 @@ PREPARE_BATCHES = 4  # training micro-batches a method's prepare hook sees (e.g.
 class Trainer:
     """One run's training: build the model and optimizer, resume or prepare, step, evaluate, checkpoint."""
 
-    def __init__(self, plan: Plan, accelerator: Any, loss_kind: str) -> None:
+    def __init__(self, plan: Plan, accelerator: Any, loss_kind: str, trackers: Trackers | None = None) -> None:
         self.loss_kind = loss_kind  # "chunked" or "plain", from resolve_loss
         self.plan, self.args, self.accelerator = plan, plan.args, accelerator
         self.kept_freed_memory = (self.args.keep_freed_memory and accelerator.device.type == "cpu"
@@ -73,6 +74,8 @@ class Trainer:
         self.eval_history: list[dict[str, float]] = []  # this process's evaluations (a resumed run's since resuming)
         self.stop, self.save_clock, self.saved_step = StopRequest(), SaveClock(self.args.save_minutes), None
         self.load_time_s, self.eval_time_s = 0.0, 0.0  # make_plan's time (run_training sets it); evaluations'
+        self.grad_norm: torch.Tensor | None = None  # the last step's, before clipping (with --max-grad-norm)
+        self.trackers = trackers or Trackers({}, None)  # --report-to (train.trackers); none on other processes
 
     # -- data -------------------------------------------------------------------------------------
     def epoch_groups(self, epoch: int) -> list[list[list[int]]]:
@@ -144,6 +147,10 @@ class Trainer:
         """Build, resume or prepare, then step to the end; returns the progress, scored at its last step."""
         self.build()
         progress = self.start()
+        if self.trackers.trackers:
+            method = peftlab.peft_state(self.base)
+            self.trackers.start(run_config(self.args, method.config.to_dict() if method else {},
+                                           peftlab.parameter_report(self.base).as_dict()), progress.step)
         if progress.step == 0 and self.total_steps:
             progress.before_training = self.score([i for i in self.plan.eval_sets if i.task.scored_before_training])
         bar = tqdm(total=self.total_steps, initial=progress.step, unit="step", dynamic_ncols=True,
@@ -197,7 +204,8 @@ class Trainer:
             losses.append(float(loss.detach()))
             tokens += sum(self.lengths[i] for i in indices[self.rank::self.world])  # non-pad tokens
         if self.args.max_grad_norm is not None:
-            accelerator.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], self.args.max_grad_norm)
+            self.grad_norm = accelerator.clip_grad_norm_([p for p in model.parameters() if p.requires_grad],
+                                                         self.args.max_grad_norm)
         self.hooks.before_optimizer_step(self.base, step)
         self.optimizer.step()
         self.hooks.after_optimizer_step(self.base, step)
@@ -210,7 +218,8 @@ class Trainer:
         if step % args.logging_steps == 0 or epoch_end or step == self.total_steps:
             self.log({"type": "train", "step": step, "epoch": progress.epoch,
                       "loss": progress.loss_sum / max(1, progress.loss_count),
-                      "lr": self.scheduler.get_last_lr()[0], "train_time_s": progress.train_time_s})
+                      "lr": self.scheduler.get_last_lr()[0], "train_time_s": progress.train_time_s,
+                      **self.step_measures(progress)})
             progress.loss_sum, progress.loss_count = 0.0, 0
         due = step % args.eval_steps == 0 if args.eval_steps else epoch_end
         if due or step == self.total_steps:
@@ -220,6 +229,18 @@ class Trainer:
         if self.output is not None and (epoch_end or (args.save_steps and step % args.save_steps == 0)
                                         or self.save_clock.due(self.accelerator)):
             self.checkpoint(progress)
+
+    def step_measures(self, progress: Progress) -> dict[str, float]:
+        """The log line's gradient norm, real (non-pad) tokens per second of all processes since the run
+        started, and peak memory so far (every process calls this: the sums are collectives)."""
+        device = self.accelerator.device
+        tokens = int(self.accelerator.reduce(torch.tensor(progress.train_tokens, device=device), reduction="sum"))
+        measures = {"tokens_per_s": tokens / max(progress.train_time_s, 1e-9),
+                    "peak_memory_bytes": peak_memory(device)["peak_memory_bytes"]}
+        if self.grad_norm is not None:
+            norm = self.grad_norm.full_tensor() if hasattr(self.grad_norm, "full_tensor") else self.grad_norm  # FSDP2
+            measures["grad_norm"] = float(norm)
+        return measures
 
     def checkpoint(self, progress: Progress) -> Path:
         """Write ``checkpoint-<step>`` (all ranks call this), once per step: a signal may follow an epoch end's."""
@@ -263,5 +284,9 @@ class Trainer:
                     write_text_atomic(path / TASK_FILE, json.dumps(self.plan.task.record(), indent=2) + "\n")
 
     def log(self, record: dict[str, Any]) -> None:
-        if self.is_main and self.output is not None:
+        """A line of ``log.jsonl`` (with an output folder), also sent to the ``--report-to`` trackers."""
+        if not self.is_main:
+            return
+        if self.output is not None:
             write_log_line(self.output / "log.jsonl", record)
+        self.trackers.log(record)
