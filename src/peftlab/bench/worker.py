@@ -42,7 +42,6 @@ def device_name() -> str:
 def execute(spec: RunSpec, output: Path, breakdown: bool = True) -> dict[str, Any]:
     """Train and score ``spec``; returns the record's measured fields (``breakdown``: also the memory split,
     measured on one step of the run's model before it trains; the data and model are loaded once)."""
-    from peftlab.tasks import get_task
     from peftlab.train import TrainArgs, run_training
 
     model_name, note = model_for_run(spec, output)
@@ -59,6 +58,17 @@ def execute(spec: RunSpec, output: Path, breakdown: bool = True) -> dict[str, An
     if not is_main_process():
         return {}
     args = dataclasses.replace(args, output_dir=None, resume=False, overwrite=False)  # as a user reruns it alone
+    return {**run_fields(args, spec, metrics),
+            "memory": {"peak_bytes": metrics["peak_memory_bytes"], "peak_source": metrics["peak_memory_kind"],
+                       "baseline_rss_bytes": baseline_rss, "breakdown": measured_memory or None},
+            "continued_from_checkpoint": resume,  # then wall and train seconds count the last attempt only
+            "model_note": note, "model_used": model_name, "reproduce": reproduce_command(args, spec)}
+
+
+def run_fields(args: Any, spec: RunSpec, metrics: dict[str, Any]) -> dict[str, Any]:
+    """The record's fields read from the run's metrics: scores, parameters, speed, steps."""
+    from peftlab.tasks import get_task
+
     scored = get_task(args.eval_tasks[-1]) if args.eval_tasks else get_task(spec.task_name)
     primary = f"{scored.name}/{scored.main_metric}" if args.eval_tasks else scored.main_metric
     score = metrics["scores"].get(primary)
@@ -75,13 +85,6 @@ def execute(spec: RunSpec, output: Path, breakdown: bool = True) -> dict[str, An
         "train_seconds": metrics["train_time_s"],
         "train_examples": metrics["train_examples"],
         "steps": metrics["steps"],
-        "memory": {"peak_bytes": metrics["peak_memory_bytes"], "peak_source": metrics["peak_memory_kind"],
-                   "baseline_rss_bytes": baseline_rss,
-                   "breakdown": measured_memory or None},
-        "continued_from_checkpoint": resume,  # then wall and train seconds count the last attempt only
-        "model_note": note,
-        "model_used": model_name,
-        "reproduce": reproduce_command(args, spec),
     }
 
 
@@ -178,12 +181,21 @@ def memory_breakdown(plan: Any, args: Any) -> dict[str, dict[str, int | None]]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m peftlab.bench.worker", description=__doc__)
-    parser.add_argument("spec", type=Path, help="the run's spec (JSON, written by the sweep)")
-    parser.add_argument("--record", type=Path, required=True, help="where to write the run record")
+    parser.add_argument("spec", type=Path, nargs="+",
+                        help="the run's spec (JSON, written by the sweep); several: trained at once (bench --pack)")
+    parser.add_argument("--record", type=Path, required=True, action="append",
+                        help="where to write the run record (once per spec, in the same order)")
     parser.add_argument("--no-memory-breakdown", action="store_true", help="skip the memory split's extra step")
     arguments = parser.parse_args(argv)
-    spec = RunSpec.from_dict(json.loads(arguments.spec.read_text(encoding="utf-8")))
-    output = arguments.record.resolve().parent.parent
+    specs = [RunSpec.from_dict(json.loads(path.read_text(encoding="utf-8"))) for path in arguments.spec]
+    if len(specs) != len(arguments.record):
+        parser.error("give one --record per spec")
+    if len(specs) > 1:
+        from peftlab.bench.packed import main_pack
+
+        return main_pack(specs, arguments.record, arguments.spec)
+    spec, record_file = specs[0], arguments.record[0]
+    output = record_file.resolve().parent.parent
     base = {"run_id": spec.run_id, "spec": spec.to_dict(), "seed": spec.seed,
             "started_at": datetime.now(UTC).isoformat(timespec="seconds")}
     started = time.perf_counter()
@@ -197,13 +209,13 @@ def main(argv: list[str] | None = None) -> int:
         remove_checkpoints(checkpoints_path(output, spec))  # a rerun starts over rather than meet the error again
         if not is_main_process():
             return 1
-        write_record(arguments.record, {**base, "status": "failed", "error": f"{type(error).__name__}: {error}",
+        write_record(record_file, {**base, "status": "failed", "error": f"{type(error).__name__}: {error}",
                                         "wall_seconds": time.perf_counter() - started,
                                         "provenance": provenance(device_name())})
         return 1
     if not is_main_process():
         return 0
-    write_record(arguments.record, {**base, "status": "ok", **measured, "error": None,
+    write_record(record_file, {**base, "status": "ok", **measured, "error": None,
                                     "wall_seconds": time.perf_counter() - started,
                                     "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
                                     "provenance": provenance(device_name())})

@@ -48,7 +48,11 @@ NOT_PACKED_NOTE = "several adapters trained at once: each micro-batch padded, on
 
 
 class PackError(ArgumentError):
-    """These runs cannot train together in one process."""
+    """These runs cannot train together in one process (``methods``: those that cannot share a base)."""
+
+    def __init__(self, message: str, methods: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.methods = list(methods)
 
 
 def lane_names(lanes: Sequence[TrainArgs]) -> list[str]:
@@ -126,7 +130,7 @@ def _lane_trainers(lanes: Sequence[TrainArgs], names: list[str], accelerator: An
         try:
             peftlab.apply(shared.model, args.method, adapter_name=name, **method_options(args, shared.head, total))
         except Exception as error:  # a method that changes the base refuses to sit beside another adapter
-            raise PackError(f"lane {name}: {error}") from error
+            raise PackError(f"lane {name}: {error}", methods=[args.method]) from error
         set_adapter(shared.model, name)
         load_adapter_state_dict(shared.model, start, source=f"lane {name}'s initial adapter")
         plan.loaded = shared
