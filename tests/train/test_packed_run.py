@@ -146,3 +146,27 @@ def test_methods_that_change_the_base_are_refused_before_training(still_bert, da
         from peftlab.train.packed_run import run_packed
 
         run_packed([args(seed=1), args(seed=1, batch_size=2)])
+
+
+def test_each_lane_starts_bit_identical_to_its_solo_runs_draw(still_bert, data_root):
+    """A lane's adapter and new head start as its solo run draws them (its own make_plan, copied in); STS-B's
+    one-output head is new, drawn under each seed."""
+    from accelerate import Accelerator
+
+    from peftlab.core.adapters import set_adapter
+    from peftlab.core.serialization import adapter_state_dict
+    from peftlab.train.packed_run import _lane_trainers, lane_names
+    from peftlab.train.plan import make_plan
+
+    lanes = [TrainArgs(model=str(still_bert), task="stsb", method=method, seed=seed, max_train_samples=8,
+                       data_dir=str(data_root), progress=False) for method, seed in (("lora", 0), ("lora", 1), ("ia3", 0))]
+    names = lane_names(lanes)
+    model = _lane_trainers(lanes, names, Accelerator(cpu=True))[0].base
+    starts = {}
+    for args, name in zip(lanes, names):
+        solo = adapter_state_dict(make_plan(args).loaded.model)
+        set_adapter(model, name)
+        starts[name] = adapter_state_dict(model)
+        assert starts[name].keys() == solo.keys()
+        assert all(torch.equal(starts[name][key], solo[key]) for key in solo), name
+    assert not torch.equal(starts["lora-seed0"]["classifier.weight"], starts["lora-seed1"]["classifier.weight"])
