@@ -1,5 +1,6 @@
 """``peftlab bench --pack K``: runs that can share one process train together, K adapters on one frozen base
-(:mod:`peftlab.train.packed_run`), one worker process per pack, one record per run.
+(:mod:`peftlab.train.packed_run`), one worker process per pack (``python -m peftlab.bench.packed SPEC...
+--record RECORD...``), one record per run.
 
 Runs share a pack when they have the same model, task, data and loop settings and methods that live in their
 own layers (seeds, methods and their options, learning rate, weight decay, warm-up and clipping may differ).
@@ -13,6 +14,7 @@ solo run would, so the pack, not the run alone, reproduces the score (``reproduc
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import shlex
@@ -119,11 +121,20 @@ def reproduce_pack(lanes: Sequence[Any], pack_id: str) -> str:
     return " ".join(shlex.quote(word) for word in words if word)
 
 
-def main_pack(specs: list[RunSpec], records: list[Path], spec_paths: list[Path]) -> int:
+def main(argv: list[str] | None = None) -> int:
     """The worker for a pack: every run's record written (``ok``, or ``failed`` with the pack's error)."""
     from peftlab.bench.worker import device_name, is_main_process, remove_checkpoints
     from peftlab.train.packed_run import PackError
 
+    parser = argparse.ArgumentParser(prog="python -m peftlab.bench.packed", description=__doc__)
+    parser.add_argument("spec", type=Path, nargs="+", help="the runs' specs (JSON, written by the sweep)")
+    parser.add_argument("--record", type=Path, required=True, action="append",
+                        help="where to write each run's record (once per spec, in the same order)")
+    arguments = parser.parse_args(argv)
+    if len(arguments.spec) != len(arguments.record):
+        parser.error("give one --record per spec")
+    specs = [RunSpec.from_dict(json.loads(path.read_text(encoding="utf-8"))) for path in arguments.spec]
+    records, spec_paths = arguments.record, arguments.spec
     output = records[0].resolve().parent.parent
     started_at, started = datetime.now(UTC).isoformat(timespec="seconds"), time.perf_counter()
     try:
@@ -158,3 +169,7 @@ def main_pack(specs: list[RunSpec], records: list[Path], spec_paths: list[Path])
                               "provenance": provenance(device_name())})
         remove_checkpoints(checkpoints_path(output, spec))
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

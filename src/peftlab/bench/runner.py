@@ -131,7 +131,7 @@ def run_sweep(
             if len(unit) == 1:
                 outcomes = [run_one(unit[0], output, timeout, launch, breakdown, stop)]
             else:
-                outcomes = run_pack(unit, output, timeout, breakdown, stop)
+                outcomes = run_pack(unit, output, timeout, stop)
                 if outcomes is None:  # they cannot share a base: alone, and packs without the refusing methods
                     refused |= _refused_methods(output, unit)
                     queue[:0] = pack_units(unit, pack, refused) if refused & {r.method for r in unit} else [[r] for r in unit]
@@ -150,18 +150,17 @@ def run_sweep(
     return result
 
 
-def run_pack(runs: list[RunSpec], output: Path, timeout: float | None, breakdown: bool,
+def run_pack(runs: list[RunSpec], output: Path, timeout: float | None,
              stop: SweepStop) -> list[tuple[bool, float, str]] | None:
-    """Run ``runs`` at once in one worker process; each run's (succeeded, seconds, summary), or None when the
-    worker found they cannot share one base (nothing recorded)."""
+    """Run ``runs`` at once in one worker process (no memory breakdown: its peak is the pack's); each run's
+    (succeeded, seconds, summary), or None when the worker found they cannot share one base (nothing recorded)."""
     spec_paths = [_write_spec(output, run) for run in runs]
     records = [record_path(output, run) for run in runs]
     log_path = output / LOGS_FOLDER / f"{runs[0].run_id}.log"
     refused_path(spec_paths[0]).unlink(missing_ok=True)
     started = time.monotonic()
-    command = [sys.executable, "-m", "peftlab.bench.worker", *map(str, spec_paths),
-               *[word for record in records for word in ("--record", str(record))],
-               *([] if breakdown else ["--no-memory-breakdown"])]
+    command = [sys.executable, "-m", "peftlab.bench.packed", *map(str, spec_paths),
+               *[word for record in records for word in ("--record", str(record))]]
     with open(log_path, "a", encoding="utf-8") as log:
         code = stop.run(command, log, _worker_environment(), timeout)
     if code == PACK_REFUSED and not any(record.exists() for record in records):

@@ -181,21 +181,12 @@ def memory_breakdown(plan: Any, args: Any) -> dict[str, dict[str, int | None]]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m peftlab.bench.worker", description=__doc__)
-    parser.add_argument("spec", type=Path, nargs="+",
-                        help="the run's spec (JSON, written by the sweep); several: trained at once (bench --pack)")
-    parser.add_argument("--record", type=Path, required=True, action="append",
-                        help="where to write the run record (once per spec, in the same order)")
+    parser.add_argument("spec", type=Path, help="the run's spec (JSON, written by the sweep)")
+    parser.add_argument("--record", type=Path, required=True, help="where to write the run record")
     parser.add_argument("--no-memory-breakdown", action="store_true", help="skip the memory split's extra step")
     arguments = parser.parse_args(argv)
-    specs = [RunSpec.from_dict(json.loads(path.read_text(encoding="utf-8"))) for path in arguments.spec]
-    if len(specs) != len(arguments.record):
-        parser.error("give one --record per spec")
-    if len(specs) > 1:
-        from peftlab.bench.packed import main_pack
-
-        return main_pack(specs, arguments.record, arguments.spec)
-    spec, record_file = specs[0], arguments.record[0]
-    output = record_file.resolve().parent.parent
+    spec = RunSpec.from_dict(json.loads(arguments.spec.read_text(encoding="utf-8")))
+    output = arguments.record.resolve().parent.parent
     base = {"run_id": spec.run_id, "spec": spec.to_dict(), "seed": spec.seed,
             "started_at": datetime.now(UTC).isoformat(timespec="seconds")}
     started = time.perf_counter()
@@ -209,13 +200,13 @@ def main(argv: list[str] | None = None) -> int:
         remove_checkpoints(checkpoints_path(output, spec))  # a rerun starts over rather than meet the error again
         if not is_main_process():
             return 1
-        write_record(record_file, {**base, "status": "failed", "error": f"{type(error).__name__}: {error}",
+        write_record(arguments.record, {**base, "status": "failed", "error": f"{type(error).__name__}: {error}",
                                         "wall_seconds": time.perf_counter() - started,
                                         "provenance": provenance(device_name())})
         return 1
     if not is_main_process():
         return 0
-    write_record(record_file, {**base, "status": "ok", **measured, "error": None,
+    write_record(arguments.record, {**base, "status": "ok", **measured, "error": None,
                                     "wall_seconds": time.perf_counter() - started,
                                     "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
                                     "provenance": provenance(device_name())})
