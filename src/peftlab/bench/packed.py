@@ -46,7 +46,7 @@ def packable(spec: RunSpec) -> bool:
         return False
     training = spec.training
     return not (training.get("fsdp") or training.get("compile") or training.get("gradient_accumulation_steps", 1) > 1
-                or training.get("loss") == "chunked")
+                or training.get("loss") == "chunked" or training.get("mixed_precision") == "fp16")
 
 
 def pack_key(spec: RunSpec) -> str:

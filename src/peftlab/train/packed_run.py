@@ -18,10 +18,11 @@ scores), and ``peftlab bench`` records that pack's command (``--lanes``) as each
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ from peftlab.train.models import load_model
 from peftlab.train.plan import clear_output_dir, make_plan, method_options, optimizer_steps
 from peftlab.train.results import record_run
 from peftlab.train.several import Lane, packed_step
+from peftlab.train.speedups.fast_dropout import fast_dropout
 from peftlab.train.trainer import Trainer
 
 # What may differ between lanes; every other setting must agree, since the lanes share one model and one loop.
@@ -99,6 +101,9 @@ def run_packed(lanes: Sequence[TrainArgs], names: Sequence[str] | None = None) -
                               cpu=not torch.cuda.is_available())
     if accelerator.num_processes > 1:
         raise PackError("several adapters at once run in one process: launch without torchrun/accelerate launch")
+    if accelerator.mixed_precision == "fp16":  # one loss scaler cannot serve K optimizers stepping apart
+        raise PackError("fp16 mixed precision is not supported with several adapters at once (its loss scaling): "
+                        "use --mixed-precision bf16 or no")
     started = time.perf_counter()
     trainers = _lane_trainers(lanes, names, accelerator)
     load_s = time.perf_counter() - started
@@ -176,7 +181,14 @@ class PackedLoop:
     def __init__(self, trainers: list[Trainer], names: list[str]) -> None:
         self.trainers, self.names, self.model = trainers, names, trainers[0].base
 
-    def each(self):
+    def forward_context(self) -> contextlib.AbstractContextManager:
+        """What a solo run's forward runs under: mixed precision's autocast, fast dropout on CPU."""
+        first, stack = self.trainers[0], contextlib.ExitStack()
+        stack.enter_context(first.accelerator.autocast())
+        stack.enter_context(fast_dropout(first.fast_dropout))
+        return stack
+
+    def each(self) -> Iterator[Trainer]:
         for trainer, name in zip(self.trainers, self.names):
             set_adapter(self.model, name)
             yield trainer
@@ -197,7 +209,7 @@ class PackedLoop:
         while progress[0].step < total:
             set_adapter(self.model, self.names)
             started = time.perf_counter()
-            losses = packed_step(self.model, lanes, first.tokenizer.pad_token_id)
+            losses = packed_step(self.model, lanes, first.tokenizer.pad_token_id, self.forward_context)
             seconds = time.perf_counter() - started
             for trainer, done, feed, loss in zip(self.each(), progress, feeds, losses):
                 if not torch.isfinite(torch.tensor(loss)):
