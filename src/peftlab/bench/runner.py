@@ -21,6 +21,7 @@ from pathlib import Path
 
 import peftlab
 from peftlab.bench.models import MODELS_FOLDER
+from peftlab.bench.packed import PACK_REFUSED, pack_units, refused_path
 from peftlab.bench.records import (CHECKPOINTS_FOLDER, RUNS_FOLDER, TRACKERS_FOLDER, is_finished, record_path,
                                    runs_dir, write_record)
 from peftlab.bench.report import REPORT_FILES
@@ -95,9 +96,13 @@ def run_sweep(
     echo: Callable[[str], None] = print,
     launch: str | None = None,
     breakdown: bool = True,
+    pack: int = 1,
 ) -> SweepResult:
-    """Run this shard's unfinished runs one after another; returns what ran, was skipped, failed."""
+    """Run this shard's unfinished runs one after another; returns what ran, was skipped, failed. ``pack``:
+    train up to that many runs that can share one base at once, in one process (:mod:`peftlab.bench.packed`)."""
     output = Path(output)
+    if pack > 1 and launch:
+        raise SuiteError("--pack trains several runs in one process: give it without --launch")
     mine = shard.select(runs)
     todo = [run for run in mine if not is_finished(output, run)]
     skipped = [run.run_id for run in mine if run not in todo]
@@ -107,27 +112,76 @@ def run_sweep(
     if problems:
         raise TaskError(f"{len(problems)} task(s) of this sweep have no data; nothing was run:\n  " + "\n  ".join(problems))
     result = SweepResult([], skipped, [])
-    started = time.monotonic()
+    started, done, refused = time.monotonic(), 0, set()
+    queue = pack_units(todo, pack)
     stop = SweepStop()
     with stop.installed():
-        for position, run in enumerate(todo, 1):
+        while queue:
+            unit = queue.pop(0)
             if stop.requested:
-                raise Interrupted(stop.stopped_message(position - 1, len(todo)), exit_code=128 + stop.signal_number)
-            if is_finished(output, run):  # another sweep on the same folder finished it meanwhile
+                raise Interrupted(stop.stopped_message(done, len(todo)), exit_code=128 + stop.signal_number)
+            for run in [run for run in unit if is_finished(output, run)]:  # another sweep finished it meanwhile
+                unit.remove(run)
+                done += 1
                 result.skipped.append(run.run_id)
-                echo(f"[{position}/{len(todo)}] {run.run_id}: finished meanwhile by another sweep, skipped")
+                echo(f"[{done}/{len(todo)}] {run.run_id}: finished meanwhile by another sweep, skipped")
+            if not unit:
                 continue
-            echo(f"[{position}/{len(todo)}] {run.run_id} ...")
-            ok, seconds, summary = run_one(run, output, timeout, launch, breakdown, stop)
-            if not ok and stop.requested:  # stopped, not failed: no record, so the rerun continues it
-                raise Interrupted(stop.stopped_message(position - 1, len(todo), run.run_id,
-                                                       output / CHECKPOINTS_FOLDER / run.run_id),
+            names = " + ".join(run.run_id for run in unit)
+            echo(f"[{done + 1}/{len(todo)}] {names} ..." if len(unit) == 1 else
+                 f"[{done + 1}-{done + len(unit)}/{len(todo)}] {len(unit)} at once: {names} ...")
+            if len(unit) == 1:
+                outcomes = [run_one(unit[0], output, timeout, launch, breakdown, stop)]
+            else:
+                outcomes = run_pack(unit, output, timeout, stop)
+                if outcomes is None:  # they cannot share a base: alone, and packs without the refusing methods
+                    refused |= _refused_methods(output, unit)
+                    queue[:0] = pack_units(unit, pack, refused) if refused & {r.method for r in unit} else [[r] for r in unit]
+                    echo(f"    cannot share one base ({', '.join(sorted(refused)) or 'see the log'}): rescheduled")
+                    continue
+            if stop.requested and not all(ok for ok, _, _ in outcomes):  # stopped, not failed: the rerun continues
+                raise Interrupted(stop.stopped_message(done, len(todo), unit[0].run_id,
+                                                       output / CHECKPOINTS_FOLDER / unit[0].run_id),
                                   exit_code=128 + stop.signal_number)
-            (result.ran if ok else result.failed).append(run.run_id)
-            left = len(todo) - position
-            eta = (time.monotonic() - started) / position * left
-            echo(f"[{position}/{len(todo)}] {run.run_id}: {summary} in {seconds:.0f}s | {left} left, ETA {_clock(eta)}")
+            for run, (ok, seconds, summary) in zip(unit, outcomes):
+                done += 1
+                (result.ran if ok else result.failed).append(run.run_id)
+                left = len(todo) - done
+                eta = (time.monotonic() - started) / done * left
+                echo(f"[{done}/{len(todo)}] {run.run_id}: {summary} in {seconds:.0f}s | {left} left, ETA {_clock(eta)}")
     return result
+
+
+def run_pack(runs: list[RunSpec], output: Path, timeout: float | None,
+             stop: SweepStop) -> list[tuple[bool, float, str]] | None:
+    """Run ``runs`` at once in one worker process (no memory breakdown: its peak is the pack's); each run's
+    (succeeded, seconds, summary), or None when the worker found they cannot share one base (nothing recorded)."""
+    spec_paths = [_write_spec(output, run) for run in runs]
+    records = [record_path(output, run) for run in runs]
+    log_path = output / LOGS_FOLDER / f"{runs[0].run_id}.log"
+    refused_path(spec_paths[0]).unlink(missing_ok=True)
+    started = time.monotonic()
+    command = [sys.executable, "-m", "peftlab.bench.packed", *map(str, spec_paths),
+               *[word for record in records for word in ("--record", str(record))]]
+    with open(log_path, "a", encoding="utf-8") as log:
+        code = stop.run(command, log, _worker_environment(), timeout)
+    if code == PACK_REFUSED and not any(record.exists() for record in records):
+        return None
+    return [_outcome(run, output, code, time.monotonic() - started, log_path, timeout, stop) for run in runs]
+
+
+def _refused_methods(output: Path, runs: list[RunSpec]) -> set[str]:
+    note = refused_path(output / SPECS_FOLDER / f"{runs[0].run_id}.json")
+    return set(json.loads(note.read_text(encoding="utf-8"))["methods"]) if note.is_file() else set()
+
+
+def _write_spec(output: Path, run: RunSpec) -> Path:
+    spec_path = output / SPECS_FOLDER / f"{run.run_id}.json"
+    write_text_atomic(spec_path, json.dumps(run.to_dict(), indent=2, sort_keys=True))
+    runs_dir(output).mkdir(parents=True, exist_ok=True)
+    (output / LOGS_FOLDER).mkdir(parents=True, exist_ok=True)
+    record_path(output, run).unlink(missing_ok=True)  # an old failure, or a result for a changed spec
+    return spec_path
 
 
 def data_problems(runs: Sequence[RunSpec]) -> list[str]:
@@ -154,17 +208,19 @@ def run_one(run: RunSpec, output: Path, timeout: float | None = None, launch: st
     """Run one spec in a worker process; returns (succeeded, seconds, one-line summary). When ``stop`` was
     signalled and the worker did not finish, nothing is recorded: the run is not failed, it is to continue."""
     stop = stop or SweepStop()
-    spec_path = output / SPECS_FOLDER / f"{run.run_id}.json"
-    record = record_path(output, run)
+    spec_path = _write_spec(output, run)
     log_path = output / LOGS_FOLDER / f"{run.run_id}.log"
-    write_text_atomic(spec_path, json.dumps(run.to_dict(), indent=2, sort_keys=True))
-    runs_dir(output).mkdir(parents=True, exist_ok=True)
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    record.unlink(missing_ok=True)  # an old failure, or a result for a changed spec
     started = time.monotonic()
     with open(log_path, "a", encoding="utf-8") as log:  # a continued run's log goes on after the stopped one's
-        code = stop.run(worker_command(spec_path, record, launch, breakdown), log, _worker_environment(), timeout)
-    seconds = time.monotonic() - started
+        code = stop.run(worker_command(spec_path, record_path(output, run), launch, breakdown), log,
+                        _worker_environment(), timeout)
+    return _outcome(run, output, code, time.monotonic() - started, log_path, timeout, stop)
+
+
+def _outcome(run: RunSpec, output: Path, code: int | None, seconds: float, log_path: Path, timeout: float | None,
+             stop: SweepStop) -> tuple[bool, float, str]:
+    """(succeeded, seconds, summary) from the run's record; a worker that died without one gets a failed one."""
+    record = record_path(output, run)
     if is_finished(output, run):
         data = json.loads(record.read_text(encoding="utf-8"))
         score = data.get("score")

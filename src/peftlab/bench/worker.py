@@ -42,8 +42,6 @@ def device_name() -> str:
 def execute(spec: RunSpec, output: Path, breakdown: bool = True) -> dict[str, Any]:
     """Train and score ``spec``; returns the record's measured fields (``breakdown``: also the memory split,
     measured on one step of the run's model before it trains; the data and model are loaded once)."""
-    from peftlab.tasks import get_task
-    from peftlab.tasks.files import task_for
     from peftlab.train import TrainArgs, run_training
 
     model_name, note = model_for_run(spec, output)
@@ -62,6 +60,18 @@ def execute(spec: RunSpec, output: Path, breakdown: bool = True) -> dict[str, An
         return {}
     args = dataclasses.replace(args, output_dir=None, resume=False, overwrite=False,  # as a user reruns it alone,
                                report_to=(), tracker_dir=None, run_name=None)  # and off the sweep's trackers
+    return {**run_fields(args, spec, metrics),
+            "memory": {"peak_bytes": metrics["peak_memory_bytes"], "peak_source": metrics["peak_memory_kind"],
+                       "baseline_rss_bytes": baseline_rss, "breakdown": measured_memory or None},
+            "continued_from_checkpoint": resume,  # then wall and train seconds count the last attempt only
+            "model_note": note, "model_used": model_name, "reproduce": reproduce_command(args, spec)}
+
+
+def run_fields(args: Any, spec: RunSpec, metrics: dict[str, Any]) -> dict[str, Any]:
+    """The record's fields read from the run's metrics: scores, parameters, speed, steps."""
+    from peftlab.tasks import get_task
+    from peftlab.tasks.files import task_for
+
     scored = get_task(args.eval_tasks[-1]) if args.eval_tasks else task_for(spec.task_name, spec.training)
     primary = f"{scored.name}/{scored.main_metric}" if args.eval_tasks else scored.main_metric
     score = metrics["scores"].get(primary)
@@ -78,13 +88,6 @@ def execute(spec: RunSpec, output: Path, breakdown: bool = True) -> dict[str, An
         "train_seconds": metrics["train_time_s"],
         "train_examples": metrics["train_examples"],
         "steps": metrics["steps"],
-        "memory": {"peak_bytes": metrics["peak_memory_bytes"], "peak_source": metrics["peak_memory_kind"],
-                   "baseline_rss_bytes": baseline_rss,
-                   "breakdown": measured_memory or None},
-        "continued_from_checkpoint": resume,  # then wall and train seconds count the last attempt only
-        "model_note": note,
-        "model_used": model_name,
-        "reproduce": reproduce_command(args, spec),
     }
 
 

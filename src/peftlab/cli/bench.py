@@ -27,6 +27,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--launch", metavar="COMMAND",
                         help="start each run with this launcher, e.g. 'torchrun --nproc-per-node 4' "
                              "or 'accelerate launch --num-processes 4' (default: one python process)")
+    parser.add_argument("--pack", type=int, default=1, metavar="K",
+                        help="train up to K runs at once on one frozen base, in one process (runs with the same "
+                             "model, task, data and loop settings; seeds, methods that add their own layers, their "
+                             "options and learning rates may differ); one record per run, with packed_with")
     parser.add_argument("--list", action="store_true", help="validate the suite and list its runs, run nothing")
     parser.add_argument("--no-report", action="store_true", help="skip writing the report at the end")
     parser.add_argument("--no-memory-breakdown", action="store_true",
@@ -38,9 +42,12 @@ def run(arguments: argparse.Namespace) -> int:
     from peftlab.bench import load_suite_checked
     from peftlab.bench.report import write_report
     from peftlab.bench.runner import BENCH_OUTPUT, Shard, is_sweep_folder, run_sweep
+    from peftlab.bench.suite import SuiteError
     from peftlab.cli.report import warn_unreadable
     from peftlab.core.outputs import claim_output, remove_owned
 
+    if arguments.pack < 1:
+        raise SuiteError(f"--pack must be at least 1 (got {arguments.pack})")
     suite = load_suite_checked(arguments.suite)
     shard = Shard.parse(arguments.shard)
     runs = suite.runs()
@@ -55,7 +62,7 @@ def run(arguments: argparse.Namespace) -> int:
     if arguments.data_dir is not None:
         os.environ[DATA_ENV] = str(arguments.data_dir.resolve())
     result = run_sweep(runs, arguments.output, shard, timeout=arguments.timeout, launch=arguments.launch,
-                       breakdown=not arguments.no_memory_breakdown)
+                       breakdown=not arguments.no_memory_breakdown, pack=arguments.pack)
     if not arguments.no_report:
         written = write_report(arguments.output)
         print(f"report: {', '.join(str(path) for path in written if path.suffix in ('.md', '.html'))}")

@@ -34,13 +34,30 @@ instruction/input/output columns in the Alpaca prompt. Without --eval a fixed te
 is held out and scored.
 
 An experiment file is YAML with the same names as the flags (learning_rate or lr, ...) and the
-method's options under "options:". A classification task's new head trains beside the method."""
+method's options under "options:". A classification task's new head trains beside the method.
+
+Several adapters at once, on one frozen base in one process (each its own seed, data order, optimizer,
+schedule, checkpoints and run folder OUTPUT/<method>-seed<seed>/; one forward per step for all of them):
+
+  peftlab train --model minilm-l6 --task sst2 --method lora --seeds 0 1 2 --output runs/sst2
+  peftlab train --config lora.yaml --config ia3.yaml --output runs/sst2   # one adapter per file
+  peftlab train ... --lanes '[{"method": "lora", "seed": 1}, {"method": "ia3", "seed": 1}]'
+
+Only the method, its options, seed, lr, weight decay, warm-up and gradient clipping may differ between
+them. Without dropout each trains as it would alone (to float rounding)."""
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("train", help="fine-tune a model on a task with a PEFT method",
                                    description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", metavar="FILE", help="an experiment YAML file (flags override it)")
+    parser.add_argument("--config", metavar="FILE", action="append",
+                        help="an experiment YAML file (flags override it); repeated: one adapter per file, "
+                             "trained at once")
+    parser.add_argument("--seeds", metavar="SEED", type=int, nargs="+",
+                        help="train one adapter per seed at once on one base (OUTPUT/<method>-seed<seed>/ each)")
+    parser.add_argument("--lanes", metavar="JSON",
+                        help="train one adapter per JSON object at once, each object the settings that differ "
+                             "(method, options, seed, learning_rate, ...); what `peftlab bench --pack` reproduces")
     from peftlab.train.args import TrainArgs
 
     hints = typing.get_type_hints(TrainArgs)
@@ -84,11 +101,31 @@ def _scalar_type(hint: Any) -> type:
     return hint if hint in (int, float) else str
 
 
-def train_args(arguments: argparse.Namespace):
-    """Defaults, then the experiment file, then the flags."""
+def lane_args(arguments: argparse.Namespace) -> list:
+    """The runs asked for: one, or one per ``--config`` file x ``--seeds`` seed, or one per ``--lanes`` object."""
+    configs, seeds = arguments.config or [None], arguments.seeds or [None]
+    if arguments.seeds and arguments.seed is not None:
+        raise CommandError("give --seed or --seeds, not both")
+    lanes = [{}]
+    if arguments.lanes:
+        if arguments.seeds or len(configs) > 1:
+            raise CommandError("--lanes lists every run: give it without --seeds and with one --config at most")
+        try:
+            lanes = json.loads(arguments.lanes)
+        except json.JSONDecodeError as error:
+            raise CommandError(f"--lanes is not valid JSON: {error}") from None
+        if not isinstance(lanes, list) or not lanes or not all(isinstance(lane, dict) for lane in lanes):
+            raise CommandError("--lanes takes a JSON list of objects, one per run")
+    return [train_args(arguments, config, {**lane, **({} if seed is None else {"seed": seed})})
+            for config in configs for seed in seeds for lane in lanes]
+
+
+def train_args(arguments: argparse.Namespace, config: str | None = None, lane: dict[str, Any] | None = None):
+    """Defaults, then the experiment file, then the flags, then the run's own settings (``lane``)."""
     from peftlab.train.args import TrainArgs
 
-    values: dict[str, Any] = _read_config(arguments.config) if arguments.config else {}
+    config = config if config is not None else (arguments.config or [None])[0]
+    values: dict[str, Any] = _read_config(config) if config else {}
     options = dict(values.pop("options", {}) or {})
     for key, value in vars(arguments).items():
         if key in TrainArgs.field_names() and value is not None and key != "options":
@@ -99,6 +136,10 @@ def train_args(arguments: argparse.Namespace):
             raise CommandError(f"--set takes KEY=VALUE (got {item!r})")
         options[key.strip()] = value.strip()
     values["options"] = options
+    unknown = sorted(set(lane or {}) - set(TrainArgs.field_names()))
+    if unknown:
+        raise CommandError(f"--lanes: unknown settings {', '.join(unknown)}")
+    values.update(lane or {})
     missing = [name for name in ("model", "task") if name not in values]
     if missing:
         raise CommandError(f"missing --{' and --'.join(missing)} (on the command line or in --config)")
@@ -133,12 +174,23 @@ def _read_config(path: str) -> dict[str, Any]:
 def run(arguments: argparse.Namespace) -> int:
     from peftlab.train import run_training
 
-    args = train_args(arguments)
-    if args.output_dir is None:
+    lanes = lane_args(arguments)
+    if lanes[0].output_dir is None:
         print("peftlab train: no --output, so nothing is written (no adapter, metrics or checkpoints); the scores "
               "are printed at the end. Add --output DIR to keep the run", file=sys.stderr)
-    metrics = run_training(args)
-    summary = {k: metrics[k] for k in ("task", "method", "scores", "parameters", "train_time_s",
-                                       "train_tokens_per_s", "peak_memory_bytes")}
-    print(json.dumps(summary, indent=2))
+    keys = ("task", "method", "scores", "parameters", "train_time_s", "train_tokens_per_s", "peak_memory_bytes")
+    if len(lanes) == 1:
+        metrics = run_training(lanes[0])
+        print(json.dumps({k: metrics[k] for k in keys}, indent=2))
+        return 0
+    import dataclasses
+
+    from peftlab.train.packed_run import lane_names, run_packed
+
+    names = lane_names(lanes)
+    if lanes[0].output_dir is not None:
+        lanes = [dataclasses.replace(args, output_dir=str(Path(args.output_dir) / name))
+                 for args, name in zip(lanes, names)]
+    records = run_packed(lanes, names)
+    print(json.dumps([{"lane": r["lane"], "seed": r["seed"], **{k: r[k] for k in keys}} for r in records], indent=2))
     return 0

@@ -57,12 +57,16 @@ def parameter_report(model: nn.Module) -> ParameterReport:
         trainable = sum(numel(p) for p in model.parameters() if p.requires_grad)
         return ParameterReport(trainable=trainable, total=total, base=total)
     created = dict(model.named_parameters())
-    added += sum(numel(created[name]) for name in state.injection.created)
+    created_numel = sum(numel(created[name]) for name in state.injection.created)
+    own = created_numel + sum(numel(p) for module in model.modules()  # the adapter in use, as if alone on the base
+                              if isinstance(module, AdapterModule) and module.adapter_name == state.name
+                              for _, p in module.adapter_parameters())
     if state.injection.count_trainable is not None:
         trainable = state.injection.count_trainable(model)
     else:
         trainable = sum(numel(p) for _, p in adapter_parameters(model))
-    return ParameterReport(trainable=trainable, total=total, base=total - added, note=state.injection.count_note)
+    base = total - added - created_numel
+    return ParameterReport(trainable=trainable, total=base + own, base=base, note=state.injection.count_note)
 
 
 def parameter_counts(model: nn.Module) -> tuple[int, int]:

@@ -88,19 +88,21 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def save_adapter(model: nn.Module, path: str | os.PathLike, tokenizer: Any = None) -> Path:
+def save_adapter(model: nn.Module, path: str | os.PathLike, tokenizer: Any = None,
+                 adapter_name: str | None = None) -> Path:
     """Write the applied method's config and weights to folder ``path`` (replaced atomically).
 
     Several named adapters are laid out as HF peft lays them out: ``default`` at the top of ``path``, each
-    other one in the subfolder of its name (``path/NAME``). Pass the ``tokenizer`` when tokens were added
-    (resized embeddings): it is saved beside the adapter.
+    other one in the subfolder of its name (``path/NAME``); with ``adapter_name``, that adapter alone, at the
+    top of ``path`` as if it were alone on the base. Pass the ``tokenizer`` when tokens were added (resized
+    embeddings): it is saved beside the adapter.
     """
     if not adapter_states(model):
         raise ValueError("nothing to save: this model carries no peftlab method (peftlab.apply first)")
     contents = {}
-    for name in adapter_states(model):
+    for name in [adapter_name] if adapter_name is not None else adapter_states(model):
         with only_adapter(model, name):
-            contents[name] = _adapter_contents(model)
+            contents[DEFAULT_ADAPTER if adapter_name is not None else name] = _adapter_contents(model)
     path = Path(path)
     with atomic_directory(path) as staging:
         for name, (method, document, tensors) in contents.items():

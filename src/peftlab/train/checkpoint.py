@@ -65,6 +65,10 @@ def checkpoints(output_dir: Path) -> list[Path]:
     return [path for _, path in sorted(found)]
 
 
+def checkpoint_step(path: Path) -> int:
+    return int(PATTERN.fullmatch(path.name).group(1))
+
+
 def recovered_checkpoints(output_dir: Path) -> list[Path]:
     """:func:`checkpoints`, after finishing or clearing any checkpoint write that was interrupted."""
     for path in output_dir.glob("checkpoint-*"):
@@ -132,9 +136,11 @@ def restore_rng(tensors: dict[str, torch.Tensor], document: dict[str, Any]) -> N
 
 def save_checkpoint(output_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
                     scheduler: torch.optim.lr_scheduler.LRScheduler, hooks: TrainingHooks, progress: Progress,
-                    *, is_main: bool, keep: int, settings: dict[str, Any] | None = None) -> Path:
+                    *, is_main: bool, keep: int, settings: dict[str, Any] | None = None,
+                    adapter_name: str | None = None) -> Path:
     """Write ``checkpoint-<step>`` (all ranks call this; only the main one writes) and drop old ones.
-    ``settings``: what the run trains (``TrainArgs.resume_settings``), for :func:`changed_settings`."""
+    ``settings``: what the run trains (``TrainArgs.resume_settings``), for :func:`changed_settings`;
+    ``adapter_name``: that adapter alone, where the model carries several (``train.packed_run``)."""
     path = output_dir / f"checkpoint-{progress.step}"
     optimizer_state, optimizer_document = optimizer_tensors(optimizer)
     if not is_main:
@@ -145,7 +151,7 @@ def save_checkpoint(output_dir: Path, model: nn.Module, optimizer: torch.optim.O
     hook_state = {k: v.detach().to("cpu").contiguous() for k, v in hooks.state_dict().items()}
     with atomic_directory(path) as staging:
         with full_parameters(model) if _sharded(model) else contextlib.nullcontext():
-            save_adapter(model, staging / "adapter")
+            save_adapter(model, staging / "adapter", adapter_name=adapter_name)
         save_file(optimizer_state, str(staging / "optimizer.safetensors"))
         (staging / "optimizer.json").write_text(json.dumps(optimizer_document))
         save_file(rng_state, str(staging / "rng.safetensors"))

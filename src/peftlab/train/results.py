@@ -20,11 +20,12 @@ if TYPE_CHECKING:
     from peftlab.train.trainer import Trainer
 
 
-def record_run(trainer: Trainer, progress: Progress) -> dict[str, Any]:
-    """The finished run's record; with an output folder, written there beside the adapter (metrics.json last)."""
+def record_run(trainer: Trainer, progress: Progress, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The finished run's record (plus ``extra``); with an output folder, written there beside the adapter
+    (metrics.json last)."""
     device = trainer.accelerator.device
     tokens = int(trainer.accelerator.reduce(torch.tensor(progress.train_tokens, device=device), reduction="sum"))
-    metrics = run_metrics(trainer, progress, tokens)
+    metrics = {**run_metrics(trainer, progress, tokens), **(extra or {})}
     if trainer.output is not None:
         save_final(trainer, metrics)
     trainer.accelerator.wait_for_everyone()

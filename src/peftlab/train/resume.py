@@ -12,17 +12,24 @@ from torch import nn
 
 from peftlab.core.serialization import AdapterFileError
 from peftlab.train.args import ArgumentError
-from peftlab.train.checkpoint import Progress, changed_settings, load_checkpoint, recovered_checkpoints
+from peftlab.train.checkpoint import (
+    Progress,
+    changed_settings,
+    checkpoint_step,
+    load_checkpoint,
+    recovered_checkpoints,
+)
 
 UNREADABLE = (OSError, ValueError, KeyError, SafetensorError, AdapterFileError)  # a checkpoint damaged after writing
 
 
 def resume_from(output: Path, settings: dict[str, Any], model: nn.Module, optimizer: Any, scheduler: Any,
-                hooks: Any) -> tuple[Path, Progress] | None:
+                hooks: Any, up_to: int | None = None) -> tuple[Path, Progress] | None:
     """The newest checkpoint in ``output`` that reads whole, restored; a newer unreadable one is named in a
     warning and left in place. None when there is none; an error when none of them reads, or when the run
-    that wrote it had other ``settings`` (``TrainArgs.resume_settings``)."""
-    found = recovered_checkpoints(output)
+    that wrote it had other ``settings`` (``TrainArgs.resume_settings``). ``up_to``: only checkpoints of that
+    step or before (the step every lane of a packed run has saved)."""
+    found = [path for path in recovered_checkpoints(output) if up_to is None or checkpoint_step(path) <= up_to]
     if not found:
         return None
     problems = []

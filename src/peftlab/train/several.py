@@ -13,7 +13,8 @@ Without dropout a lane's losses and weights equal training it alone up to float 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -51,20 +52,23 @@ def train_packed(model: nn.Module, lanes: Sequence[Lane], steps: int, pad_token_
         packed_step(model, lanes, pad_token_id)
 
 
-def packed_step(model: nn.Module, lanes: Sequence[Lane], pad_token_id: int) -> list[float]:
-    """One optimizer step for every lane, through one forward and one backward; returns the lanes' losses."""
+def packed_step(model: nn.Module, lanes: Sequence[Lane], pad_token_id: int,
+                forward_context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext) -> list[float]:
+    """One optimizer step for every lane, through one forward and one backward; returns the lanes' losses.
+    ``forward_context``: entered around the forward and the losses (e.g. autocast), not the backward."""
     batches = [next(lane.batches) for lane in lanes]
     batch = stack_batches(batches, pad_token_id)
     labels = batch.pop("labels")
     names = [lane.adapter for lane, part in zip(lanes, batches) for _ in range(len(part["input_ids"]))]
     if model_kind(model) == "encoder-decoder":
         batch["labels"] = labels  # the decoder's inputs are made from them
-    logits = model(**batch, adapter_names=names).logits
-    losses, start = [], 0
-    for part in batches:
-        rows = slice(start, start + len(part["input_ids"]))
-        losses.append(lane_loss(model, logits[rows], labels[rows]))
-        start = rows.stop
+    with forward_context():
+        logits = model(**batch, adapter_names=names).logits
+        losses, start = [], 0
+        for part in batches:
+            rows = slice(start, start + len(part["input_ids"]))
+            losses.append(lane_loss(model, logits[rows], labels[rows]))
+            start = rows.stop
     torch.stack(losses).sum().backward()
     states = adapter_states(model)
     for lane, loss in zip(lanes, losses):

@@ -73,6 +73,7 @@ class Trainer:
         self.is_main = accelerator.is_main_process
         self.eval_history: list[dict[str, float]] = []  # this process's evaluations (a resumed run's since resuming)
         self.stop, self.save_clock, self.saved_step = StopRequest(), SaveClock(self.args.save_minutes), None
+        self.adapter_name: str | None = None  # where the base carries several adapters: this run's (packed_run)
         self.load_time_s, self.eval_time_s = 0.0, 0.0  # make_plan's time (run_training sets it); evaluations'
         self.grad_norm: torch.Tensor | None = None  # the last step's, before clipping (with --max-grad-norm)
         self.trackers = trackers or Trackers({}, None)  # --report-to (train.trackers); none on other processes
@@ -93,6 +94,11 @@ class Trainer:
 
     # -- setup --------------------------------------------------------------------------------------
     def build(self) -> None:
+        self.build_model()
+        self.build_optimizer()
+
+    def build_model(self) -> None:
+        """The model side of :meth:`build`: train mode, checkpointing, hooks, packing, compile, fusing, placing."""
         args, model = self.args, self.plan.loaded.model
         model.train()  # from_pretrained returns the model in eval mode: its dropout (and the adapters') would be off
         if args.gradient_checkpointing:
@@ -115,6 +121,15 @@ class Trainer:
         else:
             model = self.accelerator.prepare_model(model)
         self.model = model
+
+    def share_model(self, other: Trainer) -> None:
+        """Train on ``other``'s built model (several adapters on one base: :mod:`peftlab.train.packed_run`)."""
+        for name in ("base", "model", "hooks", "not_packed", "compute_loss", "compiled_modules", "fused_modules"):
+            setattr(self, name, getattr(other, name))
+
+    def build_optimizer(self) -> None:
+        """The optimizer and schedule over the trainable parameters of the adapter in use."""
+        args = self.args
         if self.untuned:
             return
         if not any(parameter.requires_grad for parameter in self.base.parameters()):
@@ -124,9 +139,10 @@ class Trainer:
         self.optimizer = self.accelerator.prepare_optimizer(optimizer)
         self.scheduler = linear_schedule(optimizer, math.ceil(args.warmup_ratio * self.total_steps), self.total_steps)
 
-    def start(self) -> Progress:
+    def start(self, up_to: int | None = None) -> Progress:
+        """Resume (from a checkpoint at step ``up_to`` or before, when given) or prepare; the progress to go on from."""
         resumed = (resume_from(self.output, self.args.resume_settings(), self.base, self.optimizer, self.scheduler,
-                               self.hooks) if self.args.resume and self.output else None)
+                               self.hooks, up_to) if self.args.resume and self.output else None)
         if resumed is not None:
             checkpoint, progress = resumed
             if self.is_main:
@@ -247,7 +263,7 @@ class Trainer:
         if self.saved_step != progress.step:
             save_checkpoint(self.output, self.base, self.optimizer, self.scheduler, self.hooks, progress,
                             is_main=self.is_main, keep=self.args.save_total_limit,
-                            settings=self.args.resume_settings())
+                            settings=self.args.resume_settings(), adapter_name=self.adapter_name)
             self.saved_step = progress.step
             self.save_clock.saved()
         return self.output / f"checkpoint-{progress.step}"
@@ -279,7 +295,7 @@ class Trainer:
     def save_adapter_to(self, path: Path) -> None:
         with full_parameters(self.model) if self.args.fsdp else contextlib.nullcontext():
             if self.is_main:
-                save_adapter(self.base, path)
+                save_adapter(self.base, path, adapter_name=self.adapter_name)
                 if isinstance(self.plan.task, FileTask):  # its data and classes, for peftlab eval (tasks.files)
                     write_text_atomic(path / TASK_FILE, json.dumps(self.plan.task.record(), indent=2) + "\n")
 
