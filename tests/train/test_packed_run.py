@@ -131,7 +131,7 @@ def args(**changes):
     ([args(seed=1), args(seed=2, method="adalora")], "adalora"),
     ([args(seed=1, method="untuned"), args(seed=2)], "untuned"),
     ([args(seed=1, output_dir="x"), args(seed=2, output_dir="x")], "own output folder"),
-    ([args(seed=1, report_to=("tensorboard",)), args(seed=2, report_to=("tensorboard",))], "--report-to"),
+    ([args(seed=s, report_to=("tensorboard",), output_dir=f"o{s}") for s in (1, 2)], "--report-to"),
 ])
 def test_what_cannot_train_at_once_is_named(lanes, named):
     assert named in pack_problem(lanes)
