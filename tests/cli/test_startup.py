@@ -47,8 +47,8 @@ def test_the_registry_finds_every_method_without_importing_peftlab_first():
 
 
 def test_loading_finds_the_peft_format_without_importing_peftlab_first():
-    formats = run_python("from peftlab.core.serialization import _formats\n"
-                         "print(' '.join(name for name, _, _ in _formats()))")
+    formats = run_python("from peftlab.core.adapter_formats import adapter_formats\n"
+                         "print(' '.join(name for name, _, _ in adapter_formats()))")
     assert "peft" in formats.split()
 
 

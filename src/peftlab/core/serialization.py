@@ -11,11 +11,9 @@ from the model by the method's ``report`` hook (AdaLoRA: ``{"rank_pattern": {lay
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -26,6 +24,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from peftlab.core.adapter_formats import adapter_formats
 from peftlab.core.adapters import only_adapter
 from peftlab.core.atomic import atomic_directory, recover_directory
 from peftlab.core.base_identity import BaseModelMismatchWarning, base_model_info, check_base_model
@@ -57,24 +56,6 @@ class StoredAdapter:
     tensors: dict[str, torch.Tensor]
     base_model: dict[str, Any] = field(default_factory=dict)
     format: str = "peftlab"
-
-
-# Other adapter formats (e.g. HF peft, registered by ``peftlab.interop``): name, detect(document), read(path).
-_FORMATS: list[tuple[str, Callable[[dict], bool], Callable[[Path], StoredAdapter]]] = []
-FORMATS_PACKAGE = "peftlab.interop"  # importing it registers the formats it reads, on the first load
-
-
-def _formats() -> list[tuple[str, Callable[[dict], bool], Callable[[Path], StoredAdapter]]]:
-    importlib.import_module(FORMATS_PACKAGE)
-    return _FORMATS
-
-
-def register_adapter_format(
-    name: str, detect: Callable[[dict], bool], read: Callable[[Path], StoredAdapter]
-) -> None:
-    """Let :func:`load_adapter` read another format's folder: ``detect`` sees its ``adapter_config.json``."""
-    if all(existing != name for existing, _, _ in _FORMATS):
-        _FORMATS.append((name, detect, read))
 
 
 def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -155,7 +136,7 @@ def read_adapter(path: str | os.PathLike) -> StoredAdapter:
     """Config, tensors and base-model info of an adapter folder in peftlab's format or a registered one."""
     document = read_config_json(path)
     if "method" not in document:
-        for _name, detect, read in _formats():
+        for _name, detect, read in adapter_formats():
             if detect(document):
                 return read(Path(path))
     config = read_adapter_config(path)
@@ -167,7 +148,7 @@ def read_adapter_document(path: str | os.PathLike) -> dict[str, Any]:
     """The raw ``adapter_config.json`` of an adapter folder, checked to be a peftlab adapter config."""
     document = read_config_json(path)
     if "method" not in document:
-        known = ", ".join(name for name, _, _ in _formats()) or "none registered"
+        known = ", ".join(name for name, _, _ in adapter_formats()) or "none registered"
         raise AdapterFileError(
             f"{Path(path) / CONFIG_NAME} names no 'method': it was not written by peftlab, nor in a format "
             f"peftlab reads ({known})"

@@ -1,7 +1,7 @@
 """Adapters that travel: the HF peft format (export, import, and reading peft folders directly in
 :func:`peftlab.load_adapter`), a vLLM serving check, and merged export to a plain model folder."""
 
-from peftlab.core.serialization import register_adapter_format
+from peftlab.core.adapter_formats import register_adapter_format
 from peftlab.interop import peft_methods as _peft_methods  # noqa: F401  (registers every converter)
 from peftlab.interop.peft_format import (
     UnsupportedPeftAdapter,
