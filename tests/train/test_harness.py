@@ -105,6 +105,8 @@ def test_wrong_combinations_are_refused_before_any_work(tiny_models, mmlu_rows, 
     assert "give --data-dir or set $PEFTLAB_DATA" in capsys.readouterr().err
     assert harness(tiny_models["llama"], mmlu_rows, "mmlu_local", "--merge") == 2
     assert "give --adapter DIR too" in capsys.readouterr().err
+    assert harness(tiny_models["llama"], mmlu_rows, "mmlu_local", "--max-eval-samples", "3") == 2
+    assert "--limit N scores at most N questions a task" in capsys.readouterr().err
     assert main(["eval", "--model", "m", "--task", "mmlu", "--limit", "3"]) == 2
     assert "--limit go(es) with --harness" in capsys.readouterr().err
 

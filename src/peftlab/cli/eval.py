@@ -60,6 +60,8 @@ def run(arguments: argparse.Namespace) -> int:
 def run_harness(arguments: argparse.Namespace) -> int:
     if arguments.output:
         raise CommandError("with --harness, the results file is --harness-output FILE")
+    if arguments.split or arguments.max_eval_samples:
+        raise CommandError("with --harness, lm-eval picks each task's split; --limit N scores at most N questions a task")
     from peftlab.train.harness import HarnessArgs, results_table, run_harness
 
     tasks = tuple(name.strip() for name in arguments.harness.split(",") if name.strip())
