@@ -61,16 +61,20 @@ class Mmlu(Task):
         return folders + ([root / "mmlu" / "dev"] if self.shots else [])
 
     def read(self, root: Path, split: str) -> list[Example]:
+        examples = []
+        for subject, rows in self.subject_rows(root, split).items():
+            shots = _rows(root / "mmlu" / "dev" / f"{subject}_dev.csv")[: self.shots] if self.shots else []
+            examples.extend(self._example(subject, row, shots) for row in rows)
+        return examples
+
+    def subject_rows(self, root: Path, split: str) -> dict[str, list[list[str]]]:
+        """Each subject's rows this task scores from ``<root>/mmlu/<split>`` (question, A-D, answer letter), in
+        file order: the questions the lm-evaluation-harness tasks ``mmlu_local*`` read too (train.harness)."""
         folder = root / "mmlu" / split
         files = sorted(folder.glob(f"*_{split}.csv"))
         if not files:
             raise TaskError(f"{folder} holds no <subject>_{split}.csv files")
-        examples = []
-        for path in files:
-            subject = path.name.removesuffix(f"_{split}.csv")
-            shots = _rows(root / "mmlu" / "dev" / f"{subject}_dev.csv")[: self.shots] if self.shots else []
-            examples.extend(self._example(subject, row, shots) for row in self._chosen(subject, _rows(path)))
-        return examples
+        return {(subject := path.name.removesuffix(f"_{split}.csv")): self._chosen(subject, _rows(path)) for path in files}
 
     def read_hub(self, split: str) -> list[Example]:
         import datasets
