@@ -163,3 +163,33 @@ def test_messages_without_a_chat_template_are_refused_before_anything_is_written
     err = capsys.readouterr().err
     assert code == 2 and "tokenizer has none" in err and "instruction/input/output" in err
     assert not out.exists()
+
+
+@pytest.mark.slow
+def test_a_jsonl_chat_task_and_a_parquet_seq2seq_task_in_suites(tiny_models, tmp_path, capsys):
+    import datasets
+    import yaml
+
+    from peftlab.bench.records import read_records
+
+    write_jsonl(tmp_path / "chats.jsonl", conversations(12))
+    pairs = [{"en": f"the {w} cat", "fr": f"le chat {w}"} for w in ("big", "small", "red", "old", "new", "fat")] * 2
+    datasets.Dataset.from_list(pairs).to_parquet(str(tmp_path / "pairs.parquet"))
+    loop = {"max_steps": 2, "batch_size": 4, "learning_rate": 1.0e-2, "progress": False}
+    suites = {
+        "chat": ({"model": str(chat_model(tiny_models, tmp_path)), "name": "chat-llama"},
+                 {"task": "chat", "name": "talk", "data": {"train": "chats.jsonl"}}, {"loss", "perplexity"}),
+        "pairs": ({"model": str(tiny_models["t5"]), "name": "tiny-t5"},
+                  {"task": "seq2seq", "name": "catfr", "data": {"train": "pairs.parquet", "source_column": "en",
+                                                               "target_column": "fr"}}, {"bleu", "chrf"}),
+    }
+    for name, (model, task, metrics) in suites.items():
+        suite = tmp_path / f"{name}.yaml"
+        suite.write_text(yaml.safe_dump({"name": name, "seeds": [0], "models": [model], "tasks": [task],
+                                         "methods": ["lora"], "training": {**loop, "max_new_tokens": 8}}))
+        code = main(["bench", "--suite", str(suite), "--output", str(tmp_path / f"out-{name}"), "--no-report",
+                     "--no-memory-breakdown"])
+        assert code == 0, capsys.readouterr().err
+        (record,) = read_records(tmp_path / f"out-{name}")
+        assert record["status"] == "ok", record["error"]
+        assert set(record["scores"]) == metrics and f"--train {tmp_path}" in record["reproduce"]
