@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
+from peftlab.core.atomic import write_text_atomic
 from peftlab.tasks._table import Table, is_empty, read_table
 from peftlab.tasks.base import Example, Task, TaskError, get_task, task_names
 
@@ -155,6 +156,13 @@ def task_for(name: str, settings: Mapping[str, Any], saved: Mapping[str, Any] | 
         raise TaskError(f"{', '.join(flag(n) for n in own_data)}: only for the tasks on your own files "
                         f"({', '.join(file_task_names())}); task {name!r} reads its own data (--data-dir)")
     return task
+
+
+def save_record(task: Task, folder: Path) -> None:
+    """Beside a file task's adapter: its ``task.json`` (data, columns, classes), which ``peftlab eval`` reads
+    back (:func:`saved_record`); other tasks need none."""
+    if isinstance(task, FileTask):
+        write_text_atomic(folder / TASK_FILE, json.dumps(task.record(), indent=2) + "\n")
 
 
 def saved_record(folder: str | Path | None) -> dict[str, Any] | None:

@@ -9,7 +9,6 @@ a resumed run replays exactly what the killed one would have seen.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import sys
 import time
@@ -21,9 +20,8 @@ from tqdm.auto import tqdm
 
 import peftlab
 from peftlab.core.checkpointing import enable_activation_checkpointing
-from peftlab.core.atomic import write_text_atomic
 from peftlab.core.serialization import save_adapter
-from peftlab.tasks.files import TASK_FILE, FileTask
+from peftlab.tasks.files import save_record
 from peftlab.train.args import UNTUNED, ArgumentError
 from peftlab.train.batching import accumulation_groups
 from peftlab.train.checkpoint import Progress, full_parameters, latest_checkpoint, save_checkpoint
@@ -164,9 +162,7 @@ class Trainer:
         self.build()
         progress = self.start()
         if self.trackers.trackers:
-            method = peftlab.peft_state(self.base)
-            self.trackers.start(run_config(self.args, method.config.to_dict() if method else {},
-                                           peftlab.parameter_report(self.base).as_dict()), progress.step)
+            self.trackers.start(run_config(self.args, self.base), progress.step)
         if progress.step == 0 and self.total_steps:
             progress.before_training = self.score([i for i in self.plan.eval_sets if i.task.scored_before_training])
         bar = tqdm(total=self.total_steps, initial=progress.step, unit="step", dynamic_ncols=True,
@@ -296,8 +292,7 @@ class Trainer:
         with full_parameters(self.model) if self.args.fsdp else contextlib.nullcontext():
             if self.is_main:
                 save_adapter(self.base, path, adapter_name=self.adapter_name)
-                if isinstance(self.plan.task, FileTask):  # its data and classes, for peftlab eval (tasks.files)
-                    write_text_atomic(path / TASK_FILE, json.dumps(self.plan.task.record(), indent=2) + "\n")
+                save_record(self.plan.task, path)  # a file task's data and classes, for peftlab eval
 
     def log(self, record: dict[str, Any]) -> None:
         """A line of ``log.jsonl`` (with an output folder), also sent to the ``--report-to`` trackers."""

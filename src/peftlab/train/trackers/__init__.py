@@ -19,7 +19,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from torch import nn
+
+from peftlab.core.accounting import parameter_report
 from peftlab.core.atomic import write_text_atomic
+from peftlab.core.state import peft_state
 from peftlab.train.args import TrainArgs
 from peftlab.train.trackers.base import OWNED, STATE_NAME, Tracker, TrackerMissing, TrackerRun
 
@@ -90,9 +94,12 @@ class Trackers:
                 print(f"peftlab train: closing the trackers failed too: {closing}", file=sys.stderr)
 
 
-def run_config(args: TrainArgs, method_config: dict[str, Any], parameters: dict[str, Any]) -> dict[str, Any]:
-    """The run's settings as one flat mapping: every ``TrainArgs`` field but the raw options, the applied
-    method's whole config as ``method.<option>`` (defaults included), the parameter counts."""
+def run_config(args: TrainArgs, model: nn.Module) -> dict[str, Any]:
+    """The run's settings as one flat mapping: every ``TrainArgs`` field but the raw options, the method
+    applied to ``model`` with its whole config as ``method.<option>`` (defaults included), the parameter counts."""
+    state = peft_state(model)
+    method_config = state.config.to_dict() if state else {}
+    parameters = parameter_report(model).as_dict()
     config = {item.name: _plain(getattr(args, item.name)) for item in fields(args) if item.name != "options"}
     config.update({f"method.{key}": _plain(value) for key, value in method_config.items()
                    if key not in ("method", "format_version")})
