@@ -6,25 +6,28 @@ import math
 
 import pytest
 
-from peftlab.bench.aggregate import AVERAGE, MEMORY, TRAINABLE, build_tables, format_cell
+from peftlab.bench.aggregate import ADAPTER, AVERAGE, MEMORY, SPEED, TRAINABLE, build_tables, format_cell
 from peftlab.bench.report import csv_text, latex, markdown_table, summary
 
 
-def record(label, method, family, task, seed, score, percent, peak_mib, status="ok"):
+def record(label, method, family, task, seed, score, percent, peak_mib, status="ok", adapter_mib=None, speed=None):
     return {"status": status, "run_id": f"{label}-{task}-{seed}", "score": score, "primary_metric": "accuracy",
             "spec": {"model": "m", "task": task, "label": label, "method": method, "family": family,
                      "seed": seed, "knobs": {}},
-            "parameters": {"trainable_percent": percent}, "memory": {"peak_bytes": peak_mib * 2**20}}
+            "parameters": {"trainable_percent": percent}, "memory": {"peak_bytes": peak_mib * 2**20},
+            "adapter_bytes": None if adapter_mib is None else adapter_mib * 2**20, "train_tokens_per_second": speed}
 
 
 RECORDS = [
     # full: a = 80, 82, 84 ; b = 70, 74, 72
-    *[record("full", "full", "baseline", "a", s, v, 100.0, 900) for s, v in enumerate((80.0, 82.0, 84.0))],
+    *[record("full", "full", "baseline", "a", s, v, 100.0, 900, adapter_mib=87.0, speed=1000.0)
+      for s, v in enumerate((80.0, 82.0, 84.0))],
     *[record("full", "full", "baseline", "b", s, v, 100.0, 950) for s, v in enumerate((70.0, 74.0, 72.0))],
     # lora: a = 85, 81 (seeds 0, 1) ; b = 60 (seed 0 only)
-    record("lora", "lora", "reparameterized", "a", 0, 85.0, 0.5, 400),
-    record("lora", "lora", "reparameterized", "a", 1, 81.0, 0.5, 410),
-    record("lora", "lora", "reparameterized", "b", 0, 60.0, 0.5, 405),
+    # (the adapter's size and speed: recorded by some runs only; an older record has neither)
+    record("lora", "lora", "reparameterized", "a", 0, 85.0, 0.5, 400, adapter_mib=0.25, speed=1500.0),
+    record("lora", "lora", "reparameterized", "a", 1, 81.0, 0.5, 410, adapter_mib=0.25, speed=1700.0),
+    record("lora", "lora", "reparameterized", "b", 0, 60.0, 0.5, 405, speed=1600.0),
     # adapter: a = 83 (ties lora: both marked) ; b = 75 ; a failed run that must be ignored
     record("adapter", "adapter", "additive", "a", 0, 83.0, 2.0, 400),
     record("adapter", "adapter", "additive", "b", 0, 75.0, 2.0, 380),
@@ -60,7 +63,9 @@ def test_best_per_column(table):
     full, adapter, lora = table.rows
     best = {column: [row.label for row in table.rows if row.cells[column].best] for column in table.columns}
     assert best == {"a": ["adapter", "lora"], "b": ["adapter"], AVERAGE: ["adapter"], TRAINABLE: ["lora"],
-                    MEMORY: ["adapter"]}
+                    MEMORY: ["adapter"], ADAPTER: ["lora"], SPEED: ["lora"]}
+    assert lora.cells[ADAPTER].mean == pytest.approx(0.25) and adapter.cells[ADAPTER].mean is None
+    assert lora.cells[SPEED].mean == pytest.approx(1600.0) and lora.cells[SPEED].std == pytest.approx(100.0)
     assert full.cells[MEMORY].mean == pytest.approx(950.0)  # the row's largest peak
     assert lora.cells[MEMORY].mean == pytest.approx(410.0)
 
@@ -68,7 +73,8 @@ def test_best_per_column(table):
 def test_formats_mark_the_best(table):
     assert format_cell(table.rows[0].cells["a"], "a") == "82.0 ± 2.0"
     text = markdown_table(table)
-    assert "| reparameterized | `lora` | **83.0 ± 2.8** | 60.0 | 72.5 | **0.5** | 410 |" in text
+    assert "| reparameterized | `lora` | **83.0 ± 2.8** | 60.0 | 72.5 | **0.5** | 410 | **0.25** | **1600 ± 100** |" in text
+    assert "| additive | `adapter` | **83.0** | **75.0** | **79.0** | 2 | **400** | – | – |" in text
     assert r"\textbf{79.0}" in latex([table])
     rows = csv_text([table]).splitlines()
     assert "m,additive,adapter,b,accuracy,75.0,,1,1" in rows
@@ -106,3 +112,11 @@ def test_a_run_scored_on_mmlu_and_the_forgetting_loss_gives_each_its_column_and_
     assert lora.cells["alpaca english-lm"].best and not full.cells["alpaca english-lm"].best  # lower loss wins
     assert full.cells["alpaca mmlu-subset"].best  # higher accuracy wins
     assert full.cells[AVERAGE].mean is None  # an accuracy and a loss are not averaged
+
+
+def test_the_pareto_front_keeps_each_point_no_cheaper_one_beats():
+    from peftlab.bench.plots import pareto_front
+
+    points = [(100.0, 82.0), (0.5, 72.5), (2.0, 79.0), (1.0, 70.0), (2.0, 75.0), (50.0, 78.0)]
+    assert pareto_front(points) == [(0.5, 72.5), (2.0, 79.0), (100.0, 82.0)]
+    assert pareto_front([(1.0, 3.0), (2.0, 1.0), (3.0, 2.0)], greater_is_better=False) == [(1.0, 3.0), (2.0, 1.0)]

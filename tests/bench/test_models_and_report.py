@@ -51,7 +51,7 @@ def test_report_plots_score_against_each_ablation_knob(tmp_path):
     (runs / "not-a-record.json").write_text("{")  # ignored, not fatal
     names = {path.name for path in write_report(tmp_path)}
     assert {"ablation-m-rank.png", "ablation-m-target_modules.png", "report.md", "report.html",
-            "results.csv", "results.tex", "score_vs_trainable-m.png"} <= names
+            "results.csv", "results.tex", "score_vs_trainable-m.png", "score_vs_memory-m.png"} <= names
     assert "memory-m.png" not in names  # no breakdown in these records: no empty figure
     markdown = (tmp_path / "report.md").read_text()
     assert "![ablation-m-rank.png](ablation-m-rank.png)" in markdown

@@ -85,11 +85,12 @@ def test_two_shards_run_each_run_exactly_once(tiny_suite, tmp_path):
     lora = records[next(r.run_id for r in runs if r.label == "lora")]
     full = records[next(r.run_id for r in runs if r.label == "full")]
     assert lora["parameters"]["trainable"] < full["parameters"]["trainable"]
+    assert 0 < lora["adapter_bytes"] < full["adapter_bytes"]  # the saved files' size on disk
     assert lora["memory"]["breakdown"]["optimizer"]["measured"] < full["memory"]["breakdown"]["optimizer"]["measured"]
 
     written = {path.name for path in write_report(output)}
     assert {"report.md", "report.html", "results.csv", "results.tex",
-            "score_vs_trainable-tiny-bert.png", "memory-tiny-bert.png"} <= written
+            "score_vs_trainable-tiny-bert.png", "score_vs_memory-tiny-bert.png", "memory-tiny-bert.png"} <= written
     report = (output / "report.md").read_text()
     assert "`lora`" in report and "failed" in report
     assert "data:image/png;base64," in (output / "report.html").read_text()

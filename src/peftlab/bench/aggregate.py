@@ -2,9 +2,11 @@
 
 A cell is the mean ± sample standard deviation (n - 1) over seeds. The average column averages the
 tasks within each seed that has every task, then takes mean ± std over those seeds. The trainable %
-column is the mean over the row's runs, the peak memory column the largest peak among them. The best
-cell of each column is marked (ties all marked): the highest score, or the lowest where the task's metric
-is lower-is-better (a loss; the records say which); the lowest trainable % and peak memory. The average
+column is the mean over the row's runs, the peak memory column the largest peak among them, the adapter's
+size on disk the mean over the runs that recorded it, training tokens per second mean ± std over runs. The
+best cell of each column is marked (ties all marked): the highest score, or the lowest where the task's metric
+is lower-is-better (a loss; the records say which); the lowest trainable %, peak memory and adapter size, the
+highest speed. The average
 column is left empty where its tasks disagree on the direction. A run that scores several tasks (an
 instruction-tuning run scored on MMLU and on a forgetting loss) gives each its own column.
 """
@@ -22,7 +24,9 @@ from peftlab.core.registry import FAMILIES
 AVERAGE = "avg"
 TRAINABLE = "trainable %"
 MEMORY = "peak MiB"
-LOWER_IS_BETTER = (TRAINABLE, MEMORY)
+ADAPTER = "adapter MiB"  # the saved adapter's files on disk (full fine-tuning: the whole model)
+SPEED = "train tokens/s"
+LOWER_IS_BETTER = (TRAINABLE, MEMORY, ADAPTER)
 
 
 @dataclass
@@ -60,7 +64,7 @@ class Table:
 
     @property
     def columns(self) -> list[str]:
-        return [*self.tasks, AVERAGE, TRAINABLE, MEMORY]
+        return [*self.tasks, AVERAGE, TRAINABLE, MEMORY, ADAPTER, SPEED]
 
 
 def ok_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -131,6 +135,10 @@ def _row(label: str, records: list[dict[str, Any]], tasks: list[str]) -> Row:
     row.cells[TRAINABLE] = Cell(statistics.fmean(shares), None, len(shares))
     peaks = [float(r["memory"]["peak_bytes"]) / 2**20 for r in records if r.get("memory", {}).get("peak_bytes")]
     row.cells[MEMORY] = Cell(max(peaks), None, len(peaks)) if peaks else Cell(None)
+    sizes = [float(r["adapter_bytes"]) / 2**20 for r in records if r.get("adapter_bytes")]
+    row.cells[ADAPTER] = Cell(statistics.fmean(sizes), None, len(sizes)) if sizes else Cell(None)
+    speeds = [float(r["train_tokens_per_second"]) for r in records if r.get("train_tokens_per_second")]
+    row.cells[SPEED] = Cell.of(speeds)
     return row
 
 
@@ -157,10 +165,11 @@ def mark_best(table: Table) -> None:
 
 
 def format_cell(cell: Cell, column: str, plus_minus: str = " ± ") -> str:
-    """``85.2 ± 1.3`` for scores, three significant digits for trainable %, whole MiB for memory."""
+    """``85.2 ± 1.3`` for scores, three significant digits for trainable % and the adapter's MiB, whole MiB for
+    peak memory, whole tokens per second."""
     if cell.mean is None:
         return "–"
-    spec = {TRAINABLE: ".3g", MEMORY: ".0f"}.get(column, ".1f")
+    spec = {TRAINABLE: ".3g", MEMORY: ".0f", ADAPTER: ".3g", SPEED: ".0f"}.get(column, ".1f")
     text = format(cell.mean, spec)
     if cell.std is not None:
         text += plus_minus + format(cell.std, spec)

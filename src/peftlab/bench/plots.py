@@ -1,4 +1,5 @@
-"""The report's figures as PNG bytes: score vs trainable %, memory by component, score vs each ablation knob."""
+"""The report's figures as PNG bytes: score vs trainable % and vs peak memory (with the Pareto front), memory by
+component, score vs each ablation knob."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from peftlab.bench.aggregate import AVERAGE, TRAINABLE, Table  # noqa: E402
+from peftlab.bench.aggregate import AVERAGE, MEMORY, TRAINABLE, Table, greater_is_better  # noqa: E402
 from peftlab.bench.memory import COMPONENTS  # noqa: E402
 from peftlab.core.registry import FAMILIES  # noqa: E402
 
@@ -28,10 +29,31 @@ def _png(figure: plt.Figure) -> bytes:
     return buffer.getvalue()
 
 
+def pareto_front(points: list[tuple[float, float]], greater_is_better: bool = True) -> list[tuple[float, float]]:
+    """The ``(cost, score)`` points that no other point beats: none cheaper (or as cheap) with a better score;
+    sorted by cost."""
+    front: list[tuple[float, float]] = []
+    for cost, score in sorted(points, key=lambda point: (point[0], -point[1] if greater_is_better else point[1])):
+        if not front or (score > front[-1][1] if greater_is_better else score < front[-1][1]):
+            front.append((cost, score))
+    return front
+
+
 def score_vs_trainable(table: Table) -> bytes | None:
-    """Average score against % trainable parameters (log x), one point per method, coloured by family."""
-    points = [(row, row.cells[AVERAGE].mean, row.cells[TRAINABLE].mean) for row in table.rows]
-    points = [(row, score, share) for row, score, share in points if score is not None and share]
+    """Average score against % trainable parameters (log x), one point per method, the Pareto front drawn."""
+    return score_against(table, TRAINABLE, "trainable parameters (% of base, log scale)", "trainable parameters")
+
+
+def score_vs_memory(table: Table) -> bytes | None:
+    """Average score against peak training memory (log x), one point per method, the Pareto front drawn."""
+    return score_against(table, MEMORY, "peak training memory (MiB, log scale)", "peak memory")
+
+
+def score_against(table: Table, cost: str, xlabel: str, name: str) -> bytes | None:
+    """One point per method (coloured by family) of average score against a cost column, and the front of the
+    methods that no cheaper one beats."""
+    points = [(row, row.cells[AVERAGE].mean, row.cells[cost].mean) for row in table.rows]
+    points = [(row, score, x) for row, score, x in points if score is not None and x]
     if not points:
         return None
     figure, axes = plt.subplots(figsize=(7, 4.5))
@@ -39,13 +61,16 @@ def score_vs_trainable(table: Table) -> bytes | None:
         chosen = [(s, x) for row, s, x in points if row.family == family]
         axes.scatter([x for _, x in chosen], [s for s, _ in chosen], label=family,
                      color=FAMILY_COLOURS.get(family, "gray"), s=36)
-    for row, score, share in points:
-        axes.annotate(row.label, (share, score), textcoords="offset points", xytext=(4, 3), fontsize=7)
+    for row, score, x in points:
+        axes.annotate(row.label, (x, score), textcoords="offset points", xytext=(4, 3), fontsize=7)
+    front = pareto_front([(x, score) for _, score, x in points], greater_is_better(table, AVERAGE) is not False)
+    axes.step([x for x, _ in front], [s for _, s in front], where="post", color="gray", linestyle="--",
+              linewidth=1, label="Pareto front", zorder=0)
     axes.set_xscale("log")
-    axes.set_xlabel("trainable parameters (% of base, log scale)")
+    axes.set_xlabel(xlabel)
     metric = "average score" if len(table.tasks) > 1 else f"{table.tasks[0]} {table.metric_names[table.tasks[0]]}"
     axes.set_ylabel(metric)
-    axes.set_title(f"{table.model}: score vs trainable parameters")
+    axes.set_title(f"{table.model}: score vs {name}")
     axes.grid(True, which="both", alpha=0.3)
     axes.legend(fontsize=8)
     return _png(figure)

@@ -26,8 +26,8 @@ from peftlab.core.errors import UserError, few
 from peftlab.core.outputs import OutputError, OutputKind, claim_output
 
 
-REPORT_FILES = ("report.md", "results.csv", "results.tex", "report.html", "score_vs_trainable-*.png", "memory-*.png",
-                "ablation-*.png")
+REPORT_FILES = ("report.md", "results.csv", "results.tex", "report.html", "score_vs_trainable-*.png",
+                "score_vs_memory-*.png", "memory-*.png", "ablation-*.png")
 REPORT_OUTPUT = OutputKind(command="peftlab report", flag="DIR", owns=REPORT_FILES)
 SCORES_NOTE = "Scores: fractions (accuracy, F1, correlations) ×100, BLEU and losses as they are (mean ± std over seeds)"
 
@@ -55,6 +55,7 @@ def build_report(output: str | Path) -> Report:
     for table in tables:
         name = slug(table.model)
         figures = {f"score_vs_trainable-{name}.png": plots.score_vs_trainable(table),
+                   f"score_vs_memory-{name}.png": plots.score_vs_memory(table),
                    f"memory-{name}.png": plots.memory_by_component(table, records)}
         for knob in sorted({knob for row in table.rows for knob in row.knobs}):
             figures[f"ablation-{name}-{slug(knob)}.png"] = plots.score_vs_knob(table, knob)
@@ -124,10 +125,10 @@ def markdown(report: Report) -> str:
         parts += ["", f"## {table.model}", "", *[f"> {note}" for note in table.notes], "", markdown_table(table)]
         parts += reference_section(table)
         figures = list(report.figures.get(table.model, {}))
-        parts += [f"\n![{fig}]({fig})" for fig in figures if fig.startswith("score_vs_trainable-")]
+        parts += [f"\n![{fig}]({fig})" for fig in figures if fig.startswith("score_vs_")]
         parts += ["", "### Memory by component (one training step, MiB): measured / predicted", "",
                   memory_table(table, report.records)]
-        parts += [f"\n![{fig}]({fig})" for fig in figures if not fig.startswith("score_vs_trainable-")]
+        parts += [f"\n![{fig}]({fig})" for fig in figures if not fig.startswith("score_vs_")]
     parts += ["", "## Runs", "", runs_table(report.records)]
     return "\n".join(parts) + "\n"
 

@@ -86,6 +86,7 @@ def run_fields(args: Any, spec: RunSpec, metrics: dict[str, Any]) -> dict[str, A
         "parameters": metrics["parameters"],
         "train_tokens_per_second": metrics["train_tokens_per_s"],
         "train_seconds": metrics["train_time_s"],
+        "adapter_bytes": metrics.get("adapter_bytes"),  # the saved adapter's files (weights + config) on disk
         "train_examples": metrics["train_examples"],
         "steps": metrics["steps"],
     }

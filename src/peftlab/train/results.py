@@ -59,7 +59,8 @@ def run_metrics(trainer: Trainer, progress: Progress, tokens: int) -> dict[str, 
 
 
 def save_final(trainer: Trainer, metrics: dict[str, Any]) -> None:
-    """The adapter files beside metrics.json in the output folder; metrics.json last marks the run done."""
+    """The adapter files beside metrics.json in the output folder (their size on disk goes into ``metrics`` as
+    ``adapter_bytes``); metrics.json last marks the run done."""
     if not trainer.untuned:  # an untuned run has no adapter: metrics.json alone
         staging = trainer.output / ".final-adapter"
         trainer.save_adapter_to(staging)
@@ -68,5 +69,7 @@ def save_final(trainer: Trainer, metrics: dict[str, Any]) -> None:
                 if (staging / name).exists():  # task.json: a file task's only
                     (staging / name).replace(trainer.output / name)
             staging.rmdir()
+            saved = [trainer.output / name for name in (WEIGHTS_NAME, CONFIG_NAME)]
+            metrics["adapter_bytes"] = sum(path.stat().st_size for path in saved if path.exists())
     if trainer.is_main:
         write_text_atomic(trainer.output / "metrics.json", json.dumps(metrics, indent=2) + "\n")
