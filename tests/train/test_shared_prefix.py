@@ -17,6 +17,7 @@ from peftlab.tasks import get_task
 from peftlab.train import evaluation
 from peftlab.train.encoding import PromptCuts
 from peftlab.train.evaluation import evaluate, full_prompt_letter_logprobs, letter_ids
+from peftlab.train.models import last_position_logits
 from peftlab.train.shared_prefix import letter_logprobs, reuses_prefix_cache, shared_length
 from test_contract import case, perturb
 from train.tiny import char_tokenizer
@@ -152,3 +153,22 @@ def test_shared_length_leaves_each_sequence_a_token_of_its_own():
     assert shared_length([[1, 2, 3, 4], [1, 2, 3, 5], [1, 2, 7]]) == 2
     assert shared_length([[1, 2, 3], [1, 2, 3]]) == 2
     assert shared_length([[5], [5, 6]]) == 0
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_scoring_the_last_position_alone_gives_what_the_full_logits_give(five_shot, method):
+    """The letter scores come from ``logits_to_keep=1`` (one vocabulary row per prompt); under every method,
+    including those that put virtual tokens in front, they equal the last row of the full logits."""
+    if "llama" in getattr(case(method), "SKIP", {}) or "llama" not in get_method(method).architectures:
+        pytest.skip(f"{method} does not run on llama")
+    model = peftlab.apply(long_llama().eval(), method, **case(method).OPTIONS)
+    perturb(model)
+    tokenizer = char_tokenizer("llama")
+    letters = letter_ids(tokenizer, "decoder")
+    assert last_position_logits(model) == {"logits_to_keep": 1}
+    with torch.no_grad():
+        kept = full_prompt_letter_logprobs(model, tokenizer, "decoder", five_shot[:3], 10**6, CPU, PromptCuts())
+        for row, example in enumerate(five_shot[:3]):
+            ids = torch.tensor([tokenizer(example.text)["input_ids"]])
+            every = model(input_ids=ids).logits[0, -1].float().log_softmax(-1)[letters]
+            torch.testing.assert_close(kept[row], every, rtol=0, atol=1e-5)

@@ -13,7 +13,7 @@ from torch import nn
 from peftlab.tasks import Example, Task
 from peftlab.tasks.mmlu import LETTERS
 from peftlab.train.encoding import IGNORE, PromptCuts, collate, encode, encode_prompts
-from peftlab.train.models import input_positions
+from peftlab.train.models import input_positions, last_position_logits
 from peftlab.train.shared_prefix import letter_logprobs, reuses_prefix_cache
 
 UNSTATED_LENGTH = 10**9  # transformers' model_max_length when a tokenizer states none is far above this
@@ -139,7 +139,7 @@ def full_prompt_letter_logprobs(model: nn.Module, tokenizer: Any, kind: str, exa
         logits = model(**inputs, decoder_input_ids=start).logits[:, 0]
     else:  # left-padded: positions count from each prompt's first real token
         positions = (inputs["attention_mask"].cumsum(-1) - 1).clamp(min=0)
-        logits = model(**inputs, position_ids=positions).logits[:, -1]
+        logits = model(**inputs, position_ids=positions, **last_position_logits(model)).logits[:, -1]
     return F.log_softmax(logits.float(), dim=-1)[:, letter_ids(tokenizer, kind)]
 
 

@@ -34,6 +34,7 @@ from transformers import DynamicCache
 from peftlab.core.method_hooks import reuses_kv_cache
 from peftlab.tasks import Example
 from peftlab.train.encoding import PromptCuts, encode_prompts
+from peftlab.train.models import last_position_logits
 
 
 def reuses_prefix_cache(model: nn.Module, kind: str) -> bool:
@@ -100,5 +101,5 @@ def _continue(model: nn.Module, prefix: DynamicCache | None, length: int, suffix
     positions = (length + own.cumsum(-1) - 1).clamp(min=length)  # (B, S): the prompt's own positions
     cache = _expanded(model, prefix, len(suffixes)) if prefix is not None else None
     output = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                   use_cache=cache is not None)
+                   use_cache=cache is not None, **last_position_logits(model))
     return output.logits[:, -1]
