@@ -6,14 +6,16 @@ Runs, each in its own process, on peftlab's fixed ``mmlu-subset`` (25 questions 
     peftlab eval --model M --harness mmlu_local_subset --harness-output OUT/harness.json
 
 and writes a Markdown section: both accuracies, their difference, and the subjects on which they differ.
-Usage (CPU, a few minutes a side): ``OMP_NUM_THREADS=2 nice -n 10 python benchmarks/harness_agreement.py
---model smollm2-135m --data-dir DATA --out benchmarks/RESULTS-harness.md``.
+Usage: ``OMP_NUM_THREADS=2 python benchmarks/harness_agreement.py --model smollm2-135m --data-dir DATA
+--workdir W --out benchmarks/RESULTS-harness.md`` (SmolLM2-135M on this 2-core CPU: tens of minutes a side;
+the results file states the threads, niceness, load and commit it ran with).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -50,7 +52,7 @@ def main() -> None:
         "# peftlab's MMLU scoring against lm-evaluation-harness's",
         "",
         f"Model `{args.model}`, 0-shot, peftlab's fixed `mmlu-subset` ({questions} questions, 25 per subject); "
-        f"run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on CPU with `OMP_NUM_THREADS=2 nice -n 10`; lm_eval "
+        f"run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on CPU ({settings()}) at commit {commit()}; lm_eval "
         f"{version('lm_eval')}, transformers {version('transformers')}, torch {version('torch')}.",
         "",
         "Commands (`benchmarks/harness_agreement.py` runs both):",
@@ -77,6 +79,21 @@ def run(flags: list[str], folder: str, name: str) -> tuple[dict, float | None]:
     start = time.perf_counter()
     subprocess.run([sys.executable, "-m", "peftlab.cli", "eval", *flags], check=True, stdout=subprocess.DEVNULL)
     return json.loads(Path(folder, name).read_text()), time.perf_counter() - start
+
+
+def settings() -> str:
+    """The threads, niceness and load this ran under, as they were (times depend on all three)."""
+    load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
+    return (f"`OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}`, nice {os.nice(0)}, "
+            f"{os.cpu_count()} cores, load average at the end {load}")
+
+
+def commit() -> str:
+    found = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                           cwd=Path(__file__).parent)
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True,
+                           cwd=Path(__file__).parent).stdout.strip()
+    return f"`{found.stdout.strip() or 'unknown'}`" + (" (with uncommitted changes)" if dirty else "")
 
 
 def seconds(value: float | None) -> str:
