@@ -7,7 +7,8 @@ import math
 import pytest
 
 from peftlab.bench.aggregate import ADAPTER, AVERAGE, MEMORY, SPEED, TRAINABLE, build_tables, format_cell
-from peftlab.bench.report import csv_text, latex, markdown_table, summary
+from peftlab.bench.report import csv_text, latex, summary
+from peftlab.bench.tables import markdown, score_grid
 
 
 def record(label, method, family, task, seed, score, percent, peak_mib, status="ok", adapter_mib=None, speed=None):
@@ -72,7 +73,7 @@ def test_best_per_column(table):
 
 def test_formats_mark_the_best(table):
     assert format_cell(table.rows[0].cells["a"], "a") == "82.0 ± 2.0"
-    text = markdown_table(table)
+    text = markdown(score_grid(table))
     assert "| reparameterized | `lora` | **83.0 ± 2.8** | 60.0 | 72.5 | **0.5** | 410 | **0.25** | **1600 ± 100** |" in text
     assert "| additive | `adapter` | **83.0** | **75.0** | **79.0** | 2 | **400** | – | – |" in text
     assert r"\textbf{79.0}" in latex([table])

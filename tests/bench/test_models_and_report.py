@@ -73,9 +73,9 @@ def test_html_page_has_the_memory_table_of_the_markdown():
     report = Report(build_tables(records), records)
     page = html_page(report)
     assert "Memory by component (one training step, MiB): measured / predicted" in page
-    assert ("<tr><td><code>lora</code></td><td>3.0 / 3.0</td><td>0.5 / 0.2</td><td>2.0 / 0.5</td>"
-            "<td>5.0 / –</td></tr>") in page
-    assert "<code>vera</code></td><td>3.0" not in page
+    assert ("<tr><td><code>lora</code></td><td class='num'>3.0 / 3.0</td><td class='num'>0.5 / 0.2</td>"
+            "<td class='num'>2.0 / 0.5</td><td class='num'>5.0 / –</td></tr>") in page
+    assert "<code>vera</code></td><td class='num'>3.0" not in page
     assert "| `lora` | 3.0 / 3.0 | 0.5 / 0.2 | 2.0 / 0.5 | 5.0 / – |" in markdown(report)  # the same numbers
 
 
@@ -132,3 +132,22 @@ def test_quick_scores_are_shown_beside_their_converged_references(tmp_path, monk
     assert "| `lora` | 89.0 | 91.0 ± 1.4 (n=2) |  |" in text
     assert "| `full` | 70.0 | 91.0 (n=1) | far below (> 5 points) |" in text
     assert "`ia3`" not in text.split("###")[0]  # no reference, no row
+
+
+def test_html_page_writes_every_table_as_html_with_the_markdown_headers():
+    from peftlab.bench.aggregate import build_tables
+    from peftlab.bench.report import Report, html_page
+
+    with_breakdown = record("lora", {"rank": 4}, 80.0)
+    part = {"measured": 2**20, "predicted": 2**20}
+    with_breakdown["memory"] = {"peak_bytes": 9 * 2**20, "breakdown": dict.fromkeys(
+        ("weights", "gradients", "optimizer", "activations"), part)}
+    failed = {**record("vera", {"rank": 1}, 0.0), "status": "failed", "score": None, "error": "out of | memory"}
+    records = [with_breakdown, record("ia3", {"rank": 1}, 70.0), failed]
+    page = html_page(Report(build_tables(records), records))
+    assert "<pre>" not in page
+    assert page.count("<table>") == page.count("<thead>") == 3  # scores, memory by component, runs
+    assert "<th class='num'>sst2 (accuracy)</th>" in page  # the column names its metric, as in the Markdown
+    assert "<th>run</th><th>status</th><th class='num'>score</th>" in page
+    assert "<td>failed: out of / memory</td>" in page
+    assert "Peak memory: CUDA max allocated on GPU, peak RSS of the run&#x27;s process on CPU." in page

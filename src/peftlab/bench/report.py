@@ -15,11 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from peftlab.bench import plots
+from peftlab.bench import plots, tables
 from peftlab.bench.aggregate import Table, build_tables, format_cell
-from peftlab.bench.memory import COMPONENTS
 from peftlab.bench.records import read_records, runs_dir, unreadable_records
-from peftlab.bench.references import load_references, reference_rows
+from peftlab.bench.references import load_references
 from peftlab.bench.suite import slug
 from peftlab.core.atomic import write_files_together
 from peftlab.core.errors import UserError, few
@@ -30,6 +29,9 @@ REPORT_FILES = ("report.md", "results.csv", "results.tex", "report.html", "score
                 "score_vs_memory-*.png", "memory-*.png", "ablation-*.png")
 REPORT_OUTPUT = OutputKind(command="peftlab report", flag="DIR", owns=REPORT_FILES)
 SCORES_NOTE = "Scores: fractions (accuracy, F1, correlations) ×100, BLEU and losses as they are (mean ± std over seeds)"
+LEGEND = (f"{SCORES_NOTE}; best per column in bold (highest score, lowest for losses; lowest trainable % and peak "
+          "memory). Peak memory: CUDA max allocated on GPU, peak RSS of the run's process on CPU.")
+MEMORY_TITLE = "Memory by component (one training step, MiB): measured / predicted"
 
 
 class ReportError(UserError):
@@ -84,18 +86,6 @@ def write_report(output: str | Path, overwrite: bool = True) -> list[Path]:
 
 
 # -- Markdown ----------------------------------------------------------------------------------------
-def markdown_table(table: Table) -> str:
-    header = ["family", "method", *(f"{t} ({table.metric_names[t]})" for t in table.tasks), *table.columns[len(table.tasks):]]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * 2 + "---:|" * len(table.columns)]
-    previous = None
-    for row in table.rows:
-        family = row.family if row.family != previous else ""
-        previous = row.family
-        cells = [_bold(format_cell(row.cells[c], c), row.cells[c].best, "**{}**") for c in table.columns]
-        lines.append("| " + " | ".join([family, f"`{row.label}`", *cells]) + " |")
-    return "\n".join(lines)
-
-
 def _bold(text: str, best: bool, template: str) -> str:
     return template.format(text) if best and text != "–" else text
 
@@ -118,78 +108,26 @@ def summary(records: list[dict[str, Any]], unreadable: dict[str, str] | None = N
 
 
 def markdown(report: Report) -> str:
-    parts = ["# peftlab assessment", "", summary(report.records, report.unreadable), "",
-             f"{SCORES_NOTE}; best per column in bold (highest score, lowest for losses; lowest trainable % "
-             "and peak memory). Peak memory: CUDA max allocated on GPU, peak RSS of the run's process on CPU."]
+    parts = ["# peftlab assessment", "", summary(report.records, report.unreadable), "", LEGEND]
     for table in report.tables:
-        parts += ["", f"## {table.model}", "", *[f"> {note}" for note in table.notes], "", markdown_table(table)]
-        parts += reference_section(table)
+        parts += ["", f"## {table.model}", "", *[f"> {note}" for note in table.notes], "",
+                  tables.markdown(tables.score_grid(table))]
+        for title, grid in reference_grids(table):
+            parts += ["", f"### {title}", "", tables.markdown(grid)]
         figures = list(report.figures.get(table.model, {}))
         parts += [f"\n![{fig}]({fig})" for fig in figures if fig.startswith("score_vs_")]
-        parts += ["", "### Memory by component (one training step, MiB): measured / predicted", "",
-                  memory_table(table, report.records)]
+        parts += ["", f"### {MEMORY_TITLE}", "", tables.markdown(tables.memory_grid(table, report.records))]
         parts += [f"\n![{fig}]({fig})" for fig in figures if not fig.startswith("score_vs_")]
-    parts += ["", "## Runs", "", runs_table(report.records)]
+    parts += ["", "## Runs", "", tables.markdown(tables.runs_grid(report.records))]
     return "\n".join(parts) + "\n"
 
 
-def reference_section(table: Table) -> list[str]:
-    """Per task, each method's score here beside its converged reference (bench/references.py), if any."""
-    references, parts = load_references(), []
-    for task in table.tasks:
-        here = {row.label: row.cells[task].mean for row in table.rows if row.cells[task].mean is not None}
-        rows = reference_rows(table.model, task, here, references)
-        if rows:
-            parts += ["", f"### {task}: beside the converged reference ({references['source']})", "",
-                      "| method | here | converged | |", "|---|---:|---:|---|",
-                      *["| " + " | ".join([f"`{rows_[0]}`", *rows_[1:]]) + " |" for rows_ in rows]]
-    return parts
-
-
-def memory_rows(table: Table, records: list[dict[str, Any]]) -> list[tuple[str, list[str]]]:
-    """Per method with a measured breakdown: its label and ``measured / predicted`` MiB per component."""
-    rows = []
-    for row in table.rows:
-        chosen = [r for r in records if r["spec"]["model"] == table.model and r["spec"]["label"] == row.label
-                  and r.get("memory", {}).get("breakdown")]
-        if chosen:
-            parts = chosen[0]["memory"]["breakdown"]
-            rows.append((row.label, [f"{_mib(parts[c]['measured'])} / {_mib(parts[c]['predicted'])}" for c in COMPONENTS]))
-    return rows
-
-
-def memory_table(table: Table, records: list[dict[str, Any]]) -> str:
-    lines = ["| method | " + " | ".join(COMPONENTS) + " |", "|---|" + "---:|" * len(COMPONENTS)]
-    lines += [f"| `{label}` | " + " | ".join(cells) + " |" for label, cells in memory_rows(table, records)]
-    return "\n".join(lines)
-
-
-def _mib(value: int | None) -> str:
-    return "–" if value is None else f"{value / 2**20:.1f}"
-
-
-def runs_table(records: list[dict[str, Any]]) -> str:
-    lines = ["| run | status | score | trainable % | peak MiB | train tokens/s | wall s | device |",
-             "|---|---|---:|---:|---:|---:|---:|---|"]
-    for record in records:
-        score = record.get("score")
-        peak = record.get("memory", {}).get("peak_bytes")
-        speed = record.get("train_tokens_per_second")
-        status = record["status"] if record["status"] == "ok" else f"{record['status']}: {_one_line(record.get('error'))}"
-        lines.append("| " + " | ".join([
-            record.get("run_id", ""), status, "–" if score is None else f"{score:.2f}",
-            _number(record.get("parameters", {}).get("trainable_percent"), ".3g"),
-            "–" if not peak else f"{peak / 2**20:.0f}", _number(speed, ".0f"),
-            _number(record.get("wall_seconds"), ".1f"), record.get("provenance", {}).get("device", "")]) + " |")
-    return "\n".join(lines)
-
-
-def _number(value: float | None, spec: str) -> str:
-    return "–" if value is None else format(value, spec)
-
-
-def _one_line(text: str | None) -> str:
-    return re.sub(r"\s+", " ", text or "").strip()[:200].replace("|", "/")
+def reference_grids(table: Table) -> list[tuple[str, tables.Grid]]:
+    """Per task with any converged reference (bench/references.py): its heading and each method's two scores."""
+    references = load_references()
+    found = [(task, tables.reference_grid(table, task, references)) for task in table.tasks]
+    return [(f"{task}: beside the converged reference ({references['source']})", grid)
+            for task, grid in found if grid is not None]
 
 
 # -- CSV and LaTeX --------------------------------------------------------------------------------------
@@ -235,37 +173,40 @@ def latex(tables: list[Table]) -> str:
 
 
 # -- HTML -----------------------------------------------------------------------------------------------
-def html_memory_table(table: Table, records: list[dict[str, Any]]) -> str:
-    """The Markdown's memory-by-component table; empty when no run measured a breakdown."""
-    rows = memory_rows(table, records)
-    if not rows:
-        return ""
-    header = "".join(f"<th>{html.escape(name)}</th>" for name in ("method", *COMPONENTS))
-    cells = "".join(f"<tr><td><code>{html.escape(label)}</code></td>"
-                    + "".join(f"<td>{html.escape(cell)}</td>" for cell in parts) + "</tr>" for label, parts in rows)
-    return (f"<h3>Memory by component (one training step, MiB): measured / predicted</h3>"
-            f"<table><tr>{header}</tr>{cells}</table>")
+STYLE = ("body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse;margin:1em 0}"
+         "td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}th{background:#f3f3f3}.num{text-align:right}"
+         "blockquote{color:#555;margin:0.3em 1em}img{max-width:100%}")
 
 
 def html_page(report: Report) -> str:
-    body = ["<h1>peftlab assessment</h1>", f"<p>{html.escape(summary(report.records, report.unreadable))}</p>",
-            f"<p>{SCORES_NOTE}; best per column in bold (highest score, lowest for losses).</p>"]
+    """The Markdown report as one self-contained page: the same sections and tables, the figures inlined."""
+    body = ["<h1>peftlab assessment</h1>", _paragraph(summary(report.records, report.unreadable)), _paragraph(LEGEND)]
     for table in report.tables:
-        body.append(f"<h2>{html.escape(table.model)}</h2>")
-        body += [f"<p><em>{html.escape(note)}</em></p>" for note in table.notes]
-        header = "".join(f"<th>{html.escape(c)}</th>" for c in ["family", "method", *table.columns])
-        rows = []
-        for row in table.rows:
-            cells = "".join(_bold(html.escape(format_cell(row.cells[c], c)), row.cells[c].best, "<b>{}</b>")
-                            .join(("<td>", "</td>")) for c in table.columns)
-            rows.append(f"<tr><td>{html.escape(row.family)}</td><td><code>{html.escape(row.label)}</code></td>{cells}</tr>")
-        body.append(f"<table><tr>{header}</tr>{''.join(rows)}</table>")
-        body.append(html_memory_table(table, report.records))
-        for name, png in report.figures.get(table.model, {}).items():
-            encoded = base64.b64encode(png).decode("ascii")
-            body.append(f'<figure><img alt="{name}" src="data:image/png;base64,{encoded}"></figure>')
-    body.append("<h2>Runs</h2><pre>" + html.escape(runs_table(report.records)) + "</pre>")
-    style = ("body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}"
-             "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}img{max-width:100%}")
+        figures = report.figures.get(table.model, {})
+        body += [f"<h2>{html.escape(table.model)}</h2>", *(f"<blockquote>{_inline_code(note)}</blockquote>"
+                                                             for note in table.notes),
+                 tables.html_table(tables.score_grid(table))]
+        for title, grid in reference_grids(table):
+            body += [f"<h3>{html.escape(title)}</h3>", tables.html_table(grid)]
+        body += [_figure(name, png) for name, png in figures.items() if name.startswith("score_vs_")]
+        memory = tables.memory_grid(table, report.records)
+        if memory.rows:
+            body += [f"<h3>{html.escape(MEMORY_TITLE)}</h3>", tables.html_table(memory)]
+        body += [_figure(name, png) for name, png in figures.items() if not name.startswith("score_vs_")]
+    body += ["<h2>Runs</h2>", tables.html_table(tables.runs_grid(report.records))]
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>peftlab report</title>"
-            f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n")
+            f"<style>{STYLE}</style></head><body>{''.join(body)}</body></html>\n")
+
+
+def _inline_code(text: str) -> str:
+    """Escaped text with the Markdown's `code` spans as <code>."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
+
+
+def _paragraph(text: str) -> str:
+    return f"<p>{_inline_code(text)}</p>"
+
+
+def _figure(name: str, png: bytes) -> str:
+    encoded = base64.b64encode(png).decode("ascii")
+    return f'<figure><img alt="{html.escape(name)}" src="data:image/png;base64,{encoded}"></figure>'
