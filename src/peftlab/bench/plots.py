@@ -1,5 +1,9 @@
 """The report's figures as PNG bytes: score vs trainable % and vs peak memory (with the Pareto front), memory by
-component, score vs each ablation knob."""
+component, score vs each ablation knob.
+
+A score axis spans at least :data:`MIN_SCORE_SPAN` points, so that matplotlib does not stretch a tiny spread (one
+dev example, one seed's noise) to the full height of the plot.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +23,11 @@ from peftlab.core.registry import FAMILIES  # noqa: E402
 FAMILY_COLOURS = dict(zip(FAMILIES, ("black", "tab:blue", "tab:green", "tab:orange", "tab:purple", "tab:red"),
                           strict=True))
 COMPONENT_COLOURS = dict(zip(COMPONENTS, ("tab:gray", "tab:orange", "tab:red", "tab:blue"), strict=True))
+# Scores are x100 (accuracy, F1, correlations) or BLEU, all on a 0-100 scale. One example of a GLUE dev set moves a
+# score by 0.1-0.25 points (408-1043 examples), seeds differ by about 0.5-1.5: in a 10-point window one example is
+# at most 2.5% of the height, while the gaps of several points between methods stay plain.
+MIN_SCORE_SPAN = 10.0
+MIN_LOSS_SPAN = 0.1  # losses have no fixed scale: at least this fraction of the largest one
 
 
 def _png(figure: plt.Figure) -> bytes:
@@ -37,6 +46,27 @@ def pareto_front(points: list[tuple[float, float]], greater_is_better: bool = Tr
         if not front or (score > front[-1][1] if greater_is_better else score < front[-1][1]):
             front.append((cost, score))
     return front
+
+
+def score_axis_limits(scores: list[float], greater_is_better: bool = True) -> tuple[float, float] | None:
+    """``(bottom, top)`` for a score axis whose scores spread less than the minimum span: a window of that span
+    centred on them, moved (not shrunk) to stay within 0-100 where they do; None where they spread wider."""
+    low, high = min(scores), max(scores)
+    span = MIN_SCORE_SPAN if greater_is_better else MIN_LOSS_SPAN * max(abs(low), abs(high))
+    if high - low >= span:  # also a span of 0: every loss 0
+        return None
+    bottom = (low + high - span) / 2
+    if greater_is_better and low >= 0:
+        bottom = max(bottom, 0.0)
+    if greater_is_better and high <= 100:
+        bottom = min(bottom, 100.0 - span)
+    return bottom, bottom + span
+
+
+def _hold_score_axis(axes: plt.Axes, scores: list[float], greater_is_better: bool | None) -> None:
+    limits = score_axis_limits(scores, greater_is_better is not False)
+    if limits is not None:
+        axes.set_ylim(*limits)
 
 
 def score_vs_trainable(table: Table) -> bytes | None:
@@ -67,6 +97,7 @@ def score_against(table: Table, cost: str, xlabel: str, name: str) -> bytes | No
     axes.step([x for x, _ in front], [s for _, s in front], where="post", color="gray", linestyle="--",
               linewidth=1, label="Pareto front", zorder=0)
     axes.set_xscale("log")
+    _hold_score_axis(axes, [score for _, score, _ in points], greater_is_better(table, AVERAGE))
     axes.set_xlabel(xlabel)
     metric = "average score" if len(table.tasks) > 1 else f"{table.tasks[0]} {table.metric_names[table.tasks[0]]}"
     axes.set_ylabel(metric)
@@ -122,6 +153,7 @@ def score_vs_knob(table: Table, knob: str) -> bytes | None:
         axes.plot(xs, [s for _, s in points], marker="o", label=name)
     if numeric and min(x for points in series.values() for x, _ in points) > 0:
         axes.set_xscale("log", base=2)
+    _hold_score_axis(axes, [s for points in series.values() for _, s in points], greater_is_better(table, AVERAGE))
     axes.set_xlabel(knob)
     axes.set_ylabel("average score")
     axes.set_title(f"{table.model}: score vs {knob}")
