@@ -174,8 +174,8 @@ def latex(tables: list[Table]) -> str:
 
 # -- HTML -----------------------------------------------------------------------------------------------
 STYLE = ("body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse;margin:1em 0}"
-         "td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}th{background:#f3f3f3}.num{text-align:right}"
-         "blockquote{color:#555;margin:0.3em 1em}img{max-width:100%}")
+         "td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}th{background:#f3f3f3}"
+         ".num{text-align:right}td.num{white-space:nowrap}blockquote{color:#555;margin:0.3em 1em}img{max-width:100%}")
 
 
 def html_page(report: Report) -> str:
