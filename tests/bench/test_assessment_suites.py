@@ -26,3 +26,15 @@ def test_e1_is_every_survey_row_on_four_tasks_with_three_seeds():
     assert {r.seed for r in runs} == {0, 1, 2}
     assert len(runs) == len(SURVEY_ROWS) * 4 * 3
     assert all(r.model == "minilm-l6" and "learning_rate" in r.training for r in runs)
+
+
+def test_the_shipped_references_are_the_committed_e1_records():
+    """The quick report reads ``peftlab/bench/references.json``; it must say what the E1 records say (rerun
+    ``python -m peftlab.bench.references benchmarks/assessment/records/e1-glue`` after committing records)."""
+    from peftlab.bench.records import read_records
+    from peftlab.bench.references import REFERENCES_FILE, load_references, references_from
+
+    records = read_records(SUITES.parent / "records" / "e1-glue")
+    shipped = load_references(REFERENCES_FILE)
+    assert shipped["scores"] == references_from(records, source="")["scores"]
+    assert set(shipped["scores"]["minilm-l6"]["sst2"]) == SURVEY_ROWS  # the quick suite's task, every survey row
