@@ -60,10 +60,10 @@ def main() -> None:
         f"    peftlab eval --model {args.model} --task mmlu-subset --data-dir DATA --output peftlab.json",
         f"    peftlab eval --model {args.model} --harness mmlu_local_subset --data-dir DATA --harness-output harness.json",
         "",
-        "| scorer | accuracy | time s |",
+        "| scorer | accuracy | time s (1-minute load average before and after) |",
         "|---|---:|---:|",
-        f"| peftlab (`--task mmlu-subset`) | {100 * ours_accuracy:.2f} | {seconds(ours_s)} |",
-        f"| lm-eval 0-shot (`--harness mmlu_local_subset`, acc) | {100 * theirs_accuracy:.2f} | {seconds(theirs_s)} |",
+        f"| peftlab (`--task mmlu-subset`) | {100 * ours_accuracy:.2f} | {ours_s} |",
+        f"| lm-eval 0-shot (`--harness mmlu_local_subset`, acc) | {100 * theirs_accuracy:.2f} | {theirs_s} |",
         "",
         f"Difference: {100 * (theirs_accuracy - ours_accuracy):+.2f} points; {len(differing)} of "
         f"{len(ours_subjects)} subjects score differently (at least {flips} question(s) answered differently"
@@ -73,12 +73,15 @@ def main() -> None:
     print("\n".join(lines))
 
 
-def run(flags: list[str], folder: str, name: str) -> tuple[dict, float | None]:
+def run(flags: list[str], folder: str, name: str) -> tuple[dict, str]:
+    """The side's result, and its time with the machine's load around it (a side read back from ``--workdir``
+    has no time: "-")."""
     if Path(folder, name).is_file():
-        return json.loads(Path(folder, name).read_text()), None
-    start = time.perf_counter()
+        return json.loads(Path(folder, name).read_text()), "-"
+    start, load_before = time.perf_counter(), os.getloadavg()[0]
     subprocess.run([sys.executable, "-m", "peftlab.cli", "eval", *flags], check=True, stdout=subprocess.DEVNULL)
-    return json.loads(Path(folder, name).read_text()), time.perf_counter() - start
+    timing = f"{time.perf_counter() - start:.0f} (load {load_before:.1f} to {os.getloadavg()[0]:.1f})"
+    return json.loads(Path(folder, name).read_text()), timing
 
 
 def settings() -> str:
@@ -94,10 +97,6 @@ def commit() -> str:
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True,
                            cwd=Path(__file__).parent).stdout.strip()
     return f"`{found.stdout.strip() or 'unknown'}`" + (" (with uncommitted changes)" if dirty else "")
-
-
-def seconds(value: float | None) -> str:
-    return "-" if value is None else f"{value:.0f}"
 
 
 def version(package: str) -> str:
