@@ -70,7 +70,7 @@ def run_select(args: SelectArgs) -> dict[str, Any] | None:
     folder.mkdir(parents=True, exist_ok=True)
     task = footprints.task
     study = open_study(storage_url(args.storage, str(folder)), args.study_name, task.greater_is_better, args.sampler,
-                       args.heartbeat)
+                       args.heartbeat, args.training.eval_steps or 1)
     claim_settings(study, args.settings(), f"study {args.study_name!r} in {storage_url(args.storage, str(folder))}")
     if args.stage != "finals":
         run_worker(study, Objective(args.training, footprints, args.budgets, methods, args.patience), args.trials,

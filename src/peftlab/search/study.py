@@ -27,7 +27,10 @@ def storage_url(storage: str | None, output: str) -> str:
     return storage or f"sqlite:///{output}/study.db"
 
 
-def open_study(url: str, name: str, greater_is_better: bool, sampler: str, heartbeat: int) -> optuna.Study:
+def open_study(url: str, name: str, greater_is_better: bool, sampler: str, heartbeat: int,
+               eval_steps: int = 1) -> optuna.Study:
+    """The study at ``url`` (made on first use). Its Hyperband pruner's smallest rung is one evaluation
+    (``eval_steps`` optimizer steps), its largest the full run, learnt from the first trial to finish."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     engine = {"connect_args": {"timeout": 300}} if url.startswith("sqlite") else {}
     with warnings.catch_warnings():  # heartbeats are marked experimental since Optuna 2.8
@@ -36,7 +39,7 @@ def open_study(url: str, name: str, greater_is_better: bool, sampler: str, heart
                                              grace_period=3 * heartbeat, **_stale_retry())
     chosen = (optuna.samplers.RandomSampler() if sampler == "random"
               else optuna.samplers.TPESampler(constant_liar=True))  # workers in parallel avoid each other's trials
-    pruner = optuna.pruners.HyperbandPruner(min_resource=1, max_resource="auto", reduction_factor=3)
+    pruner = optuna.pruners.HyperbandPruner(min_resource=eval_steps, max_resource="auto", reduction_factor=3)
     return optuna.create_study(storage=storage, study_name=name, load_if_exists=True, sampler=chosen, pruner=pruner,
                                direction="maximize" if greater_is_better else "minimize")
 
