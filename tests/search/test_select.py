@@ -94,3 +94,10 @@ def test_a_folder_of_other_files_and_a_study_of_other_settings_are_refused(selec
                                "--stage", "search")) == 0
     error = refused(select_command("--budget", "trainable=20%", "--trials", "1", "--methods", "bitfit"), capsys)
     assert "holds a search with other settings (budgets: study has ['trainable=10%'], asked ['trainable=20%'])" in error
+
+
+def test_the_hours_budget_ends_the_search(select_command, tmp_path):
+    assert main(select_command("--budget", "trainable=10%", "--budget", "hours=0.0003", "--trials", "50",
+                               "--methods", "bitfit", "--stage", "search")) == 0  # about one second
+    trials = trials_of(tmp_path / "select")
+    assert 1 <= len(trials) < 50

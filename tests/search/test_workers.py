@@ -64,23 +64,29 @@ def test_two_workers_share_one_study_and_run_each_trial_once(select_command, tmp
     assert len({t.user_attrs["worker"] for t in trials}) == 2
 
 
-def test_a_search_killed_mid_trial_reruns_that_trial_when_continued(select_command, tmp_path):
-    output = tmp_path / "select"
-    arguments = select_command("--budget", "trainable=10%", "--trials", "2", "--methods", "bitfit", "--stage",
-                               "search", "--max-steps", "120", "--patience", "1000")
-    process = worker(arguments)
+def a_running_trial(process: subprocess.Popen, output: Path) -> optuna.trial.FrozenTrial:
+    """Wait for the worker to be inside a trial that has reported an evaluation."""
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         time.sleep(0.2)
-        assert process.poll() is None, f"the worker ended before it could be killed: {process.stderr.read()}"
+        assert process.poll() is None, f"the worker ended before it could be stopped: {process.stderr.read()}"
         running = running_trials(output) if (output / "study.db").exists() else []
         if running:
-            break
-    else:
-        raise AssertionError("the worker never reached a running trial")
+            return running[0]
+    raise AssertionError("the worker never reached a running trial")
+
+
+def long_trials(select_command) -> list[str]:
+    return select_command("--budget", "trainable=10%", "--trials", "2", "--methods", "bitfit", "--stage", "search",
+                          "--max-steps", "120", "--patience", "1000")
+
+
+def test_a_search_killed_mid_trial_reruns_that_trial_when_continued(select_command, tmp_path):
+    output, arguments = tmp_path / "select", long_trials(select_command)
+    process = worker(arguments)
+    killed = a_running_trial(process, output)
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=60)
-    killed = running[0]
     time.sleep(3.5)  # past the heartbeat's grace period (3 x 1 s)
     assert main(arguments) == 0
     trials = study_in(output).trials
@@ -89,3 +95,16 @@ def test_a_search_killed_mid_trial_reruns_that_trial_when_continued(select_comma
     assert len(reruns) == 1 and reruns[0].params == killed.params and reruns[0].state == TrialState.COMPLETE
     assert sum(t.state == TrialState.COMPLETE for t in trials) == 2
     assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+
+
+def test_a_search_stopped_by_sigterm_queues_its_trial_again(select_command, tmp_path):
+    output = tmp_path / "select"
+    process = worker(long_trials(select_command))
+    stopped = a_running_trial(process, output)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=120) == 128 + signal.SIGTERM
+    trials = study_in(output).trials
+    assert trials[stopped.number].state == TrialState.FAIL
+    queued = [t for t in trials if t.state == TrialState.WAITING]
+    assert len(queued) == 1 and queued[0].user_attrs["retry_of"] == stopped.number
+    assert queued[0].system_attrs["fixed_params"] == stopped.params
