@@ -18,7 +18,7 @@ from peftlab.search.space import SPACES, smallest
 from peftlab.train.args import TrainArgs
 
 SELECT_OUTPUT = OutputKind(command="peftlab select", flag="--output", resumable=True, owns=(
-    "study.db", "study.db-journal", "pareto.json", "pareto.png", "history.png", "report.md", "recommended.yaml",
+    "study.db", "study.db-*", "pareto.json", "pareto.png", "history.png", "report.md", "recommended.yaml",
     "finals"))
 STAGES = ("all", "search", "finals")
 

@@ -18,7 +18,8 @@ from peftlab.search.study import ERROR
 from peftlab.search.trials import REJECTED
 from peftlab.train.args import TrainArgs
 
-COSTS = {"trainable": "trainable parameters (log scale)", "predicted_memory_bytes": "predicted memory, bytes (log)"}
+COSTS = {"trainable": "trainable parameters", "predicted_memory_bytes": "predicted memory (MiB)"}
+PLOTTED_UNIT = {"trainable": 1, "predicted_memory_bytes": 2**20}
 
 
 def completed_rows(trials: list[FrozenTrial]) -> list[dict[str, Any]]:
@@ -61,7 +62,7 @@ def history_png(trials: list[FrozenTrial], greater: bool) -> bytes:
             line.append((trial.number, best))
     if line:
         axes.step(*zip(*line), where="post", color="tab:red", label="best so far")
-        axes.legend(loc="lower right")
+        axes.legend(loc="best")
     axes.set_xlabel("trial (blue: completed; grey x: pruned, at its last report)")
     axes.set_ylabel("held-out score")
     return _png(figure)
@@ -70,11 +71,15 @@ def history_png(trials: list[FrozenTrial], greater: bool) -> bytes:
 def pareto_png(rows: list[dict[str, Any]], found: dict[str, list[dict[str, Any]]]) -> bytes:
     figure, panels = plt.subplots(1, len(COSTS), figsize=(11, 4))
     for axes, (cost, label) in zip(panels, COSTS.items()):
+        unit = PLOTTED_UNIT[cost]
         for method in dict.fromkeys(row["method"] for row in rows):
             mine = [row for row in rows if row["method"] == method]
-            axes.scatter([r[cost] for r in mine], [r["held_out"] for r in mine], s=16, label=method)
-        axes.plot([r[cost] for r in found[cost]], [r["held_out"] for r in found[cost]], color="black", lw=1)
-        axes.set_xscale("log")
+            axes.scatter([r[cost] / unit for r in mine], [r["held_out"] for r in mine], s=16, label=method)
+        axes.plot([r[cost] / unit for r in found[cost]], [r["held_out"] for r in found[cost]], color="black", lw=1,
+                  marker="o", markersize=9, markerfacecolor="none", label="Pareto front")
+        costs = [row[cost] for row in rows]
+        if max(costs) > 10 * min(costs):  # within one decade a log axis has no labelled tick
+            axes.set_xscale("log")
         axes.set_xlabel(label)
         axes.set_ylabel("held-out score")
     panels[0].legend(fontsize=7)
