@@ -14,6 +14,7 @@ import warnings
 from typing import Any
 
 import optuna
+import sqlalchemy.exc
 from optuna.trial import FrozenTrial, TrialState
 
 from peftlab.search.counting import SearchError
@@ -21,6 +22,7 @@ from peftlab.search.counting import SearchError
 SAMPLERS = ("tpe", "random")
 ERROR = "error"  # a user attr: why a trial failed (a trial killed mid-run has none and is run again)
 STALE_RETRIES = 3
+SCHEMA_ATTEMPTS = 5
 
 
 def storage_url(storage: str | None, output: str) -> str:
@@ -33,15 +35,28 @@ def open_study(url: str, name: str, greater_is_better: bool, sampler: str, heart
     (``eval_steps`` optimizer steps), its largest the full run, learnt from the first trial to finish."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     engine = {"connect_args": {"timeout": 300}} if url.startswith("sqlite") else {}
-    with warnings.catch_warnings():  # heartbeats are marked experimental since Optuna 2.8
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        storage = optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=heartbeat,
-                                             grace_period=3 * heartbeat, **_stale_retry())
+    storage = _storage(url, engine, heartbeat)
     chosen = (optuna.samplers.RandomSampler() if sampler == "random"
               else optuna.samplers.TPESampler(constant_liar=True))  # workers in parallel avoid each other's trials
     pruner = optuna.pruners.HyperbandPruner(min_resource=eval_steps, max_resource="auto", reduction_factor=3)
     return optuna.create_study(storage=storage, study_name=name, load_if_exists=True, sampler=chosen, pruner=pruner,
                                direction="maximize" if greater_is_better else "minimize")
+
+
+def _storage(url: str, engine: dict[str, Any], heartbeat: int) -> optuna.storages.RDBStorage:
+    """The database, its tables made on first use. Workers that start together on a new database race to make
+    them (a table or the schema's version row already exists): the losers connect again, to what the winner made."""
+    for attempt in range(SCHEMA_ATTEMPTS):
+        try:
+            with warnings.catch_warnings():  # heartbeats are marked experimental since Optuna 2.8
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=heartbeat,
+                                                  grace_period=3 * heartbeat, **_stale_retry())
+        except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.IntegrityError):
+            if attempt == SCHEMA_ATTEMPTS - 1:
+                raise
+            time.sleep(1 + attempt)
+    raise AssertionError("unreachable")
 
 
 def _stale_retry() -> dict[str, Any]:
