@@ -101,3 +101,18 @@ def test_the_hours_budget_ends_the_search(select_command, tmp_path):
                                "--methods", "bitfit", "--stage", "search")) == 0  # about one second
     trials = trials_of(tmp_path / "select")
     assert 1 <= len(trials) < 50
+
+
+def test_the_finals_run_as_their_own_stage_and_a_finished_final_is_not_trained_again(select_command, tmp_path):
+    search = select_command("--budget", "trainable=10%", "--trials", "2", "--methods", "ia3", "--stage", "search")
+    assert main(search) == 0
+    assert not (tmp_path / "select" / "finals").exists()
+    finals = [*search[:-1], "finals", "--finalists", "1"]
+    finals[finals.index("--seeds") + 1: finals.index("--seeds") + 2] = ["0", "1"]
+    assert main(finals) == 0
+    records = sorted((tmp_path / "select" / "finals").glob("*/metrics.json"))
+    assert len(records) == 2  # one finalist, two seeds
+    written = [record.stat().st_mtime_ns for record in records]
+    assert main(finals) == 0
+    assert [record.stat().st_mtime_ns for record in records] == written
+    assert len(trials_of(tmp_path / "select")) == 2  # the finals stage ran no trial

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import optuna
+import sqlalchemy.exc
 from optuna.trial import TrialState
 
 from peftlab.cli import main
@@ -33,14 +34,26 @@ def worker(arguments: list[str]) -> subprocess.Popen:
 
 
 def study_in(folder: Path) -> optuna.Study:
-    return optuna.load_study(study_name="select", storage=f"sqlite:///{folder}/study.db")
+    """The study the workers made (the test makes no tables: it would race the workers to it)."""
+    storage = optuna.storages.RDBStorage(f"sqlite:///{folder}/study.db", skip_table_creation=True)
+    return optuna.load_study(study_name="select", storage=storage)
+
+
+def test_two_workers_started_together_on_a_new_folder_make_one_study(select_command, tmp_path):
+    arguments = select_command("--budget", "trainable=10%", "--trials", "4", "--methods", "bitfit", "ia3",
+                               "--stage", "search")
+    workers = [worker(arguments) for _ in range(2)]
+    for process in workers:
+        assert process.wait(timeout=600) == 0, process.stderr.read()
+    trials = study_in(tmp_path / "select").trials
+    assert len(trials) >= 4 and {t.state for t in trials} <= {TrialState.COMPLETE, TrialState.PRUNED}
 
 
 def running_trials(folder: Path) -> list[optuna.trial.FrozenTrial]:
     """Trials that have reported an evaluation and are still running (none while the study is being made)."""
     try:
         trials = study_in(folder).trials
-    except KeyError:  # the file exists, the study in it not yet
+    except (KeyError, sqlalchemy.exc.SQLAlchemyError):  # the file exists, the tables or the study not yet
         return []
     return [t for t in trials if t.state == TrialState.RUNNING and t.intermediate_values]
 
@@ -73,7 +86,10 @@ def a_running_trial(process: subprocess.Popen, output: Path) -> optuna.trial.Fro
         running = running_trials(output) if (output / "study.db").exists() else []
         if running:
             return running[0]
-    raise AssertionError("the worker never reached a running trial")
+    process.kill()
+    states = [(t.number, t.state.name, len(t.intermediate_values)) for t in study_in(output).trials]
+    raise AssertionError(f"the worker never reached a running trial; the study: {states}; the worker said: "
+                         f"{process.stderr.read()[-3000:]}")
 
 
 def long_trials(select_command) -> list[str]:
