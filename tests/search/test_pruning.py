@@ -42,3 +42,13 @@ def test_a_trial_that_stops_improving_stops_early_with_its_best_score(objective)
     assert trial.state == optuna.trial.TrialState.COMPLETE and trial.user_attrs["stopped_early"]
     assert list(trial.intermediate_values) == [1, 2]  # step 2 did not improve on step 1
     assert trial.value == trial.intermediate_values[1]
+
+
+def test_a_trial_whose_loss_diverges_fails_on_record_and_the_search_goes_on(objective):
+    study = optuna.create_study(direction="maximize")
+    study.enqueue_trial({"method": "bitfit", "bitfit.lr": 1e30}, skip_if_exists=False)  # outside the prior: diverges
+    study.optimize(objective(), n_trials=2)
+    failed, next_one = study.trials
+    assert failed.state == optuna.trial.TrialState.FAIL
+    assert failed.user_attrs["error"].startswith("NonFiniteLossError")
+    assert next_one.state == optuna.trial.TrialState.COMPLETE

@@ -12,12 +12,13 @@ from typing import Any
 
 import optuna
 
-from peftlab.core.errors import Interrupted, UserError
+from peftlab.core.errors import Interrupted
 from peftlab.search.budgets import Budgets
 from peftlab.search.counting import Footprints
 from peftlab.search.space import Candidate, suggest
 from peftlab.search.study import ERROR
 from peftlab.train.args import TrainArgs
+from peftlab.train.faults import NonFiniteLossError, OutOfMemoryError
 
 REJECTED = "rejected"  # a user attr: why the trial's configuration broke a budget, before it trained
 
@@ -54,9 +55,8 @@ class Objective:
         except (Interrupted, KeyboardInterrupt):  # stopped by a signal: queued again, the next worker runs it
             trial.study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
             raise
-        except (optuna.TrialPruned, UserError):
-            raise
-        except Exception as error:  # e.g. a loss gone NaN: recorded, and the search goes on
+        except (NonFiniteLossError, OutOfMemoryError) as error:
+            # this configuration's own failure (a rate too high, a size too large): recorded; the search goes on
             trial.set_user_attr(ERROR, f"{type(error).__name__}: {error}")
             return math.nan  # Optuna records a NaN objective as a failed trial
 
