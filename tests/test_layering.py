@@ -18,7 +18,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "peftlab"
 
-ABOVE_THE_LIBRARY = {"train", "bench", "cli", "tasks", "interop"}
+ABOVE_THE_LIBRARY = {"train", "bench", "cli", "tasks", "interop", "search"}
 BASE_FAMILIES = {"baseline", "additive", "partial", "reparameterized"}
 MAY_IMPORT = {  # methods/<folder> -> the methods/ folders it may import from
     **{family: {family, "shared"} for family in BASE_FAMILIES},

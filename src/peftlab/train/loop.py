@@ -24,10 +24,12 @@ from peftlab.train.trackers import final_summary, open_trackers
 from peftlab.train.trainer import Trainer
 
 
-def run_training(args: TrainArgs, on_plan: Callable[[Plan], None] | None = None) -> dict[str, Any]:
+def run_training(args: TrainArgs, on_plan: Callable[[Plan], None] | None = None,
+                 on_eval: Callable[[int, dict[str, float]], None] | None = None) -> dict[str, Any]:
     """Fine-tune ``args.model`` on ``args.task`` with ``args.method``; returns the run's metrics
     (the same record as ``metrics.json``: scores, parameters, time, tokens/s, peak memory). ``on_plan`` sees
-    the loaded data and adapted model before training (the sweep measures memory there)."""
+    the loaded data and adapted model before training (the sweep measures memory there); ``on_eval`` sees
+    each evaluation's step and scores, and may raise to end the run there (``peftlab select`` prunes so)."""
     from accelerate import Accelerator
 
     # cpu=True on machines without CUDA also makes accelerate see a torchrun launch (gloo).
@@ -53,7 +55,7 @@ def run_training(args: TrainArgs, on_plan: Callable[[Plan], None] | None = None)
         plan.output_dir.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
     trainer = Trainer(plan, accelerator, loss_kind, trackers)
-    trainer.load_time_s = load_s
+    trainer.load_time_s, trainer.on_eval = load_s, on_eval
     with trainer.stop.installed(), trainer.trackers:  # SIGINT/SIGTERM: save after the step in progress, then
         metrics = record_run(trainer, trainer.train())  # exit 130/143; the trackers close the run as killed
         trainer.trackers.finish(final_summary(metrics))

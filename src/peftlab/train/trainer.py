@@ -12,6 +12,7 @@ import contextlib
 import math
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +76,7 @@ class Trainer:
         self.load_time_s, self.eval_time_s = 0.0, 0.0  # make_plan's time (run_training sets it); evaluations'
         self.grad_norm: torch.Tensor | None = None  # the last step's, before clipping (with --max-grad-norm)
         self.trackers = trackers or Trackers({}, None)  # --report-to (train.trackers); none on other processes
+        self.on_eval: Callable[[int, dict[str, float]], None] | None = None  # run_training's; sees each evaluation
 
     # -- data -------------------------------------------------------------------------------------
     def epoch_groups(self, epoch: int) -> list[list[list[int]]]:
@@ -282,6 +284,8 @@ class Trainer:
             progress.best_score, progress.best_step = score, progress.step
             if self.output is not None and not self.untuned:
                 self.save_adapter_to(self.output / "best")
+        if self.on_eval is not None:
+            self.on_eval(progress.step, scores)
 
     def score(self, sets: list[EvalSet]) -> dict[str, float]:
         with self.accelerator.autocast():
