@@ -6,6 +6,11 @@ makes the worker finish its step, write a checkpoint and exit 128 + the signal's
 raises :class:`~peftlab.core.errors.Interrupted`, which says where the checkpoint is and that rerunning the
 same command continues from it. A second signal stops the worker at once (every file it writes is atomic,
 so the previous checkpoint stays whole). A sweep killed outright (SIGKILL) sends its worker SIGTERM on Linux.
+
+A worker in its own session is also its own scheduling group where the kernel groups by session (Linux
+autogroups), and there a niced process yields only to others of its group: ``nice -n 19 peftlab bench`` would
+still take a full share of the CPU from the user's foreground work. So the worker's group takes the sweep's
+niceness.
 """
 
 from __future__ import annotations
@@ -26,6 +31,25 @@ def _stop_when_the_sweep_dies() -> None:
     """In the worker, before it starts (Linux): SIGTERM when the sweep dies, even by SIGKILL, so the run saves a
     checkpoint and stops instead of training on unwatched (prctl PR_SET_PDEATHSIG)."""
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+
+
+AUTOGROUP = Path("/proc/self/autogroup")  # "/autogroup-12 nice 0" where the kernel has autogroups
+
+
+def sweep_niceness() -> int:
+    """How far the sweep yields: its own niceness, or its scheduling group's where that is higher."""
+    group = 0
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        group = int(AUTOGROUP.read_text().split("nice")[1])
+    return max(os.nice(0), group)
+
+
+def _prepare_worker(niceness: int) -> None:
+    """In the worker, between fork and exec (Linux): stop with the sweep, and yield as the sweep does."""
+    _stop_when_the_sweep_dies()
+    if niceness > 0:
+        with contextlib.suppress(OSError):
+            AUTOGROUP.write_text(str(niceness))
 
 
 class SweepStop:
@@ -58,8 +82,10 @@ class SweepStop:
 
     def run(self, command: list[str], log: IO[str], env: dict[str, str], timeout: float | None) -> int | None:
         """Run the worker to its end; its exit status, or None when it ran past ``timeout`` (then it is killed)."""
+        niceness = sweep_niceness()
+        prepare = (lambda: _prepare_worker(niceness)) if sys.platform == "linux" else None
         self.worker = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-                                       preexec_fn=_stop_when_the_sweep_dies if sys.platform == "linux" else None)
+                                       preexec_fn=prepare)
         try:
             return self.worker.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
