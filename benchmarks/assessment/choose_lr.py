@@ -20,8 +20,10 @@ import yaml
 
 from peftlab.bench.records import read_records
 
-METHODS = ("full", "adapter", "prompt_tuning", "prefix_tuning", "ia3", "bitfit", "child_tuning", "lora", "adalora",
-           "qlora", "mam", "propetl")  # the survey's eleven and its baseline, in its order
+SURVEY = ("full", "adapter", "prompt_tuning", "prefix_tuning", "ia3", "bitfit", "child_tuning", "lora", "adalora",
+          "qlora", "mam", "propetl")  # the survey's eleven and its baseline, in its order
+ADDED = ("ln_tuning", "oft", "boft", "hra")  # issue 33's, swept by suites/lr-sweep-new.yaml
+METHODS = SURVEY + ADDED
 CHOOSER = {"sst2": "sst2", "cola": "cola", "mrpc": "mrpc", "stsb": "mrpc"}  # E1 task -> sweep task
 # E1's budget per task: where full fine-tuning's and LoRA's dev scores plateau (see README.md, learning curves).
 BUDGETS: dict[str, dict[str, Any]] = {
@@ -55,7 +57,8 @@ def best_rate(by_rate: dict[float, float]) -> float:
 
 
 def e1_suite(scores: dict[tuple[str, str], dict[float, float]], options: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """E1's suite: each task with the methods its choosing sweep has scored (all twelve once it is done)."""
+    """E1's suite: each task with the methods its choosing sweep has scored. A method joins once swept; the other
+    rows' specs do not change, so their finished runs stay finished."""
     experiments = []
     for task, chooser in CHOOSER.items():
         methods = [m for m in METHODS if (chooser, m) in scores]
