@@ -37,6 +37,7 @@ def test_a_search_keeps_to_its_budget_and_recommends_a_config_train_accepts(sele
     fronts = json.loads((output / "pareto.json").read_text())
     assert fronts["fronts"]["trainable"] and len(fronts["finals"]) == 1
     assert (output / "finals" / f"trial-{fronts['finals'][0]['trial']}-seed0" / "metrics.json").is_file()
+    assert fronts["finals"][0]["dev_stdev"] is None  # one seed has no spread: shown as "–", never as 0
     recommended = yaml.safe_load((output / "recommended.yaml").read_text())
     assert recommended["method"] == fronts["finals"][0]["candidate"]["method"]
     capsys.readouterr()

@@ -45,5 +45,5 @@ def run_finals(finalists: list[FrozenTrial], training: TrainArgs, folder: Path, 
         results.append({"trial": trial.number, "candidate": dataclasses.asdict(candidate_of(trial)),
                         "trainable": trial.user_attrs["trainable"], "held_out": trial.value,
                         "dev_scores": dict(zip(map(str, seeds), scores)), "dev_mean": statistics.fmean(scores),
-                        "dev_stdev": statistics.stdev(scores) if len(scores) > 1 else 0.0})
+                        "dev_stdev": statistics.stdev(scores) if len(scores) > 1 else None})  # one seed: no spread
     return results

@@ -108,7 +108,8 @@ def markdown(settings: dict[str, Any], trials: list[FrozenTrial], found: dict[st
         lines += ["## Finals: full budget, dev set", "", "| trial | method | held-out | dev mean | dev stdev | seeds |",
                   "|---|---|---|---|---|---|"]
         lines += [f"| {f['trial']} | {f['candidate']['method']} | {f['held_out']:.4f} | {f['dev_mean']:.4f} | "
-                  f"{f['dev_stdev']:.4f} | {len(f['dev_scores'])} |" for f in finals]
+                  f"{'–' if f['dev_stdev'] is None else format(f['dev_stdev'], '.4f')} | {len(f['dev_scores'])} |"
+                  for f in finals]
         lines.append("")
     if recommended is not None:
         lines += ["## Recommended", "", "`peftlab train --config recommended.yaml --output DIR`:", "", "```yaml",
