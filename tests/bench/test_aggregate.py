@@ -121,3 +121,17 @@ def test_the_pareto_front_keeps_each_point_no_cheaper_one_beats():
     points = [(100.0, 82.0), (0.5, 72.5), (2.0, 79.0), (1.0, 70.0), (2.0, 75.0), (50.0, 78.0)]
     assert pareto_front(points) == [(0.5, 72.5), (2.0, 79.0), (100.0, 82.0)]
     assert pareto_front([(1.0, 3.0), (2.0, 1.0), (3.0, 2.0)], greater_is_better=False) == [(1.0, 3.0), (2.0, 1.0)]
+
+
+def test_memory_and_speed_are_left_out_where_the_runs_ran_on_different_devices():
+    cpu = record("lora", "lora", "reparameterized", "a", 0, 85.0, 0.5, 400, speed=1500.0)
+    gpu = record("lora", "lora", "reparameterized", "a", 1, 81.0, 0.5, 900, speed=9000.0)
+    cpu["provenance"], gpu["provenance"] = {"device": "cpu: 1 threads"}, {"device": "cuda: NVIDIA H200"}
+    (mixed,) = build_tables([cpu, gpu])
+    (row,) = mixed.rows
+    assert row.cells[MEMORY].mean is None and row.cells[SPEED].mean is None
+    assert row.cells["a"].mean == 83.0  # scores do not depend on the device: they stay
+    assert any("2 devices (cpu: 1 threads; cuda: NVIDIA H200)" in note for note in mixed.notes)
+    gpu["provenance"] = {"device": "cpu: 1 threads"}
+    (one,) = build_tables([cpu, gpu])
+    assert one.rows[0].cells[MEMORY].mean == 900 and one.rows[0].cells[SPEED].mean == 5250.0 and not one.notes

@@ -104,12 +104,25 @@ def build_table(model: str, records: list[dict[str, Any]]) -> Table:
     notes = sorted({record["model_note"] for record in records if record.get("model_note")})
     notes += sorted({f"`{record['spec']['label']}` trainable %: {record['parameters']['note']}" for record in records
                      if (record.get("parameters") or {}).get("note")})
+    notes += costs_on_one_device(rows, records)
     table = Table(model, metric_names, tasks, rows, notes, directions)
     if greater_is_better(table, AVERAGE) is None:  # accuracy and a loss: their mean means nothing
         for row in rows:
             row.cells[AVERAGE] = Cell(None)
     mark_best(table)
     return table
+
+
+def costs_on_one_device(rows: list[Row], records: list[dict[str, Any]]) -> list[str]:
+    """Peak memory and tokens/s compare only within one device: where the records ran on several, those columns
+    are left out of the table (each run's stay in the Runs table beside its device); the note says why."""
+    devices = sorted({str((record.get("provenance") or {}).get("device") or "not recorded") for record in records})
+    if len(devices) < 2:
+        return []
+    for row in rows:
+        row.cells[MEMORY], row.cells[SPEED] = Cell(None), Cell(None)
+    return [f"{MEMORY} and {SPEED} left out: these runs ran on {len(devices)} devices ({'; '.join(devices)}), and "
+            f"a table never mixes devices in its memory and time columns; each run's are in the Runs table"]
 
 
 def _family_rank(family: str) -> int:
