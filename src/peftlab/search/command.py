@@ -17,7 +17,7 @@ from peftlab.search.counting import Footprints
 from peftlab.search.space import SPACES, smallest
 from peftlab.train.args import TrainArgs
 
-SELECT_OUTPUT = OutputKind(command="peftlab select", flag="--output", resumable=True, owns=(
+SELECT_OUTPUT = OutputKind(command="peftlab select", flag="--output", owns=(  # rerunning continues: no --resume
     "study.db", "study.db-*", "pareto.json", "pareto.png", "history.png", "report.md", "recommended.yaml",
     "finals"))
 STAGES = ("all", "search", "finals")
