@@ -5,8 +5,10 @@ examples held out from the training data (never the dev set that E1 reports).
         benchmarks/assessment/records/lr-sweep-cola --out benchmarks/assessment/suites/e1-glue.yaml
 
 SST-2 and CoLA choose for themselves, MRPC for the sentence pairs (MRPC, STS-B). CoLA has its own sweep
-because SST-2's rates left LoRA, QLoRA and prompt tuning at the majority class there. Ties go to the smaller
-rate. Prints the table of held-out scores it chose from.
+because SST-2's rates left LoRA, QLoRA and prompt tuning at the majority class there. A rate within one held-out
+example's worth of the best (``TIE_POINTS``) ties with it, and ties go to the smallest rate: at CoLA's 8 epochs
+the adapter's 3e-3, 0.07 MCC points above 1e-3 at 4, sat at the majority class for six epochs. Prints the table
+of held-out scores it chose from.
 """
 
 from __future__ import annotations
@@ -28,10 +30,13 @@ CHOOSER = {"sst2": "sst2", "cola": "cola", "mrpc": "mrpc", "stsb": "mrpc"}  # E1
 # E1's budget per task: where full fine-tuning's and LoRA's dev scores plateau (see README.md, learning curves).
 BUDGETS: dict[str, dict[str, Any]] = {
     "sst2": {"max_train_samples": 20000, "epochs": 2, "eval_steps": 125},
-    "cola": {"epochs": 4},
+    "cola": {"epochs": 8},  # LoRA 23.2 at 4, 29.3 at 8, 28.1 at 12 (records/budget-check)
     "mrpc": {"epochs": 8},
     "stsb": {"epochs": 6},
 }
+# How much one held-out example moves each choosing task's score (x100): accuracy on 2,000 (SST-2); Matthews
+# correlation on 1,000 (CoLA) and F1 on 400 (MRPC), computed at confusion matrices like the sweep's.
+TIE_POINTS = {"sst2": 0.05, "cola": 0.3, "mrpc": 0.15}
 TRAINING = {"batch_size": 32, "eval_batch_size": 256, "max_length": 128, "warmup_ratio": 0.06, "progress": False}
 
 
@@ -52,8 +57,10 @@ def sweep_scores(sweeps: list[Path]) -> tuple[dict[tuple[str, str], dict[float, 
     return scores, options
 
 
-def best_rate(by_rate: dict[float, float]) -> float:
-    return max(sorted(by_rate), key=lambda rate: by_rate[rate])  # max keeps the first (smallest) of equals
+def best_rate(by_rate: dict[float, float], task: str) -> float:
+    """The smallest rate that scores within one held-out example (``TIE_POINTS``) of the best."""
+    best = max(by_rate.values())
+    return min(rate for rate, score in by_rate.items() if score >= best - TIE_POINTS[task])
 
 
 def e1_suite(scores: dict[tuple[str, str], dict[float, float]], options: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -67,7 +74,7 @@ def e1_suite(scores: dict[tuple[str, str], dict[float, float]], options: dict[st
         experiments.append({
             "tasks": [{"task": task, "training": BUDGETS[task]}],
             "methods": [{m: {**({"options": options[m]} if options[m] else {}),
-                             "training": {"learning_rate": best_rate(scores[(chooser, m)])}}} for m in methods],
+                             "training": {"learning_rate": best_rate(scores[(chooser, m)], chooser)}}} for m in methods],
         })
     return {"name": "e1-glue",
             "description": "E1: the survey's eleven methods and full fine-tuning on the offline MiniLM, four GLUE "
@@ -80,7 +87,7 @@ def plain_table(scores: dict[tuple[str, str], dict[float, float]]) -> str:
     lines = []
     for (task, method), by_rate in sorted(scores.items()):
         cells = "  ".join(f"{rate:g}: {score:6.2f}" for rate, score in sorted(by_rate.items()))
-        lines.append(f"{task:5} {method:14} {cells}  -> {best_rate(by_rate):g}")
+        lines.append(f"{task:5} {method:14} {cells}  -> {best_rate(by_rate, task):g}")
     return "\n".join(lines)
 
 
@@ -93,7 +100,7 @@ def markdown_table(scores: dict[tuple[str, str], dict[float, float]]) -> str:
         cells = []
         for task in tasks:
             by_rate = scores.get((task, method), {})
-            chosen = best_rate(by_rate) if by_rate else None
+            chosen = best_rate(by_rate, task) if by_rate else None
             cells.append(", ".join(f"**{rate:g}: {score:.1f}**" if rate == chosen else f"{rate:g}: {score:.1f}"
                                    for rate, score in sorted(by_rate.items())) or "not swept")
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
