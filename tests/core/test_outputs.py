@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import tempfile
 
 import pytest
 
+from peftlab.core import outputs
 from peftlab.core.errors import UserError
 from peftlab.core.outputs import OutputError, OutputKind, claim_output, remove_owned
 
@@ -72,14 +77,52 @@ def test_the_filesystem_root_is_refused():
 
 
 def test_a_folder_that_refuses_new_files_is_named_before_any_work(tmp_path, monkeypatch):
-    import tempfile
+    def refuse(folder):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(outputs, "_probe", refuse)
+    with pytest.raises(OutputError, match=r"cannot write in .* \(Permission denied\); choose a folder you can write"):
+        claim_output(tmp_path / "new", ADAPTER)
+
+
+def test_without_unnamed_files_the_named_probe_is_removed_and_its_refusal_named(tmp_path, monkeypatch):
+    monkeypatch.delattr(os, "O_TMPFILE", raising=False)
+    claim_output(tmp_path / "new", ADAPTER)
+    assert list(tmp_path.iterdir()) == []
 
     def refuse(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
     monkeypatch.setattr(tempfile, "mkstemp", refuse)
-    with pytest.raises(OutputError, match=r"cannot write in .* \(Permission denied\); choose a folder you can write"):
+    with pytest.raises(OutputError, match=r"cannot write in .* \(Permission denied\)"):
         claim_output(tmp_path / "new", ADAPTER)
+
+
+KILLED_IN_THE_PROBE = """
+import os, signal, sys
+from peftlab.core.outputs import OutputKind, claim_output
+os.close = lambda descriptor: os.kill(os.getpid(), signal.SIGKILL)  # killed with the probe open
+claim_output(sys.argv[1], OutputKind(command="peftlab train", flag="--output"))
+"""
+
+
+def supports_unnamed_files(folder) -> bool:
+    try:
+        os.close(os.open(folder, os.O_TMPFILE | os.O_WRONLY, 0o600))
+        return True
+    except (AttributeError, OSError):
+        return False
+
+
+def test_a_kill_during_the_write_check_leaves_no_probe(tmp_path):
+    if not supports_unnamed_files(tmp_path):
+        pytest.skip("this filesystem has no O_TMPFILE: the named probe a kill can leave is owned by --overwrite")
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    done = subprocess.run([sys.executable, "-c", KILLED_IN_THE_PROBE, str(folder / "run")], timeout=120)
+    assert done.returncode == -signal.SIGKILL
+    assert sorted(entry.name for entry in folder.iterdir()) == ["notes.txt"]
 
 
 @pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root writes anywhere")

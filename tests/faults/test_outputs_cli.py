@@ -13,6 +13,7 @@ import torch
 import peftlab
 from conftest import tiny_llama
 from peftlab.cli import main
+from peftlab.core import outputs
 from peftlab.interop import export_peft
 
 
@@ -127,12 +128,10 @@ def test_train_output_that_is_a_file_fails_before_loading(tmp_path, capsys):
 
 
 def test_train_output_in_a_folder_that_refuses_files_fails_before_loading(tmp_path, capsys, monkeypatch):
-    import tempfile
-
-    def refuse(*args, **kwargs):
+    def refuse(folder):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    monkeypatch.setattr(outputs, "_probe", refuse)
     refused(capsys, ["train", "--model", str(tmp_path / "nowhere"), "--task", "sst2", "--output",
                      str(tmp_path / "run")], "cannot write in")
 

@@ -9,7 +9,8 @@ of what it writes there (:class:`OutputKind`):
   else (``notes.txt``, ``train.py``) is refused, and the message names those entries;
 * an output is never one of the command's inputs, inside one, or around one (replacing it would delete it);
 * a file where a folder goes (or the reverse) is refused, and the nearest existing folder must accept a new
-  file: a probe file is created there and removed, so permissions, read-only mounts and quotas all show.
+  file: a probe file is created there and removed, so permissions, read-only mounts and quotas all show
+  (an unnamed file where the filesystem allows, so a kill leaves no probe behind).
 
 The replacement itself is atomic where the command writes one whole thing (:func:`atomic_directory`);
 ``train --overwrite``, which writes for hours, removes only the previous run's own entries
@@ -19,6 +20,7 @@ The replacement itself is atomic where the command writes one whole thing (:func
 from __future__ import annotations
 
 import contextlib
+import errno
 import fnmatch
 import os
 import shutil
@@ -122,15 +124,28 @@ def check_writable(target: Path, kind: OutputKind, where: str) -> None:
     folders.append(above)
     for folder in folders:
         try:
-            descriptor, probe = tempfile.mkstemp(prefix=PROBE_PREFIX, dir=folder)
+            _probe(folder)
         except OSError as error:
             raise OutputError(f"{where}: cannot write in {folder} ({error.strerror or error}); choose a folder "
                               f"you can write to, or fix its permissions") from None
+
+
+def _probe(folder: Path) -> None:
+    """Create a file in ``folder`` and remove it. Where the filesystem allows, the file never has a name
+    (``O_TMPFILE``), so even a SIGKILL leaves nothing behind; elsewhere a named probe is removed at once."""
+    if hasattr(os, "O_TMPFILE"):
         try:
-            os.close(descriptor)
-        finally:  # an interrupt (SIGINT/SIGTERM raise here) between the probe's creation and its removal
-            with contextlib.suppress(OSError):
-                os.unlink(probe)
+            os.close(os.open(folder, os.O_TMPFILE | os.O_WRONLY, 0o600))
+            return
+        except OSError as error:
+            if error.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+                raise
+    descriptor, probe = tempfile.mkstemp(prefix=PROBE_PREFIX, dir=folder)
+    try:
+        os.close(descriptor)
+    finally:  # an interrupt (SIGINT/SIGTERM raise here) between the probe's creation and its removal
+        with contextlib.suppress(OSError):
+            os.unlink(probe)
 
 
 def remove_owned(folder: str | os.PathLike, kind: OutputKind) -> list[str]:
