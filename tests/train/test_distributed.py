@@ -16,6 +16,10 @@ from peftlab.core.serialization import WEIGHTS_NAME
 
 REPO = Path(__file__).resolve().parents[2]
 RUNNER = Path(__file__).with_name("run_args.py")
+# Two processes sum the gradient in another order than one; after AdamW's division by sqrt(v) that moved one
+# weight of 256 by 1.4e-6 on one machine (a 1e-6 bound failed there). Other batches (44 training examples
+# instead of 48, one process) move every tensor by 5e-3 to 3.5e-2 at these settings, so 1e-5 tells them apart.
+SUMMED_IN_ANOTHER_ORDER = 1e-5
 
 
 def run_args(model, data_root, output, **extra):
@@ -54,7 +58,7 @@ def assert_same_adapter(a_dir, b_dir, tolerance):
     assert a.keys() == b.keys()
     for name in a:
         assert a[name].shape == b[name].shape, name
-        torch.testing.assert_close(a[name], b[name], atol=tolerance, rtol=0, msg=name)
+        torch.testing.assert_close(a[name], b[name], atol=tolerance, rtol=0, msg=lambda found: f"{name}: {found}")
 
 
 @pytest.mark.slow
@@ -62,7 +66,7 @@ def test_ddp_two_processes_match_one_with_the_same_global_batch(single, still_be
     reference_dir, reference = single
     metrics = launch(run_args(still_bert, data_root, tmp_path / "ddp", batch_size=4), processes=2)
     assert metrics["world_size"] == 2 and reference["world_size"] == 1
-    assert_same_adapter(reference_dir, tmp_path / "ddp", tolerance=1e-6)
+    assert_same_adapter(reference_dir, tmp_path / "ddp", tolerance=SUMMED_IN_ANOTHER_ORDER)
     assert metrics["scores"] == pytest.approx(reference["scores"])
     assert metrics["train_tokens"] == reference["train_tokens"]  # summed over both processes
 
@@ -78,8 +82,9 @@ def test_fsdp_sharded_run_saves_the_full_trained_adapter(single, still_bert, dat
     assert saved["bert.encoder.layer.0.attention.self.query.lora_A"].shape == (8, 32)
     assert saved["classifier.weight"].shape == (2, 32)
     assert all(saved[n].abs().sum() > 0 for n in saved if n.endswith("lora_B"))
-    assert_same_adapter(reference_dir, out, tolerance=1e-6)
-    assert_same_adapter(reference_dir / "checkpoint-4" / "adapter", out / "checkpoint-4" / "adapter", tolerance=1e-6)
+    assert_same_adapter(reference_dir, out, tolerance=SUMMED_IN_ANOTHER_ORDER)
+    assert_same_adapter(reference_dir / "checkpoint-4" / "adapter", out / "checkpoint-4" / "adapter",
+                        tolerance=SUMMED_IN_ANOTHER_ORDER)
     assert metrics["scores"] == pytest.approx(reference["scores"])
 
 
