@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import random
 import re
@@ -53,6 +54,14 @@ class Progress:
     before_training: dict[str, float] = field(default_factory=dict)  # forgetting tasks, scored before step 1
     loss_sum: float = 0.0  # loss accumulated since the last log line
     loss_count: int = 0
+
+    def keep_if_best(self, score: float, greater_is_better: bool) -> bool:
+        """Record ``score`` (this step's main metric) as the best so far if it is; says whether it was."""
+        better = self.best_score is None or (score > self.best_score if greater_is_better else score < self.best_score)
+        if better and not math.isnan(score):
+            self.best_score, self.best_step = score, self.step
+            return True
+        return False
 
 
 def checkpoints(output_dir: Path) -> list[Path]:

@@ -1,4 +1,4 @@
-"""Peak memory and the JSONL metrics log."""
+"""Peak memory, the step measures of a log line, and the JSONL metrics log."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from peftlab.core.atomic import out_of_space_as_user_error, write_text_atomic
+from peftlab.train.checkpoint import Progress
 
 
 def peak_memory(device: torch.device) -> dict[str, Any]:
@@ -19,6 +20,19 @@ def peak_memory(device: torch.device) -> dict[str, Any]:
         return {"peak_memory_bytes": int(torch.cuda.max_memory_allocated(device)), "peak_memory_kind": "cuda_max_allocated"}
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {"peak_memory_bytes": int(peak if sys.platform == "darwin" else peak * 1024), "peak_memory_kind": "cpu_peak_rss"}
+
+
+def step_measures(accelerator: Any, progress: Progress, grad_norm: torch.Tensor | None) -> dict[str, float]:
+    """A log line's real (non-pad) tokens per second of all processes since the run started, peak memory so far,
+    and the last step's gradient norm before clipping (every process calls this: the sums are collectives)."""
+    device = accelerator.device
+    tokens = int(accelerator.reduce(torch.tensor(progress.train_tokens, device=device), reduction="sum"))
+    measures = {"tokens_per_s": tokens / max(progress.train_time_s, 1e-9),
+                "peak_memory_bytes": peak_memory(device)["peak_memory_bytes"]}
+    if grad_norm is not None:
+        norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm  # FSDP2
+        measures["grad_norm"] = float(norm)
+    return measures
 
 
 def write_log_line(path: Path, record: dict[str, Any]) -> None:

@@ -35,7 +35,7 @@ from peftlab.train.interrupt import SaveClock, StopRequest
 from peftlab.train.loss import loss_function
 from peftlab.train.packing import collate_packed, packing_problem
 from peftlab.train.plan import EvalSet, Plan
-from peftlab.train.resources import peak_memory, trim_log, write_log_line
+from peftlab.train.resources import step_measures, trim_log, write_log_line
 from peftlab.train.resume import resume_from
 from peftlab.train.schedule import linear_schedule
 from peftlab.train.speedups.compile import compile_blocks
@@ -233,7 +233,7 @@ class Trainer:
             self.log({"type": "train", "step": step, "epoch": progress.epoch,
                       "loss": progress.loss_sum / max(1, progress.loss_count),
                       "lr": self.scheduler.get_last_lr()[0], "train_time_s": progress.train_time_s,
-                      **self.step_measures(progress)})
+                      **step_measures(self.accelerator, progress, self.grad_norm)})
             progress.loss_sum, progress.loss_count = 0.0, 0
         due = step % args.eval_steps == 0 if args.eval_steps else epoch_end
         if due or step == self.total_steps:
@@ -243,18 +243,6 @@ class Trainer:
         if self.output is not None and (epoch_end or (args.save_steps and step % args.save_steps == 0)
                                         or self.save_clock.due(self.accelerator)):
             self.checkpoint(progress)
-
-    def step_measures(self, progress: Progress) -> dict[str, float]:
-        """The log line's gradient norm, real (non-pad) tokens per second of all processes since the run
-        started, and peak memory so far (every process calls this: the sums are collectives)."""
-        device = self.accelerator.device
-        tokens = int(self.accelerator.reduce(torch.tensor(progress.train_tokens, device=device), reduction="sum"))
-        measures = {"tokens_per_s": tokens / max(progress.train_time_s, 1e-9),
-                    "peak_memory_bytes": peak_memory(device)["peak_memory_bytes"]}
-        if self.grad_norm is not None:
-            norm = self.grad_norm.full_tensor() if hasattr(self.grad_norm, "full_tensor") else self.grad_norm  # FSDP2
-            measures["grad_norm"] = float(norm)
-        return measures
 
     def checkpoint(self, progress: Progress) -> Path:
         """Write ``checkpoint-<step>`` (all ranks call this), once per step: a signal may follow an epoch end's."""
@@ -277,13 +265,9 @@ class Trainer:
         self.eval_history.append({"step": progress.step, **scores})
         self.log({"type": "eval", "step": progress.step, "epoch": progress.epoch, **scores})
         task = self.plan.task
-        score = scores[task.main_metric]
-        better = progress.best_score is None or (score > progress.best_score if task.greater_is_better
-                                                 else score < progress.best_score)
-        if better and not math.isnan(score):
-            progress.best_score, progress.best_step = score, progress.step
-            if self.output is not None and not self.untuned:
-                self.save_adapter_to(self.output / "best")
+        if progress.keep_if_best(scores[task.main_metric], task.greater_is_better) and self.output is not None \
+                and not self.untuned:
+            self.save_adapter_to(self.output / "best")
         if self.on_eval is not None:
             self.on_eval(progress.step, scores)
 
