@@ -117,3 +117,27 @@ def test_the_finals_run_as_their_own_stage_and_a_finished_final_is_not_trained_a
     assert main(finals) == 0
     assert [record.stat().st_mtime_ns for record in records] == written
     assert len(trials_of(tmp_path / "select")) == 2  # the finals stage ran no trial
+
+
+def test_the_report_counts_the_compute_of_every_trial_and_final(select_command, tmp_path):
+    """Pruned and stopped trials count the steps they trained, rejected ones none; the finals count theirs."""
+    assert main(select_command("--budget", "trainable=10%", "--trials", "5", "--finalists", "1", "--methods",
+                               "bitfit", "ia3", "unipelt", "--patience", "1")) == 0
+    trials = trials_of(tmp_path / "select")
+    for trial in trials:
+        if REJECTED in trial.user_attrs:
+            assert "steps_trained" not in trial.user_attrs
+        elif trial.state == optuna.trial.TrialState.COMPLETE and not trial.user_attrs.get("stopped_early"):
+            assert trial.user_attrs["steps_trained"] == 4  # --max-steps
+        else:  # pruned or stopped early: at its last evaluation (every step here)
+            assert trial.user_attrs["steps_trained"] == max(trial.intermediate_values)
+        assert trial.user_attrs.get("seconds", 0.0) >= 0.0
+    spent = json.loads((tmp_path / "select" / "pareto.json").read_text())["compute"]
+    trained = [t for t in trials if "steps_trained" in t.user_attrs]
+    assert spent["search"] == {"runs": len(trained), "steps": sum(t.user_attrs["steps_trained"] for t in trained),
+                               "seconds": pytest.approx(sum(t.user_attrs["seconds"] for t in trained))}
+    assert spent["finals"]["runs"] == 1 and spent["finals"]["steps"] == 4 and spent["finals"]["seconds"] > 0
+    assert spent["examples_per_step"] == 8
+    report = (tmp_path / "select" / "report.md").read_text()
+    total = spent["search"]["steps"] + 4
+    assert f"| total | {len(trained) + 1} | {total:,} | {total * 8:,} |" in report

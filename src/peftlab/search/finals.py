@@ -27,12 +27,13 @@ def candidate_of(trial: FrozenTrial) -> Candidate:
 
 def run_finals(finalists: list[FrozenTrial], training: TrainArgs, folder: Path, seeds: tuple[int, ...],
                metric: str) -> list[dict[str, Any]]:
-    """One result per finalist: its candidate, dev scores per seed and their mean, best first."""
+    """One result per finalist: its candidate, dev scores per seed and their mean, and the optimizer steps and
+    seconds (load, training, evaluations) its runs took."""
     from peftlab.train import run_training
 
     results = []
     for trial in finalists:
-        scores = []
+        scores, steps, seconds = [], 0, 0.0
         for seed in seeds:
             output = folder / f"trial-{trial.number}-seed{seed}"
             record = output / "metrics.json"
@@ -42,8 +43,11 @@ def run_finals(finalists: list[FrozenTrial], training: TrainArgs, folder: Path, 
                 metrics = run_training(trial_args(training, candidate_of(trial), seed=seed, holdout=None,
                                                   output_dir=str(output), resume=True))
             scores.append(metrics["scores"][metric])
+            steps += metrics["steps"]
+            seconds += metrics["load_time_s"] + metrics["train_time_s"] + metrics["eval_time_s"]
         results.append({"trial": trial.number, "candidate": dataclasses.asdict(candidate_of(trial)),
                         "trainable": trial.user_attrs["trainable"], "held_out": trial.value,
                         "dev_scores": dict(zip(map(str, seeds), scores)), "dev_mean": statistics.fmean(scores),
-                        "dev_stdev": statistics.stdev(scores) if len(scores) > 1 else None})  # one seed: no spread
+                        "dev_stdev": statistics.stdev(scores) if len(scores) > 1 else None,  # one seed: no spread
+                        "steps": steps, "seconds": seconds})
     return results

@@ -48,6 +48,17 @@ def recommended_config(training: TrainArgs, candidate: dict[str, Any]) -> dict[s
     return config
 
 
+def compute_spent(trials: list[FrozenTrial], finals: list[dict[str, Any]], training: TrainArgs) -> dict[str, Any]:
+    """Optimizer steps and seconds the search's trials (pruned, stopped early and failed ones included) and the
+    finals took; steps times ``examples_per_step`` is what a grid of full runs is compared by."""
+    return {"examples_per_step": training.batch_size * training.gradient_accumulation_steps,
+            "search": {"runs": sum("steps_trained" in t.user_attrs for t in trials),
+                       "steps": sum(t.user_attrs.get("steps_trained", 0) for t in trials),
+                       "seconds": sum(t.user_attrs.get("seconds", 0.0) for t in trials)},
+            "finals": {"runs": sum(len(f["dev_scores"]) for f in finals),
+                       "steps": sum(f["steps"] for f in finals), "seconds": sum(f["seconds"] for f in finals)}}
+
+
 def history_png(trials: list[FrozenTrial], greater: bool) -> bytes:
     figure, axes = plt.subplots(figsize=(7, 4))
     best, line = None, []  # line: (trial number, best completed score so far)
@@ -87,7 +98,7 @@ def pareto_png(rows: list[dict[str, Any]], found: dict[str, list[dict[str, Any]]
 
 
 def markdown(settings: dict[str, Any], trials: list[FrozenTrial], found: dict[str, list[dict[str, Any]]],
-             finals: list[dict[str, Any]], recommended: dict[str, Any] | None) -> str:
+             finals: list[dict[str, Any]], recommended: dict[str, Any] | None, spent: dict[str, Any]) -> str:
     counts = {"completed": sum(t.state == TrialState.COMPLETE for t in trials),
               "pruned": sum(t.state == TrialState.PRUNED and REJECTED not in t.user_attrs for t in trials),
               "rejected by a budget": sum(REJECTED in t.user_attrs for t in trials),
@@ -111,6 +122,16 @@ def markdown(settings: dict[str, Any], trials: list[FrozenTrial], found: dict[st
                   f"{'–' if f['dev_stdev'] is None else format(f['dev_stdev'], '.4f')} | {len(f['dev_scores'])} |"
                   for f in finals]
         lines.append("")
+    per_step = spent["examples_per_step"]
+    lines += ["## Compute", "", f"Optimizer steps of {per_step} examples; seconds include loading and evaluations.",
+              "", "| stage | runs | optimizer steps | examples trained on | seconds |", "|---|---|---|---|---|"]
+    for stage in ("search", "finals"):
+        part = spent[stage]
+        lines.append(f"| {stage} | {part['runs']} | {part['steps']:,} | {part['steps'] * per_step:,} | "
+                     f"{part['seconds']:,.0f} |")
+    total_steps = spent["search"]["steps"] + spent["finals"]["steps"]
+    lines += [f"| total | {spent['search']['runs'] + spent['finals']['runs']} | {total_steps:,} | "
+              f"{total_steps * per_step:,} | {spent['search']['seconds'] + spent['finals']['seconds']:,.0f} |", ""]
     if recommended is not None:
         lines += ["## Recommended", "", "`peftlab train --config recommended.yaml --output DIR`:", "", "```yaml",
                   yaml.safe_dump(recommended, sort_keys=False).rstrip(), "```", ""]
@@ -129,8 +150,10 @@ def write_outputs(folder: Path, settings: dict[str, Any], training: TrainArgs, t
     elif rows:
         best = (max if greater else min)(rows, key=lambda row: row["held_out"])
     recommended = None if best is None else recommended_config(training, best)
-    files = {folder / "pareto.json": json.dumps({"fronts": found, "finals": finals}, indent=2).encode(),
-             folder / "report.md": markdown(settings, trials, found, finals, recommended).encode(),
+    spent = compute_spent(trials, finals, training)
+    files = {folder / "pareto.json": json.dumps({"fronts": found, "finals": finals, "compute": spent},
+                                                indent=2).encode(),
+             folder / "report.md": markdown(settings, trials, found, finals, recommended, spent).encode(),
              folder / "history.png": history_png(trials, greater)}
     if rows:
         files[folder / "pareto.png"] = pareto_png(rows, found)

@@ -8,6 +8,7 @@ import dataclasses
 import math
 import os
 import socket
+import time
 from typing import Any
 
 import optuna
@@ -66,8 +67,10 @@ class Objective:
         args = trial_args(self.training, candidate)
         metric, greater = self.footprints.task.main_metric, self.footprints.task.greater_is_better
         best: dict[str, Any] = {"score": None, "since": 0}
+        trained = {"steps": 0}  # the compute the trial spent, pruned or stopped early too (report.compute_spent)
 
         def on_eval(step: int, scores: dict[str, float]) -> None:
+            trained["steps"] = step
             score = scores[metric]
             if math.isnan(score):
                 raise optuna.TrialPruned(f"held-out {metric} is NaN at step {step}")
@@ -82,13 +85,18 @@ class Objective:
             if best["since"] >= self.patience:
                 raise EarlyStop
 
+        started = time.perf_counter()
         try:
             metrics = run_training(args, on_eval=on_eval)
         except EarlyStop:
             trial.set_user_attr("stopped_early", True)
         else:
+            trained["steps"] = metrics["steps"]
             trial.set_user_attr("peak_memory_bytes", metrics.get("peak_memory_bytes"))
             trial.set_user_attr("steps", metrics["steps"])
+        finally:
+            trial.set_user_attr("steps_trained", trained["steps"])
+            trial.set_user_attr("seconds", time.perf_counter() - started)  # load, training and evaluations
         return float(best["score"])
 
 
