@@ -1,6 +1,7 @@
 """QLoRA's LoftQ start (arXiv 2310.08659) on the CPU: its start is closer to the float weight than QLoRA's zero
-start, it equals a hand-written reference of the alternation (peft's ``loftq_init`` needs CUDA: it moves the
-weight to ``cuda`` before quantising), and the adapter saves, loads and merges like any QLoRA adapter."""
+start, it equals a hand-written reference of the alternation and peft's own ``loftq_init`` (run on the CPU: it
+places the weight on ``cuda``, which the test redirects), and the adapter saves, loads and merges like any QLoRA
+adapter."""
 
 from __future__ import annotations
 
@@ -71,6 +72,49 @@ def test_matches_the_hand_written_reference():
         assert torch.equal(base_weight(layer, torch.float64), quantized)
         torch.testing.assert_close(b.double() @ a.double(), b_ref @ a_ref, atol=1e-6, rtol=1e-5)
         torch.testing.assert_close(a.double().abs(), a_ref.abs(), atol=1e-5, rtol=1e-4)
+
+
+@pytest.fixture
+def cuda_placements_on_the_cpu(monkeypatch):
+    """peft's ``loftq_init`` moves the weight to ``cuda`` and quantizes it there with bitsandbytes, whose 4-bit
+    functions also run on the CPU: every ``Tensor.to`` that names CUDA goes to the CPU instead, so peft's own
+    code runs here unchanged (its arithmetic does not depend on the device)."""
+    original = torch.Tensor.to
+
+    def names_cuda(value) -> bool:
+        return (isinstance(value, str) and value.startswith("cuda")) or \
+            (isinstance(value, torch.device) and value.type == "cuda")
+
+    def to(self, *args, **kwargs):
+        args = tuple("cpu" if names_cuda(value) else value for value in args)
+        if names_cuda(kwargs.get("device")):
+            kwargs["device"] = "cpu"
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "to", to)
+
+
+@pytest.mark.parametrize("iterations", [1, 3])
+@pytest.mark.parametrize("shape, rank", [((32, 64), 4), ((96, 128), 8)])
+def test_the_start_is_peft_loftq_init(cuda_placements_on_the_cpu, shape, rank, iterations):
+    """At ``alpha = rank`` (peft's ``B A`` carries no scale) and without double quantisation (peft quantizes
+    without it), the same float weight gives peft's stored base, its factors (up to an SVD sign) and its start."""
+    from peft.utils.loftq_utils import loftq_init
+
+    torch.manual_seed(0)
+    linear = nn.Linear(shape[1], shape[0], bias=False)
+    weight = linear.weight.detach().clone()
+    base_peft, a_peft, b_peft = loftq_init(weight.clone(), num_bits=4, reduced_rank=rank, num_iter=iterations)
+    config = QLoRAConfig(rank=rank, alpha=float(rank), double_quant=False, compute_dtype="float32")
+    layer, (a, b) = loftq_layer(linear, config, rank, 1.0, iterations)
+    base = base_weight(layer, torch.float32)
+    # ours subtracts s B A in float64, peft in float32: the quantizer's input differs in the last bit, never its codes
+    torch.testing.assert_close(base, base_peft, atol=2e-7, rtol=0)
+    torch.testing.assert_close(b @ a, b_peft @ a_peft, atol=1e-6, rtol=0)
+    torch.testing.assert_close(a.abs(), a_peft.abs(), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(b.abs(), b_peft.abs(), atol=1e-5, rtol=1e-4)
+    assert start_error(weight, base, (a, b), 1.0) == pytest.approx(start_error(weight, base_peft, (a_peft, b_peft), 1.0),
+                                                                    rel=1e-5)
 
 
 @pytest.mark.parametrize("builder", [tiny_llama, tiny_gpt2])
