@@ -56,6 +56,7 @@ def test_report_plots_score_against_each_ablation_knob(tmp_path):
     markdown = (tmp_path / "report.md").read_text()
     assert "![ablation-m-rank.png](ablation-m-rank.png)" in markdown
     assert "**84.0**" in markdown  # rank 16 is best
+    assert "Memory by component" not in markdown  # no breakdown in these records: no empty table either
 
 
 def test_html_page_has_the_memory_table_of_the_markdown():

@@ -116,7 +116,9 @@ def markdown(report: Report) -> str:
             parts += ["", f"### {title}", "", tables.markdown(grid)]
         figures = list(report.figures.get(table.model, {}))
         parts += [f"\n![{fig}]({fig})" for fig in figures if fig.startswith("score_vs_")]
-        parts += ["", f"### {MEMORY_TITLE}", "", tables.markdown(tables.memory_grid(table, report.records))]
+        memory = tables.memory_grid(table, report.records)
+        if memory.rows:  # no run measured a breakdown (bench --no-memory-breakdown): no empty table
+            parts += ["", f"### {MEMORY_TITLE}", "", tables.markdown(memory)]
         parts += [f"\n![{fig}]({fig})" for fig in figures if not fig.startswith("score_vs_")]
     parts += ["", "## Runs", "", tables.markdown(tables.runs_grid(report.records))]
     return "\n".join(parts) + "\n"
