@@ -112,6 +112,9 @@ def test_a_hybrid_part_cannot_carry_token_indices():
         peftlab.apply(tiny_llama(), "mam", adapter={"token_indices": [3]})
 
 
+MIXED_BATCH_ROUNDING = 1e-5
+
+
 def test_two_named_adapters_keep_their_own_rows():
     base = with_new_tokens(tiny_gpt2)
     model = peftlab.apply(copy.deepcopy(base), "trainable_tokens", token_indices=NEW, adapter_name="a")
@@ -131,11 +134,13 @@ def test_two_named_adapters_keep_their_own_rows():
         alone[name] = probe_output(model, inputs)
     with peftlab.disable_adapters(model):
         torch.testing.assert_close(probe_output(model, inputs), probe_output(base, inputs), atol=0, rtol=0)
-    assert not torch.allclose(alone["a"], alone["b"])
+    # A mixed batch computes each adapter's part on its own rows, so its sums may round in another order: 1.2e-6
+    # on an AMD EPYC. The two adapters' outputs are far further apart than that, so the bound still tells them apart.
+    assert (alone["a"] - alone["b"]).abs().max() > 100 * MIXED_BATCH_ROUNDING
     with torch.no_grad():
         mixed = model(**inputs, adapter_names=["a", "b"]).logits
-    torch.testing.assert_close(mixed[0], alone["a"][0], atol=1e-6, rtol=0)
-    torch.testing.assert_close(mixed[1], alone["b"][1], atol=1e-6, rtol=0)
+    torch.testing.assert_close(mixed[0], alone["a"][0], atol=MIXED_BATCH_ROUNDING, rtol=0)
+    torch.testing.assert_close(mixed[1], alone["b"][1], atol=MIXED_BATCH_ROUNDING, rtol=0)
     peftlab.delete_adapter(model, "a")
     torch.testing.assert_close(probe_output(model, inputs), alone["b"], atol=0, rtol=0)
     assert sum(isinstance(m, TrainedTokens) for m in model.modules()) == 2  # b's embedding and tied head

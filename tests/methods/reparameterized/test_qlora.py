@@ -213,19 +213,25 @@ def test_the_plain_path_runs_without_grad_and_when_compute_is_float32():
 
 
 def test_merge_under_bfloat16_compute_needs_a_bfloat16_tolerance():
+    """The merged model computes in float32, so it differs from the bfloat16-compute model by about what bfloat16
+    rounding costs that model: measured on a float32-compute twin with the same weights (how far the rounding
+    goes depends on the CPU's bfloat16 kernels: 0.0284 on an AMD EPYC, three times an estimate from 2^-8 alone)."""
     model = peftlab.apply(tiny_llama(), "qlora", **{**FP32, "compute_dtype": "bfloat16"})
+    twin = peftlab.apply(tiny_llama(), "qlora", **FP32)
     with torch.no_grad():
-        for _, parameter in peftlab.adapter_parameters(model):
+        for (_, parameter), (_, twins) in zip(peftlab.adapter_parameters(model), peftlab.adapter_parameters(twin),
+                                              strict=True):
             parameter.add_(0.05)
+            twins.copy_(parameter)
     expected = probe_output(model)
-    # the unmerged forward rounds activations and weights to bfloat16 (8 significant bits): relative 2^-8 per
-    # rounding, a few roundings per layer, so the merged float32 model differs by ~|logits| * 2^-8 * layers
-    tolerance = expected.abs().max().item() * 2**-8 * 2 * 4
+    rounding = (expected - probe_output(twin)).abs().max().item()
+    assert rounding > 1e-4  # bfloat16 compute does round
     with pytest.raises(peftlab.MergeError):
         peftlab.merge(model, tolerance=1e-6)
     assert not any(m.merged for m in model.modules() if isinstance(m, QuantizedLoRALinear)), "a refused merge is undone"
-    report = peftlab.merge(model, tolerance=tolerance)
-    assert 1e-6 < report.max_abs_difference <= tolerance
+    report = peftlab.merge(model, tolerance=2 * rounding)
+    assert 1e-6 < report.max_abs_difference <= 2 * rounding
+    torch.testing.assert_close(probe_output(model), probe_output(twin), atol=1e-5, rtol=1e-4)  # float32 again
 
 
 def test_merge_over_an_8_bit_base_needs_the_int8_tolerance_and_the_refusal_says_which():
